@@ -1,0 +1,1 @@
+"""Subcommands of the ``msdn`` CLI (see ``model_export.cli``)."""

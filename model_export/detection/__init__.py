@@ -1,0 +1,1 @@
+"""Detection utilities for the RetinaNet-style Detection Unit: anchors, box coding, matching."""

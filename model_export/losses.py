@@ -1,0 +1,61 @@
+"""Losses: soft Dice (segmentation), sigmoid focal and smooth-L1 (detection)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from monai.losses import DiceLoss
+
+_DICE = DiceLoss(include_background=True, to_onehot_y=True, softmax=False, smooth_nr=1e-5, smooth_dr=1e-5)
+
+
+def soft_dice_loss(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Multi-class soft Dice loss, background counted as a class (paper 2.2).
+
+    ``1 - mean over samples and classes of (2 |P.G| + eps) / (|P| + |G| + eps)`` with eps = 1e-5.
+
+    Args:
+        probs: (B, C+1, H, W) softmax probabilities.
+        labels: (B, H, W) or (B, 1, H, W) integer labels in ``0..C``.
+
+    Returns:
+        Scalar loss.
+    """
+    if labels.dim() == probs.dim() - 1:
+        labels = labels.unsqueeze(1)
+    return _DICE(probs, labels)
+
+
+def sigmoid_focal_loss(
+    logits: torch.Tensor, targets: torch.Tensor, *, alpha: float = 0.25, gamma: float = 2.0, reduction: str = "sum"
+) -> torch.Tensor:
+    """Focal loss on sigmoid outputs (Lin et al., RetinaNet).
+
+    ``FL = -alpha_t (1 - p_t)^gamma log(p_t)`` with ``p_t = p`` where target is 1 else ``1 - p``,
+    ``alpha_t = alpha`` where target is 1 else ``1 - alpha``.
+
+    Args:
+        logits: any shape.
+        targets: same shape, values in {0, 1}.
+        alpha: weight of positives; a negative value disables the weighting.
+        gamma: focusing exponent.
+        reduction: ``"sum"``, ``"mean"`` or ``"none"``.
+    """
+    if reduction not in ("sum", "mean", "none"):
+        raise ValueError(f"reduction must be 'sum', 'mean' or 'none', got {reduction!r}")
+    p = torch.sigmoid(logits)
+    ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    p_t = p * targets + (1 - p) * (1 - targets)
+    loss = ce * (1 - p_t) ** gamma
+    if alpha >= 0:
+        loss = loss * (alpha * targets + (1 - alpha) * (1 - targets))
+    if reduction == "sum":
+        return loss.sum()
+    if reduction == "mean":
+        return loss.mean()
+    return loss
+
+
+def box_regression_loss(deltas: torch.Tensor, targets: torch.Tensor, *, beta: float = 1.0 / 9) -> torch.Tensor:
+    """Summed smooth-L1 ("regularized L1") loss between predicted and target box deltas (N, 4)."""
+    return F.smooth_l1_loss(deltas, targets, beta=beta, reduction="sum")

@@ -1,0 +1,85 @@
+"""Behaviour shared by every model of the family: loss assembly and the detection outputs."""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+from torch import nn
+
+from model_export.nets.config import DECODER_STRIDES, NetConfig
+from model_export.nets.heads import DetectionUnit
+
+
+def make_detection_unit(config: NetConfig, decoder_widths: Sequence[int]) -> DetectionUnit:
+    """The DU fed by the decoder levels named in ``config.detection_strides``."""
+    return DetectionUnit(
+        [decoder_widths[DECODER_STRIDES.index(s)] for s in config.detection_strides],
+        config.detection_strides,
+        config.num_classes,
+        head_channels=config.head_channels,
+        head_convs=config.head_convs,
+        anchor_size_factor=config.anchor_size_factor,
+        anchor_scales=config.anchor_scales,
+        anchor_ratios=config.anchor_ratios,
+    )
+
+
+class SegmentationModel(nn.Module):
+    """Base class: subclasses set ``config``, ``seg_unit``, optionally ``det_unit``, and implement
+    ``segment(x)`` and ``forward(x, seg_mask)``.
+
+    ``forward`` returns a dict with ``segmentation`` ((B_s, C+1, H, W) probabilities for the rows picked
+    by the boolean (B,) ``seg_mask``, all rows when it is None, None when no row is picked) and, for models
+    with a detection unit, ``cls_logits``, ``box_deltas`` (per level, see ``DetectionUnit.forward``) and
+    ``det_sizes`` (the (H_l, W_l) of each level).
+    """
+
+    config: NetConfig
+
+    @property
+    def has_detection(self) -> bool:
+        """True when the model has a Detection Unit (trains on box-only images)."""
+        return getattr(self, "det_unit", None) is not None
+
+    def run_detection(self, decoder_feats: Sequence[torch.Tensor]) -> dict:
+        """Run the DU on the configured decoder levels (decoder features deepest first)."""
+        assert self.det_unit is not None
+        levels = [decoder_feats[DECODER_STRIDES.index(s)] for s in self.config.detection_strides]
+        cls_logits, box_deltas = self.det_unit(levels)
+        return {
+            "cls_logits": cls_logits,
+            "box_deltas": box_deltas,
+            "det_sizes": [tuple(f.shape[-2:]) for f in levels],
+        }
+
+    def loss(
+        self, out: dict, *, labels: Optional[torch.Tensor] = None, targets: Optional[Sequence[dict]] = None
+    ) -> dict[str, torch.Tensor]:
+        """Sum of the heads' losses for one ``forward`` output.
+
+        Args:
+            out: ``forward`` output.
+            labels: (B_s, H, W) integer masks of the segmented rows (needed when ``out`` has a segmentation).
+            targets: per row of the whole batch ``{"boxes", "labels"}`` (used when the model detects).
+
+        Returns:
+            The parts (``seg_dice``, ``det_cls``, ``det_box`` as they apply) and their sum ``total``.
+        """
+        parts: dict[str, torch.Tensor] = {}
+        if out.get("segmentation") is not None:
+            if labels is None:
+                raise ValueError("labels are required for a batch with segmented rows")
+            parts["seg_dice"] = self.seg_unit.loss(out["segmentation"], labels)
+        if self.has_detection and out.get("cls_logits") is not None and targets is not None:
+            parts.update(self.det_unit.loss(out["cls_logits"], out["box_deltas"], targets, out["det_sizes"]))
+        if not parts:
+            raise ValueError("nothing to compute a loss from: no segmentation output and no detection targets")
+        parts["total"] = sum(parts.values())
+        return parts
+
+    def segmentation_path(self) -> nn.Module:
+        """The export/serving graph: (B, C_in, H, W) -> (B, C+1, H, W) probabilities, sharing parameters."""
+        from model_export.nets.unet import SegmentationPath
+
+        return SegmentationPath(self)
