@@ -8,9 +8,7 @@ from model_export.card import ClassInfo, InputSpec, ModelCard
 
 
 def _card():
-    return ModelCard(
-        name="m", method="msdn", classes=[ClassInfo(1, "nodule")], input=InputSpec(mean=-500.0, std=300.0)
-    )
+    return ModelCard(name="m", method="msdn", classes=[ClassInfo(1, "nodule")], input=InputSpec(mean=-500.0, std=300.0))
 
 
 def test_json_round_trip():

@@ -60,7 +60,7 @@ def test_msdn_has_five_binary_sse_links_after_encoder_stages_and_bottleneck():
     model = build_model("msdn", **TINY).eval()
     links = [m for m in model.modules() if isinstance(m, BinarySSE)]
     assert len(links) == 5 and not any(isinstance(m, UnarySSE) for m in model.modules())
-    assert [l.squeeze.in_channels for l in model.links] == [4, 8, 16, 32, 64]
+    assert [link.squeeze.in_channels for link in model.links] == [4, 8, 16, 32, 64]
     calls = []
     det_out, seg_out = {}, {}
 
