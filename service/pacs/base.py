@@ -112,6 +112,15 @@ def sort_instances(datasets: Sequence[Dataset]) -> list[Dataset]:
     return sorted(datasets, key=key)
 
 
+def pixel_bytes(ds: Dataset) -> int:
+    """Bytes of (possibly compressed) pixel data in ``ds``; what ``max_series_bytes`` counts."""
+    for keyword in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
+        if keyword in ds:
+            value = ds[keyword].value
+            return len(value) if value is not None else 0
+    return 0
+
+
 def check_uid(value: str, name: str) -> str:
     """Validate a UID given by a caller; raises ValueError naming the field."""
     from pydicom.uid import UID

@@ -14,7 +14,7 @@ import requests
 from dicomweb_client.api import DICOMwebClient
 from pydicom import Dataset
 
-from service.pacs.base import SeriesInfo, StoreResult, StudyInfo, check_uid, sort_instances
+from service.pacs.base import SeriesInfo, StoreResult, StudyInfo, check_uid, pixel_bytes, sort_instances
 from service.pacs.errors import (
     PacsAuthError,
     PacsError,
@@ -213,23 +213,23 @@ class DicomwebPacsClient:
             )
         media_types = (("application/dicom", self.settings.dicomweb_transfer_syntax),)
         datasets: list[Dataset] = []
-        pixel_bytes = 0
+        nbytes = 0
         with self._errors("fetch series", not_found=missing):
             for ds in self._client.iter_series(study_uid, series_uid, media_types=media_types):
                 datasets.append(ds)
-                pixel_bytes += _pixel_bytes(ds)
+                nbytes += pixel_bytes(ds)
                 if len(datasets) > limit_n:
                     raise SeriesTooLargeError(
                         f"series {series_uid} has more than max_instances={limit_n} instances"
                     )
-                if pixel_bytes > limit_bytes:
+                if nbytes > limit_bytes:
                     raise SeriesTooLargeError(
                         f"series {series_uid} has more than max_series_bytes={limit_bytes} bytes of pixel data"
                     )
         if not datasets:
             raise SeriesNotFoundError(f"fetch series: {missing} on {self.describe()}")
         logger.info(
-            "DICOMweb fetched series %s: %d instances, %d pixel bytes", series_uid, len(datasets), pixel_bytes
+            "DICOMweb fetched series %s: %d instances, %d pixel bytes", series_uid, len(datasets), nbytes
         )
         return sort_instances(datasets)
 
@@ -261,14 +261,6 @@ class DicomwebPacsClient:
     def close(self) -> None:
         """Close the HTTP session."""
         self._session.close()
-
-
-def _pixel_bytes(ds: Dataset) -> int:
-    for keyword in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
-        value = ds.get(keyword)
-        if value is not None:
-            return len(value)
-    return 0
 
 
 def _collect_stow_response(response: Dataset, sent: Sequence[Dataset], result: StoreResult) -> None:

@@ -38,7 +38,7 @@ from pynetdicom.sop_class import (
     Verification,
 )
 
-from service.pacs.base import SeriesInfo, StoreResult, StudyInfo, check_uid, sort_instances
+from service.pacs.base import SeriesInfo, StoreResult, StudyInfo, check_uid, pixel_bytes, sort_instances
 from service.pacs.errors import (
     AssociationAbortedError,
     AssociationRejectedError,
@@ -398,15 +398,13 @@ class DimsePacsClient:
         final: Optional[Dataset] = None
         for status, _identifier in responses:
             if "Status" not in status:
-                if collector.exceeded:  # we aborted on purpose; raise_if_exceeded reports it
-                    return
-                self._raise_lost(action, assoc, watch)
+                break
             if int(status.Status) in _PENDING:
                 continue
             final = status
+        if collector.exceeded:  # we refused instances on purpose; raise_if_exceeded reports it
+            return
         if final is None:
-            if collector.exceeded:
-                return
             self._raise_lost(action, assoc, watch)
         code = int(final.Status)
         failed = int(final.get("NumberOfFailedSuboperations", 0) or 0)
@@ -417,7 +415,7 @@ class DimsePacsClient:
             )
         if code in _REFUSED:
             raise PacsAuthError(f"{action}: {self.describe()} refused the retrieve: {_status_text(code)}")
-        if code not in (STATUS_SUCCESS, *_WARNINGS) or (failed and not collector.exceeded):
+        if code not in (STATUS_SUCCESS, *_WARNINGS) or failed:
             raise PacsOperationError(
                 f"{action}: {self.describe()} answered {_status_text(code)}, {failed} sub-operations failed"
             )
@@ -539,11 +537,10 @@ class SeriesCollector:
 
 
 def dataset_from_store_event(event) -> tuple[Dataset, int]:
-    """The received instance (with its file meta) and its encoded size in bytes."""
-    nbytes = len(event.request.DataSet.getvalue())
+    """The received instance (with its file meta) and its bytes of pixel data."""
     dataset = event.dataset
     dataset.file_meta = event.file_meta
-    return dataset, nbytes
+    return dataset, pixel_bytes(dataset)
 
 
 def _text(value) -> Optional[str]:
