@@ -416,8 +416,15 @@ class DimsePacsClient:
         if code in _REFUSED:
             raise PacsAuthError(f"{action}: {self.describe()} refused the retrieve: {_status_text(code)}")
         if code not in (STATUS_SUCCESS, *_WARNINGS) or failed:
+            comment = str(final.get("ErrorComment", "") or "").strip()
             raise PacsOperationError(
                 f"{action}: {self.describe()} answered {_status_text(code)}, {failed} sub-operations failed"
+                + (f": {comment}" if comment else "")
+                + (
+                    f" (is {self.settings.move_destination!r} a modality the PACS knows?)"
+                    if self.settings.retrieve == "c-move" and code == 0xC000 and not failed
+                    else ""
+                )
             )
 
     def _ensure_receiver(self):
