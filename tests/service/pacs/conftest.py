@@ -137,3 +137,11 @@ def pacs_client(pacs_settings):
         yield client
     finally:
         client.close()
+
+
+@pytest.fixture(autouse=True)
+def _clean_pacs_environment(monkeypatch):
+    """Tests see only the MSDN_PACS_* variables they set themselves."""
+    for name in list(os.environ):
+        if name.startswith("MSDN_PACS_"):
+            monkeypatch.delenv(name)
