@@ -14,14 +14,10 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
-from tests.service.pacs.orthanc_server import DICOMWEB_PLUGIN, ORTHANC_BINARY, OrthancServer, free_port
+from tests.service.pacs.orthanc_server import OrthancServer, free_port, require_orthanc
 
 #: Our AE title as the PACS knows it (DicomModalities entry "msdn").
 OUR_AE = "MSDN"
-
-
-def orthanc_required() -> bool:
-    return bool(os.environ.get("CI")) or os.environ.get("MSDN_REQUIRE_ORTHANC") == "1"
 
 
 @dataclass
@@ -57,12 +53,7 @@ def _test_files() -> dict[str, list[Path]]:
 @pytest.fixture(scope="session")
 def orthanc(tmp_path_factory) -> OrthancServer:
     """A running Orthanc on free local ports; knows AE ``MSDN`` at 127.0.0.1:``orthanc.scp_port``."""
-    missing = [str(p) for p in (ORTHANC_BINARY, DICOMWEB_PLUGIN) if not p.exists()]
-    if missing:
-        message = f"Orthanc is not installed (missing {', '.join(missing)}); run scripts/install_orthanc.sh"
-        if orthanc_required():
-            pytest.fail(message + " (required: CI or MSDN_REQUIRE_ORTHANC=1 is set)", pytrace=False)
-        pytest.skip(message)
+    require_orthanc()
     scp_port = free_port()
     server = OrthancServer(tmp_path_factory.mktemp("orthanc"), modalities={"msdn": (OUR_AE, "127.0.0.1", scp_port)})
     server.scp_port = scp_port  # type: ignore[attr-defined]

@@ -23,6 +23,24 @@ DICOMWEB_PLUGIN = Path(
 )
 
 
+def orthanc_required() -> bool:
+    """Missing Orthanc is an error (not a skip) in CI or with MSDN_REQUIRE_ORTHANC=1."""
+    return bool(os.environ.get("CI")) or os.environ.get("MSDN_REQUIRE_ORTHANC") == "1"
+
+
+def require_orthanc() -> None:
+    """Fail (CI) or skip (elsewhere) the calling test/fixture when Orthanc is not installed."""
+    import pytest
+
+    missing = [str(p) for p in (ORTHANC_BINARY, DICOMWEB_PLUGIN) if not p.exists()]
+    if not missing:
+        return
+    message = f"Orthanc is not installed (missing {', '.join(missing)}); run scripts/install_orthanc.sh"
+    if orthanc_required():
+        pytest.fail(message + " (required: CI or MSDN_REQUIRE_ORTHANC=1 is set)", pytrace=False)
+    pytest.skip(message)
+
+
 def free_port() -> int:
     """A TCP port free on 127.0.0.1 right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -38,6 +56,9 @@ class OrthancServer:
         aet: Orthanc's own AE title.
         username / password: the one HTTP user (basic auth is enabled).
         modalities: DicomModalities entries, name -> (AET, host, port); all DIMSE services allowed.
+        base_config: use this configuration instead (e.g. docker/orthanc/orthanc.json); only the ports,
+            the storage folders and the plugin path are replaced.
+        env: extra environment for Orthanc (its config may say ``${VAR}``).
     """
 
     def __init__(
@@ -48,12 +69,16 @@ class OrthancServer:
         username: str = "msdn",
         password: str = "orthanc-test-pw",
         modalities: Optional[dict[str, tuple[str, str, int]]] = None,
+        base_config: Optional[dict] = None,
+        env: Optional[dict[str, str]] = None,
     ) -> None:
         self.workdir = Path(workdir)
         self.aet = aet
         self.username = username
         self.password = password
         self.modalities = dict(modalities or {})
+        self.base_config = base_config
+        self.env = dict(env or {})
         self.http_port = free_port()
         self.dicom_port = free_port()
         self.process: Optional[subprocess.Popen] = None
@@ -71,6 +96,15 @@ class OrthancServer:
 
     def config(self) -> dict:
         """The Orthanc JSON configuration."""
+        if self.base_config is not None:
+            return {
+                **self.base_config,
+                "StorageDirectory": str(self.workdir / "storage"),
+                "IndexDirectory": str(self.workdir / "index"),
+                "HttpPort": self.http_port,
+                "DicomPort": self.dicom_port,
+                "Plugins": [str(DICOMWEB_PLUGIN)],
+            }
         return {
             "Name": "msdn-test-orthanc",
             "StorageDirectory": str(self.workdir / "storage"),
@@ -126,6 +160,7 @@ class OrthancServer:
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=self.workdir,
+            env={**os.environ, **self.env},
             start_new_session=True,
         )
         log.close()
