@@ -6,8 +6,9 @@ see :class:`PacsClient`. Records hold UIDs and descriptive fields, never patient
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Optional, Protocol, Sequence, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 from pydicom import Dataset
 
@@ -17,10 +18,10 @@ class StudyInfo:
     """One study as found by a study-level query (no patient attributes)."""
 
     study_uid: str
-    study_date: Optional[str] = None
-    study_description: Optional[str] = None
+    study_date: str | None = None
+    study_description: str | None = None
     modalities: tuple[str, ...] = ()
-    series_count: Optional[int] = None
+    series_count: int | None = None
 
 
 @dataclass(frozen=True)
@@ -29,10 +30,10 @@ class SeriesInfo:
 
     study_uid: str
     series_uid: str
-    modality: Optional[str] = None
-    series_number: Optional[int] = None
-    series_description: Optional[str] = None
-    instance_count: Optional[int] = None
+    modality: str | None = None
+    series_number: int | None = None
+    series_description: str | None = None
+    instance_count: int | None = None
 
 
 @dataclass
@@ -65,7 +66,7 @@ class PacsClient(Protocol):
         ...
 
     def find_studies(
-        self, *, study_uid: Optional[str] = None, modality: Optional[str] = None, limit: Optional[int] = None
+        self, *, study_uid: str | None = None, modality: str | None = None, limit: int | None = None
     ) -> list[StudyInfo]:
         """Study-level query; filters are optional exact matches."""
         ...
@@ -74,8 +75,8 @@ class PacsClient(Protocol):
         self,
         study_uid: str,
         *,
-        series_uid: Optional[str] = None,
-        modality: Optional[str] = None,
+        series_uid: str | None = None,
+        modality: str | None = None,
     ) -> list[SeriesInfo]:
         """Series-level query inside one study."""
         ...

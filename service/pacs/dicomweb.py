@@ -7,8 +7,8 @@ HTTP status; series are streamed instance by instance so the size limits stop a 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Iterator, Optional, Sequence
 
 import requests
 from dicomweb_client.api import DICOMwebClient
@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 _RETRIED_STATUSES = (429, 503, 504)
 
 
-def _attr(item: dict, keyword_tag: str) -> Optional[str]:
+def _attr(item: dict, keyword_tag: str) -> str | None:
     """First value of a DICOM JSON attribute (tag as 8 hex digits), or None."""
     element = item.get(keyword_tag) or {}
     values = element.get("Value") or []
@@ -50,7 +50,7 @@ def _attr_all(item: dict, keyword_tag: str) -> tuple[str, ...]:
     return tuple(str(v) for v in element.get("Value") or [])
 
 
-def _as_int(value: Optional[str]) -> Optional[int]:
+def _as_int(value: str | None) -> int | None:
     try:
         return int(float(value)) if value is not None else None
     except ValueError:
@@ -67,7 +67,7 @@ class DicomwebPacsClient:
 
     protocol = "dicomweb"
 
-    def __init__(self, settings: PacsSettings, *, session: Optional[requests.Session] = None) -> None:
+    def __init__(self, settings: PacsSettings, *, session: requests.Session | None = None) -> None:
         if not settings.dicomweb_url:
             raise ValueError("settings.dicomweb_url is required for the DICOMweb client")
         self.settings = settings
@@ -105,7 +105,7 @@ class DicomwebPacsClient:
         return f"DICOMweb {self.url}"
 
     @contextmanager
-    def _errors(self, action: str, *, not_found: Optional[str] = None) -> Iterator[None]:
+    def _errors(self, action: str, *, not_found: str | None = None) -> Iterator[None]:
         """Translate requests/HTTP failures into PacsError subclasses."""
         try:
             yield
@@ -117,7 +117,9 @@ class DicomwebPacsClient:
                 f"{self.settings.connect_timeout_s:g}s (connect) / {self.settings.network_timeout_s:g}s (read)"
             ) from exc
         except requests.exceptions.ConnectionError as exc:
-            raise PacsUnreachableError(f"{action}: cannot connect to {self.describe()} ({_reason(exc)})") from exc
+            raise PacsUnreachableError(
+                f"{action}: cannot connect to {self.describe()} ({_reason(exc)})"
+            ) from exc
         except requests.exceptions.HTTPError as exc:
             status = exc.response.status_code if exc.response is not None else 0
             if status in (401, 403):
@@ -129,7 +131,9 @@ class DicomwebPacsClient:
                 raise SeriesNotFoundError(f"{action}: {not_found} (HTTP 404 from {self.describe()})") from exc
             raise PacsOperationError(f"{action}: {self.describe()} answered HTTP {status}") from exc
         except requests.exceptions.RequestException as exc:
-            raise PacsOperationError(f"{action}: request to {self.describe()} failed ({_reason(exc)})") from exc
+            raise PacsOperationError(
+                f"{action}: request to {self.describe()} failed ({_reason(exc)})"
+            ) from exc
 
     def echo(self) -> None:
         """QIDO-RS study search with limit 1: proves reachability, auth and a working DICOMweb root."""
@@ -138,7 +142,7 @@ class DicomwebPacsClient:
         logger.info("DICOMweb echo ok: %s", self.url)
 
     def find_studies(
-        self, *, study_uid: Optional[str] = None, modality: Optional[str] = None, limit: Optional[int] = None
+        self, *, study_uid: str | None = None, modality: str | None = None, limit: int | None = None
     ) -> list[StudyInfo]:
         """QIDO-RS ``/studies`` with optional exact-match filters."""
         filters: dict[str, str] = {}
@@ -166,7 +170,7 @@ class DicomwebPacsClient:
         return studies
 
     def find_series(
-        self, study_uid: str, *, series_uid: Optional[str] = None, modality: Optional[str] = None
+        self, study_uid: str, *, series_uid: str | None = None, modality: str | None = None
     ) -> list[SeriesInfo]:
         """QIDO-RS ``/studies/{study}/series`` with optional filters."""
         check_uid(study_uid, "study_uid")

@@ -9,17 +9,17 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Iterator, Optional, Sequence
 
 from pydicom import Dataset
 from pydicom.uid import (
+    JPEG2000,
     UID,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
-    JPEG2000,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
     JPEGExtended12Bit,
@@ -154,7 +154,7 @@ class DimsePacsClient:
         contexts: Sequence[tuple[UID | str, Sequence[UID]]],
         *,
         handlers: Sequence = (),
-        ext_neg: Optional[list] = None,
+        ext_neg: list | None = None,
     ) -> Iterator[tuple[Association, _AssociationWatch]]:
         """An established association, released afterwards; raises a PacsError when there is none."""
         s = self.settings
@@ -203,7 +203,9 @@ class DimsePacsClient:
             )
         if watch.peer_aborted:
             raise AssociationAbortedError(f"{action}: {peer} aborted the association request")
-        raise PacsTimeoutError(f"{action}: {peer} did not answer the association request within {s.acse_timeout_s:g}s")
+        raise PacsTimeoutError(
+            f"{action}: {peer} did not answer the association request within {s.acse_timeout_s:g}s"
+        )
 
     def _raise_lost(self, action: str, assoc: Association, watch: _AssociationWatch) -> None:
         """An operation got no (final) response: the peer aborted, or the DIMSE timeout hit."""
@@ -234,7 +236,9 @@ class DimsePacsClient:
     # --- C-FIND --------------------------------------------------------------------------------
 
     def _find(self, action: str, identifier: Dataset) -> list[Dataset]:
-        contexts = [(StudyRootQueryRetrieveInformationModelFind, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])]
+        contexts = [
+            (StudyRootQueryRetrieveInformationModelFind, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+        ]
         matches: list[Dataset] = []
         with self._associate(action, contexts) as (assoc, watch):
             final = None
@@ -256,7 +260,7 @@ class DimsePacsClient:
         return matches
 
     def find_studies(
-        self, *, study_uid: Optional[str] = None, modality: Optional[str] = None, limit: Optional[int] = None
+        self, *, study_uid: str | None = None, modality: str | None = None, limit: int | None = None
     ) -> list[StudyInfo]:
         """Study-level C-FIND (Study Root)."""
         query = Dataset()
@@ -283,7 +287,7 @@ class DimsePacsClient:
         return studies
 
     def find_series(
-        self, study_uid: str, *, series_uid: Optional[str] = None, modality: Optional[str] = None
+        self, study_uid: str, *, series_uid: str | None = None, modality: str | None = None
     ) -> list[SeriesInfo]:
         """Series-level C-FIND inside one study."""
         query = Dataset()
@@ -330,7 +334,9 @@ class DimsePacsClient:
         action = "fetch series"
         count, sop_classes = self._series_sop_classes(action, study_uid, series_uid)
         if count == 0:
-            raise SeriesNotFoundError(f"{action}: no series {series_uid} in study {study_uid} on {self.describe()}")
+            raise SeriesNotFoundError(
+                f"{action}: no series {series_uid} in study {study_uid} on {self.describe()}"
+            )
         if count > self.settings.max_instances:
             raise SeriesTooLargeError(
                 f"series {series_uid} has {count} instances, more than max_instances={self.settings.max_instances}"
@@ -366,7 +372,7 @@ class DimsePacsClient:
         return identifier
 
     def _get(
-        self, action: str, study_uid: str, series_uid: str, sop_classes: list[str], collector: "SeriesCollector"
+        self, action: str, study_uid: str, series_uid: str, sop_classes: list[str], collector: SeriesCollector
     ) -> None:
         contexts: list[tuple[UID | str, Sequence[UID]]] = [
             (StudyRootQueryRetrieveInformationModelGet, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
@@ -382,20 +388,21 @@ class DimsePacsClient:
             )
             self._check_retrieve_responses(action, responses, assoc, watch, collector)
 
-    def _move(self, action: str, study_uid: str, series_uid: str, collector: "SeriesCollector") -> None:
+    def _move(self, action: str, study_uid: str, series_uid: str, collector: SeriesCollector) -> None:
         receiver = self._ensure_receiver()
-        contexts = [(StudyRootQueryRetrieveInformationModelMove, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])]
-        with receiver.expect(collector):
-            with self._associate(action, contexts) as (assoc, watch):
-                responses = assoc.send_c_move(
-                    self._retrieve_identifier(study_uid, series_uid),
-                    self.settings.move_destination,
-                    StudyRootQueryRetrieveInformationModelMove,
-                )
-                self._check_retrieve_responses(action, responses, assoc, watch, collector)
+        contexts = [
+            (StudyRootQueryRetrieveInformationModelMove, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+        ]
+        with receiver.expect(collector), self._associate(action, contexts) as (assoc, watch):
+            responses = assoc.send_c_move(
+                self._retrieve_identifier(study_uid, series_uid),
+                self.settings.move_destination,
+                StudyRootQueryRetrieveInformationModelMove,
+            )
+            self._check_retrieve_responses(action, responses, assoc, watch, collector)
 
     def _check_retrieve_responses(self, action, responses, assoc, watch, collector) -> None:
-        final: Optional[Dataset] = None
+        final: Dataset | None = None
         for status, _identifier in responses:
             if "Status" not in status:
                 break
@@ -448,7 +455,9 @@ class DimsePacsClient:
             meta = getattr(ds, "file_meta", None)
             ts = str(meta.TransferSyntaxUID) if meta is not None and "TransferSyntaxUID" in meta else None
             if ts is None:
-                raise ValueError(f"instance {ds.get('SOPInstanceUID', '?')} has no file meta TransferSyntaxUID")
+                raise ValueError(
+                    f"instance {ds.get('SOPInstanceUID', '?')} has no file meta TransferSyntaxUID"
+                )
             contexts[(str(ds.SOPClassUID), ts)] = None
         action = "store"
         result = StoreResult()
@@ -510,7 +519,7 @@ class SeriesCollector:
         self.max_bytes = max_bytes
         self.datasets: list[Dataset] = []
         self.nbytes = 0
-        self.exceeded: Optional[str] = None
+        self.exceeded: str | None = None
         self._lock = threading.Lock()
 
     def add(self, dataset: Dataset, nbytes: int) -> int:
@@ -550,14 +559,14 @@ def dataset_from_store_event(event) -> tuple[Dataset, int]:
     return dataset, pixel_bytes(dataset)
 
 
-def _text(value) -> Optional[str]:
+def _text(value) -> str | None:
     if value is None:
         return None
     text = str(value).strip()
     return text or None
 
 
-def _int(value) -> Optional[int]:
+def _int(value) -> int | None:
     try:
         return int(value) if value not in (None, "") else None
     except (TypeError, ValueError):
@@ -572,4 +581,4 @@ def _multi(value) -> tuple[str, ...]:
     return (str(value),)
 
 
-__all__ = ["DimsePacsClient", "SeriesCollector", "PacsError"]
+__all__ = ["DimsePacsClient", "PacsError", "SeriesCollector"]

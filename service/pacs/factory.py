@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 from service.pacs.base import PacsClient
 from service.pacs.errors import PacsNotConfiguredError
 from service.pacs.settings import PacsSettings
 
 
-def create_pacs_client(settings: Optional[PacsSettings] = None) -> PacsClient:
+def create_pacs_client(settings: PacsSettings | None = None) -> PacsClient:
     """The client ``settings.protocol`` names (settings read from ``MSDN_PACS_*`` when not given).
 
     Raises:

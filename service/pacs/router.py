@@ -20,8 +20,9 @@ import io
 import logging
 import threading
 import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from typing import Annotated, AsyncIterator, Callable, Iterator, Literal, Optional
+from typing import Annotated, Literal
 
 import pydicom
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Request
@@ -30,7 +31,7 @@ from pydantic import BaseModel, Field, ValidationError
 from pydicom import Dataset
 
 from service.pacs.base import PacsClient, SeriesInfo
-from service.pacs.errors import PacsError, PacsNotConfiguredError
+from service.pacs.errors import PacsError
 from service.pacs.factory import create_pacs_client
 from service.pacs.settings import PacsSettings
 
@@ -61,7 +62,9 @@ def get_pacs_client(request: Request) -> PacsClient:
                 try:
                     settings = PacsSettings()
                 except ValidationError as exc:
-                    raise HTTPException(status_code=503, detail=f"PACS settings (MSDN_PACS_*) are invalid: {exc}")
+                    raise HTTPException(
+                        status_code=503, detail=f"PACS settings (MSDN_PACS_*) are invalid: {exc}"
+                    )
                 with _http_errors():
                     client = create_pacs_client(settings)
                 state.pacs_client = client
@@ -72,7 +75,9 @@ def get_series_pipeline(request: Request) -> SeriesPipeline:
     """``app.state.series_pipeline``; 503 when the app has no segmentation pipeline."""
     pipeline = getattr(request.app.state, "series_pipeline", None)
     if pipeline is None:
-        raise HTTPException(status_code=503, detail="no segmentation pipeline is loaded (no model configured)")
+        raise HTTPException(
+            status_code=503, detail="no segmentation pipeline is loaded (no model configured)"
+        )
     return pipeline
 
 
@@ -81,7 +86,7 @@ SeriesPipelineDep = Annotated[SeriesPipeline, Depends(get_series_pipeline)]
 
 
 @asynccontextmanager
-async def pacs_lifespan(app: FastAPI, settings: Optional[PacsSettings] = None) -> AsyncIterator[None]:
+async def pacs_lifespan(app: FastAPI, settings: PacsSettings | None = None) -> AsyncIterator[None]:
     """Create ``app.state.pacs_client`` (unless protocol is ``none``) and close it at shutdown.
 
     Use inside the app's own lifespan: ``async with pacs_lifespan(app): yield``.
@@ -122,10 +127,10 @@ class EchoResponse(BaseModel):
 class SeriesItem(BaseModel):
     study_uid: str
     series_uid: str
-    modality: Optional[str] = None
-    series_number: Optional[int] = None
-    series_description: Optional[str] = None
-    instance_count: Optional[int] = None
+    modality: str | None = None
+    series_number: int | None = None
+    series_description: str | None = None
+    instance_count: int | None = None
 
 
 class PacsSegmentRequest(BaseModel):
@@ -155,7 +160,7 @@ class PacsSegmentResponse(BaseModel):
     store_warnings: int = 0
     fetch_ms: float
     segment_ms: float
-    store_ms: Optional[float] = None
+    store_ms: float | None = None
 
 
 # --- routes ------------------------------------------------------------------------------------
@@ -167,7 +172,10 @@ def pacs_echo(client: PacsClientDep) -> EchoResponse:
     with _http_errors():
         client.echo()
     return EchoResponse(
-        ok=True, protocol=client.protocol, peer=client.describe(), elapsed_ms=(time.perf_counter() - start) * 1e3
+        ok=True,
+        protocol=client.protocol,
+        peer=client.describe(),
+        elapsed_ms=(time.perf_counter() - start) * 1e3,
     )
 
 
@@ -179,7 +187,7 @@ def pacs_echo(client: PacsClientDep) -> EchoResponse:
 def pacs_find_series(
     client: PacsClientDep,
     study_uid: Annotated[str, Path(pattern=UID_PATTERN, max_length=64)],
-    modality: Annotated[Optional[str], Query(max_length=16, pattern=r"^[A-Z0-9_]+$")] = None,
+    modality: Annotated[str | None, Query(max_length=16, pattern=r"^[A-Z0-9_]+$")] = None,
 ) -> list[SeriesItem]:
     with _http_errors():
         found: list[SeriesInfo] = client.find_series(study_uid, modality=modality)
@@ -201,10 +209,14 @@ def pacs_segment(body: PacsSegmentRequest, client: PacsClientDep, pipeline: Seri
         seg = pipeline(datasets)
     except ValueError as exc:
         logger.info("series %s not segmentable: %s", body.series_uid, exc)
-        raise HTTPException(status_code=422, detail=f"series {body.series_uid} cannot be segmented: {exc}") from exc
+        raise HTTPException(
+            status_code=422, detail=f"series {body.series_uid} cannot be segmented: {exc}"
+        ) from exc
     t2 = time.perf_counter()
     if str(seg.get("Modality", "")) != "SEG":
-        raise TypeError(f"the series pipeline must return a DICOM SEG dataset, got Modality={seg.get('Modality')!r}")
+        raise TypeError(
+            f"the series pipeline must return a DICOM SEG dataset, got Modality={seg.get('Modality')!r}"
+        )
     store_ms = None
     warnings = 0
     if body.store_result:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Callable, Iterator, Optional, Sequence
 
 from pydicom import Dataset
 from pynetdicom import AE, evt
@@ -54,7 +54,7 @@ class StorageReceiver:
         host: str = "0.0.0.0",
         port: int = 11112,
         allowed_aes: Sequence[str] = (),
-        on_unexpected: Optional[UnexpectedHandler] = None,
+        on_unexpected: UnexpectedHandler | None = None,
         acse_timeout_s: float = 10.0,
         dimse_timeout_s: float = 60.0,
         network_timeout_s: float = 60.0,
@@ -70,14 +70,14 @@ class StorageReceiver:
         self.on_unexpected = on_unexpected
         self._timeouts = (acse_timeout_s, dimse_timeout_s, network_timeout_s)
         self._server = None
-        self._ae: Optional[AE] = None
+        self._ae: AE | None = None
         self._lock = threading.Lock()
         self._waiting: dict[str, list[SeriesCollector]] = {}
 
     @classmethod
     def from_settings(
-        cls, settings: PacsSettings, *, on_unexpected: Optional[UnexpectedHandler] = None
-    ) -> "StorageReceiver":
+        cls, settings: PacsSettings, *, on_unexpected: UnexpectedHandler | None = None
+    ) -> StorageReceiver:
         """A receiver with our AE title, the storage host/port and the PACS as the only allowed peer."""
         return cls(
             ae_title=settings.move_destination,
@@ -101,7 +101,7 @@ class StorageReceiver:
             return self.requested_port
         return int(self._server.server_address[1])
 
-    def start(self) -> "StorageReceiver":
+    def start(self) -> StorageReceiver:
         """Start listening (idempotent)."""
         if self._server is not None:
             return self
@@ -116,7 +116,9 @@ class StorageReceiver:
         ae.add_supported_context(Verification)
         handlers = [(evt.EVT_C_STORE, self._handle_store)]
         try:
-            self._server = ae.start_server((self.host, self.requested_port), block=False, evt_handlers=handlers)
+            self._server = ae.start_server(
+                (self.host, self.requested_port), block=False, evt_handlers=handlers
+            )
         except OSError as exc:
             raise OSError(f"Storage SCP cannot listen on {self.host}:{self.requested_port}: {exc}") from exc
         self._ae = ae

@@ -6,7 +6,7 @@ has a safe default, and the PACS integration is off (``protocol="none"``) until 
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -28,18 +28,18 @@ class PacsSettings(BaseSettings):
     protocol: Literal["none", "dicomweb", "dimse"] = "none"
 
     # --- DICOMweb -------------------------------------------------------------------------------
-    dicomweb_url: Optional[str] = Field(
+    dicomweb_url: str | None = Field(
         default=None, description="DICOMweb base URL, e.g. http://orthanc:8042/dicom-web"
     )
-    dicomweb_qido_prefix: Optional[str] = Field(default=None, description="path prefix for QIDO-RS")
-    dicomweb_wado_prefix: Optional[str] = Field(default=None, description="path prefix for WADO-RS")
-    dicomweb_stow_prefix: Optional[str] = Field(default=None, description="path prefix for STOW-RS")
+    dicomweb_qido_prefix: str | None = Field(default=None, description="path prefix for QIDO-RS")
+    dicomweb_wado_prefix: str | None = Field(default=None, description="path prefix for WADO-RS")
+    dicomweb_stow_prefix: str | None = Field(default=None, description="path prefix for STOW-RS")
     dicomweb_auth: Literal["none", "basic", "bearer"] = "none"
-    dicomweb_username: Optional[str] = None
-    dicomweb_password: Optional[SecretStr] = None
-    dicomweb_token: Optional[SecretStr] = None
+    dicomweb_username: str | None = None
+    dicomweb_password: SecretStr | None = None
+    dicomweb_token: SecretStr | None = None
     dicomweb_verify_tls: bool = Field(default=True, description="verify the server's TLS certificate")
-    dicomweb_ca_bundle: Optional[str] = Field(default=None, description="CA bundle file for TLS")
+    dicomweb_ca_bundle: str | None = Field(default=None, description="CA bundle file for TLS")
     dicomweb_max_attempts: int = Field(
         default=3, ge=1, le=10, description="HTTP attempts on 429/503/504 (exponential back-off)"
     )
@@ -56,7 +56,7 @@ class PacsSettings(BaseSettings):
     retrieve: Literal["c-get", "c-move"] = Field(
         default="c-get", description="how a series is pulled: C-GET on the association, or C-MOVE to us"
     )
-    move_destination_ae: Optional[str] = Field(
+    move_destination_ae: str | None = Field(
         default=None,
         pattern=_AE_TITLE_PATTERN,
         description="AE title the PACS sends C-MOVE results to (default: ae_title)",
@@ -88,13 +88,13 @@ class PacsSettings(BaseSettings):
 
     @field_validator("dicomweb_url")
     @classmethod
-    def _check_url(cls, value: Optional[str]) -> Optional[str]:
+    def _check_url(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith(("http://", "https://")):
             raise ValueError("dicomweb_url must start with http:// or https://")
         return value.rstrip("/") if value else value
 
     @model_validator(mode="after")
-    def _check_consistency(self) -> "PacsSettings":
+    def _check_consistency(self) -> PacsSettings:
         if self.protocol == "dicomweb" and not self.dicomweb_url:
             raise ValueError("MSDN_PACS_DICOMWEB_URL is required when MSDN_PACS_PROTOCOL=dicomweb")
         if self.dicomweb_auth == "basic" and (not self.dicomweb_username or self.dicomweb_password is None):

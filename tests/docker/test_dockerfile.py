@@ -8,10 +8,10 @@ import re
 import shutil
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICE_DOCKERFILE = ROOT / "docker" / "Dockerfile"
@@ -31,6 +31,7 @@ def _hadolint() -> str:
 def _lint(path: Path) -> tuple[int, list[dict]]:
     result = subprocess.run(
         [_hadolint(), "--format", "json", "--failure-threshold", "warning", str(path)],
+        check=False,
         capture_output=True,
         text=True,
         timeout=60,
@@ -60,8 +61,8 @@ def _text() -> str:
 
 def test_multi_stage_on_python_311_slim():
     text = _text()
-    assert re.search(r"^ARG PYTHON_IMAGE=python:3\.11-slim", text, re.M)
-    stages = re.findall(r"^FROM \S+(?: AS (\w+))?", text, re.M)
+    assert re.search(r"^ARG PYTHON_IMAGE=python:3\.11-slim", text, re.MULTILINE)
+    stages = re.findall(r"^FROM \S+(?: AS (\w+))?", text, re.MULTILINE)
     assert {"build", "runtime", "bundled"} <= set(stages)
     assert "COPY --from=build /opt/venv /opt/venv" in text
 
@@ -78,11 +79,11 @@ def test_installs_only_the_serve_extra_and_no_torch():
 def test_runs_as_non_root_with_healthcheck_and_defaults():
     text = _text()
     runtime = text.split("AS runtime", 1)[1].split("AS bundled", 1)[0]
-    users = re.findall(r"^USER (\S+)", runtime, re.M)
+    users = re.findall(r"^USER (\S+)", runtime, re.MULTILINE)
     assert users and users[-1] not in ("root", "0", "0:0")
-    assert re.search(r"^HEALTHCHECK .*\n?.*/healthz", runtime, re.M)
+    assert re.search(r"^HEALTHCHECK .*\n?.*/healthz", runtime, re.MULTILINE)
     for variable in ("MSDN_HOST", "MSDN_PORT", "MSDN_MODEL_PATH", "MSDN_PACS_PROTOCOL"):
-        assert re.search(rf"^\s+{variable}=", runtime, re.M), variable
+        assert re.search(rf"^\s+{variable}=", runtime, re.MULTILINE), variable
     assert "/models" in runtime
     assert "service.main:app" in runtime
 

@@ -33,17 +33,17 @@ def compose_orthanc(tmp_path_factory):
 
 
 def _settings(server: OrthancServer, **overrides) -> PacsSettings:
-    values = dict(
-        protocol="dicomweb",
-        dicomweb_url=server.dicomweb_url,
-        dicomweb_auth="basic",
-        dicomweb_username="msdn",
-        dicomweb_password="from-the-env",
-        ae_title="MSDN",
-        peer_ae_title="ORTHANC",
-        peer_port=server.dicom_port,
-        dicomweb_max_attempts=1,
-    )
+    values = {
+        "protocol": "dicomweb",
+        "dicomweb_url": server.dicomweb_url,
+        "dicomweb_auth": "basic",
+        "dicomweb_username": "msdn",
+        "dicomweb_password": "from-the-env",
+        "ae_title": "MSDN",
+        "peer_ae_title": "ORTHANC",
+        "peer_port": server.dicom_port,
+        "dicomweb_max_attempts": 1,
+    }
     values.update(overrides)
     return PacsSettings(**values)
 
@@ -51,7 +51,9 @@ def _settings(server: OrthancServer, **overrides) -> PacsSettings:
 def test_dicomweb_with_the_password_from_the_environment(compose_orthanc):
     create_pacs_client(_settings(compose_orthanc)).echo()
     with pytest.raises(PacsAuthError):
-        create_pacs_client(_settings(compose_orthanc, dicomweb_password=SecretStr("${ORTHANC_PASSWORD}"))).echo()
+        create_pacs_client(
+            _settings(compose_orthanc, dicomweb_password=SecretStr("${ORTHANC_PASSWORD}"))
+        ).echo()
 
 
 def test_dimse_our_ae_allowed_strangers_refused(compose_orthanc):

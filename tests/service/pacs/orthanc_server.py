@@ -13,7 +13,6 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-from typing import Optional
 
 import requests
 
@@ -68,9 +67,9 @@ class OrthancServer:
         aet: str = "ORTHANC",
         username: str = "msdn",
         password: str = "orthanc-test-pw",
-        modalities: Optional[dict[str, tuple[str, str, int]]] = None,
-        base_config: Optional[dict] = None,
-        env: Optional[dict[str, str]] = None,
+        modalities: dict[str, tuple[str, str, int]] | None = None,
+        base_config: dict | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.workdir = Path(workdir)
         self.aet = aet
@@ -81,7 +80,7 @@ class OrthancServer:
         self.env = dict(env or {})
         self.http_port = free_port()
         self.dicom_port = free_port()
-        self.process: Optional[subprocess.Popen] = None
+        self.process: subprocess.Popen | None = None
         self.log_path = self.workdir / "orthanc.log"
         self.rest = requests.Session()
         self.rest.auth = (username, password)
@@ -149,21 +148,20 @@ class OrthancServer:
             "OverwriteInstances": False,
         }
 
-    def start(self, timeout_s: float = 30.0) -> "OrthancServer":
+    def start(self, timeout_s: float = 30.0) -> OrthancServer:
         """Write the config, start Orthanc, wait until its REST API answers."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         config_path = self.workdir / "orthanc.json"
         config_path.write_text(json.dumps(self.config(), indent=2))
-        log = open(self.log_path, "wb")
-        self.process = subprocess.Popen(
-            [str(ORTHANC_BINARY), str(config_path)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=self.workdir,
-            env={**os.environ, **self.env},
-            start_new_session=True,
-        )
-        log.close()
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(
+                [str(ORTHANC_BINARY), str(config_path)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.workdir,
+                env={**os.environ, **self.env},
+                start_new_session=True,
+            )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -237,9 +235,13 @@ class OrthancServer:
 if __name__ == "__main__":  # pragma: no cover - manual use
     import tempfile
 
-    server = OrthancServer(Path(tempfile.mkdtemp(prefix="orthanc-")), modalities={"msdn": ("MSDN", "127.0.0.1", 11112)})
+    server = OrthancServer(
+        Path(tempfile.mkdtemp(prefix="orthanc-")), modalities={"msdn": ("MSDN", "127.0.0.1", 11112)}
+    )
     server.start()
-    print(f"Orthanc at {server.url} (user {server.username}), DICOM {server.aet}@127.0.0.1:{server.dicom_port}")
+    print(
+        f"Orthanc at {server.url} (user {server.username}), DICOM {server.aet}@127.0.0.1:{server.dicom_port}"
+    )
     try:
         server.process.wait()  # type: ignore[union-attr]
     except KeyboardInterrupt:

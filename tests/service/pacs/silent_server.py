@@ -19,7 +19,7 @@ class SilentServer:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True)
 
-    def __enter__(self) -> "SilentServer":
+    def __enter__(self):  # -> Self
         self._thread.start()
         return self
 
@@ -35,6 +35,6 @@ class SilentServer:
         while not self._stop.is_set():
             try:
                 conn, _ = self._sock.accept()
-            except (socket.timeout, OSError):
+            except (TimeoutError, OSError):
                 continue
             self._conns.append(conn)

@@ -58,7 +58,10 @@ def test_dicomweb_bearer_session(monkeypatch):
     [
         ({"protocol": "dicomweb"}, "MSDN_PACS_DICOMWEB_URL is required"),
         ({"dicomweb_url": "ftp://x"}, "must start with http"),
-        ({"dicomweb_auth": "basic", "dicomweb_username": "u"}, "needs dicomweb_username and dicomweb_password"),
+        (
+            {"dicomweb_auth": "basic", "dicomweb_username": "u"},
+            "needs dicomweb_username and dicomweb_password",
+        ),
         ({"dicomweb_auth": "bearer"}, "needs dicomweb_token"),
         ({"ae_title": "A" * 17}, "ae_title"),
         ({"peer_ae_title": "BAD\\AE"}, "peer_ae_title"),

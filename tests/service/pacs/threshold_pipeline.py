@@ -6,7 +6,7 @@ expects: a list of pydicom Datasets of one series in, a DICOM SEG (highdicom) ou
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import highdicom as hd
 import numpy as np
@@ -20,7 +20,9 @@ def sort_by_position(datasets: Sequence[Dataset]) -> list[Dataset]:
     first = datasets[0]
     iop = np.asarray(first.ImageOrientationPatient, dtype=float)
     normal = np.cross(iop[:3], iop[3:])
-    return sorted(datasets, key=lambda ds: float(np.dot(normal, np.asarray(ds.ImagePositionPatient, dtype=float))))
+    return sorted(
+        datasets, key=lambda ds: float(np.dot(normal, np.asarray(ds.ImagePositionPatient, dtype=float)))
+    )
 
 
 def stored_values(ds: Dataset) -> np.ndarray:
@@ -30,14 +32,14 @@ def stored_values(ds: Dataset) -> np.ndarray:
     return ds.pixel_array.astype(np.float64) * slope + intercept
 
 
-def threshold_mask(datasets: Sequence[Dataset], threshold: Optional[float] = None) -> np.ndarray:
+def threshold_mask(datasets: Sequence[Dataset], threshold: float | None = None) -> np.ndarray:
     """(Z, Y, X) bool mask, value > threshold (default: the mean of the whole series)."""
     volume = np.stack([stored_values(ds) for ds in datasets])
     level = float(volume.mean()) if threshold is None else threshold
     return volume > level
 
 
-def threshold_pipeline(datasets: Sequence[Dataset], *, threshold: Optional[float] = None) -> hd.seg.Segmentation:
+def threshold_pipeline(datasets: Sequence[Dataset], *, threshold: float | None = None) -> hd.seg.Segmentation:
     """Segment ``datasets`` (one series) by thresholding; returns a binary DICOM SEG with one segment."""
     if not datasets:
         raise ValueError("datasets is empty")
