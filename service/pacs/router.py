@@ -1,29 +1,37 @@
 """HTTP routes for the PACS: echo, series search, and segment-a-series-from-the-PACS.
 
-Plug into the app with ``app.include_router(router)`` (add the API-key dependency there:
-``app.include_router(router, dependencies=[Depends(require_api_key)])``). Two resources are read from
-``app.state`` (set them in the app's lifespan, see :func:`pacs_lifespan`) or overridden with
-``app.dependency_overrides``:
+The router carries its own lifespan (FastAPI runs it inside the app's): it creates
+``app.state.pacs_client`` from ``MSDN_PACS_*`` unless the app set one (``protocol=none``: no client,
+the routes answer 503), starts the push listener when ``MSDN_PACS_LISTENER_ENABLED``, and closes
+both at shutdown. Add the API-key dependency when including it:
+``app.include_router(router, dependencies=[Depends(require_api_key)])``.
 
-* ``app.state.pacs_client``: a :class:`~service.pacs.base.PacsClient`; when missing, one is built from
-  ``MSDN_PACS_*`` on first use.
-* ``app.state.series_pipeline``: a :data:`SeriesPipeline`, i.e. ``f(datasets) -> DICOM SEG Dataset``;
-  the segmentation routes answer 503 while there is none.
+The segmentation step is the dependency :func:`get_series_pipeline`, in this order:
 
-Errors: PACS failures become 502/504 (peer at fault), a missing series 404, an oversized one 413, an
-unusable series (the pipeline raised ValueError) 422; the message says what happened.
+1. ``app.state.series_pipeline`` if set: any ``f(datasets) -> DICOM SEG Dataset`` (e.g. returning a
+   highdicom ``Segmentation``); it may take a ``deadline`` keyword;
+2. otherwise, with the inference service's model loaded (``app.state.runtime``), the service
+   pipeline: ``service.pipeline.segment_datasets`` then ``service.outputs.dicom_seg.build_seg``;
+3. otherwise 503.
+
+It runs in a worker thread, through ``app.state.limiter`` (the service's inference limiter) when
+there is one. Errors: PACS failures become 502/504 (peer at fault), a missing series 404, an
+oversized one 413, an unusable series (the pipeline raised ValueError) 422; the message says what
+happened. Domain errors of the service pipeline propagate to the app's own handlers.
 """
 
 from __future__ import annotations
 
+import inspect
 import io
 import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
+import anyio
 import pydicom
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Request
 from fastapi.responses import Response
@@ -40,19 +48,42 @@ logger = logging.getLogger(__name__)
 #: A DICOM UID (digits and dots, at most 64 characters).
 UID_PATTERN = r"^[0-9]+(\.[0-9]+)*$"
 #: Segments a series: its instances (any order) in, a DICOM SEG (e.g. highdicom Segmentation) out.
-SeriesPipeline = Callable[[list[Dataset]], Dataset]
+SeriesPipeline = Callable[..., Dataset]
 
 DICOM_MEDIA_TYPE = "application/dicom"
 
-router = APIRouter(prefix="/v1/pacs", tags=["pacs"])
 _client_lock = threading.Lock()
+
+
+@asynccontextmanager
+async def pacs_lifespan(app: FastAPI, settings: PacsSettings | None = None) -> AsyncIterator[None]:
+    """Create ``app.state.pacs_client`` (unless set, or protocol ``none``) and close it at shutdown.
+
+    Invalid ``MSDN_PACS_*`` settings stop the start-up with pydantic's message naming the variable.
+    """
+    created = None
+    if getattr(app.state, "pacs_client", None) is None:
+        settings = settings if settings is not None else PacsSettings()
+        if settings.protocol != "none":
+            created = create_pacs_client(settings)
+            app.state.pacs_client = created
+            logger.info("PACS client: %s", created.describe())
+    try:
+        yield
+    finally:
+        if created is not None:
+            created.close()
+            app.state.pacs_client = None
+
+
+router = APIRouter(prefix="/v1/pacs", tags=["pacs"], lifespan=pacs_lifespan)
 
 
 # --- dependencies ------------------------------------------------------------------------------
 
 
 def get_pacs_client(request: Request) -> PacsClient:
-    """``app.state.pacs_client``, built from ``MSDN_PACS_*`` on first use when the app set none."""
+    """``app.state.pacs_client``, built from ``MSDN_PACS_*`` on first use when there is none."""
     state = request.app.state
     client = getattr(state, "pacs_client", None)
     if client is None:
@@ -64,7 +95,7 @@ def get_pacs_client(request: Request) -> PacsClient:
                 except ValidationError as exc:
                     raise HTTPException(
                         status_code=503, detail=f"PACS settings (MSDN_PACS_*) are invalid: {exc}"
-                    )
+                    ) from exc
                 with _http_errors():
                     client = create_pacs_client(settings)
                 state.pacs_client = client
@@ -72,34 +103,47 @@ def get_pacs_client(request: Request) -> PacsClient:
 
 
 def get_series_pipeline(request: Request) -> SeriesPipeline:
-    """``app.state.series_pipeline``; 503 when the app has no segmentation pipeline."""
-    pipeline = getattr(request.app.state, "series_pipeline", None)
-    if pipeline is None:
-        raise HTTPException(
-            status_code=503, detail="no segmentation pipeline is loaded (no model configured)"
-        )
-    return pipeline
+    """The segmentation step (module docstring); 503 when there is none."""
+    state = request.app.state
+    pipeline = getattr(state, "series_pipeline", None)
+    if pipeline is not None:
+        return pipeline
+    if getattr(state, "runtime", None) is not None:
+        return _service_pipeline(state)
+    raise HTTPException(status_code=503, detail="no segmentation pipeline is loaded (no model configured)")
+
+
+def _service_pipeline(state: Any) -> SeriesPipeline:
+    """The inference service's pipeline (model on ``state.runtime``) as a SeriesPipeline."""
+    from service.outputs.dicom_seg import build_seg  # the service package, present in the full app
+    from service.pipeline import segment_datasets
+
+    def run(datasets: list[Dataset], deadline: Any = None) -> Dataset:
+        return build_seg(segment_datasets(datasets, state.runtime, state.settings, deadline=deadline))
+
+    return run
 
 
 PacsClientDep = Annotated[PacsClient, Depends(get_pacs_client)]
 SeriesPipelineDep = Annotated[SeriesPipeline, Depends(get_series_pipeline)]
 
 
-@asynccontextmanager
-async def pacs_lifespan(app: FastAPI, settings: PacsSettings | None = None) -> AsyncIterator[None]:
-    """Create ``app.state.pacs_client`` (unless protocol is ``none``) and close it at shutdown.
-
-    Use inside the app's own lifespan: ``async with pacs_lifespan(app): yield``.
-    """
-    settings = settings if settings is not None else PacsSettings()
-    client = None if settings.protocol == "none" else create_pacs_client(settings)
-    app.state.pacs_client = client
+def _takes_deadline(pipeline: SeriesPipeline) -> bool:
     try:
-        yield
-    finally:
-        if client is not None:
-            client.close()
-        app.state.pacs_client = None
+        return "deadline" in inspect.signature(pipeline).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+async def _run_pipeline(request: Request, pipeline: SeriesPipeline, datasets: list[Dataset]) -> Dataset:
+    """Run the pipeline in a worker thread, through the app's inference limiter when it has one."""
+    with_deadline = _takes_deadline(pipeline)
+    limiter = getattr(request.app.state, "limiter", None)
+    if limiter is not None:
+        if with_deadline:
+            return await limiter.run(lambda deadline: pipeline(datasets, deadline=deadline))
+        return await limiter.run(lambda deadline: pipeline(datasets))
+    return await anyio.to_thread.run_sync(lambda: pipeline(datasets))
 
 
 @contextmanager
@@ -112,6 +156,12 @@ def _http_errors() -> Iterator[None]:
         raise HTTPException(status_code=exc.status_code, detail=exc.message) from exc
     except ValueError as exc:  # a UID or option the client refused
         raise HTTPException(status_code=422, detail=str(exc)) from exc
+
+
+async def _pacs_call(function: Callable[[], Any]) -> Any:
+    """A blocking PACS client call, in a worker thread, with errors mapped to HTTP."""
+    with _http_errors():
+        return await anyio.to_thread.run_sync(function)
 
 
 # --- models ------------------------------------------------------------------------------------
@@ -167,10 +217,9 @@ class PacsSegmentResponse(BaseModel):
 
 
 @router.get("/echo", response_model=EchoResponse, summary="Check the PACS answers (C-ECHO or QIDO-RS)")
-def pacs_echo(client: PacsClientDep) -> EchoResponse:
+async def pacs_echo(client: PacsClientDep) -> EchoResponse:
     start = time.perf_counter()
-    with _http_errors():
-        client.echo()
+    await _pacs_call(client.echo)
     return EchoResponse(
         ok=True,
         protocol=client.protocol,
@@ -184,13 +233,12 @@ def pacs_echo(client: PacsClientDep) -> EchoResponse:
     response_model=list[SeriesItem],
     summary="Series of a study on the PACS (QIDO-RS or C-FIND)",
 )
-def pacs_find_series(
+async def pacs_find_series(
     client: PacsClientDep,
     study_uid: Annotated[str, Path(pattern=UID_PATTERN, max_length=64)],
     modality: Annotated[str | None, Query(max_length=16, pattern=r"^[A-Z0-9_]+$")] = None,
 ) -> list[SeriesItem]:
-    with _http_errors():
-        found: list[SeriesInfo] = client.find_series(study_uid, modality=modality)
+    found: list[SeriesInfo] = await _pacs_call(lambda: client.find_series(study_uid, modality=modality))
     return [SeriesItem(**vars(s)) for s in found]
 
 
@@ -200,13 +248,14 @@ def pacs_find_series(
     summary="Fetch a series from the PACS, segment it, optionally store the DICOM SEG back",
     responses={200: {"content": {DICOM_MEDIA_TYPE: {}}, "description": "summary (json) or the SEG (dicom)"}},
 )
-def pacs_segment(body: PacsSegmentRequest, client: PacsClientDep, pipeline: SeriesPipelineDep):
+async def pacs_segment(
+    body: PacsSegmentRequest, request: Request, client: PacsClientDep, pipeline: SeriesPipelineDep
+):
     t0 = time.perf_counter()
-    with _http_errors():
-        datasets = client.fetch_series(body.study_uid, body.series_uid)
+    datasets = await _pacs_call(lambda: client.fetch_series(body.study_uid, body.series_uid))
     t1 = time.perf_counter()
     try:
-        seg = pipeline(datasets)
+        seg = await _run_pipeline(request, pipeline, datasets)
     except ValueError as exc:
         logger.info("series %s not segmentable: %s", body.series_uid, exc)
         raise HTTPException(
@@ -220,8 +269,7 @@ def pacs_segment(body: PacsSegmentRequest, client: PacsClientDep, pipeline: Seri
     store_ms = None
     warnings = 0
     if body.store_result:
-        with _http_errors():
-            stored = client.store([seg])
+        stored = await _pacs_call(lambda: client.store([seg]))
         warnings = len(stored.warnings)
         store_ms = (time.perf_counter() - t2) * 1e3
     logger.info(

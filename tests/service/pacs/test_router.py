@@ -10,6 +10,7 @@ import pydicom
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from pydantic import ValidationError
 
 from service.pacs import create_pacs_client
 from service.pacs.router import get_pacs_client, router
@@ -148,7 +149,7 @@ def test_unreachable_pacs_is_502(dimse_settings):
 
 
 def test_client_from_environment(monkeypatch, orthanc, pacs_series):
-    """No client on app.state: the route builds one from MSDN_PACS_* (here: DICOMweb, basic auth)."""
+    """No client on app.state: the router's lifespan builds one from MSDN_PACS_* and closes it."""
     monkeypatch.setenv("MSDN_PACS_PROTOCOL", "dicomweb")
     monkeypatch.setenv("MSDN_PACS_DICOMWEB_URL", orthanc.dicomweb_url)
     monkeypatch.setenv("MSDN_PACS_DICOMWEB_AUTH", "basic")
@@ -160,7 +161,8 @@ def test_client_from_environment(monkeypatch, orthanc, pacs_series):
         mr = pacs_series["mr_small"]
         response = api.post("/v1/pacs/segment", json={"study_uid": mr.study_uid, "series_uid": mr.series_uid})
         assert response.status_code == 200, response.text
-    app.state.pacs_client.close()
+        assert app.state.pacs_client.describe() == f"DICOMweb {orthanc.dicomweb_url}"
+    assert app.state.pacs_client is None  # closed at shutdown
 
 
 def test_pacs_not_configured_is_503(monkeypatch):
@@ -171,10 +173,19 @@ def test_pacs_not_configured_is_503(monkeypatch):
     assert "MSDN_PACS_PROTOCOL" in response.json()["detail"]
 
 
-def test_invalid_pacs_settings_is_503(monkeypatch):
+def test_invalid_pacs_settings_stop_the_start(monkeypatch):
     monkeypatch.setenv("MSDN_PACS_PROTOCOL", "dicomweb")
     monkeypatch.delenv("MSDN_PACS_DICOMWEB_URL", raising=False)
+    with pytest.raises(ValidationError, match="MSDN_PACS_DICOMWEB_URL is required"):
+        with TestClient(make_app(None)):
+            pass
+
+
+def test_settings_made_invalid_after_start_are_503(monkeypatch):
+    """The lazy path (no client created at start): invalid settings answer 503, not 500."""
+    monkeypatch.setenv("MSDN_PACS_PROTOCOL", "none")
     with TestClient(make_app(None)) as api:
+        monkeypatch.setenv("MSDN_PACS_PROTOCOL", "dicomweb")
         response = api.get("/v1/pacs/echo")
     assert response.status_code == 503
     assert "MSDN_PACS_DICOMWEB_URL" in response.json()["detail"]
