@@ -57,20 +57,47 @@ _client_lock = threading.Lock()
 
 @asynccontextmanager
 async def pacs_lifespan(app: FastAPI, settings: PacsSettings | None = None) -> AsyncIterator[None]:
-    """Create ``app.state.pacs_client`` (unless set, or protocol ``none``) and close it at shutdown.
+    """Create ``app.state.pacs_client`` (unless set, or protocol ``none``), start the push listener
+    when enabled, and close both at shutdown.
 
     Invalid ``MSDN_PACS_*`` settings stop the start-up with pydantic's message naming the variable.
     """
+    settings = settings if settings is not None else PacsSettings()
     created = None
-    if getattr(app.state, "pacs_client", None) is None:
-        settings = settings if settings is not None else PacsSettings()
-        if settings.protocol != "none":
-            created = create_pacs_client(settings)
-            app.state.pacs_client = created
-            logger.info("PACS client: %s", created.describe())
+    receiver = assembler = None
+    if settings.listener_enabled:
+        from service.pacs.listener import SeriesAssembler, auto_segment_handler
+        from service.pacs.scp import StorageReceiver
+
+        def current_pipeline() -> SeriesPipeline:
+            return _pipeline_from_state(app.state)
+
+        def handle(datasets: list[Dataset], calling_ae: str) -> None:
+            client = getattr(app.state, "pacs_client", None)
+            auto_segment_handler(current_pipeline, client, send_result=settings.listener_send_result)(
+                datasets, calling_ae
+            )
+
+        assembler = SeriesAssembler(
+            handle,
+            idle_s=settings.listener_series_idle_s,
+            max_instances=settings.max_instances,
+            max_bytes=settings.max_series_bytes,
+        ).start()
+        receiver = StorageReceiver.from_settings(settings, on_unexpected=assembler.add).start()
+        app.state.pacs_listener = assembler
+    if getattr(app.state, "pacs_client", None) is None and settings.protocol != "none":
+        created = create_pacs_client(settings, receiver=receiver)
+        app.state.pacs_client = created
+        logger.info("PACS client: %s", created.describe())
     try:
         yield
     finally:
+        if receiver is not None:
+            receiver.stop()
+        if assembler is not None:
+            assembler.stop()
+            app.state.pacs_listener = None
         if created is not None:
             created.close()
             app.state.pacs_client = None
@@ -102,15 +129,25 @@ def get_pacs_client(request: Request) -> PacsClient:
     return client
 
 
-def get_series_pipeline(request: Request) -> SeriesPipeline:
-    """The segmentation step (module docstring); 503 when there is none."""
-    state = request.app.state
+class NoPipelineError(LookupError):
+    """Neither ``app.state.series_pipeline`` nor a loaded model."""
+
+
+def _pipeline_from_state(state: Any) -> SeriesPipeline:
     pipeline = getattr(state, "series_pipeline", None)
     if pipeline is not None:
         return pipeline
     if getattr(state, "runtime", None) is not None:
         return _service_pipeline(state)
-    raise HTTPException(status_code=503, detail="no segmentation pipeline is loaded (no model configured)")
+    raise NoPipelineError("no segmentation pipeline is loaded (no model configured)")
+
+
+def get_series_pipeline(request: Request) -> SeriesPipeline:
+    """The segmentation step (module docstring); 503 when there is none."""
+    try:
+        return _pipeline_from_state(request.app.state)
+    except NoPipelineError as exc:
+        raise HTTPException(status_code=503, detail=str(exc)) from exc
 
 
 def _service_pipeline(state: Any) -> SeriesPipeline:

@@ -176,7 +176,10 @@ def test_pacs_not_configured_is_503(monkeypatch):
 def test_invalid_pacs_settings_stop_the_start(monkeypatch):
     monkeypatch.setenv("MSDN_PACS_PROTOCOL", "dicomweb")
     monkeypatch.delenv("MSDN_PACS_DICOMWEB_URL", raising=False)
-    with pytest.raises(ValidationError, match="MSDN_PACS_DICOMWEB_URL is required"), TestClient(make_app(None)):
+    with (
+        pytest.raises(ValidationError, match="MSDN_PACS_DICOMWEB_URL is required"),
+        TestClient(make_app(None)),
+    ):
         pass
 
 
