@@ -60,6 +60,9 @@ async def pacs_lifespan(app: FastAPI, settings: PacsSettings | None = None) -> A
     """Create ``app.state.pacs_client`` (unless set, or protocol ``none``), start the push listener
     when enabled, and close both at shutdown.
 
+    The push listener (``MSDN_PACS_LISTENER_ENABLED``) segments pushed series one at a time in its own
+    worker thread (outside the HTTP inference limiter) and stores each SEG with the PACS client.
+
     Invalid ``MSDN_PACS_*`` settings stop the start-up with pydantic's message naming the variable.
     """
     settings = settings if settings is not None else PacsSettings()
@@ -84,7 +87,11 @@ async def pacs_lifespan(app: FastAPI, settings: PacsSettings | None = None) -> A
             max_instances=settings.max_instances,
             max_bytes=settings.max_series_bytes,
         ).start()
-        receiver = StorageReceiver.from_settings(settings, on_unexpected=assembler.add).start()
+        try:
+            receiver = StorageReceiver.from_settings(settings, on_unexpected=assembler.add).start()
+        except OSError:
+            assembler.stop()
+            raise
         app.state.pacs_listener = assembler
     if getattr(app.state, "pacs_client", None) is None and settings.protocol != "none":
         created = create_pacs_client(settings, receiver=receiver)
