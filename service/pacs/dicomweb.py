@@ -117,9 +117,7 @@ class DicomwebPacsClient:
                 f"{self.settings.connect_timeout_s:g}s (connect) / {self.settings.network_timeout_s:g}s (read)"
             ) from exc
         except requests.exceptions.ConnectionError as exc:
-            raise PacsUnreachableError(
-                f"{action}: cannot connect to {self.describe()} ({_reason(exc)})"
-            ) from exc
+            raise PacsUnreachableError(f"{action}: cannot connect to {self.describe()} ({_reason(exc)})") from exc
         except requests.exceptions.HTTPError as exc:
             status = exc.response.status_code if exc.response is not None else 0
             if status in (401, 403):
@@ -131,9 +129,7 @@ class DicomwebPacsClient:
                 raise SeriesNotFoundError(f"{action}: {not_found} (HTTP 404 from {self.describe()})") from exc
             raise PacsOperationError(f"{action}: {self.describe()} answered HTTP {status}") from exc
         except requests.exceptions.RequestException as exc:
-            raise PacsOperationError(
-                f"{action}: request to {self.describe()} failed ({_reason(exc)})"
-            ) from exc
+            raise PacsOperationError(f"{action}: request to {self.describe()} failed ({_reason(exc)})") from exc
 
     def echo(self) -> None:
         """QIDO-RS study search with limit 1: proves reachability, auth and a working DICOMweb root."""
@@ -212,9 +208,7 @@ class DicomwebPacsClient:
             raise SeriesNotFoundError(f"fetch series: {missing} on {self.describe()}")
         count = found[0].instance_count
         if count is not None and count > limit_n:
-            raise SeriesTooLargeError(
-                f"series {series_uid} has {count} instances, more than max_instances={limit_n}"
-            )
+            raise SeriesTooLargeError(f"series {series_uid} has {count} instances, more than max_instances={limit_n}")
         media_types = (("application/dicom", self.settings.dicomweb_transfer_syntax),)
         datasets: list[Dataset] = []
         nbytes = 0
@@ -223,18 +217,14 @@ class DicomwebPacsClient:
                 datasets.append(ds)
                 nbytes += pixel_bytes(ds)
                 if len(datasets) > limit_n:
-                    raise SeriesTooLargeError(
-                        f"series {series_uid} has more than max_instances={limit_n} instances"
-                    )
+                    raise SeriesTooLargeError(f"series {series_uid} has more than max_instances={limit_n} instances")
                 if nbytes > limit_bytes:
                     raise SeriesTooLargeError(
                         f"series {series_uid} has more than max_series_bytes={limit_bytes} bytes of pixel data"
                     )
         if not datasets:
             raise SeriesNotFoundError(f"fetch series: {missing} on {self.describe()}")
-        logger.info(
-            "DICOMweb fetched series %s: %d instances, %d pixel bytes", series_uid, len(datasets), nbytes
-        )
+        logger.info("DICOMweb fetched series %s: %d instances, %d pixel bytes", series_uid, len(datasets), nbytes)
         return sort_instances(datasets)
 
     def store(self, datasets: Sequence[Dataset]) -> StoreResult:

@@ -203,9 +203,7 @@ class DimsePacsClient:
             )
         if watch.peer_aborted:
             raise AssociationAbortedError(f"{action}: {peer} aborted the association request")
-        raise PacsTimeoutError(
-            f"{action}: {peer} did not answer the association request within {s.acse_timeout_s:g}s"
-        )
+        raise PacsTimeoutError(f"{action}: {peer} did not answer the association request within {s.acse_timeout_s:g}s")
 
     def _raise_lost(self, action: str, assoc: Association, watch: _AssociationWatch) -> None:
         """An operation got no (final) response: the peer aborted, or the DIMSE timeout hit."""
@@ -236,9 +234,7 @@ class DimsePacsClient:
     # --- C-FIND --------------------------------------------------------------------------------
 
     def _find(self, action: str, identifier: Dataset) -> list[Dataset]:
-        contexts = [
-            (StudyRootQueryRetrieveInformationModelFind, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
-        ]
+        contexts = [(StudyRootQueryRetrieveInformationModelFind, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])]
         matches: list[Dataset] = []
         with self._associate(action, contexts) as (assoc, watch):
             final = None
@@ -334,9 +330,7 @@ class DimsePacsClient:
         action = "fetch series"
         count, sop_classes = self._series_sop_classes(action, study_uid, series_uid)
         if count == 0:
-            raise SeriesNotFoundError(
-                f"{action}: no series {series_uid} in study {study_uid} on {self.describe()}"
-            )
+            raise SeriesNotFoundError(f"{action}: no series {series_uid} in study {study_uid} on {self.describe()}")
         if count > self.settings.max_instances:
             raise SeriesTooLargeError(
                 f"series {series_uid} has {count} instances, more than max_instances={self.settings.max_instances}"
@@ -390,9 +384,7 @@ class DimsePacsClient:
 
     def _move(self, action: str, study_uid: str, series_uid: str, collector: SeriesCollector) -> None:
         receiver = self._ensure_receiver()
-        contexts = [
-            (StudyRootQueryRetrieveInformationModelMove, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
-        ]
+        contexts = [(StudyRootQueryRetrieveInformationModelMove, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])]
         with receiver.expect(collector), self._associate(action, contexts) as (assoc, watch):
             responses = assoc.send_c_move(
                 self._retrieve_identifier(study_uid, series_uid),
@@ -455,9 +447,7 @@ class DimsePacsClient:
             meta = getattr(ds, "file_meta", None)
             ts = str(meta.TransferSyntaxUID) if meta is not None and "TransferSyntaxUID" in meta else None
             if ts is None:
-                raise ValueError(
-                    f"instance {ds.get('SOPInstanceUID', '?')} has no file meta TransferSyntaxUID"
-                )
+                raise ValueError(f"instance {ds.get('SOPInstanceUID', '?')} has no file meta TransferSyntaxUID")
             contexts[(str(ds.SOPClassUID), ts)] = None
         action = "store"
         result = StoreResult()

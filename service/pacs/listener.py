@@ -142,9 +142,7 @@ class SeriesAssembler:
             self.on_series(sort_instances(pending.datasets), pending.calling_ae)
         except Exception:  # keep listening; the error is logged with UIDs only
             self.failed += 1
-            logger.exception(
-                "push listener: series %s from %s failed", pending.series_uid, pending.calling_ae
-            )
+            logger.exception("push listener: series %s from %s failed", pending.series_uid, pending.calling_ae)
             return
         self.completed += 1
         logger.info(

@@ -292,9 +292,7 @@ async def pacs_find_series(
     summary="Fetch a series from the PACS, segment it, optionally store the DICOM SEG back",
     responses={200: {"content": {DICOM_MEDIA_TYPE: {}}, "description": "summary (json) or the SEG (dicom)"}},
 )
-async def pacs_segment(
-    body: PacsSegmentRequest, request: Request, client: PacsClientDep, pipeline: SeriesPipelineDep
-):
+async def pacs_segment(body: PacsSegmentRequest, request: Request, client: PacsClientDep, pipeline: SeriesPipelineDep):
     t0 = time.perf_counter()
     datasets = await _pacs_call(lambda: client.fetch_series(body.study_uid, body.series_uid))
     t1 = time.perf_counter()
@@ -302,14 +300,10 @@ async def pacs_segment(
         seg = await _run_pipeline(request, pipeline, datasets)
     except ValueError as exc:
         logger.info("series %s not segmentable: %s", body.series_uid, exc)
-        raise HTTPException(
-            status_code=422, detail=f"series {body.series_uid} cannot be segmented: {exc}"
-        ) from exc
+        raise HTTPException(status_code=422, detail=f"series {body.series_uid} cannot be segmented: {exc}") from exc
     t2 = time.perf_counter()
     if str(seg.get("Modality", "")) != "SEG":
-        raise TypeError(
-            f"the series pipeline must return a DICOM SEG dataset, got Modality={seg.get('Modality')!r}"
-        )
+        raise TypeError(f"the series pipeline must return a DICOM SEG dataset, got Modality={seg.get('Modality')!r}")
     store_ms = None
     warnings = 0
     if body.store_result:

@@ -116,9 +116,7 @@ class StorageReceiver:
         ae.add_supported_context(Verification)
         handlers = [(evt.EVT_C_STORE, self._handle_store)]
         try:
-            self._server = ae.start_server(
-                (self.host, self.requested_port), block=False, evt_handlers=handlers
-            )
+            self._server = ae.start_server((self.host, self.requested_port), block=False, evt_handlers=handlers)
         except OSError as exc:
             raise OSError(f"Storage SCP cannot listen on {self.host}:{self.requested_port}: {exc}") from exc
         self._ae = ae

@@ -28,9 +28,7 @@ class PacsSettings(BaseSettings):
     protocol: Literal["none", "dicomweb", "dimse"] = "none"
 
     # --- DICOMweb -------------------------------------------------------------------------------
-    dicomweb_url: str | None = Field(
-        default=None, description="DICOMweb base URL, e.g. http://orthanc:8042/dicom-web"
-    )
+    dicomweb_url: str | None = Field(default=None, description="DICOMweb base URL, e.g. http://orthanc:8042/dicom-web")
     dicomweb_qido_prefix: str | None = Field(default=None, description="path prefix for QIDO-RS")
     dicomweb_wado_prefix: str | None = Field(default=None, description="path prefix for WADO-RS")
     dicomweb_stow_prefix: str | None = Field(default=None, description="path prefix for STOW-RS")
@@ -72,9 +70,7 @@ class PacsSettings(BaseSettings):
 
     # --- limits -----------------------------------------------------------------------------------
     max_instances: int = Field(default=2000, ge=1, description="most instances accepted in one series")
-    max_series_bytes: int = Field(
-        default=2 * 1024**3, ge=1, description="most bytes of DICOM accepted for one series"
-    )
+    max_series_bytes: int = Field(default=2 * 1024**3, ge=1, description="most bytes of DICOM accepted for one series")
 
     # --- Storage SCP listener (push from a modality / PACS, auto-segment) ------------------------
     listener_enabled: bool = False

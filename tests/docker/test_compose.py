@@ -64,9 +64,7 @@ def test_services_network_and_volumes(compose):
 
 def test_api_keys_are_required(compose):
     env = _env(compose["services"]["msdn"])
-    assert re.fullmatch(
-        r"\$\{MSDN_API_KEYS:\?[^}]+\}", env["MSDN_API_KEYS"]
-    )  # compose refuses to start without
+    assert re.fullmatch(r"\$\{MSDN_API_KEYS:\?[^}]+\}", env["MSDN_API_KEYS"])  # compose refuses to start without
     with pytest.raises(KeyError, match="MSDN_API_KEYS"):
         _substitute(env["MSDN_API_KEYS"], {})
     example = (ROOT / ".env.example").read_text()

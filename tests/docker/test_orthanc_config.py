@@ -51,9 +51,7 @@ def _settings(server: OrthancServer, **overrides) -> PacsSettings:
 def test_dicomweb_with_the_password_from_the_environment(compose_orthanc):
     create_pacs_client(_settings(compose_orthanc)).echo()
     with pytest.raises(PacsAuthError):
-        create_pacs_client(
-            _settings(compose_orthanc, dicomweb_password=SecretStr("${ORTHANC_PASSWORD}"))
-        ).echo()
+        create_pacs_client(_settings(compose_orthanc, dicomweb_password=SecretStr("${ORTHANC_PASSWORD}"))).echo()
 
 
 def test_dimse_our_ae_allowed_strangers_refused(compose_orthanc):

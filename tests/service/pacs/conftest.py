@@ -55,9 +55,7 @@ def orthanc(tmp_path_factory) -> OrthancServer:
     """A running Orthanc on free local ports; knows AE ``MSDN`` at 127.0.0.1:``orthanc.scp_port``."""
     require_orthanc()
     scp_port = free_port()
-    server = OrthancServer(
-        tmp_path_factory.mktemp("orthanc"), modalities={"msdn": (OUR_AE, "127.0.0.1", scp_port)}
-    )
+    server = OrthancServer(tmp_path_factory.mktemp("orthanc"), modalities={"msdn": (OUR_AE, "127.0.0.1", scp_port)})
     server.scp_port = scp_port  # type: ignore[attr-defined]
     server.start()
     try:

@@ -235,13 +235,9 @@ class OrthancServer:
 if __name__ == "__main__":  # pragma: no cover - manual use
     import tempfile
 
-    server = OrthancServer(
-        Path(tempfile.mkdtemp(prefix="orthanc-")), modalities={"msdn": ("MSDN", "127.0.0.1", 11112)}
-    )
+    server = OrthancServer(Path(tempfile.mkdtemp(prefix="orthanc-")), modalities={"msdn": ("MSDN", "127.0.0.1", 11112)})
     server.start()
-    print(
-        f"Orthanc at {server.url} (user {server.username}), DICOM {server.aet}@127.0.0.1:{server.dicom_port}"
-    )
+    print(f"Orthanc at {server.url} (user {server.username}), DICOM {server.aet}@127.0.0.1:{server.dicom_port}")
     try:
         server.process.wait()  # type: ignore[union-attr]
     except KeyboardInterrupt:

@@ -126,9 +126,7 @@ def _check_seg(seg_ds: pydicom.Dataset, expected_uid: str, sources: list[pydicom
     assert expected.any() and not expected.all()  # a real, non-trivial mask
 
 
-def test_store_seg_and_read_it_back_independently(
-    pacs_client, pacs_series, orthanc, dicomweb_settings, dimse_settings
-):
+def test_store_seg_and_read_it_back_independently(pacs_client, pacs_series, orthanc, dicomweb_settings, dimse_settings):
     ct5 = pacs_series["ct5"]
     sources = pacs_client.fetch_series(ct5.study_uid, ct5.series_uid)
     seg = threshold_pipeline(sources)

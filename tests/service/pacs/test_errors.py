@@ -33,9 +33,7 @@ def test_dicomweb_wrong_port_is_unreachable(dicomweb_settings):
 
 
 def test_dicomweb_wrong_password_is_an_auth_error(dicomweb_settings):
-    client = create_pacs_client(
-        dicomweb_settings.model_copy(update={"dicomweb_password": SecretStr("wrong")})
-    )
+    client = create_pacs_client(dicomweb_settings.model_copy(update={"dicomweb_password": SecretStr("wrong")}))
     with pytest.raises(PacsAuthError, match="HTTP 401") as info:
         client.echo()
     assert "wrong" not in str(info.value)  # never echo a credential
@@ -65,9 +63,7 @@ def test_dicomweb_silent_peer_times_out():
 
 
 def test_dicomweb_wrong_root_is_an_operation_error(dicomweb_settings, orthanc):
-    client = create_pacs_client(
-        dicomweb_settings.model_copy(update={"dicomweb_url": f"{orthanc.url}/no-such-root"})
-    )
+    client = create_pacs_client(dicomweb_settings.model_copy(update={"dicomweb_url": f"{orthanc.url}/no-such-root"}))
     with pytest.raises(PacsOperationError, match="HTTP 404"):
         client.echo()
 
@@ -95,9 +91,7 @@ def test_dimse_wrong_called_ae_is_rejected(dimse_settings):
 
 def test_dimse_silent_peer_times_out(dimse_settings):
     with SilentServer() as silent:
-        client = create_pacs_client(
-            dimse_settings.model_copy(update={"peer_port": silent.port, "acse_timeout_s": 0.5})
-        )
+        client = create_pacs_client(dimse_settings.model_copy(update={"peer_port": silent.port, "acse_timeout_s": 0.5}))
         start = time.monotonic()
         with pytest.raises(PacsTimeoutError, match="did not answer the association request within 0.5s"):
             client.echo()

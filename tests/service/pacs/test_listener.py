@@ -55,9 +55,7 @@ def test_pushed_series_is_segmented_and_the_seg_stored_back(monkeypatch, orthanc
     assert len(new) == 1, orthanc.log_tail()
     (seg_series_id,) = new
     instances = orthanc.rest.get(f"{orthanc.url}/series/{seg_series_id}/instances", timeout=10).json()
-    seg = hd.seg.Segmentation.from_dataset(
-        pydicom.dcmread(io.BytesIO(orthanc.instance_file(instances[0]["ID"])))
-    )
+    seg = hd.seg.Segmentation.from_dataset(pydicom.dcmread(io.BytesIO(orthanc.instance_file(instances[0]["ID"]))))
     ordered = sort_by_position(mr.datasets)
     got = seg.get_pixels_by_source_instance(
         source_sop_instance_uids=[ds.SOPInstanceUID for ds in ordered], segment_numbers=[1]

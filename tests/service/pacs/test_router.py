@@ -96,9 +96,7 @@ def test_segment_returns_dicom_without_storing(api, pacs_series, orthanc):
 
 def test_segment_unknown_series_is_404(api, pacs_series):
     ct5 = pacs_series["ct5"]
-    response = api.post(
-        "/v1/pacs/segment", json={"study_uid": ct5.study_uid, "series_uid": "1.2.826.0.1.3680043.99.7"}
-    )
+    response = api.post("/v1/pacs/segment", json={"study_uid": ct5.study_uid, "series_uid": "1.2.826.0.1.3680043.99.7"})
     assert response.status_code == 404
     assert "1.2.826.0.1.3680043.99.7" in response.json()["detail"]
 
@@ -123,9 +121,7 @@ def test_segment_series_the_pipeline_refuses_is_422(pacs_client, pacs_series):
 
     ct5 = pacs_series["ct5"]
     with TestClient(make_app(pacs_client, pipeline=refuse)) as api:
-        response = api.post(
-            "/v1/pacs/segment", json={"study_uid": ct5.study_uid, "series_uid": ct5.series_uid}
-        )
+        response = api.post("/v1/pacs/segment", json={"study_uid": ct5.study_uid, "series_uid": ct5.series_uid})
     assert response.status_code == 422
     assert "no ImageOrientationPatient" in response.json()["detail"]
 
@@ -133,9 +129,7 @@ def test_segment_series_the_pipeline_refuses_is_422(pacs_client, pacs_series):
 def test_no_pipeline_is_503(pacs_client, pacs_series):
     ct5 = pacs_series["ct5"]
     with TestClient(make_app(pacs_client, pipeline=None)) as api:
-        response = api.post(
-            "/v1/pacs/segment", json={"study_uid": ct5.study_uid, "series_uid": ct5.series_uid}
-        )
+        response = api.post("/v1/pacs/segment", json={"study_uid": ct5.study_uid, "series_uid": ct5.series_uid})
     assert response.status_code == 503
     assert "pipeline" in response.json()["detail"]
 

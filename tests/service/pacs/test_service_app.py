@@ -15,16 +15,11 @@ import pydicom
 import pytest
 from fastapi.testclient import TestClient
 
-main = pytest.importorskip(
-    "service.main", reason="service.main (inference service) is not in this branch yet"
-)
-onnx_models = pytest.importorskip(
-    "tests.support.onnx_models", reason="test ONNX models not in this branch yet"
-)
-
-from service.settings import Settings
-
 from tests.service.pacs.threshold_pipeline import sort_by_position, stored_values
+
+main = pytest.importorskip("service.main", reason="service.main (inference service) is not in this branch yet")
+onnx_models = pytest.importorskip("tests.support.onnx_models", reason="test ONNX models not in this branch yet")
+
 
 pytestmark = pytest.mark.orthanc
 
@@ -34,10 +29,10 @@ THRESHOLD_HU = 0.0
 
 @pytest.fixture
 def service_app(tmp_path, monkeypatch, orthanc, pacs_series):
+    from service.settings import Settings
+
     model = tmp_path / "threshold.onnx"
-    onnx_models.threshold_model(
-        model, thresholds_hu=(THRESHOLD_HU,), classes=["tissue"], std=100.0, sidecar=True
-    )
+    onnx_models.threshold_model(model, thresholds_hu=(THRESHOLD_HU,), classes=["tissue"], std=100.0, sidecar=True)
     for key, value in {
         "PROTOCOL": "dicomweb",
         "DICOMWEB_URL": orthanc.dicomweb_url,

@@ -20,9 +20,7 @@ def sort_by_position(datasets: Sequence[Dataset]) -> list[Dataset]:
     first = datasets[0]
     iop = np.asarray(first.ImageOrientationPatient, dtype=float)
     normal = np.cross(iop[:3], iop[3:])
-    return sorted(
-        datasets, key=lambda ds: float(np.dot(normal, np.asarray(ds.ImagePositionPatient, dtype=float)))
-    )
+    return sorted(datasets, key=lambda ds: float(np.dot(normal, np.asarray(ds.ImagePositionPatient, dtype=float))))
 
 
 def stored_values(ds: Dataset) -> np.ndarray:
