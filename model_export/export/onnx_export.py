@@ -244,6 +244,8 @@ def _to_onnx(
     renames = {}
     for value in list(model.graph.input) + list(model.graph.output):
         dims = value.type.tensor_type.shape.dim
+        if dims and dims[0].dim_param:
+            renames[dims[0].dim_param] = "batch"
         if value.name in (INPUT_NAME, OUTPUT_NAME) and len(dims) == 4:
             renames[dims[2].dim_param] = "height"
             renames[dims[3].dim_param] = "width"
