@@ -15,6 +15,7 @@ disagree with the card).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -31,6 +32,8 @@ logger = logging.getLogger(__name__)
 
 #: Prefix of the flat metadata keys written next to ``CARD_KEY``.
 FLAT_PREFIX = "msdn."
+#: Metadata key of the SHA-256 of the serialised graph (nodes and weights), checked on load.
+GRAPH_SHA256_KEY = "msdn.graph_sha256"
 #: Precisions an exported model can have (``ModelCard.precision``).
 PRECISIONS = ("fp32", "fp16", "int8")
 
@@ -69,16 +72,26 @@ def flat_metadata(card: ModelCard) -> dict[str, str]:
     return {FLAT_PREFIX + k: str(v) for k, v in flat.items() if v is not None}
 
 
+def graph_sha256(model: onnx.ModelProto) -> str:
+    """SHA-256 of the serialised graph (nodes, initializers, names): detects corrupted weights."""
+    return hashlib.sha256(model.graph.SerializeToString(deterministic=True)).hexdigest()
+
+
 def embed_card(model: onnx.ModelProto, card: ModelCard) -> None:
-    """Write ``card`` into ``model.metadata_props`` (replacing any earlier msdn keys) and doc strings."""
+    """Write ``card`` into ``model.metadata_props`` (replacing any earlier msdn keys) and doc strings.
+
+    Also records ``graph_sha256`` under ``GRAPH_SHA256_KEY``: call it after the last graph change.
+    """
     if card.precision not in PRECISIONS:
         raise ValueError(f"card.precision must be one of {PRECISIONS}, got {card.precision!r}")
     keep = [(p.key, p.value) for p in model.metadata_props if p.key != CARD_KEY and not p.key.startswith(FLAT_PREFIX)]
     del model.metadata_props[:]
-    for key, value in keep + [(CARD_KEY, card.to_json()), *flat_metadata(card).items()]:
+    classes = ", ".join(f"{c.value}={c.name}" for c in card.classes)
+    model.graph.doc_string = f"{card.name} segmentation: classes {classes}"
+    entries = [(CARD_KEY, card.to_json()), *flat_metadata(card).items(), (GRAPH_SHA256_KEY, graph_sha256(model))]
+    for key, value in keep + entries:
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
-    classes = ", ".join(f"{c.value}={c.name}" for c in card.classes)
     model.doc_string = (
         f"{card.name} ({card.method}, {card.precision}) segmentation; classes {classes}; "
         f"model card JSON in metadata_props[{CARD_KEY!r}]"
@@ -170,6 +183,9 @@ def validate_model(model: onnx.ModelProto, *, source: str = "model", check: bool
             onnx.checker.check_model(model)
         except onnx.checker.ValidationError as exc:
             raise ModelFileError(f"{source} fails the ONNX checker: {exc}") from exc
+    props = {p.key: p.value for p in model.metadata_props}
+    if GRAPH_SHA256_KEY in props and props[GRAPH_SHA256_KEY] != graph_sha256(model):
+        raise ModelFileError(f"{source} is corrupted: its graph does not match the checksum recorded at export")
     card = card_from_model(model, source=source)
     initializers = {t.name for t in model.graph.initializer}
     inputs = tuple(i.name for i in model.graph.input if i.name not in initializers)
@@ -294,6 +310,8 @@ def open_session(
 
 __all__ = [
     "FLAT_PREFIX",
+    "GRAPH_SHA256_KEY",
+    "graph_sha256",
     "PRECISIONS",
     "ModelFileError",
     "ModelInfo",

@@ -151,3 +151,17 @@ def test_bad_arguments_are_named(checkpoints, tmp_path):
     with pytest.raises(ValueError, match="check_size must be multiples of 16"):
         export_model(model, tmp_path / "a.onnx", card=card, check_size=(40, 64))
     assert not list(tmp_path.iterdir())
+
+
+def test_truncated_export_gives_a_clear_error(exported, tmp_path):
+    from model_export.onnx_model import ModelFileError, open_session
+
+    result, _ = exported("msdn")
+    data = result.path.read_bytes()
+    for fraction in (0.3, 0.999):
+        cut = tmp_path / f"cut{fraction}.onnx"
+        cut.write_bytes(data[: int(len(data) * fraction)])
+        with pytest.raises(ModelFileError, match="corrupted or truncated"):
+            open_session(cut)
+    session, info = open_session(result.path)
+    assert info.card == result.card and session.get_outputs()[0].name == "probabilities"
