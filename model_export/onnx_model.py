@@ -19,9 +19,10 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import onnx
 from google.protobuf.message import DecodeError
@@ -243,7 +244,7 @@ def write_sidecar(model_path: str | os.PathLike, card: ModelCard) -> Path:
     return out
 
 
-def save_model(model: onnx.ModelProto, path: str | os.PathLike, card: Optional[ModelCard] = None) -> Path:
+def save_model(model: onnx.ModelProto, path: str | os.PathLike, card: ModelCard | None = None) -> Path:
     """Embed ``card`` (when given) and write ``model`` as one self-contained file, atomically.
 
     Writes the sidecar card too when ``card`` is given.
@@ -278,8 +279,8 @@ def open_session(
     path: str | os.PathLike,
     *,
     device: str = "cpu",
-    threads: Optional[int] = None,
-    providers: Optional[Sequence[str]] = None,
+    threads: int | None = None,
+    providers: Sequence[str] | None = None,
 ):
     """An ``onnxruntime.InferenceSession`` for an exported model, after validating it.
 
@@ -311,13 +312,13 @@ def open_session(
 __all__ = [
     "FLAT_PREFIX",
     "GRAPH_SHA256_KEY",
-    "graph_sha256",
     "PRECISIONS",
     "ModelFileError",
     "ModelInfo",
     "card_from_model",
     "embed_card",
     "flat_metadata",
+    "graph_sha256",
     "inspect_model",
     "load_onnx",
     "open_session",

@@ -17,9 +17,9 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Optional
 
 import numpy as np
 from onnxruntime.quantization import CalibrationDataReader
@@ -48,7 +48,7 @@ class PatchSet:
     """
 
     images: np.ndarray
-    labels: Optional[np.ndarray] = None
+    labels: np.ndarray | None = None
     description: str = "patches"
 
     def __post_init__(self) -> None:
@@ -72,9 +72,8 @@ class PatchSet:
                 raise CalibrationDataError(
                     f"labels must be (N, H, W) = {(images.shape[0], h, w)}, got shape {labels.shape}"
                 )
-            if not np.issubdtype(labels.dtype, np.integer):
-                if not np.array_equal(labels, np.round(labels)):
-                    raise CalibrationDataError(f"labels must be integers, got dtype {labels.dtype} with fractions")
+            if not np.issubdtype(labels.dtype, np.integer) and not np.array_equal(labels, np.round(labels)):
+                raise CalibrationDataError(f"labels must be integers, got dtype {labels.dtype} with fractions")
             self.labels = labels.astype(np.int64)
             if self.labels.min() < 0:
                 raise CalibrationDataError(f"labels must be >= 0, got minimum {int(self.labels.min())}")
@@ -87,7 +86,7 @@ class PatchSet:
         """Image channels C."""
         return int(self.images.shape[1])
 
-    def head(self, n: Optional[int]) -> "PatchSet":
+    def head(self, n: int | None) -> PatchSet:
         """The first ``n`` patches (all when ``n`` is None)."""
         if n is None or n >= len(self):
             return self
@@ -105,8 +104,8 @@ class PatchSet:
 
     @classmethod
     def from_pairs(
-        cls, pairs: Iterable[tuple[np.ndarray, Optional[np.ndarray]]], *, description: str = "patches"
-    ) -> "PatchSet":
+        cls, pairs: Iterable[tuple[np.ndarray, np.ndarray | None]], *, description: str = "patches"
+    ) -> PatchSet:
         """Stack ``(image (C, H, W), label (H, W) or None)`` pairs of one size.
 
         Raises:
@@ -137,7 +136,7 @@ class PatchSet:
         return cls(np.stack(images), stacked, description)
 
 
-def load_npz(path: str | os.PathLike, *, description: Optional[str] = None) -> PatchSet:
+def load_npz(path: str | os.PathLike, *, description: str | None = None) -> PatchSet:
     """Read ``images`` (N, C, H, W) normalised float32 and optional ``labels`` (N, H, W) from a ``.npz``.
 
     Raises:
@@ -195,10 +194,10 @@ class CalibrationReader(CalibrationDataReader):
         self.patches = patches
         self.batch_size = batch_size
         self.input_name = input_name
-        self._it: Optional[Iterator[np.ndarray]] = None
+        self._it: Iterator[np.ndarray] | None = None
         self.rewind()
 
-    def get_next(self) -> Optional[dict[str, np.ndarray]]:
+    def get_next(self) -> dict[str, np.ndarray] | None:
         """The next feed dict, None at the end."""
         batch = next(self._it, None)
         return None if batch is None else {self.input_name: batch}
@@ -208,7 +207,7 @@ class CalibrationReader(CalibrationDataReader):
         self._it = self.patches.batches(self.batch_size)
 
     def __len__(self) -> int:
-        return -(-len(self.patches) // self.batch_size)
+        return (len(self.patches) + self.batch_size - 1) // self.batch_size
 
 
 def dice_points(pred: np.ndarray, labels: np.ndarray, num_classes: int) -> float:

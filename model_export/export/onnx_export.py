@@ -23,9 +23,9 @@ import datetime as _dt
 import logging
 import os
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
 
 import numpy as np
 import onnx
@@ -61,7 +61,7 @@ class ExportError(RuntimeError):
 class ParityError(ExportError):
     """ONNX Runtime output disagrees with PyTorch beyond the tolerances; ``report`` holds the numbers."""
 
-    def __init__(self, message: str, report: "ParityReport"):
+    def __init__(self, message: str, report: ParityReport):
         super().__init__(message)
         self.report = report
 
@@ -74,10 +74,10 @@ class ParityCase:
     prob_max_abs_diff: float
     argmax_agreement: float
     argmax_disagreements: int
-    min_margin_at_disagreement: Optional[float] = None
-    score_max_abs_diff: Optional[float] = None
-    box_max_abs_diff: Optional[float] = None
-    box_within_tolerance: Optional[bool] = None
+    min_margin_at_disagreement: float | None = None
+    score_max_abs_diff: float | None = None
+    box_max_abs_diff: float | None = None
+    box_within_tolerance: bool | None = None
 
     def failures(self, atol: float) -> list[str]:
         """What fails the check at tolerance ``atol`` (empty when it passes)."""
@@ -164,9 +164,9 @@ def build_export_card(
     *,
     opset: int,
     with_detection: bool = False,
-    checkpoint_sha256: Optional[str] = None,
+    checkpoint_sha256: str | None = None,
     precision: str = "fp32",
-    export_date: Optional[str] = None,
+    export_date: str | None = None,
 ) -> ModelCard:
     """A copy of ``card`` completed with what the export adds (outputs, opset, date, precision, source hash)."""
     outputs: dict = {"segmentation": OUTPUT_NAME}
@@ -315,7 +315,7 @@ def check_parity(
     onnx_path: str | os.PathLike,
     *,
     sizes: Sequence[tuple[int, int]],
-    batches: Optional[Sequence[int]] = None,
+    batches: Sequence[int] | None = None,
     with_detection: bool = False,
     atol: float = PROB_ATOL,
     seed: int = 0,
@@ -363,9 +363,9 @@ def export_model(
     card: ModelCard,
     with_detection: bool = False,
     opset: int = DEFAULT_OPSET,
-    export_size: Optional[Sequence[int]] = None,
-    check_size: Optional[Sequence[int]] = None,
-    checkpoint_sha256: Optional[str] = None,
+    export_size: Sequence[int] | None = None,
+    check_size: Sequence[int] | None = None,
+    checkpoint_sha256: str | None = None,
     atol: float = PROB_ATOL,
 ) -> ExportResult:
     """Export ``model``'s segmentation path (and detections) to ``path``, checked and self-describing.
@@ -438,8 +438,8 @@ def export_checkpoint(
     *,
     with_detection: bool = False,
     opset: int = DEFAULT_OPSET,
-    export_size: Optional[Sequence[int]] = None,
-    check_size: Optional[Sequence[int]] = None,
+    export_size: Sequence[int] | None = None,
+    check_size: Sequence[int] | None = None,
 ) -> tuple[ExportResult, SegmentationModel]:
     """Load a checkpoint (``model_export.checkpoint``) and ``export_model`` it, recording its SHA-256.
 

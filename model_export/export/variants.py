@@ -24,14 +24,14 @@ import dataclasses
 import logging
 import os
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
 
 import numpy as np
 import onnx
 
-from model_export.card import INPUT_NAME, ModelCard
+from model_export.card import ModelCard
 from model_export.export.calibration import CalibrationReader, PatchSet, dice_points
 from model_export.onnx_model import card_from_model, embed_card, load_onnx, sidecar_path, write_sidecar
 
@@ -48,7 +48,7 @@ CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 class VariantError(RuntimeError):
     """A variant could not be built or was refused (the message says why; ``report`` when measured)."""
 
-    def __init__(self, message: str, report: Optional["VariantReport"] = None):
+    def __init__(self, message: str, report: VariantReport | None = None):
         super().__init__(message)
         self.report = report
 
@@ -103,7 +103,7 @@ def _dedupe_and_sort(model: onnx.ModelProto) -> onnx.ModelProto:
     return ir.to_proto(ir_model)
 
 
-def make_fp16(src: str | os.PathLike, dst: Optional[str | os.PathLike] = None) -> Path:
+def make_fp16(src: str | os.PathLike, dst: str | os.PathLike | None = None) -> Path:
     """Write the fp16 variant of the fp32 export ``src`` (default ``<src>.fp16.onnx``) with its card.
 
     Raises:
@@ -128,7 +128,7 @@ def make_fp16(src: str | os.PathLike, dst: Optional[str | os.PathLike] = None) -
 def make_int8(
     src: str | os.PathLike,
     calibration: PatchSet,
-    dst: Optional[str | os.PathLike] = None,
+    dst: str | os.PathLike | None = None,
     *,
     per_channel: bool = True,
     method: str = "minmax",
@@ -207,7 +207,7 @@ class VariantScore:
 
     precision: str
     path: str
-    dice: Optional[float]
+    dice: float | None
     dice_vs_fp32: float
     prob_max_abs_diff: float
     argmax_agreement: float
@@ -306,15 +306,15 @@ class VariantsOutcome:
     """What ``build_variants`` wrote (precision -> path) and measured."""
 
     paths: dict[str, Path]
-    report: Optional[VariantReport]
+    report: VariantReport | None
 
 
 def build_variants(
     fp32_path: str | os.PathLike,
     *,
     fp16: bool = False,
-    int8_calibration: Optional[PatchSet] = None,
-    validation: Optional[PatchSet] = None,
+    int8_calibration: PatchSet | None = None,
+    validation: PatchSet | None = None,
     force: bool = False,
     max_int8_loss: float = MAX_INT8_DICE_LOSS,
     method: str = "minmax",
@@ -360,14 +360,14 @@ def build_variants(
 
 
 __all__ = [
-    "VariantsOutcome",
-    "build_variants",
     "CALIBRATION_METHODS",
     "MAX_INT8_DICE_LOSS",
     "QUANTIZED_OPS",
     "VariantError",
     "VariantReport",
     "VariantScore",
+    "VariantsOutcome",
+    "build_variants",
     "check_int8",
     "evaluate_variants",
     "make_fp16",

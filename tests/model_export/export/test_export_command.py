@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import onnx
 import pytest
 
-from model_export.cli import main
 from model_export.checkpoint import file_sha256
+from model_export.cli import main
 from model_export.export.calibration import PatchSet, save_npz
 from model_export.onnx_model import read_model_card
 

@@ -76,7 +76,7 @@ def test_detection_export_decodes_boxes_in_graph(name, exported):
     }
     # 48x80 input, detection strides (8, 4, 2), A = 9 anchors: N = 9 * (6*10 + 12*20 + 24*40).
     x = np.random.default_rng(6).standard_normal((2, 1, 48, 80), dtype=np.float32)
-    probs, scores, boxes = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"]).run(
+    _, scores, boxes = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"]).run(
         None, {"image": x}
     )
     assert scores.shape == (2, 9 * (60 + 240 + 960), 1) and boxes.shape == (2, 9 * 1260, 4)
