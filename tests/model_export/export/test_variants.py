@@ -122,3 +122,22 @@ def test_without_labels_the_check_uses_fp32_predictions(trained, tmp_path):
 def test_variants_only_from_fp32(variants, tmp_path):
     with pytest.raises(VariantError, match="made from the fp32 export"):
         make_fp16(variants.paths["int8"], tmp_path / "x.onnx")
+
+
+def test_variants_of_a_detection_export(exported, tmp_path):
+    result, _ = exported("msdn", detection=True)
+    x = np.random.default_rng(3).standard_normal((1, 1, 64, 64), dtype=np.float32)
+    sess = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
+    ref = sess.run(None, {"image": x})
+    fp16 = make_fp16(result.path, tmp_path / "d.fp16.onnx")
+    calib = PatchSet(np.random.default_rng(4).standard_normal((8, 1, 64, 64), dtype=np.float32), None, "noise")
+    int8 = make_int8(result.path, calib, tmp_path / "d.int8.onnx")
+    for path, prob_tol, box_tol in ((fp16, 1e-2, 0.5), (int8, 5e-2, 8.0)):
+        card = read_model_card(path)
+        assert card.outputs["detection"] == {"scores": "det_scores", "boxes": "det_boxes"}
+        got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"image": x})
+        assert [g.shape for g in got] == [r.shape for r in ref]
+        assert all(g.dtype == np.float32 for g in got)
+        assert np.abs(got[0] - ref[0]).max() < prob_tol
+        assert np.abs(got[1] - ref[1]).max() < prob_tol
+        assert np.abs(got[2] - ref[2]).max() < box_tol
