@@ -12,7 +12,8 @@ card (``precision`` set to ``fp16`` / ``int8``), and are single self-contained f
   shape inference fails on the dynamo exporter's graphs), then ``quantize_static`` in QDQ format with
   per-channel int8 weights and int8 activations calibrated (MinMax by default) on training patches.
   Only ``QUANTIZED_OPS`` are quantised: the convolutions and the pure data-movement ops between them.
-  Softmax, the sSE gates and the box decoding stay float (quantising them costs accuracy and no time).
+  Softmax, the sSE gates, the Detection Unit's two output convolutions and the box decoding stay
+  float (quantising them costs accuracy and no time).
 
 ``evaluate_variants`` measures each variant's Dice on validation patches next to fp32's;
 ``check_int8`` refuses an int8 model that loses more than ``MAX_INT8_DICE_LOSS`` points.
@@ -125,6 +126,19 @@ def make_fp16(src: str | os.PathLike, dst: str | os.PathLike | None = None) -> P
     return dst
 
 
+def _detection_output_convs(model: onnx.ModelProto) -> list[str]:
+    """Names of the Detection Unit's output convolutions (kept float in int8 models).
+
+    Their weights are tiny (std 0.01 init) next to the classifier's prior bias (-4.6), so int8 needs a
+    bias scale that rounds the weights away; and they feed the box decoding directly.
+    """
+    return [
+        n.name
+        for n in model.graph.node
+        if n.op_type == "Conv" and len(n.input) > 1 and any(k in n.input[1] for k in ("det_unit.cls_out", "det_unit.box_out"))
+    ]
+
+
 def make_int8(
     src: str | os.PathLike,
     calibration: PatchSet,
@@ -169,8 +183,13 @@ def make_int8(
     with tempfile.TemporaryDirectory(prefix="msdn-int8-") as tmp:
         pre = Path(tmp) / "pre.onnx"
         out = Path(tmp) / "int8.onnx"
+        root = logging.getLogger()
+        root_level = root.level
+        # The quantiser logs every bias-scale adjustment at INFO on the root logger.
+        root.setLevel(max(root_level, logging.WARNING))
         try:
             quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+            exclude = _detection_output_convs(onnx.load(str(pre), load_external_data=False))
             quantize_static(
                 str(pre),
                 str(out),
@@ -180,11 +199,14 @@ def make_int8(
                 activation_type=QuantType.QInt8,
                 weight_type=QuantType.QInt8,
                 op_types_to_quantize=list(QUANTIZED_OPS),
+                nodes_to_exclude=exclude,
                 calibrate_method=methods[method],
                 use_external_data_format=False,
             )
         except Exception as exc:  # ORT's quantiser raises many types
             raise VariantError(f"int8 quantisation of {src} failed: {exc}") from exc
+        finally:
+            root.setLevel(root_level)
         quantized = onnx.load(str(out))
     _save(quantized, dst, _variant_card(card, "int8"))
     logger.info("wrote int8 variant %s (%.1f MB), calibrated on %d patches", dst, dst.stat().st_size / 1e6, len(calibration))

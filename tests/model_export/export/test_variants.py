@@ -141,3 +141,23 @@ def test_variants_of_a_detection_export(exported, tmp_path):
         assert np.abs(got[0] - ref[0]).max() < prob_tol
         assert np.abs(got[1] - ref[1]).max() < prob_tol
         assert np.abs(got[2] - ref[2]).max() < box_tol
+
+
+def test_int8_keeps_detection_output_convs_float(exported, tmp_path):
+    result, _ = exported("ms_net", detection=True)
+    calib = PatchSet(np.random.default_rng(4).standard_normal((4, 1, 64, 64), dtype=np.float32), None, "noise")
+    proto = onnx.load(str(make_int8(result.path, calib, tmp_path / "q.onnx")))
+    producers = {o: n for n in proto.graph.node for o in n.output}
+    inits = {t.name for t in proto.graph.initializer}
+    kinds = {}
+    for n in proto.graph.node:
+        if n.op_type != "Conv":
+            continue
+        w = n.input[1]
+        quantized = w in producers and producers[w].op_type == "DequantizeLinear"
+        name = (producers[w].input[0] if quantized else w)
+        kinds[name] = quantized
+        assert quantized or w in inits
+    out_convs = [k for k in kinds if "cls_out" in k or "box_out" in k]
+    assert len(out_convs) == 2 and not any(kinds[k] for k in out_convs)
+    assert sum(kinds.values()) == len(kinds) - 2  # every other convolution is int8
