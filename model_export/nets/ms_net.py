@@ -34,5 +34,5 @@ class VariantMSNet(SegmentationModel):
         dec = self.backbone(x)
         out = self.run_detection(dec)
         last = select(dec[-1], seg_mask)
-        out["segmentation"] = self.seg_unit(last) if len(last) else None
+        out["segmentation"] = self.seg_unit(last) if last.shape[0] else None
         return out

@@ -159,7 +159,7 @@ class UNet(SegmentationModel):
         ``segmentation`` is None when no row is selected.
         """
         x = select(x, seg_mask)
-        return {"segmentation": self.segment(x) if len(x) else None}
+        return {"segmentation": self.segment(x) if x.shape[0] else None}
 
 
 class SegmentationPath(nn.Module):

@@ -1,0 +1,183 @@
+"""Inference speed of the exported segmentation path: PyTorch eager vs ONNX Runtime fp32 / int8 (CPU),
+or PyTorch vs ONNX Runtime CUDA fp32 / fp16 with IO binding (``--device cuda``).
+
+    PYTHONPATH=. python benchmarks/inference.py                    # paper and small presets, CPU
+    PYTHONPATH=. python benchmarks/inference.py --preset small --runs 20
+    PYTHONPATH=. python benchmarks/inference.py --device cuda      # on a GPU machine
+
+For each preset a randomly initialised model is exported with ``export_model`` (parity-checked) and
+quantised with ``make_int8``. Weights do not change the speed, so the int8 calibration here uses random
+normal patches (``msdn export`` never does: it needs real patches). Cases: 128x128 at batch 1 and 8,
+512x512 at batch 1. Each timing is the median of ``--runs`` runs after ``--warmup`` runs. GFLOP counts
+the convolutions' multiply-adds (x2) of one forward pass at that shape (other ops are < 1%); GFLOP/s
+is that over the median time, and "vs matmul" divides it by the rate of a 2048x2048 fp32 matrix
+product (fp16 on CUDA for the fp16 row) timed just before the case's rows, in the same process: the
+machine's practical limit at that moment (the CPU here is shared, so it moves).
+
+Prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from model_export.checkpoint import load_checkpoint, save_checkpoint
+from model_export.export import export_model
+from model_export.export.calibration import PatchSet
+from model_export.export.variants import make_fp16, make_int8
+from model_export.nets import build_model
+
+CASES = [(1, 128, 128), (8, 128, 128), (1, 512, 512)]
+
+
+def median_ms(fn: Callable[[], object], runs: int, warmup: int, sync: Callable[[], None] = lambda: None) -> float:
+    for _ in range(warmup):
+        fn()
+    sync()
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t)
+    return 1000.0 * statistics.median(times)
+
+
+def conv_gflop(model: torch.nn.Module, shape: tuple[int, ...], device: str) -> float:
+    """2 x multiply-adds of every Conv2d in one forward pass of ``model.segment`` at ``shape``."""
+    total = 0
+
+    def hook(module: torch.nn.Conv2d, _inp, out):
+        nonlocal total
+        k = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
+        total += 2 * out.numel() * k
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    with torch.inference_mode():
+        model.segment(torch.zeros(shape, device=device))
+    for h in handles:
+        h.remove()
+    return total / 1e9
+
+
+def matmul_gflops(device: str, dtype: torch.dtype = torch.float32, n: int = 2048, runs: int = 5) -> float:
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    ms = median_ms(lambda: torch.mm(a, b), runs, 2, sync)
+    return 2 * n**3 / (ms / 1000) / 1e9
+
+
+def cpu_rows(model, paths, shape, runs, warmup, threads):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+    x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
+    xt = torch.from_numpy(x)
+    rows = []
+    with torch.inference_mode():
+        rows.append(("PyTorch eager fp32", median_ms(lambda: model.segment(xt), runs, warmup), "fp32"))
+    for label, key in (("ORT CPU fp32", "fp32"), ("ORT CPU int8 QDQ", "int8")):
+        session = ort.InferenceSession(str(paths[key]), opts, providers=["CPUExecutionProvider"])
+        rows.append((label, median_ms(lambda s=session: s.run(None, {"image": x}), runs, warmup), "fp32"))
+    return rows
+
+
+def cuda_rows(model, paths, shape, runs, warmup):
+    import onnxruntime as ort
+
+    x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
+    xt = torch.from_numpy(x).cuda()
+    rows = []
+    with torch.inference_mode():
+        rows.append(("PyTorch eager fp32 (CUDA)", median_ms(lambda: model.segment(xt), runs, warmup, torch.cuda.synchronize), "fp32"))
+        with torch.autocast("cuda", dtype=torch.float16):
+            rows.append(("PyTorch eager autocast fp16 (CUDA)", median_ms(lambda: model.segment(xt), runs, warmup, torch.cuda.synchronize), "fp16"))
+    for label, key in (("ORT CUDA EP fp32, IO binding", "fp32"), ("ORT CUDA EP fp16, IO binding", "fp16")):
+        session = ort.InferenceSession(str(paths[key]), providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+        if session.get_providers()[0] != "CUDAExecutionProvider":
+            raise RuntimeError(f"CUDA EP not available: {session.get_providers()}")
+        x_dev = ort.OrtValue.ortvalue_from_numpy(x, "cuda", 0)
+        binding = session.io_binding()
+        binding.bind_ortvalue_input("image", x_dev)
+        binding.bind_output("probabilities", "cuda", 0)
+
+        def run(session=session, binding=binding):
+            session.run_with_iobinding(binding)
+
+        rows.append((label, median_ms(run, runs, warmup, binding.synchronize_outputs), key))
+    return rows
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", nargs="+", default=["paper", "small"], choices=["paper", "small"])
+    parser.add_argument("--model", default="msdn")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=0, help="intra-op threads (0: library default)")
+    parser.add_argument("--cases", nargs="+", default=None, help="BxHxW cases (default 1x128x128 8x128x128 1x512x512)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    if args.runs < 10:
+        parser.error("--runs must be >= 10")
+    cases = CASES if not args.cases else [tuple(int(v) for v in c.split("x")) for c in args.cases]
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = args.device
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, cpu count {os.cpu_count()}, device {device}")
+    lines = [
+        "| preset | model | input BxHxW | backend | median ms | ms / patch | GFLOP | GFLOP/s | matmul GFLOP/s | vs matmul |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    with tempfile.TemporaryDirectory(prefix="msdn-bench-") as tmp:
+        for preset in args.preset:
+            torch.manual_seed(0)
+            ckpt = save_checkpoint(Path(tmp) / f"{preset}.pt", build_model(args.model, preset=preset), patch_size=(128, 128))
+            model, card, _ = load_checkpoint(ckpt)
+            paths = {"fp32": export_model(model, Path(tmp) / f"{preset}.onnx", card=card).path}
+            if device == "cpu":
+                calib = PatchSet(np.random.default_rng(1).standard_normal((16, 1, 128, 128), dtype=np.float32), None, "random")
+                paths["int8"] = make_int8(paths["fp32"], calib)
+            else:
+                paths["fp16"] = make_fp16(paths["fp32"])
+                model = model.cuda()
+            for b, h, w in cases:
+                shape = (b, model.config.in_channels, h, w)
+                gflop = conv_gflop(model, shape, device)
+                mm32 = matmul_gflops(device)
+                mm16 = matmul_gflops(device, torch.float16) if device == "cuda" else None
+                rows = cpu_rows(model, paths, shape, args.runs, args.warmup, args.threads) if device == "cpu" else cuda_rows(
+                    model, paths, shape, args.runs, args.warmup
+                )
+                for label, ms, kind in rows:
+                    rate = gflop / (ms / 1000)
+                    ref = mm16 if kind == "fp16" and mm16 else mm32
+                    lines.append(
+                        f"| {preset} | {args.model} | {b}x{h}x{w} | {label} | {ms:.1f} | {ms / b:.1f} "
+                        f"| {gflop:.2f} | {rate:.1f} | {ref:.1f} | {rate / ref:.2f} |"
+                    )
+                print(lines[-1], flush=True)
+    print()
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
