@@ -105,9 +105,21 @@ def cuda_rows(model, paths, shape, runs, warmup):
     xt = torch.from_numpy(x).cuda()
     rows = []
     with torch.inference_mode():
-        rows.append(("PyTorch eager fp32 (CUDA)", median_ms(lambda: model.segment(xt), runs, warmup, torch.cuda.synchronize), "fp32"))
+        rows.append(
+            (
+                "PyTorch eager fp32 (CUDA)",
+                median_ms(lambda: model.segment(xt), runs, warmup, torch.cuda.synchronize),
+                "fp32",
+            )
+        )
         with torch.autocast("cuda", dtype=torch.float16):
-            rows.append(("PyTorch eager autocast fp16 (CUDA)", median_ms(lambda: model.segment(xt), runs, warmup, torch.cuda.synchronize), "fp16"))
+            rows.append(
+                (
+                    "PyTorch eager autocast fp16 (CUDA)",
+                    median_ms(lambda: model.segment(xt), runs, warmup, torch.cuda.synchronize),
+                    "fp16",
+                )
+            )
     for label, key in (("ORT CUDA EP fp32, IO binding", "fp32"), ("ORT CUDA EP fp16, IO binding", "fp16")):
         session = ort.InferenceSession(str(paths[key]), providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
         if session.get_providers()[0] != "CUDAExecutionProvider":
@@ -143,17 +155,21 @@ def main(argv=None) -> int:
     device = args.device
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, cpu count {os.cpu_count()}, device {device}")
     lines = [
-        "| preset | model | input BxHxW | backend | median ms | ms / patch | GFLOP | GFLOP/s | matmul GFLOP/s | vs matmul |",
+        "| preset | model | input BxHxW | backend | median ms | ms / patch | GFLOP | GFLOP/s | matmul GFLOP/s | vs matmul |",  # noqa: E501
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     with tempfile.TemporaryDirectory(prefix="msdn-bench-") as tmp:
         for preset in args.preset:
             torch.manual_seed(0)
-            ckpt = save_checkpoint(Path(tmp) / f"{preset}.pt", build_model(args.model, preset=preset), patch_size=(128, 128))
+            ckpt = save_checkpoint(
+                Path(tmp) / f"{preset}.pt", build_model(args.model, preset=preset), patch_size=(128, 128)
+            )
             model, card, _ = load_checkpoint(ckpt)
             paths = {"fp32": export_model(model, Path(tmp) / f"{preset}.onnx", card=card).path}
             if device == "cpu":
-                calib = PatchSet(np.random.default_rng(1).standard_normal((16, 1, 128, 128), dtype=np.float32), None, "random")
+                calib = PatchSet(
+                    np.random.default_rng(1).standard_normal((16, 1, 128, 128), dtype=np.float32), None, "random"
+                )
                 paths["int8"] = make_int8(paths["fp32"], calib)
             else:
                 paths["fp16"] = make_fp16(paths["fp32"])
@@ -163,8 +179,10 @@ def main(argv=None) -> int:
                 gflop = conv_gflop(model, shape, device)
                 mm32 = matmul_gflops(device)
                 mm16 = matmul_gflops(device, torch.float16) if device == "cuda" else None
-                rows = cpu_rows(model, paths, shape, args.runs, args.warmup, args.threads) if device == "cpu" else cuda_rows(
-                    model, paths, shape, args.runs, args.warmup
+                rows = (
+                    cpu_rows(model, paths, shape, args.runs, args.warmup, args.threads)
+                    if device == "cpu"
+                    else cuda_rows(model, paths, shape, args.runs, args.warmup)
                 )
                 for label, ms, kind in rows:
                     rate = gflop / (ms / 1000)

@@ -43,12 +43,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--with-detection", action="store_true", help="also output det_scores / det_boxes (models with a DU)"
     )
     parser.add_argument("--opset", type=int, default=None, help="ONNX opset, 17-21 (default 18)")
-    parser.add_argument("--export-size", type=_size, default=None, metavar="HxW", help="tracing size (default: patch size)")
+    parser.add_argument(
+        "--export-size", type=_size, default=None, metavar="HxW", help="tracing size (default: patch size)"
+    )
     parser.add_argument("--check-size", type=_size, default=None, metavar="HxW", help="second parity-check size")
     parser.add_argument("--fp16", action="store_true", help="also write the fp16 variant (CUDA EP)")
     parser.add_argument("--int8", action="store_true", help="also write the int8 static-QDQ variant (CPU)")
     parser.add_argument("--calibration-npz", type=Path, default=None, help="int8 calibration patches (.npz)")
-    parser.add_argument("--manifest", type=Path, default=None, help="training manifest to draw calibration patches from")
+    parser.add_argument(
+        "--manifest", type=Path, default=None, help="training manifest to draw calibration patches from"
+    )
     parser.add_argument("--max-calibration", type=int, default=64, help="calibration patches used (default 64)")
     parser.add_argument("--calibration-method", choices=("minmax", "entropy", "percentile"), default="minmax")
     parser.add_argument("--validation-npz", type=Path, default=None, help="patches + labels for variant Dice")
@@ -105,14 +109,19 @@ def run(args: argparse.Namespace) -> int:
     except ExportError as exc:
         return _fail(str(exc), 1)
     summary: dict = {"model": str(result.path), "card": result.card.to_dict(), "parity": result.parity.to_dict()}
-    lines = [f"wrote {result.path} and {result.card_path}", "parity (ONNX Runtime CPU vs PyTorch):", result.parity.summary()]
+    lines = [
+        f"wrote {result.path} and {result.card_path}",
+        "parity (ONNX Runtime CPU vs PyTorch):",
+        result.parity.summary(),
+    ]
 
     status = 0
     if args.fp16 or args.int8:
         for data in (calibration, validation):
             if data is not None and data.channels != result.card.input.channels:
                 return _fail(
-                    f"{data.description}: {data.channels} image channels, the model takes {result.card.input.channels}", 2
+                    f"{data.description}: {data.channels} image channels, the model takes {result.card.input.channels}",
+                    2,
                 )
         try:
             outcome = build_variants(

@@ -86,7 +86,7 @@ class DetectionGraph(nn.Module):
         anchors = torch.cat(
             [
                 grid_anchors(h, w, s, du.anchor_size_factor * s, du.anchor_scales, du.anchor_ratios, device=x.device)
-                for (h, w), s in zip(out["det_sizes"], du.strides)
+                for (h, w), s in zip(out["det_sizes"], du.strides, strict=True)
             ]
         )
         boxes = decode_boxes(deltas, anchors, du.box_coder.weights)

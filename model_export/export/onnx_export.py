@@ -93,8 +93,7 @@ class ParityCase:
             out.append(f"detection scores differ by up to {self.score_max_abs_diff:.3g} (> {atol:g})")
         if self.box_within_tolerance is False:
             out.append(
-                f"decoded boxes differ by up to {self.box_max_abs_diff:.3g} px "
-                f"(> {BOX_ATOL:g} + {BOX_RTOL:g} x |box|)"
+                f"decoded boxes differ by up to {self.box_max_abs_diff:.3g} px (> {BOX_ATOL:g} + {BOX_RTOL:g} x |box|)"
             )
         return out
 
@@ -201,7 +200,7 @@ def _quiet_exporter():
             warnings.simplefilter("ignore", DeprecationWarning)
             yield
     finally:
-        for lg, level in zip(loggers, levels):
+        for lg, level in zip(loggers, levels, strict=True):
             lg.setLevel(level)
 
 
@@ -214,9 +213,7 @@ def _rename_dims(model: onnx.ModelProto, renames: dict[str, str]) -> None:
                 dim.dim_param = renames[dim.dim_param]
 
 
-def _to_onnx(
-    graph: torch.nn.Module, example: torch.Tensor, *, output_names: list[str], opset: int
-) -> onnx.ModelProto:
+def _to_onnx(graph: torch.nn.Module, example: torch.Tensor, *, output_names: list[str], opset: int) -> onnx.ModelProto:
     from torch.export import Dim
 
     batch = Dim("batch", min=1, max=MAX_BATCH)
@@ -300,7 +297,7 @@ def compare_outputs(
         min_margin_at_disagreement=margin,
     )
     if len(reference) == 3:
-        for name, r, g in zip(("det_scores", "det_boxes"), reference[1:], candidate[1:]):
+        for name, r, g in zip(("det_scores", "det_boxes"), reference[1:], candidate[1:], strict=True):
             if r.shape != g.shape:
                 raise ExportError(f"ONNX {name} has shape {g.shape}, PyTorch {r.shape}")
         case.score_max_abs_diff = float(np.max(np.abs(candidate[1].astype(np.float64) - reference[1])))
@@ -344,14 +341,16 @@ def check_parity(
         raise ValueError(f"batches must have one entry per size, got {batches!r} for {len(sizes)} sizes")
     rng = np.random.default_rng(seed)
     cases = []
-    for (h, w), b in zip(sizes, batches):
+    for (h, w), b in zip(sizes, batches, strict=True):
         x = rng.standard_normal((b, model.config.in_channels, h, w), dtype=np.float32)
         reference = _torch_reference(model, x, with_detection)
         candidate = session.run(None, {INPUT_NAME: x})
         cases.append(compare_outputs(x.shape, reference, candidate))
     report = ParityReport(cases, atol=atol)
     if raise_on_failure and not report.passed:
-        problems = "; ".join(f"{'x'.join(map(str, c.shape))}: {', '.join(c.failures(atol))}" for c in cases if c.failures(atol))
+        problems = "; ".join(
+            f"{'x'.join(map(str, c.shape))}: {', '.join(c.failures(atol))}" for c in cases if c.failures(atol)
+        )
         raise ParityError(f"ONNX Runtime disagrees with PyTorch: {problems}", report)
     return report
 

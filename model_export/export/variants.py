@@ -135,7 +135,9 @@ def _detection_output_convs(model: onnx.ModelProto) -> list[str]:
     return [
         n.name
         for n in model.graph.node
-        if n.op_type == "Conv" and len(n.input) > 1 and any(k in n.input[1] for k in ("det_unit.cls_out", "det_unit.box_out"))
+        if n.op_type == "Conv"
+        and len(n.input) > 1
+        and any(k in n.input[1] for k in ("det_unit.cls_out", "det_unit.box_out"))
     ]
 
 
@@ -209,17 +211,28 @@ def make_int8(
             root.setLevel(root_level)
         quantized = onnx.load(str(out))
     _save(quantized, dst, _variant_card(card, "int8"))
-    logger.info("wrote int8 variant %s (%.1f MB), calibrated on %d patches", dst, dst.stat().st_size / 1e6, len(calibration))
+    logger.info(
+        "wrote int8 variant %s (%.1f MB), calibrated on %d patches", dst, dst.stat().st_size / 1e6, len(calibration)
+    )
     return dst
 
 
-def predict(path: str | os.PathLike, images: np.ndarray, *, batch_size: int = 8, providers: Sequence[str] = ("CPUExecutionProvider",)) -> np.ndarray:
+def predict(
+    path: str | os.PathLike,
+    images: np.ndarray,
+    *,
+    batch_size: int = 8,
+    providers: Sequence[str] = ("CPUExecutionProvider",),
+) -> np.ndarray:
     """Probabilities (N, C+1, H, W) of an exported model on normalised images, batch by batch."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=list(providers))
     input_name = session.get_inputs()[0].name
-    outs = [session.run([session.get_outputs()[0].name], {input_name: images[i : i + batch_size]})[0] for i in range(0, len(images), batch_size)]
+    outs = [
+        session.run([session.get_outputs()[0].name], {input_name: images[i : i + batch_size]})[0]
+        for i in range(0, len(images), batch_size)
+    ]
     return np.concatenate(outs).astype(np.float32)
 
 
@@ -266,14 +279,14 @@ class VariantReport:
         lines = [
             f"Validation on {self.data} ({self.num_patches} patches)",
             "",
-            "| precision | Dice | loss vs fp32 (points) | Dice vs fp32 prediction | max abs prob diff | argmax agreement |",
+            "| precision | Dice | loss vs fp32 (points) | Dice vs fp32 prediction | max abs prob diff | argmax agreement |",  # noqa: E501
             "| --- | --- | --- | --- | --- | --- |",
         ]
         for k, s in self.scores.items():
             dice = "n/a (no labels)" if s.dice is None else f"{s.dice:.2f}"
             loss = "-" if k == "fp32" else f"{self.loss(k):+.2f}"
             lines.append(
-                f"| {k} | {dice} | {loss} | {s.dice_vs_fp32:.2f} | {s.prob_max_abs_diff:.2e} | {s.argmax_agreement:.4%} |"
+                f"| {k} | {dice} | {loss} | {s.dice_vs_fp32:.2f} | {s.prob_max_abs_diff:.2e} | {s.argmax_agreement:.4%} |"  # noqa: E501
             )
         return "\n".join(lines)
 
@@ -297,7 +310,11 @@ def evaluate_variants(
     ref_pred = ref_probs.argmax(1)
     report = VariantReport(validation.description, len(validation))
     for precision, path in {"fp32": fp32_path, **variants}.items():
-        probs = ref_probs if precision == "fp32" else predict(path, validation.images, batch_size=batch_size, providers=providers)
+        probs = (
+            ref_probs
+            if precision == "fp32"
+            else predict(path, validation.images, batch_size=batch_size, providers=providers)
+        )
         pred = probs.argmax(1)
         report.scores[precision] = VariantScore(
             precision=precision,

@@ -179,8 +179,12 @@ def test_inspect_reports_detection_outputs(tmp_path):
     model.graph.node.append(helper.make_node("Identity", ["logits"], ["det_scores"], name="s"))
     model.graph.node.append(helper.make_node("Identity", ["logits"], ["det_boxes"], name="b"))
     for name in ("det_scores", "det_boxes"):
-        model.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", 2, "height", "width"]))
-    card = tiny_card(outputs={"segmentation": "probabilities", "detection": {"scores": "det_scores", "boxes": "det_boxes"}})
+        model.graph.output.append(
+            helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", 2, "height", "width"])
+        )
+    card = tiny_card(
+        outputs={"segmentation": "probabilities", "detection": {"scores": "det_scores", "boxes": "det_boxes"}}
+    )
     info = inspect_model(save_model(model, tmp_path / "d.onnx", card))
     assert info.has_detection and info.output_names == ("probabilities", "det_scores", "det_boxes")
 

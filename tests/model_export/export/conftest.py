@@ -98,7 +98,11 @@ def trained(tmp_path_factory):
     model.eval()
     directory = tmp_path_factory.mktemp("trained")
     ckpt = save_checkpoint(
-        directory / "unet.pt", model, classes=["disc"], patch_size=(48, 48), validation_dice=0.95,
+        directory / "unet.pt",
+        model,
+        classes=["disc"],
+        patch_size=(48, 48),
+        validation_dice=0.95,
         training={"data": "synthetic discs"},
     )
     result, loaded = export_checkpoint(ckpt, directory / "model.onnx")

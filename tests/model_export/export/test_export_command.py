@@ -27,15 +27,30 @@ def data(tmp_path_factory, request):
 def test_export_with_variants(data, tmp_path, capsys):
     out = tmp_path / "m" / "model.onnx"
     code = main(
-        ["export", str(data["checkpoint"]), "-o", str(out), "--fp16", "--int8",
-         "--calibration-npz", str(data["cal"]), "--validation-npz", str(data["val"])]
+        [
+            "export",
+            str(data["checkpoint"]),
+            "-o",
+            str(out),
+            "--fp16",
+            "--int8",
+            "--calibration-npz",
+            str(data["cal"]),
+            "--validation-npz",
+            str(data["val"]),
+        ]
     )
     stdout = capsys.readouterr().out
     assert code == 0, stdout
     names = sorted(p.name for p in out.parent.iterdir())
     assert names == [
-        "model.card.json", "model.export.json", "model.fp16.card.json", "model.fp16.onnx",
-        "model.int8.card.json", "model.int8.onnx", "model.onnx",
+        "model.card.json",
+        "model.export.json",
+        "model.fp16.card.json",
+        "model.fp16.onnx",
+        "model.int8.card.json",
+        "model.int8.onnx",
+        "model.onnx",
     ]
     assert read_model_card(out).checkpoint_sha256 == file_sha256(data["checkpoint"])
     assert [read_model_card(out.with_name(f"model.{p}.onnx")).precision for p in ("fp16", "int8")] == ["fp16", "int8"]
@@ -48,8 +63,17 @@ def test_export_with_variants(data, tmp_path, capsys):
 
 def test_lossy_int8_exits_1_and_force_keeps_it(data, tmp_path, capsys):
     out = tmp_path / "model.onnx"
-    args = ["export", str(data["checkpoint"]), "-o", str(out), "--int8", "--calibration-npz", str(data["squeezed"]),
-            "--validation-npz", str(data["val"])]
+    args = [
+        "export",
+        str(data["checkpoint"]),
+        "-o",
+        str(out),
+        "--int8",
+        "--calibration-npz",
+        str(data["squeezed"]),
+        "--validation-npz",
+        str(data["val"]),
+    ]
     assert main(args) == 1
     err = capsys.readouterr().err
     assert "int8 loses" in err and "--force" in err
@@ -61,8 +85,23 @@ def test_lossy_int8_exits_1_and_force_keeps_it(data, tmp_path, capsys):
 
 def test_export_size_options_and_opset(data, tmp_path):
     out = tmp_path / "model.onnx"
-    assert main(["export", str(data["checkpoint"]), "-o", str(out), "--export-size", "32x32", "--check-size", "64x48",
-                 "--opset", "17"]) == 0
+    assert (
+        main(
+            [
+                "export",
+                str(data["checkpoint"]),
+                "-o",
+                str(out),
+                "--export-size",
+                "32x32",
+                "--check-size",
+                "64x48",
+                "--opset",
+                "17",
+            ]
+        )
+        == 0
+    )
     report = json.loads(out.with_suffix(".export.json").read_text())
     assert [c["shape"] for c in report["parity"]["cases"]] == [[2, 1, 32, 32], [1, 1, 64, 48]]
     assert onnx.load(str(out)).opset_import[0].version == 17 and read_model_card(out).opset == 17

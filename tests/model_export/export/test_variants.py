@@ -73,9 +73,12 @@ def test_int8_variant_is_static_qdq_and_close_to_fp32(trained, variants):
     # Per-channel weights: a weight DequantizeLinear has one scale per output channel.
     inits = {t.name: t for t in proto.graph.initializer}
     weight_dq = [
-        n for n in proto.graph.node
-        if n.op_type == "DequantizeLinear" and n.input[0] in inits
-        and inits[n.input[0]].data_type == onnx.TensorProto.INT8 and len(inits[n.input[0]].dims) == 4
+        n
+        for n in proto.graph.node
+        if n.op_type == "DequantizeLinear"
+        and n.input[0] in inits
+        and inits[n.input[0]].data_type == onnx.TensorProto.INT8
+        and len(inits[n.input[0]].dims) == 4
     ]
     assert len(weight_dq) == sum(op == "Conv" for op in ops)
     for n in weight_dq:
@@ -155,7 +158,7 @@ def test_int8_keeps_detection_output_convs_float(exported, tmp_path):
             continue
         w = n.input[1]
         quantized = w in producers and producers[w].op_type == "DequantizeLinear"
-        name = (producers[w].input[0] if quantized else w)
+        name = producers[w].input[0] if quantized else w
         kinds[name] = quantized
         assert quantized or w in inits
     out_convs = [k for k in kinds if "cls_out" in k or "box_out" in k]
