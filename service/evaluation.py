@@ -24,13 +24,18 @@ from scipy import ndimage
 def _crop_to_union(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Both masks cut to the bounding box of their union, with a one-voxel margin."""
     union = a | b
-    coords = [np.flatnonzero(union.any(axis=tuple(j for j in range(union.ndim) if j != i))) for i in range(union.ndim)]
+    coords = [
+        np.flatnonzero(union.any(axis=tuple(j for j in range(union.ndim) if j != i)))
+        for i in range(union.ndim)
+    ]
     window = tuple(slice(max(int(c[0]) - 1, 0), int(c[-1]) + 2) for c in coords)
     return a[window], b[window]
 
 
 def _surface(mask: np.ndarray) -> np.ndarray:
-    eroded = ndimage.binary_erosion(mask, structure=ndimage.generate_binary_structure(mask.ndim, 1), border_value=0)
+    eroded = ndimage.binary_erosion(
+        mask, structure=ndimage.generate_binary_structure(mask.ndim, 1), border_value=0
+    )
     return mask & ~eroded
 
 
@@ -120,7 +125,7 @@ def components(
         mask = labels == value
         if not mask.any():
             continue
-        lab, n = ndimage.label(mask, structure=structure)
+        lab, _ = ndimage.label(mask, structure=structure)
         sizes = np.bincount(lab.ravel())[1:]
         for k, window in enumerate(ndimage.find_objects(lab), start=1):
             if window is None:

@@ -35,7 +35,7 @@ def normalise(values: np.ndarray, spec: InputSpec) -> np.ndarray:
 
 
 def round_up(value: int, multiple: int) -> int:
-    return int(math.ceil(value / multiple) * multiple)
+    return math.ceil(value / multiple) * multiple
 
 
 @dataclass
@@ -97,7 +97,7 @@ def segment_slices(
 
 
 def _crop_origin(center: float, size: int) -> int:
-    return int(math.floor(center - size / 2.0 + 0.5))
+    return math.floor(center - size / 2.0 + 0.5)
 
 
 def segment_boxes(
@@ -109,7 +109,7 @@ def segment_boxes(
 ) -> tuple[np.ndarray, RunStats]:
     """Labels from box-centred crops pasted back inside each box (module docstring)."""
     spec = runtime.card.input
-    depth, height, width = volume.shape
+    _, height, width = volume.shape
     patch_h, patch_w = (int(v) for v in spec.patch_size)
     pad_value = _background(volume, spec)
     labels = np.zeros(volume.shape, np.uint8)
@@ -117,8 +117,8 @@ def segment_boxes(
     # Crop geometry per box, grouped by crop size so each group is batched.
     groups: dict[tuple[int, int], list[tuple[SliceBox, int, int]]] = {}
     for box in boxes:
-        ch = max(patch_h, round_up(int(math.ceil(box.y2 - box.y1)), spec.size_multiple))
-        cw = max(patch_w, round_up(int(math.ceil(box.x2 - box.x1)), spec.size_multiple))
+        ch = max(patch_h, round_up(math.ceil(box.y2 - box.y1), spec.size_multiple))
+        cw = max(patch_w, round_up(math.ceil(box.x2 - box.x1), spec.size_multiple))
         y0 = _crop_origin((box.y1 + box.y2) / 2.0, ch)
         x0 = _crop_origin((box.x1 + box.x2) / 2.0, cw)
         groups.setdefault((ch, cw), []).append((box, y0, x0))

@@ -79,7 +79,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await anyio.to_thread.run_sync(runtime.warmup)
     app.state.runtime = runtime
     metrics.set_model(
-        name=runtime.card.name, version=str(runtime.card.version), sha256=runtime.sha256, provider=runtime.provider
+        name=runtime.card.name,
+        version=str(runtime.card.version),
+        sha256=runtime.sha256,
+        provider=runtime.provider,
     )
     limiter = InferenceLimiter(
         max_concurrent=settings.max_concurrent_inferences,
@@ -98,7 +101,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         limiter.shutdown()
 
 
-def create_app(settings: Optional[Settings] = None, *, routers: Optional[Sequence[APIRouter]] = None) -> FastAPI:
+def create_app(
+    settings: Optional[Settings] = None, *, routers: Optional[Sequence[APIRouter]] = None
+) -> FastAPI:
     """Build the app.
 
     Args:

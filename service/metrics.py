@@ -17,7 +17,14 @@ from __future__ import annotations
 
 import time
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -31,19 +38,30 @@ class ServiceMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.requests = Counter("msdn_http_requests", "HTTP requests", ["method", "route", "status"], registry=r)
+        self.requests = Counter(
+            "msdn_http_requests", "HTTP requests", ["method", "route", "status"], registry=r
+        )
         self.latency = Histogram(
-            "msdn_http_request_duration_seconds", "HTTP request latency", ["method", "route"], buckets=LATENCY_BUCKETS, registry=r
+            "msdn_http_request_duration_seconds",
+            "HTTP request latency",
+            ["method", "route"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.inference = Histogram(
-            "msdn_inference_seconds", "model (ONNX Runtime) time per segmentation", buckets=LATENCY_BUCKETS, registry=r
+            "msdn_inference_seconds",
+            "model (ONNX Runtime) time per segmentation",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.slices = Counter("msdn_slices_processed", "slices of segmented volumes", registry=r)
         self.patches = Counter("msdn_patches_processed", "model inputs (slices or crops) run", registry=r)
         self.running = Gauge("msdn_inferences_running", "segmentations running", registry=r)
         self.waiting = Gauge("msdn_inferences_waiting", "segmentations waiting for a slot", registry=r)
         self.rejected = Counter("msdn_rejected", "requests refused for load or time", ["reason"], registry=r)
-        self.model = Gauge("msdn_model_info", "served model", ["name", "version", "sha256", "provider"], registry=r)
+        self.model = Gauge(
+            "msdn_model_info", "served model", ["name", "version", "sha256", "provider"], registry=r
+        )
 
     def set_model(self, *, name: str, version: str, sha256: str, provider: str) -> None:
         self.model.clear()

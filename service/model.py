@@ -54,7 +54,9 @@ def _card_from_dict(data: dict[str, Any], origin: str) -> ModelCard:
         raise ModelLoadError(f"{origin}: {exc}") from exc
 
 
-def read_card(model_path: str | os.PathLike, metadata: Optional[dict[str, str]] = None) -> tuple[ModelCard, Optional[str]]:
+def read_card(
+    model_path: str | os.PathLike, metadata: Optional[dict[str, str]] = None
+) -> tuple[ModelCard, Optional[str]]:
     """The model card of an ONNX file and the SHA-256 its sidecar expects (or None).
 
     Args:
@@ -89,7 +91,9 @@ def read_card(model_path: str | os.PathLike, metadata: Optional[dict[str, str]] 
         return _card_from_dict(data, f"{path} metadata {CARD_KEY!r}"), expected_sha
     if sidecar_data is not None:
         return _card_from_dict(sidecar_data, f"sidecar card {sidecar}"), expected_sha
-    raise ModelLoadError(f"{path} carries no model card (metadata {CARD_KEY!r}) and has no sidecar {sidecar.name}")
+    raise ModelLoadError(
+        f"{path} carries no model card (metadata {CARD_KEY!r}) and has no sidecar {sidecar.name}"
+    )
 
 
 def cuda_usable() -> bool:
@@ -138,7 +142,9 @@ def resolve_providers(requested: Sequence[str]) -> list[str]:
     available = ort.get_available_providers()
     unknown = [p for p in names if p not in available]
     if unknown:
-        raise ModelLoadError(f"execution providers {unknown} are not available; this build offers {available}")
+        raise ModelLoadError(
+            f"execution providers {unknown} are not available; this build offers {available}"
+        )
     if CUDA in names and not cuda_usable():
         logger.warning("CUDAExecutionProvider requested but CUDA cannot load here; using CPU")
         names = [p for p in names if p != CUDA]
@@ -219,7 +225,7 @@ class ModelRuntime:
         options.log_severity_level = 3
         try:
             session = ort.InferenceSession(str(model_path), sess_options=options, providers=chosen)
-        except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
+        except Exception as exc:  # ORT raises its own exception types
             raise ModelLoadError(f"ONNX Runtime cannot load {model_path}: {exc}") from exc
         metadata = dict(session.get_modelmeta().custom_metadata_map)
         card, expected = read_card(model_path, metadata)
@@ -250,11 +256,15 @@ class ModelRuntime:
         if len(shape) != 4:
             raise ModelLoadError(f"input {self.input_name!r} must be (B, C, H, W), graph says {shape}")
         if self.card.input.channels != 1:
-            raise ModelLoadError(f"the service reads single-channel images; the model wants {self.card.input.channels}")
+            raise ModelLoadError(
+                f"the service reads single-channel images; the model wants {self.card.input.channels}"
+            )
         wanted = [self.segmentation_output, *(self.detection_outputs or ())]
         missing = [name for name in wanted if name not in outputs]
         if missing:
-            raise ModelLoadError(f"graph lacks outputs {missing} named by its card (outputs: {sorted(outputs)})")
+            raise ModelLoadError(
+                f"graph lacks outputs {missing} named by its card (outputs: {sorted(outputs)})"
+            )
 
     @property
     def providers(self) -> list[str]:

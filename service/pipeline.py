@@ -123,9 +123,13 @@ def segment_image(
     if mode == "boxes" and not parsed:
         raise InvalidInput("mode 'boxes' needs a non-empty 'boxes' field", code="invalid_mode")
     if mode == "proposals" and not runtime.has_detection:
-        raise InvalidInput("mode 'proposals' needs a model with detection outputs; this model has none", code="invalid_mode")
+        raise InvalidInput(
+            "mode 'proposals' needs a model with detection outputs; this model has none", code="invalid_mode"
+        )
     if mode in ("slices", "proposals") and parsed:
-        raise InvalidInput(f"mode {mode!r} does not use boxes; leave out 'boxes' or use mode 'boxes'", code="invalid_mode")
+        raise InvalidInput(
+            f"mode {mode!r} does not use boxes; leave out 'boxes' or use mode 'boxes'", code="invalid_mode"
+        )
     ref_labels = None
     if reference is not None:
         if isinstance(reference, Dataset):

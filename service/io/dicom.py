@@ -248,7 +248,8 @@ def _decode(ds: Dataset, name: str) -> np.ndarray:
             arr, _ = get_decoder(ds.file_meta.TransferSyntaxUID).as_array(ds)
         except Exception as exc:  # noqa: BLE001 - decoders raise many types on corrupt data
             raise InvalidInput(
-                f"{name}: pixel data cannot be decoded ({type(exc).__name__}: {exc})", code="pixel_data_invalid"
+                f"{name}: pixel data cannot be decoded ({type(exc).__name__}: {exc})",
+                code="pixel_data_invalid",
             ) from None
     arr = np.asarray(arr)
     if arr.ndim == 2:
@@ -318,7 +319,8 @@ def series_volume(
     rows, cols = sizes.pop()
     if len(frames) > settings.max_slices:
         raise LimitExceeded(
-            f"{len(frames)} slices is over the limit of {settings.max_slices} (MSDN_MAX_SLICES)", code="too_many_slices"
+            f"{len(frames)} slices is over the limit of {settings.max_slices} (MSDN_MAX_SLICES)",
+            code="too_many_slices",
         )
     if len(frames) * rows * cols > settings.max_voxels:
         raise LimitExceeded(
@@ -344,7 +346,9 @@ def series_volume(
     row_dir, col_dir = first.orientation[:3], first.orientation[3:]
     normal = np.cross(row_dir, col_dir)
     if not np.isclose(np.linalg.norm(normal), 1.0, atol=1e-3):
-        raise InconsistentGeometry(f"ImageOrientationPatient {first.orientation.tolist()} is not two unit vectors")
+        raise InconsistentGeometry(
+            f"ImageOrientationPatient {first.orientation.tolist()} is not two unit vectors"
+        )
     distance = np.array([float(fr.position @ normal) for fr in frames])
     order = np.argsort(distance, kind="stable")
     frames = [frames[i] for i in order]
@@ -404,8 +408,19 @@ def series_volume(
     if multi:
         series = DicomSeries([datasets[0]], [int(fr.frame or 0) + 1 for fr in frames], uid, [names[0]])
     else:
-        series = DicomSeries([datasets[fr.dataset] for fr in frames], None, uid, [names[fr.dataset] for fr in frames])
-    logger.info("DICOM series: %s, %d slices of %dx%d, spacing %.3g/%.3g/%.3g mm", modality, len(frames), rows, cols, sz, sy, sx)
+        series = DicomSeries(
+            [datasets[fr.dataset] for fr in frames], None, uid, [names[fr.dataset] for fr in frames]
+        )
+    logger.info(
+        "DICOM series: %s, %d slices of %dx%d, spacing %.3g/%.3g/%.3g mm",
+        modality,
+        len(frames),
+        rows,
+        cols,
+        sz,
+        sy,
+        sx,
+    )
     return ImageVolume(
         array=volume,
         spacing=(float(sz), float(sy), float(sx)),

@@ -124,11 +124,15 @@ def expand_files(files: Iterable[tuple[str, BinaryIO]], *, settings: Settings) -
         head = fh.read(4)
         fh.seek(0)
         if is_zip(head, name):
-            out.extend((f"{name}/{member}", io.BytesIO(content)) for member, content in zip_members(fh, name=name, settings=settings))
+            out.extend(
+                (f"{name}/{member}", io.BytesIO(content))
+                for member, content in zip_members(fh, name=name, settings=settings)
+            )
         else:
             out.append((name, fh))
         if len(out) > settings.max_files:
             raise LimitExceeded(
-                f"{len(out)} files is over the limit of {settings.max_files} (MSDN_MAX_FILES)", code="too_many_files"
+                f"{len(out)} files is over the limit of {settings.max_files} (MSDN_MAX_FILES)",
+                code="too_many_files",
             )
     return out

@@ -45,23 +45,35 @@ def parse_spacing(text: Optional[str]) -> Optional[tuple[float, float, float]]:
         return None
     raw = text.strip()
     try:
-        values = json.loads(raw) if raw.startswith("[") else [float(v) for v in raw.replace(" ", ",").split(",") if v]
+        values = (
+            json.loads(raw)
+            if raw.startswith("[")
+            else [float(v) for v in raw.replace(" ", ",").split(",") if v]
+        )
         values = [float(v) for v in values]
     except (ValueError, TypeError, json.JSONDecodeError):
-        raise InvalidInput(f"spacing must be 'sz,sy,sx' in mm, got {text!r}", code="invalid_spacing") from None
+        raise InvalidInput(
+            f"spacing must be 'sz,sy,sx' in mm, got {text!r}", code="invalid_spacing"
+        ) from None
     if len(values) != 3 or not all(math.isfinite(v) and v > 0 for v in values):
-        raise InvalidInput(f"spacing must be 3 positive numbers 'sz,sy,sx' (mm), got {text!r}", code="invalid_spacing")
+        raise InvalidInput(
+            f"spacing must be 3 positive numbers 'sz,sy,sx' (mm), got {text!r}", code="invalid_spacing"
+        )
     return (values[0], values[1], values[2])
 
 
 def _check_shape(shape: tuple[int, ...], name: str, settings: Settings) -> None:
     z = shape[0] if len(shape) == 3 else 1
     if z > settings.max_slices:
-        raise LimitExceeded(f"{name}: {z} slices is over the limit of {settings.max_slices} (MSDN_MAX_SLICES)", code="too_many_slices")
+        raise LimitExceeded(
+            f"{name}: {z} slices is over the limit of {settings.max_slices} (MSDN_MAX_SLICES)",
+            code="too_many_slices",
+        )
     voxels = int(np.prod(shape, dtype=np.int64))
     if voxels > settings.max_voxels:
         raise LimitExceeded(
-            f"{name}: {voxels} voxels is over the limit of {settings.max_voxels} (MSDN_MAX_VOXELS)", code="too_many_voxels"
+            f"{name}: {voxels} voxels is over the limit of {settings.max_voxels} (MSDN_MAX_VOXELS)",
+            code="too_many_voxels",
         )
     if voxels == 0:
         raise InvalidVolume(f"{name}: the volume is empty (shape {list(shape)})")
@@ -125,7 +137,9 @@ def _read_nifti(data: bytes, name: str, settings: Settings) -> ArrayFile:
     if len(shape) == 2:
         shape = shape + (1,)
     if len(shape) != 3:
-        raise InvalidVolume(f"{name}: NIfTI must be 3D (or 2D, or 4D with one volume), got shape {list(shape)}")
+        raise InvalidVolume(
+            f"{name}: NIfTI must be 3D (or 2D, or 4D with one volume), got shape {list(shape)}"
+        )
     _check_shape(shape[::-1], name, settings)
     try:
         voxels = np.asanyarray(image.dataobj)  # scl_slope / scl_inter applied by nibabel
@@ -141,7 +155,9 @@ def _read_nifti(data: bytes, name: str, settings: Settings) -> ArrayFile:
     if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
         affine = spacing_affine((zooms[2], zooms[1], zooms[0]))
     array = np.ascontiguousarray(voxels.transpose(2, 1, 0))
-    return ArrayFile(array, "nifti", affine=affine, spacing=(zooms[2], zooms[1], zooms[0]), header=image.header)
+    return ArrayFile(
+        array, "nifti", affine=affine, spacing=(zooms[2], zooms[1], zooms[0]), header=image.header
+    )
 
 
 def read_array_file(fh: BinaryIO, *, name: str, settings: Settings) -> ArrayFile:
@@ -178,7 +194,8 @@ def read_volume(fh: BinaryIO, *, name: str, spacing: Optional[str], settings: Se
     if parsed.kind == "nifti":
         if given is not None:
             raise InvalidInput(
-                f"{name}: NIfTI carries its own voxel size; leave out the 'spacing' field", code="invalid_spacing"
+                f"{name}: NIfTI carries its own voxel size; leave out the 'spacing' field",
+                code="invalid_spacing",
             )
         vox_spacing = parsed.spacing
         affine = parsed.affine

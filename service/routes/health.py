@@ -35,4 +35,6 @@ async def readyz(request: Request) -> Ready:
     runtime = getattr(request.app.state, "runtime", None)
     if runtime is None or not getattr(request.app.state, "ready", False):
         raise NotReady("the model is not loaded and warm yet")
-    return Ready(status="ready", model=f"{runtime.card.name} {runtime.card.version}", provider=runtime.provider)
+    return Ready(
+        status="ready", model=f"{runtime.card.name} {runtime.card.version}", provider=runtime.provider
+    )

@@ -97,7 +97,14 @@ def _run(
             items.append((name, parse_dicom(fh, name=name)))
             deadline.check()
         result = segment_datasets(
-            items, runtime, settings, series_uid=series_uid, boxes=boxes, mode=mode, reference=ref, deadline=deadline
+            items,
+            runtime,
+            settings,
+            series_uid=series_uid,
+            boxes=boxes,
+            mode=mode,
+            reference=ref,
+            deadline=deadline,
         )
     else:
         assert volume is not None
@@ -153,13 +160,17 @@ async def segment(
     metrics: MetricsDep,
     dicom: Annotated[
         Optional[list[UploadFile]],
-        File(description="DICOM files of one series, or one .zip holding the series (repeat the field per file)"),
+        File(
+            description="DICOM files of one series, or one .zip holding the series (repeat the field per file)"
+        ),
     ] = None,
     volume: Annotated[
-        Optional[UploadFile], File(description="a NIfTI (.nii, .nii.gz) or .npy (Z, Y, X) volume instead of DICOM")
+        Optional[UploadFile],
+        File(description="a NIfTI (.nii, .nii.gz) or .npy (Z, Y, X) volume instead of DICOM"),
     ] = None,
     spacing: Annotated[
-        Optional[str], Form(description="voxel spacing 'sz,sy,sx' in mm; required for .npy", examples=["2.5,0.7,0.7"])
+        Optional[str],
+        Form(description="voxel spacing 'sz,sy,sx' in mm; required for .npy", examples=["2.5,0.7,0.7"]),
     ] = None,
     boxes: Annotated[
         Optional[str],
@@ -170,14 +181,17 @@ async def segment(
         ),
     ] = None,
     reference: Annotated[
-        Optional[UploadFile], File(description="reference mask (NIfTI, .npy or DICOM SEG) for Dice, IoU, HD95")
+        Optional[UploadFile],
+        File(description="reference mask (NIfTI, .npy or DICOM SEG) for Dice, IoU, HD95"),
     ] = None,
     series_uid: Annotated[
         Optional[str], Form(description="SeriesInstanceUID to segment when the upload holds several series")
     ] = None,
     mode: Annotated[
         Mode,
-        Form(description="auto: boxes if given, else the detector's proposals if the model has them, else slices"),
+        Form(
+            description="auto: boxes if given, else the detector's proposals if the model has them, else slices"
+        ),
     ] = "auto",
     output_format: Annotated[
         Optional[OutputFormat],
@@ -193,15 +207,25 @@ async def segment(
     fmt = choose_format(output_format, request.headers.get("accept"), settings.default_format)
     dicom_files = [_named(f, f"dicom[{i}]") for i, f in enumerate(dicom or [])]
     if bool(dicom_files) == (volume is not None):
-        raise InvalidInput("send either 'dicom' files or one 'volume' file, not both or neither", code="no_input")
+        raise InvalidInput(
+            "send either 'dicom' files or one 'volume' file, not both or neither", code="no_input"
+        )
     if fmt == "dicom-seg" and not dicom_files:
-        raise InvalidInput("a DICOM SEG answer needs DICOM input; ask for json or nifti", code="format_needs_dicom")
+        raise InvalidInput(
+            "a DICOM SEG answer needs DICOM input; ask for json or nifti", code="format_needs_dicom"
+        )
     if volume is None and spacing:
         raise InvalidInput("'spacing' is for .npy volumes; DICOM carries its own", code="invalid_spacing")
 
     request_id = uuid.uuid4().hex[:12]
-    logger.info("segment %s: %s input, %d file(s), mode %s, format %s", request_id,
-                "dicom" if dicom_files else "volume", len(dicom_files) or 1, mode, fmt)
+    logger.info(
+        "segment %s: %s input, %d file(s), mode %s, format %s",
+        request_id,
+        "dicom" if dicom_files else "volume",
+        len(dicom_files) or 1,
+        mode,
+        fmt,
+    )
     try:
         result, body = await limiter.run(
             lambda deadline: _run(

@@ -19,8 +19,13 @@ def parse(items, max_boxes=100):
 
 
 def test_slice_box_and_label_by_value_or_name():
-    boxes = parse([{"slice": 1, "box": [10, 5, 21, 8]}, {"slice": 3, "box": [0, 0, 30, 20], "label": "vessel"},
-                   {"slice": 0, "box": [1, 1, 2, 2], "label": 1}])
+    boxes = parse(
+        [
+            {"slice": 1, "box": [10, 5, 21, 8]},
+            {"slice": 3, "box": [0, 0, 30, 20], "label": "vessel"},
+            {"slice": 0, "box": [1, 1, 2, 2], "label": 1},
+        ]
+    )
     assert boxes[0] == SliceBox(1, 10, 5, 21, 8, None)
     assert boxes[1].label == 2 and boxes[2].label == 1
     rows, cols = boxes[0].pixel_region()
@@ -36,7 +41,14 @@ def test_3d_box_expands_to_the_slices_it_covers():
 def test_empty_and_wrapped_forms():
     assert parse_boxes(None, shape=SHAPE, class_names=NAMES, max_boxes=1) == []
     assert parse_boxes("  ", shape=SHAPE, class_names=NAMES, max_boxes=1) == []
-    assert len(parse_boxes('{"boxes": [{"slice": 0, "box": [0, 0, 1, 1]}]}', shape=SHAPE, class_names=NAMES, max_boxes=1)) == 1
+    assert (
+        len(
+            parse_boxes(
+                '{"boxes": [{"slice": 0, "box": [0, 0, 1, 1]}]}', shape=SHAPE, class_names=NAMES, max_boxes=1
+            )
+        )
+        == 1
+    )
 
 
 @pytest.mark.parametrize(
@@ -81,7 +93,9 @@ def test_nms_by_hand():
 def test_proposals_threshold_clip_and_order():
     scores = np.array([[0.9, 0.1], [0.4, 0.8], [0.6, 0.0]])
     boxes = np.array([[-5, 2, 10, 12], [0, 0, 50, 50], [3, 3, 6, 6]], float)
-    found = proposals(scores, boxes, slice_index=2, height=20, width=30, score_threshold=0.5, iou_threshold=0.3, max_count=2)
+    found = proposals(
+        scores, boxes, slice_index=2, height=20, width=30, score_threshold=0.5, iou_threshold=0.3, max_count=2
+    )
     assert [(b.label, b.score) for b in found] == [(1, 0.9), (2, 0.8)]
     assert found[0].xyxy == [0, 2, 10, 12] and found[1].xyxy == [0, 0, 30, 20]
     assert all(b.slice == 2 and b.source == "detector" for b in found)

@@ -13,7 +13,13 @@ from service.errors import Overloaded, RequestTimeout
 
 
 def limiter(**kw) -> InferenceLimiter:
-    values = dict(max_concurrent=1, max_queued=1, queue_timeout_s=5.0, request_timeout_s=5.0, retry_after_s=7)
+    values = {
+        "max_concurrent": 1,
+        "max_queued": 1,
+        "queue_timeout_s": 5.0,
+        "request_timeout_s": 5.0,
+        "retry_after_s": 7,
+    }
     values.update(kw)
     return InferenceLimiter(**values)
 

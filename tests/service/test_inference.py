@@ -30,7 +30,9 @@ def rtdet(model_det):
 
 def test_normalise_clips_then_standardises(rt2):
     x = np.array([-5000.0, -200.0, 400.0, 5000.0])
-    np.testing.assert_allclose(normalise(x, rt2.card.input), [(-1000 + 200) / 300, 0.0, 2.0, (1000 + 200) / 300])
+    np.testing.assert_allclose(
+        normalise(x, rt2.card.input), [(-1000 + 200) / 300, 0.0, 2.0, (1000 + 200) / 300]
+    )
 
 
 def test_whole_slices_of_an_odd_size_are_padded_and_cut_back(rt1):
@@ -51,7 +53,10 @@ def test_two_classes_with_clipping(rt2):
 def test_boxes_segment_only_inside_each_box(rt1):
     volume = phantom((4, 48, 64)).astype(np.float32)
     full = expected_labels(volume, (THRESHOLD_HU,))
-    boxes = [SliceBox(1, 10.0, 12.0, 30.0, 30.0), SliceBox(3, 40.5, 20.2, 63.0, 47.9)]  # second touches the border
+    boxes = [
+        SliceBox(1, 10.0, 12.0, 30.0, 30.0),
+        SliceBox(3, 40.5, 20.2, 63.0, 47.9),
+    ]  # second touches the border
     labels, stats = segment_boxes(rt1, volume, boxes)
     expected = np.zeros_like(full)
     expected[1, 12:30, 10:30] = full[1, 12:30, 10:30]
@@ -88,7 +93,10 @@ def test_proposals_from_the_detector(rtdet):
     volume[1, 20:22, 40:47] = 100.0  # in cell (row 2, col 5)
     out = segment_volume_array(rtdet, volume, mode="auto")
     assert out.mode == "proposals"
-    assert [(b.slice, b.xyxy, b.label) for b in out.boxes] == [(0, [8, 0, 16, 8], 1), (1, [40, 16, 48, 24], 1)]
+    assert [(b.slice, b.xyxy, b.label) for b in out.boxes] == [
+        (0, [8, 0, 16, 8], 1),
+        (1, [40, 16, 48, 24], 1),
+    ]
     np.testing.assert_array_equal(out.labels, expected_labels(volume, (THRESHOLD_HU,)))
     # one whole-slice batch, then one batch of 2 crops
     assert out.stats.calls == 2 and out.stats.items == 4

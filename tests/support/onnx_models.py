@@ -65,7 +65,9 @@ def make_card(
 
 
 def _finish(graph: onnx.GraphProto, card: ModelCard, path: Optional[Path], sidecar: bool) -> bytes:
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="msdn-tests")
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="msdn-tests"
+    )
     model.ir_version = 8
     helper.set_model_props(model, {CARD_KEY: card.to_json(), "msdn.name": card.name})
     onnx.checker.check_model(model)
@@ -190,7 +192,9 @@ def threshold_model(
     ]
     inits = [numpy_helper.from_array(weights, "w"), numpy_helper.from_array(bias, "b")]
     outputs = [
-        helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["batch", num_classes + 1, "height", "width"])
+        helper.make_tensor_value_info(
+            OUTPUT_NAME, TensorProto.FLOAT, ["batch", num_classes + 1, "height", "width"]
+        )
     ]
     if detection_cell:
         det_nodes, det_inits, det_outputs = _detection_nodes(detection_cell, num_classes)
@@ -199,12 +203,20 @@ def threshold_model(
         outputs += det_outputs
     graph = helper.make_graph(nodes, name, [_image_input()], outputs, initializer=inits)
     card = make_card(
-        name=name, classes=names, mean=mean, std=std, clip=clip, patch_size=patch_size, detection=bool(detection_cell)
+        name=name,
+        classes=names,
+        mean=mean,
+        std=std,
+        clip=clip,
+        patch_size=patch_size,
+        detection=bool(detection_cell),
     )
     return _finish(graph, card, path, sidecar)
 
 
-def expected_labels(hu: np.ndarray, thresholds_hu: Sequence[float], clip: Optional[Sequence[float]] = None) -> np.ndarray:
+def expected_labels(
+    hu: np.ndarray, thresholds_hu: Sequence[float], clip: Optional[Sequence[float]] = None
+) -> np.ndarray:
     """The threshold model's labels for an image in HU, computed without the model."""
     values = np.asarray(hu, np.float64)
     if clip is not None:
@@ -236,15 +248,24 @@ def conv_model(
         w = (rng.standard_normal((channels, in_ch, 3, 3)) * np.sqrt(2.0 / (9 * in_ch))).astype(np.float32)
         b = np.zeros(channels, np.float32)
         inits += [numpy_helper.from_array(w, f"w{i}"), numpy_helper.from_array(b, f"b{i}")]
-        nodes.append(helper.make_node("Conv", [current, f"w{i}", f"b{i}"], [f"c{i}"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]))
+        nodes.append(
+            helper.make_node(
+                "Conv", [current, f"w{i}", f"b{i}"], [f"c{i}"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]
+            )
+        )
         nodes.append(helper.make_node("Relu", [f"c{i}"], [f"r{i}"]))
         current, in_ch = f"r{i}", channels
     w = (rng.standard_normal((num_classes + 1, in_ch, 1, 1)) * 0.1).astype(np.float32)
-    inits += [numpy_helper.from_array(w, "wout"), numpy_helper.from_array(np.zeros(num_classes + 1, np.float32), "bout")]
+    inits += [
+        numpy_helper.from_array(w, "wout"),
+        numpy_helper.from_array(np.zeros(num_classes + 1, np.float32), "bout"),
+    ]
     nodes.append(helper.make_node("Conv", [current, "wout", "bout"], ["logits"], kernel_shape=[1, 1]))
     nodes.append(helper.make_node("Softmax", ["logits"], [OUTPUT_NAME], axis=1))
     outputs = [
-        helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["batch", num_classes + 1, "height", "width"])
+        helper.make_tensor_value_info(
+            OUTPUT_NAME, TensorProto.FLOAT, ["batch", num_classes + 1, "height", "width"]
+        )
     ]
     graph = helper.make_graph(nodes, name, [_image_input()], outputs, initializer=inits)
     card = make_card(

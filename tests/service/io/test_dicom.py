@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import io
 import random
+from pathlib import Path
 
 import numpy as np
 import pydicom
@@ -101,7 +102,11 @@ def test_enhanced_multiframe_ct_matches_the_single_frame_series(settings):
     singles = [pydicom.dcmread(p) for p in paths]
     expected = series_volume([pydicom.dcmread(p) for p in paths], settings=settings)
     multi = hd.legacy.LegacyConvertedEnhancedCTImage(
-        singles, series_instance_uid=generate_uid(), series_number=9, sop_instance_uid=generate_uid(), instance_number=1
+        singles,
+        series_instance_uid=generate_uid(),
+        series_number=9,
+        sop_instance_uid=generate_uid(),
+        instance_number=1,
     )
     ds = pydicom.dcmread(io.BytesIO(to_bytes(multi)))
     assert int(ds.NumberOfFrames) == 5 and "PerFrameFunctionalGroupsSequence" in ds
@@ -120,9 +125,8 @@ def test_enhanced_multiframe_ct_matches_the_single_frame_series(settings):
 def test_not_dicom_and_meta_less_files():
     with pytest.raises(NotDicom, match="not a DICOM Part 10 file"):
         parse_dicom(b"hello, this is text", name="note.txt")
-    with open(pydicom_file("no_meta.dcm"), "rb") as fh:
-        with pytest.raises(NotDicom, match="no_meta.dcm: not a DICOM Part 10"):
-            parse_dicom(fh.read(), name="no_meta.dcm")
+    with pytest.raises(NotDicom, match="no_meta.dcm: not a DICOM Part 10"):
+        parse_dicom(Path(pydicom_file("no_meta.dcm")).read_bytes(), name="no_meta.dcm")
 
 
 def test_truncated_pixel_data_is_a_clear_error(settings):
@@ -172,7 +176,9 @@ def test_duplicate_positions(settings):
 def test_irregular_spacing(settings):
     datasets = ct_series(np.zeros((6, 8, 8)), spacing=(2.0, 1.0, 1.0))
     del datasets[3]  # a missing slice: gaps 2, 2, 4, 2 mm
-    with pytest.raises(InconsistentGeometry, match=r"irregular slice spacing: 4\.000 mm .* median gap 2\.000"):
+    with pytest.raises(
+        InconsistentGeometry, match=r"irregular slice spacing: 4\.000 mm .* median gap 2\.000"
+    ):
         series_volume(datasets, settings=settings)
 
 

@@ -7,6 +7,7 @@ import io
 import json
 import logging
 import threading
+from pathlib import Path
 
 import highdicom as hd
 import nibabel as nib
@@ -36,12 +37,14 @@ def dicom_parts(named: list[tuple[str, bytes]]) -> list:
 
 
 def ct5n_upload() -> list:
-    return dicom_parts([(p.rsplit("/", 1)[-1], open(p, "rb").read()) for p in ct5n_paths()])
+    return dicom_parts([(p.rsplit("/", 1)[-1], Path(p).read_bytes()) for p in ct5n_paths()])
 
 
 def ct5n_hu() -> np.ndarray:
     """CT5N in HU, sorted by z, by pydicom alone (independent of the service's reader)."""
-    datasets = sorted((pydicom.dcmread(p) for p in ct5n_paths()), key=lambda d: float(d.ImagePositionPatient[2]))
+    datasets = sorted(
+        (pydicom.dcmread(p) for p in ct5n_paths()), key=lambda d: float(d.ImagePositionPatient[2])
+    )
     return np.stack([apply_modality_lut(d.pixel_array, d) for d in datasets])
 
 
@@ -67,7 +70,7 @@ def test_ct5n_series_json_mask(client):
 
 
 def test_zip_upload_equals_file_upload(client):
-    archive = zip_bytes({f"CT5N/{p.rsplit('/', 1)[-1]}": open(p, "rb").read() for p in ct5n_paths()})
+    archive = zip_bytes({f"CT5N/{p.rsplit('/', 1)[-1]}": Path(p).read_bytes() for p in ct5n_paths()})
     r = client.post("/segment", files=[("dicom", ("series.zip", archive, "application/zip"))])
     assert r.status_code == 200, r.text
     np.testing.assert_array_equal(decode(r.json()["mask"]), expected_labels(ct5n_hu(), (THRESHOLD_HU,)))
@@ -77,7 +80,7 @@ def test_jpeg2000_512_ct(client):
     path = pydicom_file("693_J2KI.dcm")
     ds = pydicom.dcmread(path)
     hu = apply_modality_lut(ds.pixel_array, ds)[None]
-    r = client.post("/segment", files=dicom_parts([("693_J2KI.dcm", open(path, "rb").read())]))
+    r = client.post("/segment", files=dicom_parts([("693_J2KI.dcm", Path(path).read_bytes())]))
     assert r.status_code == 200, r.text
     np.testing.assert_array_equal(decode(r.json()["mask"]), expected_labels(hu, (THRESHOLD_HU,)))
 
@@ -111,7 +114,9 @@ def test_dicom_seg_answer_reads_back_equal_to_the_json_mask(client):
     assert r.status_code == 200, r.text
     assert r.headers["content-type"] == "application/dicom"
     seg = hd.seg.segread(io.BytesIO(r.content))
-    sources = sorted((pydicom.dcmread(p) for p in ct5n_paths()), key=lambda d: float(d.ImagePositionPatient[2]))
+    sources = sorted(
+        (pydicom.dcmread(p) for p in ct5n_paths()), key=lambda d: float(d.ImagePositionPatient[2])
+    )
     assert seg.SeriesInstanceUID != sources[0].SeriesInstanceUID
     assert seg.StudyInstanceUID == sources[0].StudyInstanceUID
     assert [s.SegmentLabel for s in seg.SegmentSequence] == ["tissue"]
@@ -132,7 +137,9 @@ def test_seg_as_reference_gives_dice_one(client):
 
 def test_seg_of_another_series_is_refused_as_reference(client):
     other = ct_series(phantom((5, 16, 16)))
-    seg = client.post("/segment", files=dicom_parts(series_files(other)), data={"format": "dicom-seg"}).content
+    seg = client.post(
+        "/segment", files=dicom_parts(series_files(other)), data={"format": "dicom-seg"}
+    ).content
     r = client.post("/segment", files=ct5n_upload() + [("reference", ("ref.dcm", seg, "application/dicom"))])
     assert r.status_code == 422 and r.json()["code"] == "reference_mismatch"
     assert "does not reference the input series" in r.json()["message"]
@@ -143,7 +150,9 @@ def test_nifti_answer_overlays_the_dicom_input(client):
     assert r.status_code == 200, r.text
     assert r.headers["content-disposition"] == 'attachment; filename="mask.nii.gz"'
     img = nib.Nifti1Image.from_bytes(gzip.decompress(r.content))
-    np.testing.assert_array_equal(np.asarray(img.dataobj).transpose(2, 1, 0), expected_labels(ct5n_hu(), (0.0,)))
+    np.testing.assert_array_equal(
+        np.asarray(img.dataobj).transpose(2, 1, 0), expected_labels(ct5n_hu(), (0.0,))
+    )
     first = min((pydicom.dcmread(p) for p in ct5n_paths()), key=lambda d: float(d.ImagePositionPatient[2]))
     x, y, z = (float(v) for v in first.ImagePositionPatient)
     np.testing.assert_allclose(img.affine @ [0, 0, 0, 1], [-x, -y, z, 1], atol=1e-4)  # RAS of the first voxel
@@ -169,7 +178,10 @@ def test_npy_volume_two_classes_with_multiclass_reference(make_client, model_2c)
     expected = expected_labels(hu, THRESHOLDS_2C, CLIP_2C)
     reference = expected.copy()
     reference[reference == 2] = 1  # the reference calls the dense blobs class 1
-    files = {"volume": ("ct.npy", npy_bytes(hu.astype(np.float32))), "reference": ("ref.npy", npy_bytes(reference))}
+    files = {
+        "volume": ("ct.npy", npy_bytes(hu.astype(np.float32))),
+        "reference": ("ref.npy", npy_bytes(reference)),
+    }
     r = client.post("/segment", files=files, data={"spacing": "2,0.5,0.5"})
     assert r.status_code == 200, r.text
     body = r.json()
@@ -185,7 +197,9 @@ def test_npy_volume_two_classes_with_multiclass_reference(make_client, model_2c)
 def test_boxes_mode_through_the_api(client):
     hu = phantom((4, 48, 64))
     boxes = [{"slice": 1, "box": [10, 12, 30, 30]}, {"box": [40, 20, 2, 60, 40, 4]}]
-    r = client.post("/segment", files=dicom_parts(series_files(ct_series(hu))), data={"boxes": json.dumps(boxes)})
+    r = client.post(
+        "/segment", files=dicom_parts(series_files(ct_series(hu))), data={"boxes": json.dumps(boxes)}
+    )
     assert r.status_code == 200, r.text
     body = r.json()
     full = expected_labels(hu, (THRESHOLD_HU,))
@@ -206,13 +220,22 @@ def test_proposals_mode_through_the_api(make_client, model_det):
     assert body["mode"] == "proposals"
     assert [(b["slice"], b["box"], b["source"]) for b in body["boxes"]] == [(1, [0, 16, 8, 24], "detector")]
     np.testing.assert_array_equal(decode(body["mask"]), expected_labels(hu, (THRESHOLD_HU,)))
-    assert client.post("/segment", files=dicom_parts(series_files(ct_series(hu))), data={"mode": "slices"}).json()["mode"] == "slices"
+    assert (
+        client.post(
+            "/segment", files=dicom_parts(series_files(ct_series(hu))), data={"mode": "slices"}
+        ).json()["mode"]
+        == "slices"
+    )
 
 
 def test_enhanced_multiframe_input_and_seg(client):
     singles = [pydicom.dcmread(p) for p in ct5n_paths()]
     multi = hd.legacy.LegacyConvertedEnhancedCTImage(
-        singles, series_instance_uid=generate_uid(), series_number=2, sop_instance_uid=generate_uid(), instance_number=1
+        singles,
+        series_instance_uid=generate_uid(),
+        series_number=2,
+        sop_instance_uid=generate_uid(),
+        instance_number=1,
     )
     upload = dicom_parts([("multi.dcm", to_bytes(multi))])
     body = client.post("/segment", files=upload).json()
@@ -221,7 +244,10 @@ def test_enhanced_multiframe_input_and_seg(client):
     assert r.status_code == 200, r.text
     seg = hd.seg.segread(io.BytesIO(r.content))
     frames = seg.get_pixels_by_source_frame(
-        str(multi.SOPInstanceUID), [1, 2, 3, 4, 5], combine_segments=True, assert_missing_frames_are_empty=True
+        str(multi.SOPInstanceUID),
+        [1, 2, 3, 4, 5],
+        combine_segments=True,
+        assert_missing_frames_are_empty=True,
     )
     # legacy conversion keeps the input order; compare frame by frame through the positions
     order = np.argsort([float(d.ImagePositionPatient[2]) for d in singles])
@@ -234,16 +260,24 @@ def test_mixed_series_upload_lists_them_and_series_uid_picks(client):
     files = dicom_parts(series_files(a, "a") + series_files(b, "b"))
     r = client.post("/segment", files=files)
     assert r.status_code == 422 and r.json()["code"] == "mixed_series"
-    assert {s["series_instance_uid"] for s in r.json()["detail"]["series"]} == {a[0].SeriesInstanceUID, b[0].SeriesInstanceUID}
+    assert {s["series_instance_uid"] for s in r.json()["detail"]["series"]} == {
+        a[0].SeriesInstanceUID,
+        b[0].SeriesInstanceUID,
+    }
     r = client.post("/segment", files=files, data={"series_uid": str(b[0].SeriesInstanceUID)})
     assert r.status_code == 200 and r.json()["input"]["shape"] == [3, 16, 16]
 
 
 def test_accept_negotiation(client):
-    assert client.post("/segment", files=ct5n_upload(), headers={"Accept": "application/dicom"}).headers[
-        "content-type"
-    ] == "application/dicom"
-    r = client.post("/segment", files=ct5n_upload(), headers={"Accept": "text/html;q=0.9, application/json;q=0.5"})
+    assert (
+        client.post("/segment", files=ct5n_upload(), headers={"Accept": "application/dicom"}).headers[
+            "content-type"
+        ]
+        == "application/dicom"
+    )
+    r = client.post(
+        "/segment", files=ct5n_upload(), headers={"Accept": "text/html;q=0.9, application/json;q=0.5"}
+    )
     assert r.headers["content-type"] == "application/json"
     r = client.post("/segment", files=ct5n_upload(), headers={"Accept": "image/png"})
     assert r.status_code == 406 and r.json()["code"] == "not_acceptable"
@@ -259,21 +293,66 @@ def test_accept_negotiation(client):
         ({"dicom": ("x.dcm", b"")}, {}, 422, "not_dicom"),
         ({"volume": ("v.npy", b"\x93NUMPY garbage")}, {"spacing": "1,1,1"}, 422, "invalid_volume"),
         ({"volume": ("v.nii", b"\x00" * 400)}, {}, 422, "invalid_volume"),
-        ({"volume": ("v.npy", npy_bytes(np.zeros((1, 16, 16))))}, {"format": "dicom-seg", "spacing": "1,1,1"}, 422, "format_needs_dicom"),
-        ({"volume": ("v.npy", npy_bytes(np.zeros((1, 16, 16))))}, {}, 422, "spacing_required"),
-        ({"volume": ("v.npy", npy_bytes(np.zeros((1, 16, 16))))}, {"spacing": "1,1,1", "mode": "magic"}, 422, "invalid_request"),
-        ({"volume": ("v.npy", npy_bytes(np.zeros((1, 16, 16))))}, {"spacing": "1,1,1", "mode": "boxes"}, 422, "invalid_mode"),
-        ({"volume": ("v.npy", npy_bytes(np.zeros((1, 16, 16))))}, {"spacing": "1,1,1", "mode": "proposals"}, 422, "invalid_mode"),
-        ({"volume": ("v.npy", npy_bytes(np.zeros((1, 16, 16))))}, {"spacing": "1,1,1", "format": "png"}, 422, "invalid_request"),
-        ({"volume": ("v.npy", npy_bytes(np.zeros((1, 16, 16))))}, {"spacing": "1,1,1", "boxes": "[{"}, 422, "invalid_boxes"),
-        ({"volume": ("v.npy", npy_bytes(np.zeros((1, 16, 16))))}, {"spacing": "1,1,1", "boxes": '[{"slice": 0, "box": [0, 0, 17, 4]}]'}, 422, "invalid_boxes"),
         (
-            {"volume": ("v.npy", npy_bytes(np.zeros((1, 16, 16)))), "reference": ("r.npy", npy_bytes(np.zeros((1, 8, 8), np.uint8)))},
-            {"spacing": "1,1,1"}, 422, "reference_mismatch",
+            {"volume": ("v.npy", npy_bytes(np.zeros((1, 16, 16))))},
+            {"format": "dicom-seg", "spacing": "1,1,1"},
+            422,
+            "format_needs_dicom",
+        ),
+        ({"volume": ("v.npy", npy_bytes(np.zeros((1, 16, 16))))}, {}, 422, "spacing_required"),
+        (
+            {"volume": ("v.npy", npy_bytes(np.zeros((1, 16, 16))))},
+            {"spacing": "1,1,1", "mode": "magic"},
+            422,
+            "invalid_request",
         ),
         (
-            {"volume": ("v.npy", npy_bytes(np.zeros((1, 16, 16)))), "reference": ("r.npy", npy_bytes(np.full((1, 16, 16), 3, np.uint8)))},
-            {"spacing": "1,1,1"}, 422, "reference_mismatch",
+            {"volume": ("v.npy", npy_bytes(np.zeros((1, 16, 16))))},
+            {"spacing": "1,1,1", "mode": "boxes"},
+            422,
+            "invalid_mode",
+        ),
+        (
+            {"volume": ("v.npy", npy_bytes(np.zeros((1, 16, 16))))},
+            {"spacing": "1,1,1", "mode": "proposals"},
+            422,
+            "invalid_mode",
+        ),
+        (
+            {"volume": ("v.npy", npy_bytes(np.zeros((1, 16, 16))))},
+            {"spacing": "1,1,1", "format": "png"},
+            422,
+            "invalid_request",
+        ),
+        (
+            {"volume": ("v.npy", npy_bytes(np.zeros((1, 16, 16))))},
+            {"spacing": "1,1,1", "boxes": "[{"},
+            422,
+            "invalid_boxes",
+        ),
+        (
+            {"volume": ("v.npy", npy_bytes(np.zeros((1, 16, 16))))},
+            {"spacing": "1,1,1", "boxes": '[{"slice": 0, "box": [0, 0, 17, 4]}]'},
+            422,
+            "invalid_boxes",
+        ),
+        (
+            {
+                "volume": ("v.npy", npy_bytes(np.zeros((1, 16, 16)))),
+                "reference": ("r.npy", npy_bytes(np.zeros((1, 8, 8), np.uint8))),
+            },
+            {"spacing": "1,1,1"},
+            422,
+            "reference_mismatch",
+        ),
+        (
+            {
+                "volume": ("v.npy", npy_bytes(np.zeros((1, 16, 16)))),
+                "reference": ("r.npy", npy_bytes(np.full((1, 16, 16), 3, np.uint8))),
+            },
+            {"spacing": "1,1,1"},
+            422,
+            "reference_mismatch",
         ),
         ({"dicom": ("evil.zip", zip_bytes({"../../etc/x.dcm": b"1"}))}, {}, 422, "zip_path_traversal"),
     ],
@@ -285,13 +364,13 @@ def test_bad_input_gets_a_4xx_with_code_and_message(client, files, data, status,
 
 
 def test_real_error_files(client):
-    truncated = open(pydicom_file("MR_truncated.dcm"), "rb").read()
+    truncated = Path(pydicom_file("MR_truncated.dcm")).read_bytes()
     r = client.post("/segment", files=dicom_parts([("MR_truncated.dcm", truncated)]))
     assert r.status_code == 422 and r.json()["code"] == "modality_not_allowed"
-    meta_less = open(pydicom_file("no_meta.dcm"), "rb").read()
+    meta_less = Path(pydicom_file("no_meta.dcm")).read_bytes()
     r = client.post("/segment", files=dicom_parts([("no_meta.dcm", meta_less)]))
     assert r.status_code == 422 and r.json()["code"] == "not_dicom" and "no_meta.dcm" in r.json()["message"]
-    cut = open(ct5n_paths()[0], "rb").read()[:-100]  # truncated CT pixel data
+    cut = Path(ct5n_paths()[0]).read_bytes()[:-100]  # truncated CT pixel data
     r = client.post("/segment", files=dicom_parts([("cut.dcm", cut)]))
     assert r.status_code == 422 and r.json()["code"] in ("pixel_data_invalid", "not_dicom")
     assert "cut.dcm" in r.json()["message"]
@@ -299,7 +378,10 @@ def test_real_error_files(client):
 
 def test_truncated_mr_when_mr_is_allowed(make_client, model_1c):
     client = make_client(model_1c, allowed_modalities=["MR"])
-    r = client.post("/segment", files=dicom_parts([("MR_truncated.dcm", open(pydicom_file("MR_truncated.dcm"), "rb").read())]))
+    r = client.post(
+        "/segment",
+        files=dicom_parts([("MR_truncated.dcm", Path(pydicom_file("MR_truncated.dcm")).read_bytes())]),
+    )
     assert r.status_code == 422 and r.json()["code"] == "pixel_data_invalid"
 
 
@@ -341,9 +423,17 @@ def test_logs_never_carry_patient_identifiers(make_client, model_1c, caplog):
     for data in ({}, {"format": "dicom-seg"}, {"boxes": "[{"}):
         client.post("/segment", files=files, data=data)
     client.post("/segment", files=ct5n_upload())  # Doe^Peter, 98890234
-    client.post("/segment", files=dicom_parts([("ct.dcm", open(pydicom_file("CT_small.dcm"), "rb").read())]))
+    client.post("/segment", files=dicom_parts([("ct.dcm", Path(pydicom_file("CT_small.dcm")).read_bytes())]))
     text = "\n".join(f"{r.name} {r.getMessage()} {r.exc_text or ''}" for r in caplog.records)
     assert "segment" in text  # the service did log
-    for secret in (PATIENT_NAME, PATIENT_ID, PATIENT_BIRTH_DATE, "Testpatient", "Doe^Peter", "98890234",
-                   "CompressedSamples", "1CT1"):
+    for secret in (
+        PATIENT_NAME,
+        PATIENT_ID,
+        PATIENT_BIRTH_DATE,
+        "Testpatient",
+        "Doe^Peter",
+        "98890234",
+        "CompressedSamples",
+        "1CT1",
+    ):
         assert secret not in text
