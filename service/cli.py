@@ -53,14 +53,12 @@ def run(args: argparse.Namespace) -> int:
     from service.model import ModelRuntime
 
     settings = settings_from_args(args)
-    try:  # fail here with a clear message rather than deep inside uvicorn's start-up
-        ModelRuntime.load(
-            settings.model_path, providers=settings.providers, verify_sha256=settings.verify_sha256
-        )
+    try:  # load here, to fail with a clear message rather than deep inside uvicorn's start-up
+        runtime = ModelRuntime.from_settings(settings)
     except ModelLoadError as exc:
         logger.error("%s", exc)
         return 2
-    app = create_app(settings)
+    app = create_app(settings, runtime=runtime)
     logger.info(
         "serving %s on http://%s:%d (API keys %s)",
         settings.model_path,

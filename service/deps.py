@@ -20,7 +20,7 @@ def get_settings(request: Request) -> Settings:
 def get_runtime(request: Request) -> ModelRuntime:
     runtime = getattr(request.app.state, "runtime", None)
     if runtime is None or not getattr(request.app.state, "ready", False):
-        raise NotReady("the model is not loaded yet")
+        raise NotReady("the model is not loaded and warm yet")
     return runtime
 
 

@@ -150,10 +150,9 @@ class ModelLoadError(RuntimeError):
 
 def _service_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ServiceError)
-    if exc.status_code >= 500:
-        logger.warning("%s: %s", exc.code, exc.message)
-    else:
-        logger.info("rejected (%s): %s", exc.code, exc.message)
+    # The code only: messages name uploaded files, and file names can carry patient identifiers.
+    log = logger.warning if exc.status_code >= 500 else logger.info
+    log("answered %d %s", exc.status_code, exc.code)
     return JSONResponse(exc.body(), status_code=exc.status_code, headers=exc.headers)
 
 

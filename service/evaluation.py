@@ -21,14 +21,26 @@ import numpy as np
 from scipy import ndimage
 
 
+def _bounding_window(mask: np.ndarray, margin: int = 0) -> Optional[tuple[slice, ...]]:
+    """Slices of the bounding box of a mask's non-zero voxels (plus ``margin``), or None when empty."""
+    window = []
+    for axis in range(mask.ndim):
+        hits = np.flatnonzero(mask.any(axis=tuple(j for j in range(mask.ndim) if j != axis)))
+        if not hits.size:
+            return None
+        window.append(slice(max(int(hits[0]) - margin, 0), int(hits[-1]) + 1 + margin))
+    return tuple(window)
+
+
+def _counts(labels: np.ndarray, num_classes: int) -> list[int]:
+    """Voxels of each label 0..C."""
+    return [int(np.count_nonzero(labels == v)) for v in range(num_classes + 1)]
+
+
 def _crop_to_union(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Both masks cut to the bounding box of their union, with a one-voxel margin."""
-    union = a | b
-    coords = [
-        np.flatnonzero(union.any(axis=tuple(j for j in range(union.ndim) if j != i)))
-        for i in range(union.ndim)
-    ]
-    window = tuple(slice(max(int(c[0]) - 1, 0), int(c[-1]) + 2) for c in coords)
+    window = _bounding_window(a | b, margin=1)
+    assert window is not None
     return a[window], b[window]
 
 
@@ -76,8 +88,8 @@ def evaluate(
     if pred.shape != ref.shape:
         raise ValueError(f"pred {pred.shape} and ref {ref.shape} differ in shape")
     voxel_ml = float(np.prod(spacing)) / 1000.0
-    pred_counts = np.bincount(pred.ravel(), minlength=len(class_names) + 1)
-    ref_counts = np.bincount(ref.ravel(), minlength=len(class_names) + 1)
+    pred_counts = _counts(pred, len(class_names))
+    ref_counts = _counts(ref, len(class_names))
     classes = []
     for value, name in enumerate(class_names, start=1):
         scores = overlap(pred == value, ref == value, spacing)
@@ -102,12 +114,20 @@ def evaluate(
 
 def class_summary(labels: np.ndarray, *, spacing: Sequence[float], class_names: Sequence[str]) -> list[dict]:
     """Voxel count and volume (mL) of each class."""
-    counts = np.bincount(labels.ravel(), minlength=len(class_names) + 1)
+    counts = _counts(labels, len(class_names))
     voxel_ml = float(np.prod(spacing)) / 1000.0
     return [
         {"value": v, "name": n, "voxels": int(counts[v]), "volume_ml": float(counts[v]) * voxel_ml}
         for v, n in enumerate(class_names, start=1)
     ]
+
+
+def _label(mask: np.ndarray, structure: np.ndarray) -> np.ndarray:
+    """Connected-component labels, in uint16 when they fit (half the memory of the default int32)."""
+    try:
+        return ndimage.label(mask, structure=structure, output=np.uint16)[0]
+    except RuntimeError:  # more than 65535 components
+        return ndimage.label(mask, structure=structure)[0]
 
 
 def components(
@@ -120,23 +140,28 @@ def components(
     """
     voxel_ml = float(np.prod(spacing)) / 1000.0
     structure = ndimage.generate_binary_structure(3, 3)
-    found = []
+    found: list[dict] = []
+    window = _bounding_window(labels)
+    if window is None:
+        return found, False
+    labels = labels[window]  # the components lie in the foreground's bounding box
+    origin = [w.start for w in window]
     for value, name in enumerate(class_names, start=1):
         mask = labels == value
         if not mask.any():
             continue
-        lab, _ = ndimage.label(mask, structure=structure)
-        sizes = np.bincount(lab.ravel())[1:]
-        for k, window in enumerate(ndimage.find_objects(lab), start=1):
-            if window is None:
+        lab = _label(mask, structure)
+        for k, box in enumerate(ndimage.find_objects(lab), start=1):
+            if box is None:
                 continue
-            zs, ys, xs = window
+            size = int(np.count_nonzero(lab[box] == k))  # counted in its box: no volume-sized histogram
+            zs, ys, xs = (slice(s.start + o, s.stop + o) for s, o in zip(box, origin))
             found.append(
                 {
                     "class_value": value,
                     "class_name": name,
-                    "voxels": int(sizes[k - 1]),
-                    "volume_ml": float(sizes[k - 1]) * voxel_ml,
+                    "voxels": size,
+                    "volume_ml": size * voxel_ml,
                     "box": [xs.start, ys.start, zs.start, xs.stop, ys.stop, zs.stop],
                 }
             )

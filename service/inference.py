@@ -34,6 +34,22 @@ def normalise(values: np.ndarray, spec: InputSpec) -> np.ndarray:
     return ((out - np.float32(spec.mean)) / np.float32(spec.std)).astype(np.float32, copy=False)
 
 
+def argmax_labels(probs: np.ndarray) -> np.ndarray:
+    """(B, C+1, H, W) probabilities -> (B, H, W) uint8 argmax labels (first maximum wins, as np.argmax).
+
+    A running maximum over the few channels: several times faster than ``np.argmax(axis=1)``, whose
+    reduction runs across the channel stride.
+    """
+    best = probs[:, 0].copy()
+    labels = np.zeros(best.shape, np.uint8)
+    for c in range(1, probs.shape[1]):
+        channel = probs[:, c]
+        better = channel > best
+        labels[better] = c
+        np.maximum(best, channel, out=best)
+    return labels
+
+
 def round_up(value: int, multiple: int) -> int:
     return math.ceil(value / multiple) * multiple
 
@@ -46,11 +62,6 @@ class InferenceOutput:
     mode: str
     boxes: list[SliceBox] = field(default_factory=list)
     stats: RunStats = field(default_factory=RunStats)
-
-    def add(self, stats: RunStats) -> None:
-        self.stats.calls += stats.calls
-        self.stats.items += stats.items
-        self.stats.seconds += stats.seconds
 
 
 def _background(volume: np.ndarray, spec: InputSpec) -> float:
@@ -87,7 +98,7 @@ def segment_slices(
 
     def consume(start: int, outputs: dict[str, np.ndarray]) -> None:
         probs = outputs[runtime.segmentation_output]
-        labels[start : start + probs.shape[0]] = probs[:, :, :height, :width].argmax(axis=1)
+        labels[start : start + probs.shape[0]] = argmax_labels(probs[:, :, :height, :width])
         if detections is not None and runtime.detection_outputs:
             scores, boxes = (outputs[n] for n in runtime.detection_outputs)
             detections.extend(zip(scores, boxes))
@@ -134,7 +145,7 @@ def segment_boxes(
             return normalise(batch, spec)
 
         def consume(start: int, outputs: dict[str, np.ndarray], items=items) -> None:
-            crop_labels = outputs[runtime.segmentation_output].argmax(axis=1).astype(np.uint8)
+            crop_labels = argmax_labels(outputs[runtime.segmentation_output])
             for b, (box, y0, x0) in enumerate(items[start : start + crop_labels.shape[0]]):
                 rows, cols = box.pixel_region()
                 pred = crop_labels[b, rows.start - y0 : rows.stop - y0, cols.start - x0 : cols.stop - x0]
@@ -144,9 +155,7 @@ def segment_boxes(
                 np.copyto(target, pred, where=(target == 0) & (pred > 0))
 
         stats = runtime.run_batched(len(items), make_batch, consume, check=check)
-        total.calls += stats.calls
-        total.items += stats.items
-        total.seconds += stats.seconds
+        total.add(stats)
     return labels, total
 
 
@@ -206,6 +215,6 @@ def segment_volume_array(
         if found:
             labels, crop_stats = segment_boxes(runtime, volume, found, check=check)
             out.labels = labels
-            out.add(crop_stats)
+            out.stats.add(crop_stats)
         return out
     raise ValueError(f"mode must be auto, boxes, proposals or slices, got {mode!r}")

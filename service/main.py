@@ -26,7 +26,9 @@ from service.concurrency import InferenceLimiter
 from service.errors import install_error_handlers
 from service.metrics import MetricsMiddleware, ServiceMetrics
 from service.model import ModelRuntime
-from service.routes import docs, health, metrics, model, segment
+from service.routes import docs, health, segment
+from service.routes import metrics as metrics_routes
+from service.routes import model as model_routes
 from service.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
@@ -61,21 +63,12 @@ def optional_routers() -> list[APIRouter]:
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Load and warm the model, create the limiter; shut the limiter down at exit."""
+    """Load (unless given to ``create_app``) and warm the model, create the limiter; stop it at exit."""
     settings: Settings = app.state.settings
     metrics: ServiceMetrics = app.state.metrics
     app.state.ready = False
-    runtime = await anyio.to_thread.run_sync(
-        lambda: ModelRuntime.load(
-            settings.model_path,
-            providers=settings.providers,
-            intra_op_threads=settings.intra_op_threads,
-            inter_op_threads=settings.inter_op_threads,
-            batch_size=settings.batch_size,
-            verify_sha256=settings.verify_sha256,
-        )
-    )
-    if settings.warmup:
+    runtime = app.state.runtime or await anyio.to_thread.run_sync(ModelRuntime.from_settings, settings)
+    if settings.warmup and not runtime.warm:
         await anyio.to_thread.run_sync(runtime.warmup)
     app.state.runtime = runtime
     metrics.set_model(
@@ -102,13 +95,17 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 def create_app(
-    settings: Optional[Settings] = None, *, routers: Optional[Sequence[APIRouter]] = None
+    settings: Optional[Settings] = None,
+    *,
+    routers: Optional[Sequence[APIRouter]] = None,
+    runtime: Optional[ModelRuntime] = None,
 ) -> FastAPI:
     """Build the app.
 
     Args:
         settings: configuration (default: ``MSDN_*`` environment).
         routers: extra routers, added behind the API key (default: ``optional_routers()``).
+        runtime: an already loaded model (default: loaded from ``settings`` at start-up).
     """
     settings = settings or get_settings()
     app = FastAPI(
@@ -122,12 +119,13 @@ def create_app(
     )
     app.state.settings = settings
     app.state.metrics = ServiceMetrics()
+    app.state.runtime = runtime
     app.state.ready = False
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     app.include_router(health.router)
-    for router in (segment.router, model.router, metrics.router, docs.router):
+    for router in (segment.router, model_routes.router, metrics_routes.router, docs.router):
         app.include_router(router, dependencies=[RequireApiKey])
     for router in optional_routers() if routers is None else routers:
         app.include_router(router, dependencies=[RequireApiKey])

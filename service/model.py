@@ -17,12 +17,15 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 import numpy as np
 
 from model_export.card import CARD_KEY, ModelCard
 from service.errors import ModelLoadError
+
+if TYPE_CHECKING:
+    from service.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -159,6 +162,12 @@ class RunStats:
     items: int = 0
     seconds: float = 0.0
 
+    def add(self, other: "RunStats") -> None:
+        """Accumulate ``other`` into this one."""
+        self.calls += other.calls
+        self.items += other.items
+        self.seconds += other.seconds
+
 
 class ModelRuntime:
     """An ONNX Runtime session plus the card that says how to feed it.
@@ -205,6 +214,7 @@ class ModelRuntime:
         inter_op_threads: int = 0,
         batch_size: int = 8,
         verify_sha256: bool = True,
+        cpu_mem_arena: bool = True,
     ) -> "ModelRuntime":
         """Open ``path`` with ONNX Runtime.
 
@@ -223,6 +233,7 @@ class ModelRuntime:
         options.intra_op_num_threads = int(intra_op_threads)
         options.inter_op_num_threads = int(inter_op_threads)
         options.log_severity_level = 3
+        options.enable_cpu_mem_arena = bool(cpu_mem_arena)
         try:
             session = ort.InferenceSession(str(model_path), sess_options=options, providers=chosen)
         except Exception as exc:  # ORT raises its own exception types
@@ -246,6 +257,19 @@ class ModelRuntime:
             runtime.provider,
         )
         return runtime
+
+    @classmethod
+    def from_settings(cls, settings: "Settings") -> "ModelRuntime":
+        """``load`` with the ``MSDN_*`` settings (model path, providers, threads, batch, arena, SHA check)."""
+        return cls.load(
+            settings.model_path,
+            providers=settings.providers,
+            intra_op_threads=settings.intra_op_threads,
+            inter_op_threads=settings.inter_op_threads,
+            batch_size=settings.batch_size,
+            verify_sha256=settings.verify_sha256,
+            cpu_mem_arena=settings.cpu_mem_arena,
+        )
 
     def _check_graph(self) -> None:
         inputs = {i.name: i for i in self.session.get_inputs()}

@@ -185,12 +185,14 @@ def segment_datasets(
     mode: str = "auto",
     reference: Optional[np.ndarray | Dataset] = None,
     deadline: Optional[Deadline] = None,
+    read_s: float = 0.0,
 ) -> SegmentationResult:
     """Segment one DICOM series given as pydicom datasets (or (name, dataset) pairs).
 
-    See ``segment_image`` for the options; ``series_uid`` picks a series when several are given.
+    See ``segment_image`` for the options; ``series_uid`` picks a series when several are given;
+    ``read_s`` is time already spent getting the datasets (added to the reported read time).
     """
-    t0 = time.perf_counter()
+    t0 = time.perf_counter() - read_s
     image = series_volume(datasets, settings=settings, series_uid=series_uid)
     if deadline is not None:
         deadline.check()

@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads (0: runtime default)")
     inter_op_threads: int = Field(0, ge=0, description="ONNX Runtime inter-op threads (0: runtime default)")
     batch_size: int = Field(8, ge=1, description="slices or patches per ONNX Runtime call")
+    cpu_mem_arena: bool = Field(
+        True, description="ONNX Runtime's CPU memory arena: faster, but keeps its peak memory (off: less RSS)"
+    )
     verify_sha256: bool = Field(
         True, description="refuse a model whose SHA-256 differs from its sidecar card"
     )

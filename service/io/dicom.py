@@ -394,11 +394,13 @@ def series_volume(
                 volume[slot[(i, fr.frame)]] = apply_modality_lut(values, ds)
             else:
                 volume[slot[(i, fr.frame)]] = values.astype(np.float32) * fr.slope + fr.intercept
+            if not np.isfinite(volume[slot[(i, fr.frame)]]).all():
+                raise InvalidInput(
+                    f"{where(fr)}: pixel values are NaN or infinite", code="pixel_data_invalid"
+                )
         for keyword in PIXEL_KEYWORDS:
             if keyword in ds:
                 delattr(ds, keyword)
-    if not np.all(np.isfinite(volume)):
-        raise InvalidInput("the pixel data contains NaN or infinite values", code="pixel_data_invalid")
 
     affine = np.eye(4)
     affine[:3, 0] = row_dir * sx

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from pydantic import BaseModel
 
-from service.errors import ErrorBody, NotReady
+from service.deps import RuntimeDep
+from service.errors import ErrorBody
 
 router = APIRouter(tags=["health"])
 
@@ -31,10 +32,7 @@ async def healthz() -> Health:
     summary="the model is loaded and warmed up",
     responses={503: {"model": ErrorBody, "description": "still starting"}},
 )
-async def readyz(request: Request) -> Ready:
-    runtime = getattr(request.app.state, "runtime", None)
-    if runtime is None or not getattr(request.app.state, "ready", False):
-        raise NotReady("the model is not loaded and warm yet")
+async def readyz(runtime: RuntimeDep) -> Ready:
     return Ready(
         status="ready", model=f"{runtime.card.name} {runtime.card.version}", provider=runtime.provider
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from typing import Annotated, BinaryIO, Literal, Optional
 
@@ -89,12 +90,14 @@ def _run(
     fmt: OutputFormat,
 ) -> tuple[SegmentationResult, bytes]:
     """The blocking part of a request (runs in a limiter thread)."""
+    t0 = time.perf_counter()
     ref = read_reference_file(reference[1], name=reference[0], settings=settings) if reference else None
     if dicom:
         files = expand_files(dicom, settings=settings)
         items = []
         for name, fh in files:
             items.append((name, parse_dicom(fh, name=name)))
+            fh.close()  # pydicom holds its own copy: free the upload buffer now, not at the end
             deadline.check()
         result = segment_datasets(
             items,
@@ -105,12 +108,10 @@ def _run(
             mode=mode,
             reference=ref,
             deadline=deadline,
+            read_s=time.perf_counter() - t0,
         )
     else:
         assert volume is not None
-        import time
-
-        t0 = time.perf_counter()
         image = read_volume(volume[1], name=volume[0], spacing=spacing, settings=settings)
         result = segment_image(
             image,

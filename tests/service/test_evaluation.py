@@ -106,3 +106,10 @@ def test_diagonal_neighbours_are_one_component():
     labels[0, 0, 0] = labels[1, 1, 1] = 1
     found, _ = components(labels, spacing=(1.0, 1.0, 1.0), class_names=["a"], limit=10)
     assert len(found) == 1 and found[0]["voxels"] == 2
+
+
+def test_more_components_than_uint16_labels_hold():
+    labels = np.zeros((1, 520, 520), np.uint8)
+    labels[0, ::2, ::2] = 1  # 260 x 260 = 67600 isolated voxels
+    found, truncated = components(labels, spacing=(1.0, 1.0, 1.0), class_names=["a"], limit=3)
+    assert truncated and [c["voxels"] for c in found] == [1, 1, 1]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from service.boxes import SliceBox
-from service.inference import normalise, segment_boxes, segment_slices, segment_volume_array
+from service.inference import argmax_labels, normalise, segment_boxes, segment_slices, segment_volume_array
 from service.model import ModelRuntime
 from tests.service.helpers import CLIP_2C, THRESHOLD_HU, THRESHOLDS_2C
 from tests.support.dicom_series import phantom
@@ -33,6 +33,13 @@ def test_normalise_clips_then_standardises(rt2):
     np.testing.assert_allclose(
         normalise(x, rt2.card.input), [(-1000 + 200) / 300, 0.0, 2.0, (1000 + 200) / 300]
     )
+
+
+def test_argmax_labels_equals_numpy_argmax_including_ties():
+    rng = np.random.default_rng(0)
+    probs = rng.integers(0, 3, size=(3, 4, 9, 7)).astype(np.float32)  # many ties
+    np.testing.assert_array_equal(argmax_labels(probs), probs.argmax(axis=1))
+    assert argmax_labels(probs).dtype == np.uint8
 
 
 def test_whole_slices_of_an_odd_size_are_padded_and_cut_back(rt1):

@@ -13,7 +13,8 @@ successive logit differences are ``k * (x - n(t_c))``, decreasing in c: the argm
 With ``detection_cell=s`` the graph also proposes the s x s grid cells: score of class c = the
 largest probability of channel c in the cell, box = the cell ``[j*s, i*s, (j+1)*s, (i+1)*s]``.
 
-``conv_model``: a stack of 3x3 convolutions with random weights, of tunable cost, for benchmarks.
+``conv_model``: a stack of 3x3 convolutions with random weights, of tunable cost, for benchmarks; its
+mask is close to "above a threshold" so that outputs look like real segmentations.
 """
 
 from __future__ import annotations
@@ -232,15 +233,19 @@ def conv_model(
     *,
     channels: int = 16,
     layers: int = 4,
-    num_classes: int = 1,
+    threshold_hu: Optional[float] = 200.0,
     patch_size: Sequence[int] = (128, 128),
     seed: int = 0,
     name: str = "conv-bench",
 ) -> bytes:
-    """A random 3x3-conv + ReLU stack ending in a 1x1 conv + softmax, for benchmarks.
+    """A one-class model of tunable cost for benchmarks: a random 3x3-conv + ReLU stack.
 
-    Cost per pixel is about ``2 * 9 * channels**2 * (layers - 1)`` FLOPs.
+    Cost per pixel is about ``2 * 9 * channels**2 * (layers - 1)`` FLOPs. The final 1x1 convolution
+    sees the features and the input; with ``threshold_hu`` the input weighs in strongly, so the mask
+    is (nearly) "HU above the threshold", shaped like a real segmentation rather than random speckle,
+    while the features still have to be computed (their weights are small, not zero).
     """
+    mean, std = -500.0, 500.0
     rng = np.random.default_rng(seed)
     nodes, inits = [], []
     current, in_ch = INPUT_NAME, 1
@@ -255,24 +260,26 @@ def conv_model(
         )
         nodes.append(helper.make_node("Relu", [f"c{i}"], [f"r{i}"]))
         current, in_ch = f"r{i}", channels
-    w = (rng.standard_normal((num_classes + 1, in_ch, 1, 1)) * 0.1).astype(np.float32)
-    inits += [
-        numpy_helper.from_array(w, "wout"),
-        numpy_helper.from_array(np.zeros(num_classes + 1, np.float32), "bout"),
-    ]
-    nodes.append(helper.make_node("Conv", [current, "wout", "bout"], ["logits"], kernel_shape=[1, 1]))
+    nodes.append(helper.make_node("Concat", [INPUT_NAME, current], ["head_in"], axis=1))
+    w = np.zeros((2, in_ch + 1, 1, 1), np.float32)
+    bias = np.zeros(2, np.float32)
+    if threshold_hu is None:
+        w[:, 1:, 0, 0] = rng.standard_normal((2, in_ch)) * 0.1
+    else:
+        k = 20.0
+        w[1, 0, 0, 0] = k
+        w[1, 1:, 0, 0] = rng.standard_normal(in_ch) * 1e-3
+        bias[1] = -k * (threshold_hu - mean) / std
+    inits += [numpy_helper.from_array(w, "wout"), numpy_helper.from_array(bias, "bout")]
+    nodes.append(helper.make_node("Conv", ["head_in", "wout", "bout"], ["logits"], kernel_shape=[1, 1]))
     nodes.append(helper.make_node("Softmax", ["logits"], [OUTPUT_NAME], axis=1))
-    outputs = [
-        helper.make_tensor_value_info(
-            OUTPUT_NAME, TensorProto.FLOAT, ["batch", num_classes + 1, "height", "width"]
-        )
-    ]
+    outputs = [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["batch", 2, "height", "width"])]
     graph = helper.make_graph(nodes, name, [_image_input()], outputs, initializer=inits)
     card = make_card(
         name=name,
-        classes=[f"class_{i}" for i in range(1, num_classes + 1)],
-        mean=-500.0,
-        std=500.0,
+        classes=["lesion"],
+        mean=mean,
+        std=std,
         clip=(-1000.0, 1000.0),
         patch_size=patch_size,
         method="benchmark",
