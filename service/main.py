@@ -12,6 +12,7 @@ the model, settings, limiter and metrics through ``request.app.state`` or ``serv
 from __future__ import annotations
 
 import importlib
+import inspect
 import logging
 from contextlib import asynccontextmanager
 from typing import AsyncIterator, Optional, Sequence
@@ -108,6 +109,10 @@ def create_app(
         runtime: an already loaded model (default: loaded from ``settings`` at start-up).
     """
     settings = settings or get_settings()
+    extra = {}
+    if "form_limits" in inspect.signature(FastAPI).parameters:  # FastAPI >= 0.16x; older: 1000 parts
+        # Room for every DICOM part plus volume/reference; the route answers 413 past MSDN_MAX_FILES.
+        extra["form_limits"] = {"max_files": settings.max_files + 2}
     app = FastAPI(
         title="msdn inference service",
         version=__version__,
@@ -116,6 +121,7 @@ def create_app(
         openapi_url=None,
         docs_url=None,
         redoc_url=None,
+        **extra,
     )
     app.state.settings = settings
     app.state.metrics = ServiceMetrics()

@@ -12,7 +12,7 @@ from fastapi.responses import Response
 
 from service.concurrency import Deadline
 from service.deps import LimiterDep, MetricsDep, RuntimeDep, SettingsDep
-from service.errors import ErrorBody, InvalidInput, NotAcceptable, Overloaded, RequestTimeout
+from service.errors import ErrorBody, InvalidInput, LimitExceeded, NotAcceptable, Overloaded, RequestTimeout
 from service.io.dicom import parse_dicom
 from service.io.reference import read_reference_file
 from service.io.upload import expand_files
@@ -207,6 +207,11 @@ async def segment(
     """
     fmt = choose_format(output_format, request.headers.get("accept"), settings.default_format)
     dicom_files = [_named(f, f"dicom[{i}]") for i, f in enumerate(dicom or [])]
+    if len(dicom_files) > settings.max_files:
+        raise LimitExceeded(
+            f"{len(dicom_files)} files is over the limit of {settings.max_files} (MSDN_MAX_FILES)",
+            code="too_many_files",
+        )
     if bool(dicom_files) == (volume is not None):
         raise InvalidInput(
             "send either 'dicom' files or one 'volume' file, not both or neither", code="no_input"

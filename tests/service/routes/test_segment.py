@@ -389,6 +389,15 @@ def test_limits_answer_413(make_client, model_1c):
     client = make_client(model_1c, max_slices=4)
     r = client.post("/segment", files=ct5n_upload())
     assert r.status_code == 413 and r.json()["code"] == "too_many_slices"
+    client = make_client(model_1c, max_files=4)
+    r = client.post("/segment", files=ct5n_upload())
+    assert r.status_code == 413 and r.json()["code"] == "too_many_files"
+
+
+def test_more_than_a_thousand_parts_reach_the_service(client):
+    parts = [("dicom", (f"{i}.dcm", b"not dicom", "application/dicom")) for i in range(1200)]
+    r = client.post("/segment", files=parts)
+    assert r.status_code == 422 and r.json()["code"] == "not_dicom"  # parsed, not refused by the form parser
 
 
 def test_saturated_service_answers_503_with_retry_after(make_client, model_1c):
