@@ -1,0 +1,141 @@
+"""The ASGI app: ``service.main:app``, built by ``create_app()``.
+
+The lifespan loads the model once (``ModelRuntime.load``: card, SHA-256 check, providers), makes a
+warm-up run, and creates the inference limiter; ``/readyz`` turns 200 once that is done.
+
+Extending: ``create_app(routers=[...])`` adds routers (behind the API key, like ``/segment``).
+Without ``routers``, each module of ``OPTIONAL_ROUTER_MODULES`` that is installed contributes its
+``router``; a router may carry its own ``lifespan`` (FastAPI merges it into the app's), and reaches
+the model, settings, limiter and metrics through ``request.app.state`` or ``service.deps``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import logging
+from contextlib import asynccontextmanager
+from typing import AsyncIterator, Optional, Sequence
+
+import anyio
+from fastapi import APIRouter, FastAPI
+
+from model_export import __version__
+from service.auth import RequireApiKey
+from service.body_limit import BodyLimitMiddleware
+from service.concurrency import InferenceLimiter
+from service.errors import install_error_handlers
+from service.metrics import MetricsMiddleware, ServiceMetrics
+from service.model import ModelRuntime
+from service.routes import docs, health, segment
+from service.routes import metrics as metrics_routes
+from service.routes import model as model_routes
+from service.settings import Settings, get_settings
+
+logger = logging.getLogger(__name__)
+
+#: Optional packages whose ``router`` joins the app when they are installed.
+OPTIONAL_ROUTER_MODULES: tuple[str, ...] = ("service.pacs",)
+
+DESCRIPTION = """Segmentation of CT series with an MSDN model exported to ONNX (ONNX Runtime, no PyTorch).
+
+`POST /segment` takes a DICOM series (files or a zip) or a NIfTI/.npy volume, optional boxes and an
+optional reference mask, and answers the mask as JSON (run-length encoded, with per-class volumes,
+components and, with a reference, Dice/IoU/HD95), NIfTI or DICOM SEG. Errors are JSON bodies
+`{"code", "message", "detail"}`.
+"""
+
+
+def optional_routers() -> list[APIRouter]:
+    """Routers of the installed ``OPTIONAL_ROUTER_MODULES``."""
+    found = []
+    for name in OPTIONAL_ROUTER_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name and name.startswith(exc.name):
+                continue
+            raise
+        router = getattr(module, "router", None)
+        if router is not None:
+            found.append(router)
+    return found
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Load (unless given to ``create_app``) and warm the model, create the limiter; stop it at exit."""
+    settings: Settings = app.state.settings
+    metrics: ServiceMetrics = app.state.metrics
+    app.state.ready = False
+    runtime = app.state.runtime or await anyio.to_thread.run_sync(ModelRuntime.from_settings, settings)
+    if settings.warmup and not runtime.warm:
+        await anyio.to_thread.run_sync(runtime.warmup)
+    app.state.runtime = runtime
+    metrics.set_model(
+        name=runtime.card.name,
+        version=str(runtime.card.version),
+        sha256=runtime.sha256,
+        provider=runtime.provider,
+    )
+    limiter = InferenceLimiter(
+        max_concurrent=settings.max_concurrent_inferences,
+        max_queued=settings.max_queued_requests,
+        queue_timeout_s=settings.queue_timeout_s,
+        request_timeout_s=settings.request_timeout_s,
+        retry_after_s=settings.retry_after_s,
+        on_change=metrics.set_limiter,
+    )
+    app.state.limiter = limiter
+    app.state.ready = True
+    try:
+        yield
+    finally:
+        app.state.ready = False
+        limiter.shutdown()
+
+
+def create_app(
+    settings: Optional[Settings] = None,
+    *,
+    routers: Optional[Sequence[APIRouter]] = None,
+    runtime: Optional[ModelRuntime] = None,
+) -> FastAPI:
+    """Build the app.
+
+    Args:
+        settings: configuration (default: ``MSDN_*`` environment).
+        routers: extra routers, added behind the API key (default: ``optional_routers()``).
+        runtime: an already loaded model (default: loaded from ``settings`` at start-up).
+    """
+    settings = settings or get_settings()
+    extra = {}
+    if "form_limits" in inspect.signature(FastAPI).parameters:  # FastAPI >= 0.16x; older: 1000 parts
+        # Room for every DICOM part plus volume/reference; the route answers 413 past MSDN_MAX_FILES.
+        extra["form_limits"] = {"max_files": settings.max_files + 2}
+    app = FastAPI(
+        title="msdn inference service",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
+        **extra,
+    )
+    app.state.settings = settings
+    app.state.metrics = ServiceMetrics()
+    app.state.runtime = runtime
+    app.state.ready = False
+    install_error_handlers(app)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    app.include_router(health.router)
+    for router in (segment.router, model_routes.router, metrics_routes.router, docs.router):
+        app.include_router(router, dependencies=[RequireApiKey])
+    for router in optional_routers() if routers is None else routers:
+        app.include_router(router, dependencies=[RequireApiKey])
+    return app
+
+
+app = create_app()

@@ -1,0 +1,86 @@
+"""The mask as a DICOM Segmentation (SEG) made with highdicom (``application/dicom``).
+
+The SEG is a BINARY segmentation with one segment per model class (segment number = class value),
+referencing the source series instance by instance (or frame by frame for a multi-frame source),
+in the source study, with empty frames omitted. Segments carry the class name as label, category
+"Tissue" (SCT 85756007), a property type in the private coding scheme ``99MSDN`` (the card has no
+standard codes), and the model's name/version as the algorithm identification.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import TYPE_CHECKING
+
+import numpy as np
+from pydicom.dataset import Dataset
+
+if TYPE_CHECKING:
+    from service.pipeline import SegmentationResult
+
+SERIES_NUMBER = 900
+CODING_SCHEME = "99MSDN"
+
+
+def build_seg(result: "SegmentationResult") -> Dataset:
+    """A highdicom ``Segmentation`` of ``result.labels`` referencing the input DICOM series.
+
+    Raises:
+        ValueError: the result does not come from DICOM input.
+    """
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+    from pydicom.sr.coding import Code
+    from pydicom.uid import generate_uid
+
+    from model_export import __version__
+
+    series = result.image.series
+    if series is None:
+        raise ValueError("a DICOM SEG answer needs DICOM input")
+    card = result.card
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name=card.name[:64], version=str(card.version)[:64], family=codes.cid7162.ArtificialIntelligence
+    )
+    descriptions = [
+        hd.seg.SegmentDescription(
+            segment_number=c.value,
+            segment_label=c.name[:64],
+            segmented_property_category=codes.cid7150.Tissue,
+            segmented_property_type=Code(f"class-{c.value}", CODING_SCHEME, c.name[:64]),
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=algorithm,
+            tracking_uid=generate_uid(),
+            tracking_id=f"{card.name} {c.name}"[:64],
+        )
+        for c in card.classes
+    ]
+    labels = result.labels.astype(np.uint8)
+    if series.multiframe:
+        frames = np.zeros_like(labels)
+        frames[np.asarray(series.frame_numbers) - 1] = labels
+        labels = frames
+    return hd.seg.Segmentation(
+        source_images=series.datasets,
+        pixel_array=labels,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=descriptions,
+        series_instance_uid=generate_uid(),
+        series_number=SERIES_NUMBER,
+        sop_instance_uid=generate_uid(),
+        instance_number=1,
+        manufacturer="msdn",
+        manufacturer_model_name=card.name[:64],
+        software_versions=__version__,
+        device_serial_number=result.model_sha256[:16],
+        content_label="MSDN",
+        content_description=f"{card.name} {card.version} ({result.mode})"[:64],
+        series_description=f"MSDN {card.name}"[:64],
+    )
+
+
+def seg_bytes(result: "SegmentationResult") -> bytes:
+    """``build_seg`` written as a DICOM Part 10 file."""
+    buffer = io.BytesIO()
+    build_seg(result).save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()

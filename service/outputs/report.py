@@ -1,0 +1,150 @@
+"""The JSON answer of ``POST /segment`` (its pydantic models document the OpenAPI schema)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal, Optional
+
+from pydantic import BaseModel, Field
+
+from service.evaluation import class_summary, components
+from service.outputs import rle
+
+if TYPE_CHECKING:
+    from service.pipeline import SegmentationResult
+
+
+class RLEMask(BaseModel):
+    """Label volume, run-length encoded (see ``service.outputs.rle``)."""
+
+    encoding: Literal["rle"] = "rle"
+    shape: list[int] = Field(description="[Z, Y, X]")
+    order: Literal["C"] = Field("C", description="flat index = (z * Y + y) * X + x")
+    dtype: Literal["uint8"] = "uint8"
+    starts: list[int] = Field(description="flat index where each run of a non-zero label begins")
+    lengths: list[int] = Field(description="voxels in each run")
+    values: list[int] = Field(description="label of each run; voxels in no run are background (0)")
+
+
+class ModelInfo(BaseModel):
+    name: str
+    version: str
+    sha256: str
+    provider: str
+
+
+class InputInfo(BaseModel):
+    source: Literal["dicom", "nifti", "npy"]
+    modality: Optional[str] = None
+    series_instance_uid: Optional[str] = None
+    shape: list[int] = Field(description="[Z, Y, X]")
+    spacing: list[float] = Field(description="[sz, sy, sx] in mm")
+
+
+class ClassSummary(BaseModel):
+    value: int
+    name: str
+    voxels: int
+    volume_ml: float
+
+
+class Component(BaseModel):
+    class_value: int
+    class_name: str
+    voxels: int
+    volume_ml: float
+    box: list[int] = Field(description="[x1, y1, z1, x2, y2, z2], continuous pixel coordinates")
+
+
+class UsedBox(BaseModel):
+    slice: int
+    box: list[float] = Field(description="[x1, y1, x2, y2] in pixels")
+    label: Optional[int] = None
+    score: Optional[float] = None
+    source: Literal["request", "detector"]
+
+
+class ClassScores(BaseModel):
+    value: int
+    name: str
+    dice: Optional[float] = Field(None, description="None when the class is empty in both masks")
+    iou: Optional[float] = None
+    hd95_mm: Optional[float] = Field(None, description="None when either mask is empty")
+    volume_ml: float
+    reference_volume_ml: float
+
+
+class OverallScores(BaseModel):
+    dice: Optional[float] = None
+    iou: Optional[float] = None
+    hd95_mm: Optional[float] = None
+    volume_ml: float
+    reference_volume_ml: float
+
+
+class Metrics(BaseModel):
+    """Scores against the ``reference`` mask (definitions in ``service.evaluation``)."""
+
+    classes: list[ClassScores]
+    overall: OverallScores = Field(description="foreground (any class) against foreground")
+    mean_dice: Optional[float] = Field(None, description="mean Dice over classes not empty in both masks")
+
+
+class Timing(BaseModel):
+    read_s: float
+    inference_s: float
+    model_calls: int
+    total_s: float
+
+
+class SegmentResponse(BaseModel):
+    """Answer of ``POST /segment`` in JSON."""
+
+    model: ModelInfo
+    input: InputInfo
+    mode: Literal["slices", "boxes", "proposals"]
+    classes: list[ClassSummary]
+    components: list[Component]
+    components_truncated: bool = Field(description="more components than MSDN_MAX_COMPONENTS were found")
+    boxes: list[UsedBox] = Field(description="request boxes or detector proposals that were segmented")
+    metrics: Optional[Metrics] = None
+    mask: RLEMask
+    timing: Timing
+
+
+def build_report(result: "SegmentationResult", *, max_components: int) -> SegmentResponse:
+    """The JSON answer for a pipeline result."""
+    image, card = result.image, result.card
+    names = [c.name for c in card.classes]
+    found, truncated = components(
+        result.labels, spacing=image.spacing, class_names=names, limit=max_components
+    )
+    return SegmentResponse(
+        model=ModelInfo(
+            name=card.name, version=card.version, sha256=result.model_sha256, provider=result.provider
+        ),
+        input=InputInfo(
+            source=image.source,  # type: ignore[arg-type]
+            modality=image.modality,
+            series_instance_uid=image.series.series_instance_uid if image.series else None,
+            shape=list(image.shape),
+            spacing=list(image.spacing),
+        ),
+        mode=result.mode,  # type: ignore[arg-type]
+        classes=[
+            ClassSummary(**c) for c in class_summary(result.labels, spacing=image.spacing, class_names=names)
+        ],
+        components=[Component(**c) for c in found],
+        components_truncated=truncated,
+        boxes=[
+            UsedBox(slice=b.slice, box=b.xyxy, label=b.label, score=b.score, source=b.source)  # type: ignore[arg-type]
+            for b in result.boxes
+        ],
+        metrics=Metrics(**result.metrics) if result.metrics is not None else None,
+        mask=RLEMask(**rle.encode(result.labels)),
+        timing=Timing(
+            read_s=result.timings["read_s"],
+            inference_s=result.run.seconds,
+            model_calls=result.run.calls,
+            total_s=result.timings["total_s"],
+        ),
+    )

@@ -1,0 +1,52 @@
+"""Run-length encoding of label volumes (the ``mask`` of the JSON answer).
+
+Format::
+
+    {"encoding": "rle", "shape": [Z, Y, X], "order": "C", "dtype": "uint8",
+     "starts": [...], "lengths": [...], "values": [...]}
+
+The label volume is flattened in C (row-major) order, i.e. flat index = (z * Y + y) * X + x. Each run
+is a maximal stretch of equal non-zero labels: it begins at flat index ``starts[i]``, spans
+``lengths[i]`` voxels and holds label ``values[i]``; every voxel in no run is background (0). Runs
+are in increasing order of ``starts``. ``decode`` inverts ``encode``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def encode(labels: np.ndarray) -> dict[str, Any]:
+    """RLE of an integer label array (see module docstring)."""
+    flat = np.ascontiguousarray(labels).ravel()
+    if flat.size == 0:
+        starts = lengths = values = np.zeros(0, np.int64)
+    else:
+        change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+        run_starts = np.concatenate(([0], change))
+        run_lengths = np.diff(np.concatenate((run_starts, [flat.size])))
+        run_values = flat[run_starts]
+        keep = run_values != 0
+        starts, lengths, values = run_starts[keep], run_lengths[keep], run_values[keep]
+    return {
+        "encoding": "rle",
+        "shape": [int(v) for v in labels.shape],
+        "order": "C",
+        "dtype": "uint8",
+        "starts": starts.astype(np.int64).tolist(),
+        "lengths": lengths.astype(np.int64).tolist(),
+        "values": values.astype(np.int64).tolist(),
+    }
+
+
+def decode(rle: dict[str, Any]) -> np.ndarray:
+    """The label array of an ``encode`` result."""
+    if rle.get("encoding") != "rle" or rle.get("order") != "C":
+        raise ValueError("expected {'encoding': 'rle', 'order': 'C', ...}")
+    shape = tuple(int(v) for v in rle["shape"])
+    flat = np.zeros(int(np.prod(shape)), np.uint8)
+    for start, length, value in zip(rle["starts"], rle["lengths"], rle["values"]):
+        flat[start : start + length] = value
+    return flat.reshape(shape)

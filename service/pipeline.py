@@ -1,0 +1,230 @@
+"""The segmentation pipeline, reusable outside ``POST /segment`` (e.g. by a PACS router). Torch-free.
+
+    datasets --series_volume--> ImageVolume --inference--> labels --evaluation--> SegmentationResult
+    SegmentationResult --render--> JSON (metrics, components, RLE mask) | NIfTI | DICOM SEG
+
+Entry points:
+
+* ``segment_datasets(datasets, runtime, settings, ...)``: a list of pydicom ``Dataset`` (one series,
+  or several plus ``series_uid``) to a ``SegmentationResult``. The datasets' pixel data are released
+  after decoding; their metadata stay as the sources of a DICOM SEG.
+* ``segment_image(image, runtime, settings, ...)``: the same from an ``ImageVolume`` (NIfTI, .npy).
+* ``render(result, fmt, settings)``: the answer body ``(bytes, media type, file name)`` for
+  ``fmt`` in ``json``, ``nifti``, ``dicom-seg``; ``service.outputs.dicom_seg.build_seg(result)``
+  gives the SEG as a ``Dataset`` (to store to a PACS).
+
+Both ``segment_*`` functions block (decoding, ONNX Runtime): from async code run them through the
+app's limiter, which bounds concurrency and applies the request time limit::
+
+    limiter = request.app.state.limiter          # service.concurrency.InferenceLimiter
+    runtime = request.app.state.runtime          # service.model.ModelRuntime
+    settings = request.app.state.settings
+    result = await limiter.run(
+        lambda deadline: segment_datasets(datasets, runtime, settings, deadline=deadline))
+    seg = build_seg(result)                      # highdicom Segmentation referencing the series
+
+Errors are ``service.errors.ServiceError`` subclasses; the app's handler turns them into 4xx JSON.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+from pydicom.dataset import Dataset
+
+from model_export.card import ModelCard
+from service.boxes import SliceBox, parse_boxes
+from service.concurrency import Deadline
+from service.errors import InvalidInput
+from service.evaluation import evaluate
+from service.image import ImageVolume
+from service.inference import segment_volume_array
+from service.io.dicom import series_volume
+from service.io.reference import check_reference, labels_from_seg
+from service.model import ModelRuntime, RunStats
+from service.settings import OutputFormat, Settings
+
+logger = logging.getLogger(__name__)
+
+MODES = ("auto", "boxes", "proposals", "slices")
+
+#: Media type and file name of each answer format.
+MEDIA_TYPES: dict[str, tuple[str, str]] = {
+    "json": ("application/json", "segmentation.json"),
+    "nifti": ("application/gzip", "mask.nii.gz"),
+    "dicom-seg": ("application/dicom", "segmentation.dcm"),
+}
+
+
+@dataclass
+class SegmentationResult:
+    """A segmented volume and what produced it.
+
+    Attributes:
+        image: the input volume (geometry, DICOM sources).
+        labels: (Z, Y, X) uint8 class labels.
+        mode: ``slices``, ``boxes`` or ``proposals``.
+        boxes: the request boxes or detector proposals that were segmented.
+        metrics: scores against the reference (``service.evaluation.evaluate``), or None.
+        run: model calls and their time.
+        timings: ``read_s`` (decode), ``total_s`` (whole pipeline).
+        card, model_sha256, provider: the model that ran.
+    """
+
+    image: ImageVolume
+    labels: np.ndarray
+    mode: str
+    boxes: list[SliceBox]
+    metrics: Optional[dict]
+    run: RunStats
+    timings: dict[str, float]
+    card: ModelCard
+    model_sha256: str
+    provider: str
+
+
+def segment_image(
+    image: ImageVolume,
+    runtime: ModelRuntime,
+    settings: Settings,
+    *,
+    boxes: Optional[str | Sequence[SliceBox]] = None,
+    mode: str = "auto",
+    reference: Optional[np.ndarray | Dataset] = None,
+    deadline: Optional[Deadline] = None,
+    read_s: float = 0.0,
+) -> SegmentationResult:
+    """Segment an ``ImageVolume``.
+
+    Args:
+        image: the input.
+        runtime: the model.
+        settings: limits and proposal settings.
+        boxes: the ``boxes`` JSON text (``service.boxes``) or parsed boxes.
+        mode: ``auto``, ``boxes``, ``proposals`` or ``slices`` (see ``service.inference``).
+        reference: labels (Z, Y, X) or a DICOM SEG dataset; adds ``metrics``.
+        deadline: checked between model batches.
+        read_s: time already spent reading the input (reported in ``timings``).
+    """
+    t0 = time.perf_counter()
+    card = runtime.card
+    class_names = [c.name for c in card.classes]
+    if mode not in MODES:
+        raise InvalidInput(f"mode must be one of {list(MODES)}, got {mode!r}", code="invalid_mode")
+    parsed = (
+        parse_boxes(boxes, shape=image.shape, class_names=class_names, max_boxes=settings.max_boxes)
+        if boxes is None or isinstance(boxes, str)
+        else list(boxes)
+    )
+    if mode == "boxes" and not parsed:
+        raise InvalidInput("mode 'boxes' needs a non-empty 'boxes' field", code="invalid_mode")
+    if mode == "proposals" and not runtime.has_detection:
+        raise InvalidInput(
+            "mode 'proposals' needs a model with detection outputs; this model has none", code="invalid_mode"
+        )
+    if mode in ("slices", "proposals") and parsed:
+        raise InvalidInput(
+            f"mode {mode!r} does not use boxes; leave out 'boxes' or use mode 'boxes'", code="invalid_mode"
+        )
+    ref_labels = None
+    if reference is not None:
+        if isinstance(reference, Dataset):
+            reference = labels_from_seg(reference, name="reference", image=image)
+        ref_labels = check_reference(reference, name="reference", image=image, num_classes=card.num_classes)
+
+    out = segment_volume_array(
+        runtime,
+        image.array,
+        mode=mode,
+        boxes=parsed,
+        score_threshold=settings.proposal_score_threshold,
+        nms_iou=settings.proposal_nms_iou,
+        max_proposals=settings.max_proposals_per_slice,
+        check=deadline.check if deadline is not None else None,
+    )
+    metrics = (
+        evaluate(out.labels, ref_labels, spacing=image.spacing, class_names=class_names)
+        if ref_labels is not None
+        else None
+    )
+    total = read_s + time.perf_counter() - t0
+    logger.info(
+        "segmented %s volume %s in %s mode: %d model calls, %.3f s inference, %.3f s total",
+        image.source,
+        "x".join(map(str, image.shape)),
+        out.mode,
+        out.stats.calls,
+        out.stats.seconds,
+        total,
+    )
+    return SegmentationResult(
+        image=image,
+        labels=out.labels,
+        mode=out.mode,
+        boxes=out.boxes,
+        metrics=metrics,
+        run=out.stats,
+        timings={"read_s": read_s, "total_s": total},
+        card=card,
+        model_sha256=runtime.sha256,
+        provider=runtime.provider,
+    )
+
+
+def segment_datasets(
+    datasets: Sequence[Dataset] | Sequence[tuple[str, Dataset]],
+    runtime: ModelRuntime,
+    settings: Settings,
+    *,
+    series_uid: Optional[str] = None,
+    boxes: Optional[str | Sequence[SliceBox]] = None,
+    mode: str = "auto",
+    reference: Optional[np.ndarray | Dataset] = None,
+    deadline: Optional[Deadline] = None,
+    read_s: float = 0.0,
+) -> SegmentationResult:
+    """Segment one DICOM series given as pydicom datasets (or (name, dataset) pairs).
+
+    See ``segment_image`` for the options; ``series_uid`` picks a series when several are given;
+    ``read_s`` is time already spent getting the datasets (added to the reported read time).
+    """
+    t0 = time.perf_counter() - read_s
+    image = series_volume(datasets, settings=settings, series_uid=series_uid)
+    if deadline is not None:
+        deadline.check()
+    return segment_image(
+        image,
+        runtime,
+        settings,
+        boxes=boxes,
+        mode=mode,
+        reference=reference,
+        deadline=deadline,
+        read_s=time.perf_counter() - t0,
+    )
+
+
+def render(result: SegmentationResult, fmt: OutputFormat, settings: Settings) -> tuple[bytes, str, str]:
+    """The answer body of ``result`` as ``(bytes, media type, file name)``."""
+    media_type, filename = MEDIA_TYPES[fmt]
+    if fmt == "json":
+        from service.outputs.report import build_report
+
+        body = build_report(result, max_components=settings.max_components).model_dump_json().encode()
+    elif fmt == "nifti":
+        from service.outputs.nifti import nifti_bytes
+
+        body = nifti_bytes(result.labels, result.image)
+    elif fmt == "dicom-seg":
+        if result.image.series is None:
+            raise InvalidInput("a DICOM SEG answer needs DICOM input", code="format_needs_dicom")
+        from service.outputs.dicom_seg import seg_bytes
+
+        body = seg_bytes(result)
+    else:  # pragma: no cover - OutputFormat is a closed set
+        raise InvalidInput(f"unknown format {fmt!r}", code="invalid_format")
+    return body, media_type, filename

@@ -1,0 +1,51 @@
+"""``GET /v1/model``: the served model's card, input spec, providers and SHA-256."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from fastapi import APIRouter
+from pydantic import BaseModel, Field
+
+from service.deps import RuntimeDep
+
+router = APIRouter(tags=["model"])
+
+
+class ClassOut(BaseModel):
+    value: int
+    name: str
+
+
+class InputOut(BaseModel):
+    name: str
+    channels: int
+    mean: float
+    std: float
+    clip: Optional[list[float]] = None
+    patch_size: list[int]
+    size_multiple: int
+
+
+class ModelDescription(BaseModel):
+    name: str
+    version: str
+    method: str
+    classes: list[ClassOut]
+    input: InputOut = Field(
+        description="normalisation: clip, then (x - mean) / std; H, W multiples of size_multiple"
+    )
+    outputs: dict[str, Any]
+    detection: bool = Field(description="the model also proposes boxes (proposal mode)")
+    precision: str
+    opset: Optional[int] = None
+    validation_dice: Optional[float] = None
+    providers: list[str] = Field(description="ONNX Runtime execution providers in use, best first")
+    sha256: str = Field(description="SHA-256 of the ONNX file")
+    file: str
+    card: dict[str, Any] = Field(description="the full model card")
+
+
+@router.get("/v1/model", response_model=ModelDescription, summary="the served model")
+async def model_card(runtime: RuntimeDep) -> ModelDescription:
+    return ModelDescription(**runtime.describe())

@@ -1,0 +1,130 @@
+"""Service settings, read from ``MSDN_*`` environment variables (and an optional ``.env`` file).
+
+Every limit the service enforces is a setting here; the README's "Service" section lists them.
+List settings accept JSON (``["CT","MR"]``) or a comma-separated string (``CT,MR``).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal, Optional
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+#: Output formats of ``POST /segment``.
+OutputFormat = Literal["json", "nifti", "dicom-seg"]
+
+_CommaList = Annotated[list[str], NoDecode]
+
+
+class Settings(BaseSettings):
+    """Configuration of one service process.
+
+    Attributes are documented by their ``Field`` descriptions; the environment variable of
+    ``max_slices`` is ``MSDN_MAX_SLICES``.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="MSDN_", env_file=".env", extra="ignore")
+
+    # Model and runtime
+    model_path: Path = Field(
+        Path("models/default.onnx"), description="ONNX model file (card in its metadata)"
+    )
+    providers: _CommaList = Field(
+        default_factory=lambda: ["auto"],
+        description="ONNX Runtime execution providers in priority order, or 'auto' (CUDA when usable, else CPU)",
+    )
+    intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads (0: runtime default)")
+    inter_op_threads: int = Field(0, ge=0, description="ONNX Runtime inter-op threads (0: runtime default)")
+    batch_size: int = Field(8, ge=1, description="slices or patches per ONNX Runtime call")
+    cpu_mem_arena: bool = Field(
+        True, description="ONNX Runtime's CPU memory arena: faster, but keeps its peak memory (off: less RSS)"
+    )
+    verify_sha256: bool = Field(
+        True, description="refuse a model whose SHA-256 differs from its sidecar card"
+    )
+    warmup: bool = Field(True, description="run the model once at start-up")
+
+    # Limits
+    max_upload_bytes: int = Field(1 << 30, ge=1, description="largest request body accepted (bytes)")
+    max_files: int = Field(4096, ge=1, description="most files in one upload (including zip members)")
+    max_slices: int = Field(2048, ge=1, description="most slices in one volume")
+    max_voxels: int = Field(1 << 28, ge=1, description="most voxels in one volume")
+    max_zip_uncompressed_bytes: int = Field(
+        2 << 30, ge=1, description="largest total size of a zip's members"
+    )
+    max_zip_ratio: float = Field(
+        200.0, gt=1, description="largest uncompressed/compressed size ratio of a zip member"
+    )
+    max_boxes: int = Field(4096, ge=1, description="most boxes in one request")
+    max_components: int = Field(1000, ge=0, description="most connected components listed in a JSON answer")
+    max_concurrent_inferences: int = Field(2, ge=1, description="requests running inference at once")
+    max_queued_requests: int = Field(
+        8, ge=0, description="requests allowed to wait for a free inference slot"
+    )
+    queue_timeout_s: float = Field(30.0, gt=0, description="longest wait for a free slot before a 503")
+    request_timeout_s: float = Field(
+        300.0, gt=0, description="longest processing time of one request before a 504"
+    )
+    retry_after_s: int = Field(5, ge=1, description="Retry-After seconds sent with a 503")
+
+    # Input policy
+    allowed_modalities: _CommaList = Field(
+        default_factory=lambda: ["CT"], description="DICOM modalities accepted ('*' for any)"
+    )
+
+    # Security
+    api_keys: _CommaList = Field(
+        default_factory=list, description="accepted API keys; empty disables authentication"
+    )
+
+    # Outputs and detection
+    default_format: OutputFormat = Field(
+        "json", description="answer format when neither 'format' nor Accept picks one"
+    )
+    proposal_score_threshold: float = Field(
+        0.5, ge=0, le=1, description="lowest detector score used as a proposal"
+    )
+    proposal_nms_iou: float = Field(
+        0.3, gt=0, le=1, description="IoU above which overlapping proposals are merged"
+    )
+    max_proposals_per_slice: int = Field(20, ge=1, description="most detector proposals used per slice")
+
+    # Server (used by ``msdn serve``)
+    host: str = Field("127.0.0.1", description="address uvicorn binds to")
+    port: int = Field(8000, ge=0, le=65535, description="port uvicorn listens on")
+    log_level: str = Field("info", description="logging level")
+
+    @field_validator("providers", "allowed_modalities", "api_keys", mode="before")
+    @classmethod
+    def _split_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                import json
+
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
+
+    @field_validator("allowed_modalities")
+    @classmethod
+    def _upper(cls, value: list[str]) -> list[str]:
+        return [v.upper() for v in value]
+
+    @property
+    def auth_enabled(self) -> bool:
+        """Whether requests need an API key."""
+        return bool(self.api_keys)
+
+    def modality_allowed(self, modality: Optional[str]) -> bool:
+        """Whether a DICOM series of ``modality`` may be segmented."""
+        return "*" in self.allowed_modalities or (modality or "").upper() in self.allowed_modalities
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings (read once from the environment)."""
+    return Settings()
