@@ -22,10 +22,21 @@ from tests.support.onnx_models import expected_labels
 
 
 @pytest.fixture(scope="module")
-def server(model_1c, tmp_path_factory):
+def server(model_1c, orthanc, pacs_series, tmp_path_factory):
+    """uvicorn serving the threshold model, wired to a real Orthanc over DICOMweb (so the PACS routes
+    answer for real under schemathesis too)."""
     port = free_port()
     log = tmp_path_factory.mktemp("uvicorn") / "server.log"
-    env = {"MSDN_MODEL_PATH": str(model_1c), "MSDN_INTRA_OP_THREADS": "1", "MSDN_API_KEYS": ""}
+    env = {
+        "MSDN_MODEL_PATH": str(model_1c),
+        "MSDN_INTRA_OP_THREADS": "1",
+        "MSDN_API_KEYS": "",
+        "MSDN_PACS_PROTOCOL": "dicomweb",
+        "MSDN_PACS_DICOMWEB_URL": orthanc.dicomweb_url,
+        "MSDN_PACS_DICOMWEB_AUTH": "basic",
+        "MSDN_PACS_DICOMWEB_USERNAME": orthanc.username,
+        "MSDN_PACS_DICOMWEB_PASSWORD": orthanc.password,
+    }
     args = [sys.executable, "-m", "uvicorn", "service.main:app", "--host", "127.0.0.1", "--port", str(port)]
     proc = start_server(args, env, port, log)
     yield f"http://127.0.0.1:{port}", log

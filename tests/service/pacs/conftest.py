@@ -7,73 +7,11 @@ scripts/install_orthanc.sh), and are skipped with the reason otherwise.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from pathlib import Path
 
-import pydicom
 import pytest
-from pydicom.data import get_testdata_file
 
-from tests.service.pacs.orthanc_server import OrthancServer, free_port, require_orthanc
-
-#: Our AE title as the PACS knows it (DicomModalities entry "msdn").
-OUR_AE = "MSDN"
-
-
-@dataclass
-class TestSeries:
-    """A series uploaded to Orthanc, with the original files (the independent path)."""
-
-    name: str
-    files: list[Path]
-
-    @property
-    def datasets(self) -> list[pydicom.Dataset]:
-        return [pydicom.dcmread(f) for f in self.files]
-
-    @property
-    def study_uid(self) -> str:
-        return str(pydicom.dcmread(self.files[0], stop_before_pixels=True).StudyInstanceUID)
-
-    @property
-    def series_uid(self) -> str:
-        return str(pydicom.dcmread(self.files[0], stop_before_pixels=True).SeriesInstanceUID)
-
-
-def _test_files() -> dict[str, list[Path]]:
-    root = Path(get_testdata_file("CT_small.dcm")).parent
-    return {
-        "ct5": sorted((root / "dicomdirtests" / "98892001" / "CT5N").iterdir()),
-        "ct_small": [root / "CT_small.dcm"],
-        "mr_small": [root / "MR_small.dcm"],
-        "ct_j2k": [root / "693_J2KI.dcm"],  # 512 x 512 CT, JPEG 2000
-    }
-
-
-@pytest.fixture(scope="session")
-def orthanc(tmp_path_factory) -> OrthancServer:
-    """A running Orthanc on free local ports; knows AE ``MSDN`` at 127.0.0.1:``orthanc.scp_port``."""
-    require_orthanc()
-    scp_port = free_port()
-    server = OrthancServer(tmp_path_factory.mktemp("orthanc"), modalities={"msdn": (OUR_AE, "127.0.0.1", scp_port)})
-    server.scp_port = scp_port  # type: ignore[attr-defined]
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture(scope="session")
-def pacs_series(orthanc: OrthancServer) -> dict[str, TestSeries]:
-    """pydicom's test series, uploaded to Orthanc through its REST API."""
-    series = {}
-    for name, files in _test_files().items():
-        for path in files:
-            answer = orthanc.upload_file(path)
-            assert answer["Status"] in ("Success", "AlreadyStored"), answer
-        series[name] = TestSeries(name, files)
-    return series
+from tests.service.conftest import OUR_AE, TestSeries  # noqa: F401
+from tests.service.pacs.orthanc_server import OrthancServer
 
 
 @pytest.fixture
