@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import logging
 import os
 from pathlib import Path
@@ -13,6 +12,7 @@ import torch
 
 from model_export import __version__
 from model_export.card import ClassInfo, InputSpec, ModelCard
+from model_export.digest import file_sha256  # noqa: F401  (re-exported: checkpoint digests)
 from model_export.nets import SegmentationModel, build_from_config
 from model_export.nets.config import SIZE_MULTIPLE, NetConfig
 
@@ -124,12 +124,3 @@ def load_checkpoint(
     model.load_state_dict(payload["state_dict"])
     model.to(device).eval()
     return model, ModelCard.from_dict(payload["card"]), payload
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()

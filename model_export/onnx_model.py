@@ -28,6 +28,7 @@ import onnx
 from google.protobuf.message import DecodeError
 
 from model_export.card import CARD_KEY, ModelCard
+from model_export.digest import file_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +36,8 @@ logger = logging.getLogger(__name__)
 FLAT_PREFIX = "msdn."
 #: Metadata key of the SHA-256 of the serialised graph (nodes and weights), checked on load.
 GRAPH_SHA256_KEY = "msdn.graph_sha256"
+#: Key of the sidecar card holding the SHA-256 of the ``.onnx`` file it describes (checked by the service).
+SIDECAR_SHA_KEY = "onnx_sha256"
 #: Precisions an exported model can have (``ModelCard.precision``).
 PRECISIONS = ("fp32", "fp16", "int8")
 
@@ -231,16 +234,40 @@ def read_sidecar(path: str | os.PathLike) -> ModelCard:
     card_path = path if path.name.endswith(".card.json") else sidecar_path(path)
     if not card_path.is_file():
         raise ModelFileError(f"model card not found: {card_path}")
+    return read_sidecar_with_sha(card_path)[0]
+
+
+def read_sidecar_with_sha(path: str | os.PathLike) -> tuple[ModelCard, str | None]:
+    """The sidecar card of ``path`` and the SHA-256 it records for the ``.onnx`` file (None if absent).
+
+    Raises:
+        ModelFileError: missing or unparsable sidecar.
+    """
+    path = Path(path)
+    card_path = path if path.name.endswith(".card.json") else sidecar_path(path)
+    if not card_path.is_file():
+        raise ModelFileError(f"model card not found: {card_path}")
     try:
-        return ModelCard.from_json(card_path.read_text(encoding="utf-8"))
+        data = json.loads(card_path.read_text(encoding="utf-8"))
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+        expected = data.pop(SIDECAR_SHA_KEY, None)
+        return ModelCard.from_dict(data), expected
     except (ValueError, UnicodeDecodeError) as exc:
         raise ModelFileError(f"{card_path} is not a valid model card: {exc}") from exc
 
 
 def write_sidecar(model_path: str | os.PathLike, card: ModelCard) -> Path:
-    """Write ``card`` as indented JSON to ``sidecar_path(model_path)``; returns that path."""
+    """Write ``card`` as indented JSON to ``sidecar_path(model_path)``; returns that path.
+
+    When the model file exists, its SHA-256 is recorded under ``SIDECAR_SHA_KEY`` (the service refuses
+    a model whose bytes do not match it).
+    """
     out = sidecar_path(model_path)
-    out.write_text(json.dumps(card.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    data = card.to_dict()
+    if Path(model_path).is_file():
+        data[SIDECAR_SHA_KEY] = file_sha256(model_path)
+    out.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return out
 
 
@@ -313,6 +340,7 @@ __all__ = [
     "FLAT_PREFIX",
     "GRAPH_SHA256_KEY",
     "PRECISIONS",
+    "SIDECAR_SHA_KEY",
     "ModelFileError",
     "ModelInfo",
     "card_from_model",
@@ -324,6 +352,7 @@ __all__ = [
     "open_session",
     "read_model_card",
     "read_sidecar",
+    "read_sidecar_with_sha",
     "save_model",
     "session_providers",
     "sidecar_path",

@@ -155,7 +155,7 @@ def components(
             if box is None:
                 continue
             size = int(np.count_nonzero(lab[box] == k))  # counted in its box: no volume-sized histogram
-            zs, ys, xs = (slice(s.start + o, s.stop + o) for s, o in zip(box, origin))
+            zs, ys, xs = (slice(s.start + o, s.stop + o) for s, o in zip(box, origin, strict=True))
             found.append(
                 {
                     "class_value": value,

@@ -101,7 +101,7 @@ def segment_slices(
         labels[start : start + probs.shape[0]] = argmax_labels(probs[:, :, :height, :width])
         if detections is not None and runtime.detection_outputs:
             scores, boxes = (outputs[n] for n in runtime.detection_outputs)
-            detections.extend(zip(scores, boxes))
+            detections.extend(zip(scores, boxes, strict=True))
 
     stats = runtime.run_batched(depth, make_batch, consume, check=check)
     return labels, stats, detections

@@ -1,17 +1,15 @@
 """The served model: an ONNX Runtime session with its model card.
 
 ``ModelRuntime.load(path)`` reads the card (from the ONNX ``metadata_props``, else from the sidecar
-``<model>.card.json``), checks the file's SHA-256 against the sidecar's ``onnx_sha256`` when the
-sidecar carries one, picks execution providers (CUDA only when its libraries really load), checks the
-graph's inputs and outputs against the card, and can make a warm-up run. ``run_batched`` runs a stack
-of inputs in batches of ``batch_size``. Torch-free.
+``<model>.card.json``), checks the graph checksum recorded at export and the file's SHA-256 against the
+sidecar's ``onnx_sha256`` when the sidecar carries one, picks execution providers (CUDA only when its
+libraries really load), checks the graph's inputs and outputs against the card, and can make a warm-up
+run. ``run_batched`` runs a stack of inputs in batches of ``batch_size``. Torch-free.
 """
 
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import json
 import logging
 import os
 import time
@@ -22,6 +20,15 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 import numpy as np
 
 from model_export.card import CARD_KEY, ModelCard
+from model_export.digest import file_sha256
+from model_export.onnx_model import (
+    GRAPH_SHA256_KEY,
+    ModelFileError,
+    graph_sha256,
+    load_onnx,
+    read_sidecar_with_sha,
+    sidecar_path,
+)
 from service.errors import ModelLoadError
 
 if TYPE_CHECKING:
@@ -31,30 +38,6 @@ logger = logging.getLogger(__name__)
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
-#: Key of the sidecar card that holds the SHA-256 of the ONNX file it describes.
-SIDECAR_SHA_KEY = "onnx_sha256"
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def sidecar_path(model_path: str | os.PathLike) -> Path:
-    """``<model>.card.json`` beside ``<model>.onnx``."""
-    return Path(model_path).with_suffix(".card.json")
-
-
-def _card_from_dict(data: dict[str, Any], origin: str) -> ModelCard:
-    data = {k: v for k, v in data.items() if k != SIDECAR_SHA_KEY}
-    try:
-        return ModelCard.from_dict(data)
-    except ValueError as exc:
-        raise ModelLoadError(f"{origin}: {exc}") from exc
 
 
 def read_card(
@@ -62,41 +45,35 @@ def read_card(
 ) -> tuple[ModelCard, Optional[str]]:
     """The model card of an ONNX file and the SHA-256 its sidecar expects (or None).
 
+    The card embedded in ``metadata_props[CARD_KEY]`` is authoritative; a model without one is served
+    from its sidecar ``<model>.card.json`` when present (see ``model_export.onnx_model``).
+
     Args:
         model_path: the ``.onnx`` file.
-        metadata: its ``metadata_props`` when already read (from an ORT session); read with ``onnx``
-            otherwise.
+        metadata: its ``metadata_props`` when already read; read with ``onnx`` otherwise.
 
     Raises:
-        ModelLoadError: no card anywhere, or an unreadable one.
+        ModelLoadError: unreadable file, no card anywhere, or an unreadable card.
     """
     path = Path(model_path)
-    if metadata is None:
-        import onnx
-
-        model = onnx.load(str(path), load_external_data=False)
-        metadata = {p.key: p.value for p in model.metadata_props}
-    sidecar = sidecar_path(path)
-    sidecar_data: Optional[dict[str, Any]] = None
-    if sidecar.is_file():
-        try:
-            sidecar_data = json.loads(sidecar.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ModelLoadError(f"sidecar card {sidecar} is not readable JSON: {exc}") from exc
-        if not isinstance(sidecar_data, dict):
-            raise ModelLoadError(f"sidecar card {sidecar} is not a JSON object")
-    expected_sha = sidecar_data.get(SIDECAR_SHA_KEY) if sidecar_data else None
-    if CARD_KEY in metadata:
-        try:
-            data = json.loads(metadata[CARD_KEY])
-        except json.JSONDecodeError as exc:
-            raise ModelLoadError(f"{path}: metadata {CARD_KEY!r} is not valid JSON: {exc}") from exc
-        return _card_from_dict(data, f"{path} metadata {CARD_KEY!r}"), expected_sha
-    if sidecar_data is not None:
-        return _card_from_dict(sidecar_data, f"sidecar card {sidecar}"), expected_sha
-    raise ModelLoadError(
-        f"{path} carries no model card (metadata {CARD_KEY!r}) and has no sidecar {sidecar.name}"
-    )
+    try:
+        sidecar = read_sidecar_with_sha(path) if sidecar_path(path).is_file() else None
+        if metadata is None:
+            metadata = {p.key: p.value for p in load_onnx(path).metadata_props}
+        if CARD_KEY in metadata:
+            try:
+                card = ModelCard.from_json(metadata[CARD_KEY])
+            except ValueError as exc:
+                raise ModelFileError(f"{path} metadata {CARD_KEY!r}: {exc}") from exc
+        elif sidecar is not None:
+            card = sidecar[0]
+        else:
+            raise ModelFileError(
+                f"{path} carries no model card (metadata {CARD_KEY!r}) and has no sidecar {sidecar_path(path).name}"
+            )
+    except ModelFileError as exc:
+        raise ModelLoadError(str(exc)) from exc
+    return card, sidecar[1] if sidecar is not None else None
 
 
 def cuda_usable() -> bool:
@@ -145,9 +122,7 @@ def resolve_providers(requested: Sequence[str]) -> list[str]:
     available = ort.get_available_providers()
     unknown = [p for p in names if p not in available]
     if unknown:
-        raise ModelLoadError(
-            f"execution providers {unknown} are not available; this build offers {available}"
-        )
+        raise ModelLoadError(f"execution providers {unknown} are not available; this build offers {available}")
     if CUDA in names and not cuda_usable():
         logger.warning("CUDAExecutionProvider requested but CUDA cannot load here; using CPU")
         names = [p for p in names if p != CUDA]
@@ -228,6 +203,14 @@ class ModelRuntime:
         if not model_path.is_file():
             raise ModelLoadError(f"model file {model_path} does not exist (set MSDN_MODEL_PATH or --model)")
         sha = file_sha256(model_path)
+        try:
+            proto = load_onnx(model_path)  # clear errors for empty, truncated or non-ONNX files
+        except ModelFileError as exc:
+            raise ModelLoadError(str(exc)) from exc
+        metadata = {p.key: p.value for p in proto.metadata_props}
+        if GRAPH_SHA256_KEY in metadata and metadata[GRAPH_SHA256_KEY] != graph_sha256(proto):
+            raise ModelLoadError(f"{model_path} is corrupted: its graph does not match the checksum recorded at export")
+        del proto
         chosen = resolve_providers(list(providers))
         options = ort.SessionOptions()
         options.intra_op_num_threads = int(intra_op_threads)
@@ -238,16 +221,13 @@ class ModelRuntime:
             session = ort.InferenceSession(str(model_path), sess_options=options, providers=chosen)
         except Exception as exc:  # ORT raises its own exception types
             raise ModelLoadError(f"ONNX Runtime cannot load {model_path}: {exc}") from exc
-        metadata = dict(session.get_modelmeta().custom_metadata_map)
         card, expected = read_card(model_path, metadata)
         if expected is not None and expected.lower() != sha:
             message = f"{model_path} has SHA-256 {sha} but its card expects {expected}"
             if verify_sha256:
                 raise ModelLoadError(message)
             logger.warning("%s (MSDN_VERIFY_SHA256 is off, serving anyway)", message)
-        runtime = cls(
-            session, card, path=model_path, sha256=sha, requested_providers=chosen, batch_size=batch_size
-        )
+        runtime = cls(session, card, path=model_path, sha256=sha, requested_providers=chosen, batch_size=batch_size)
         logger.info(
             "model %s %s loaded from %s (sha256 %s..., provider %s)",
             card.name,
@@ -280,15 +260,11 @@ class ModelRuntime:
         if len(shape) != 4:
             raise ModelLoadError(f"input {self.input_name!r} must be (B, C, H, W), graph says {shape}")
         if self.card.input.channels != 1:
-            raise ModelLoadError(
-                f"the service reads single-channel images; the model wants {self.card.input.channels}"
-            )
+            raise ModelLoadError(f"the service reads single-channel images; the model wants {self.card.input.channels}")
         wanted = [self.segmentation_output, *(self.detection_outputs or ())]
         missing = [name for name in wanted if name not in outputs]
         if missing:
-            raise ModelLoadError(
-                f"graph lacks outputs {missing} named by its card (outputs: {sorted(outputs)})"
-            )
+            raise ModelLoadError(f"graph lacks outputs {missing} named by its card (outputs: {sorted(outputs)})")
 
     @property
     def providers(self) -> list[str]:
@@ -313,7 +289,7 @@ class ModelRuntime:
         """One ONNX Runtime call on (B, C, H, W) float32; returns the named outputs."""
         names = [self.segmentation_output, *(self.detection_outputs or ())]
         values = self.session.run(names, {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)})
-        return dict(zip(names, values))
+        return dict(zip(names, values, strict=True))
 
     def run_batched(
         self,

@@ -47,6 +47,6 @@ def decode(rle: dict[str, Any]) -> np.ndarray:
         raise ValueError("expected {'encoding': 'rle', 'order': 'C', ...}")
     shape = tuple(int(v) for v in rle["shape"])
     flat = np.zeros(int(np.prod(shape)), np.uint8)
-    for start, length, value in zip(rle["starts"], rle["lengths"], rle["values"]):
+    for start, length, value in zip(rle["starts"], rle["lengths"], rle["values"], strict=True):
         flat[start : start + length] = value
     return flat.reshape(shape)

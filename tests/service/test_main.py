@@ -44,7 +44,7 @@ def test_start_up_fails_on_a_bad_model(tmp_path):
     from service.errors import ModelLoadError
 
     with (
-        pytest.raises(ModelLoadError, match="cannot load"),
+        pytest.raises(ModelLoadError, match="not a readable ONNX model"),
         TestClient(create_app(make_settings(bad), routers=[])),
     ):
         pass
