@@ -137,14 +137,14 @@ def _nodule_occupancy(
         for _ in range(n):
             u = random_unit(rng)[0]
             length = rng.uniform(0.3, 0.9) * radius + rng.uniform(1.5, 7.0)
-            r_base = min(rng.uniform(0.4, 1.0), 0.35 * radius)
+            r_base = min(rng.uniform(0.6, 1.3), 0.4 * radius)
             a = centre + 0.6 * radius * u
             mid = centre + (radius + 0.5 * length) * u + rng.normal(0, 0.6, 3)
             b = centre + (radius + length) * u + rng.normal(0, 1.0, 3)
             p0 += [a, mid]
             p1 += [mid, b]
             r0 += [r_base, 0.55 * r_base]
-            r1 += [0.55 * r_base, 0.2]
+            r1 += [0.55 * r_base, 0.3]
         paint_capsules(occ, spacing, np.array(p0), np.array(p1), np.array(r0), np.array(r1), edge=edge)
     return occ
 
@@ -297,7 +297,7 @@ def _chest_wall(
         depth = body_r + muscle * 0.4 + r_rib
         ang = theta + np.linspace(-half_arc, half_arc, 60)
         arc = depth * ang
-        for dz in (-2.0, 2.0):
+        for dz in (-1.3, 1.3):
             pts = np.stack([z0 + dz + slope * (arc - arc.mean()), axis[0] + depth * np.sin(ang),
                             axis[1] + depth * np.cos(ang)], axis=1)
             paint_capsules(cortex, spacing, pts[:-1], pts[1:], r_rib, r_rib, edge=px)
