@@ -140,7 +140,8 @@ def _parse_boxes(case_id: str, raw: Any, num_classes: int) -> list[SliceBox]:
             x1, y1, z1, x2, y2, z2 = v
             if not (x2 > x1 and y2 > y1 and z2 > z1):
                 raise ManifestError(f"{where}: box3d {v} is empty")
-            out += [SliceBox(z, (x1, y1, x2, y2), label) for z in range(int(np.floor(z1)), int(np.ceil(z2)))]
+            flat = (float(x1), float(y1), float(x2), float(y2))
+            out += [SliceBox(z, flat, label) for z in range(int(np.floor(z1)), int(np.ceil(z2)))]
         else:
             v, z = b.get("box"), b.get("slice")
             if not (isinstance(v, list) and len(v) == 4 and all(isinstance(x, (int, float)) for x in v)):
@@ -243,8 +244,9 @@ def validate_files(manifest: Manifest) -> None:
         for b in case.boxes:
             x1, y1, x2, y2 = b.box
             if not (0 <= b.z < z and 0 <= x1 and 0 <= y1 and x2 <= w and y2 <= h):
+                shown = "[" + ", ".join(f"{v:g}" for v in b.box) + "]"
                 raise ManifestError(
-                    f"case {case.id}: box {list(b.box)} on slice {b.z} is outside the image (Z, Y, X) = {(z, h, w)}"
+                    f"case {case.id}: box {shown} on slice {b.z} is outside the image (Z, Y, X) = {(z, h, w)}"
                 )
 
 

@@ -15,7 +15,6 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-
 #: flips x and y: DICOM patient coordinates (LPS) <-> NIfTI world coordinates (RAS)
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
@@ -130,7 +129,9 @@ def read_volume(path: str | os.PathLike, *, dtype=np.float32) -> Volume:
     """Read a NIfTI file or a folder holding one DICOM series."""
     path = Path(path)
     if path.is_dir():
-        return read_dicom_series(path)
+        vol = read_dicom_series(path)
+        vol.array = vol.array.astype(dtype, copy=False)
+        return vol
     if not path.is_file():
         raise VolumeError(f"file not found: {path}")
     if is_nifti(path):

@@ -92,10 +92,10 @@ def grid_box(
     hi = np.minimum(np.ceil(np.asarray(hi_mm) / sp).astype(int) + 1, np.asarray(shape))
     if np.any(hi <= lo):
         return None
-    sl = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+    sl = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
     coords = [
         (np.arange(s.start, s.stop, dtype=np.float32) * np.float32(d)).reshape([-1 if k == i else 1 for k in range(3)])
-        for i, (s, d) in enumerate(zip(sl, sp))
+        for i, (s, d) in enumerate(zip(sl, sp, strict=True))
     ]
     return sl, coords
 
@@ -119,7 +119,7 @@ def paint_capsules(
     p1 = np.atleast_2d(np.asarray(p1, dtype=np.float64))
     r0 = np.broadcast_to(np.asarray(r0, dtype=np.float64), (len(p0),))
     r1 = np.broadcast_to(np.asarray(r1, dtype=np.float64), (len(p0),))
-    for a, b, ra, rb in zip(p0, p1, r0, r1):
+    for a, b, ra, rb in zip(p0, p1, r0, r1, strict=True):
         pad = max(ra, rb) + edge
         box = grid_box(field_.shape, spacing, np.minimum(a, b) - pad, np.maximum(a, b) + pad)
         if box is None:
@@ -179,7 +179,7 @@ def mm_grid(shape: Sequence[int], spacing: Sequence[float]) -> list[np.ndarray]:
     """Open (z, y, x) coordinate grids in mm for the whole volume (float32)."""
     return [
         (np.arange(n, dtype=np.float32) * np.float32(d)).reshape([-1 if k == i else 1 for k in range(3)])
-        for i, (n, d) in enumerate(zip(shape, spacing))
+        for i, (n, d) in enumerate(zip(shape, spacing, strict=True))
     ]
 
 

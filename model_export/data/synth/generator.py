@@ -98,7 +98,7 @@ def parse_split(text: str) -> dict[str, int]:
     parts = text.split("/")
     if len(parts) != 3 or not all(p.strip().isdigit() for p in parts):
         raise ValueError(f"split must look like TRAIN/VAL/TEST, e.g. 160/80/80, got {text!r}")
-    return dict(zip(SPLITS, (int(p) for p in parts)))
+    return dict(zip(SPLITS, (int(p) for p in parts), strict=True))
 
 
 def _check_size(spec: TaskSpec, size: Optional[int], slices: Optional[int]) -> tuple[int, int]:
@@ -107,7 +107,9 @@ def _check_size(spec: TaskSpec, size: Optional[int], slices: Optional[int]) -> t
     if isinstance(size, bool) or not isinstance(size, int) or not MIN_SIZE <= size <= MAX_SIZE:
         raise ValueError(f"size must be an integer in {MIN_SIZE}..{MAX_SIZE} (in-plane pixels), got {size!r}")
     if isinstance(slices, bool) or not isinstance(slices, int) or not spec.min_slices <= slices <= MAX_SLICES:
-        raise ValueError(f"slices must be an integer in {spec.min_slices}..{MAX_SLICES} for {spec.name}, got {slices!r}")
+        raise ValueError(
+            f"slices must be an integer in {spec.min_slices}..{MAX_SLICES} for {spec.name}, got {slices!r}"
+        )
     return size, slices
 
 

@@ -155,7 +155,6 @@ def make_case(rng: np.random.Generator, *, size: int = 192, slices: int = 32) ->
     spacing = (SLICE_MM, px, px)
     shape = (int(slices), int(size), int(size))
     ext = (np.array(shape) - 1) * np.array(spacing)
-    sp_min = min(spacing)
     shape_kind = str(rng.choice(SHAPES, p=SHAPE_P))
     density = str(rng.choice(DENSITIES, p=DENSITY_P))
     position = str(rng.choice(POSITIONS, p=POSITION_P))
