@@ -136,7 +136,7 @@ def _nodule_occupancy(
         p0, p1, r0, r1 = [], [], [], []
         for _ in range(n):
             u = random_unit(rng)[0]
-            length = rng.uniform(0.3, 0.9) * radius + rng.uniform(1.5, 7.0)
+            length = rng.uniform(0.4, 1.1) * radius + rng.uniform(1.0, 4.0)
             r_base = min(rng.uniform(0.6, 1.3), 0.4 * radius)
             a = centre + 0.6 * radius * u
             mid = centre + (radius + 0.5 * length) * u + rng.normal(0, 0.6, 3)
