@@ -13,9 +13,11 @@ A case is a small non-contrast CT volume centred (with jitter) on a nodule:
   part-solid nodules have fuzzy borders), position isolated / juxta-vascular (a vessel of similar
   density runs into it) / juxta-pleural (it sits on the pleura, the chest wall has the same
   density; the mask stops at the pleural surface);
-* scanner point-spread blur (partial volume) and correlated noise of 15-60 HU (low-dose).
+* slice-thickness partial volume (nodule, vessels and bronchi are drawn on 3 sub-slices per 1.25 mm
+  slice and averaged), scanner point-spread blur and correlated noise of 15-60 HU (low-dose).
 
-The mask is the nodule (label 1): occupancy >= 0.5 of the drawn shape, before blur and noise.
+The mask is the nodule (label 1): slice-averaged occupancy >= 0.5 of the drawn shape, before blur and
+noise.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from __future__ import annotations
 import numpy as np
 
 from model_export.data.synth.common import (
+    FineGrid,
     SynthCase,
     blend,
     grid_box,
@@ -47,6 +50,8 @@ POSITION_P = (0.4, 0.3, 0.3)
 SLICE_MM = 1.25
 PIXEL_MM = (0.55, 0.7)
 DIAMETER_MM = (3.0, 30.0)
+#: thin structures are drawn on 3 sub-slices per slice and averaged (slice-thickness partial volume)
+Z_SUPERSAMPLE = 3
 
 
 def _trace_vessel(
@@ -97,15 +102,15 @@ def _z_biased_direction(rng: np.random.Generator, bias: float = 2.0) -> np.ndarr
 
 def _nodule_occupancy(
     rng: np.random.Generator,
-    shape: tuple[int, int, int],
-    spacing: tuple[float, float, float],
+    grid: FineGrid,
     centre: np.ndarray,
     radius: float,
     kind: str,
     edge: float,
 ) -> np.ndarray:
-    """Occupancy (float32, full volume) of a round / lobulated / spiculated nodule."""
-    occ = np.zeros(shape, dtype=np.float32)
+    """Slice-averaged occupancy (float32, coarse volume) of a round / lobulated / spiculated nodule."""
+    occ = grid.zeros()
+    shape, spacing = grid.shape, grid.spacing
     rot = rotation_matrix(rng)
     ratios = rng.uniform(0.8, 1.2, 3) if kind == "round" else rng.uniform(0.75, 1.25, 3)
     ratios /= np.cbrt(ratios.prod())
@@ -118,7 +123,7 @@ def _nodule_occupancy(
     dirs = random_unit(np.random.default_rng(0), 256)
     mean_s = 1.0 + sum(a * np.mean(np.maximum(dirs @ w, 0) ** p) for w, a, p in lobes)
     extent = radius * float(ratios.max()) * (1.0 + sum(a for _, a, _ in lobes)) / mean_s + edge
-    box = grid_box(shape, spacing, centre - extent, centre + extent)
+    box = grid_box(shape, spacing, centre - extent, centre + extent, grid.offset)
     if box is not None:
         sl, (gz, gy, gx) = box
         v = (gz - centre[0], gy - centre[1], gx - centre[2])
@@ -145,8 +150,9 @@ def _nodule_occupancy(
             p1 += [mid, b]
             r0 += [r_base, 0.55 * r_base]
             r1 += [0.55 * r_base, 0.3]
-        paint_capsules(occ, spacing, np.array(p0), np.array(p1), np.array(r0), np.array(r1), edge=edge)
-    return occ
+        paint_capsules(occ, spacing, np.array(p0), np.array(p1), np.array(r0), np.array(r1), edge=edge,
+                       offset=grid.offset)
+    return grid.slab_mean(occ)
 
 
 def make_case(rng: np.random.Generator, *, size: int = 192, slices: int = 32) -> SynthCase:
@@ -166,6 +172,7 @@ def make_case(rng: np.random.Generator, *, size: int = 192, slices: int = 32) ->
     centre = ext / 2 + rng.uniform(-1, 1, 3) * np.minimum(room, [2.5, 0.18 * ext[1], 0.18 * ext[2]])
 
     img = np.empty(shape, dtype=np.float32)
+    fine = FineGrid.of(shape, spacing, Z_SUPERSAMPLE)
     # --- parenchyma
     lung_hu = rng.uniform(-880, -800)
     img[:] = lung_hu
@@ -180,18 +187,19 @@ def make_case(rng: np.random.Generator, *, size: int = 192, slices: int = 32) ->
         _trace_vessel(rng, rng.uniform(lo, hi), _z_biased_direction(rng), log_uniform(rng, 1.5, 4.0), lo, hi,
                       wiggle=0.04, branch_p=0.01, out=bronchi)
     if bronchi:
-        wall, lumen = np.zeros(shape, np.float32), np.zeros(shape, np.float32)
+        wall, lumen = fine.zeros(), fine.zeros()
         for pts, rad in bronchi:
             t = rng.uniform(0.4, 1.0)
-            paint_capsules(wall, spacing, pts[:-1], pts[1:], rad[:-1] + t, rad[1:] + t, edge=px)
-            paint_capsules(lumen, spacing, pts[:-1], pts[1:], rad[:-1], rad[1:], edge=px)
-        blend(img, wall, rng.uniform(-120, 30))
-        blend(img, lumen, -1000.0)
+            paint_capsules(wall, fine.spacing, pts[:-1], pts[1:], rad[:-1] + t, rad[1:] + t, edge=px,
+                           offset=fine.offset)
+            paint_capsules(lumen, fine.spacing, pts[:-1], pts[1:], rad[:-1], rad[1:], edge=px, offset=fine.offset)
+        blend(img, fine.slab_mean(wall), rng.uniform(-120, 30))
+        blend(img, fine.slab_mean(lumen), -1000.0)
 
     # --- nodule
     edge_solid = max(px, 0.6)
     fuzzy = rng.uniform(0.9, 2.2)
-    nod = _nodule_occupancy(rng, shape, spacing, centre, radius, shape_kind,
+    nod = _nodule_occupancy(rng, fine, centre, radius, shape_kind,
                             edge_solid if density == "solid" else fuzzy)
     if density == "solid":
         hu = rng.uniform(-20, 60) + rng.uniform(5, 20) * smooth_noise(rng, shape, (0.5, 1.0, 1.0))
@@ -203,7 +211,7 @@ def make_case(rng: np.random.Generator, *, size: int = 192, slices: int = 32) ->
         if density == "part-solid":
             core_r = radius * rng.uniform(0.3, 0.65)
             core_c = centre + random_unit(rng)[0] * (radius - core_r) * rng.uniform(0, 0.6)
-            core = _nodule_occupancy(rng, shape, spacing, core_c, core_r, "lobulated", edge_solid)
+            core = _nodule_occupancy(rng, fine, core_c, core_r, "lobulated", edge_solid)
             np.minimum(core, nod, out=core)
             blend(img, core, rng.uniform(-30, 50))
 
@@ -221,10 +229,10 @@ def make_case(rng: np.random.Generator, *, size: int = 192, slices: int = 32) ->
         off /= np.linalg.norm(off)
         start = centre + off * (radius + r_v * rng.uniform(-0.6, 0.4))
         _trace_vessel(rng, start, d, r_v, lo, hi, wiggle=0.03, branch_p=0.02, out=vessels)
-    ves = np.zeros(shape, np.float32)
+    ves = fine.zeros()
     for pts, rad in vessels:
-        paint_capsules(ves, spacing, pts[:-1], pts[1:], rad[:-1], rad[1:], edge=px)
-    blend(img, ves, vessel_hu)
+        paint_capsules(ves, fine.spacing, pts[:-1], pts[1:], rad[:-1], rad[1:], edge=px, offset=fine.offset)
+    blend(img, fine.slab_mean(ves), vessel_hu)
 
     # --- chest wall
     has_wall = position == "juxta-pleural" or rng.random() < 0.5
@@ -238,7 +246,7 @@ def make_case(rng: np.random.Generator, *, size: int = 192, slices: int = 32) ->
         mask[np.unravel_index(int(np.argmax(nod)), shape)] = 1
 
     noise_hu = log_uniform(rng, 15, 60)
-    img = scanner(rng, img, spacing, psf_mm=(rng.uniform(0.35, 0.6), rng.uniform(0.45, 0.65)), noise_hu=noise_hu)
+    img = scanner(rng, img, spacing, psf_mm=(rng.uniform(0.35, 0.6), rng.uniform(0.2, 0.4)), noise_hu=noise_hu)
     img += np.float32(rng.uniform(-10, 10))
     meta = {
         "diameter_mm": round(diameter, 2),
