@@ -107,7 +107,8 @@ def test_case_rng_streams():
 
 
 def test_ras_affine_maps_voxels_to_dicom_positions_flipped():
-    case = SynthCase(np.zeros((3, 4, 5), np.int16), np.zeros((3, 4, 5), np.uint8), (1.25, 0.6, 0.7), (-10.0, -20.0, -5.0))
+    zeros = np.zeros((3, 4, 5), np.int16)
+    case = SynthCase(zeros, zeros.astype(np.uint8), (1.25, 0.6, 0.7), (-10.0, -20.0, -5.0))
     aff = case.ras_affine()
     # voxel (x=2, y=1, z=2) in LPS is (-10 + 2*0.7, -20 + 1*0.6, -5 + 2*1.25); RAS flips x and y
     lps = np.array([-10 + 1.4, -20 + 0.6, -5 + 2.5])
