@@ -21,7 +21,7 @@ from model_export.data.volumes import write_nifti
 log = logging.getLogger(__name__)
 
 #: bumped whenever the same (task, seed, index, size, slices) would give different voxels
-GENERATOR_VERSION = 3
+GENERATOR_VERSION = 4
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,8 @@ A case is a small non-contrast CT volume centred (with jitter) on a nodule:
   bronchi with an air lumen and a soft-tissue wall;
 * often a chest wall (a curved pleural surface, intercostal muscle, ribs with cortex and marrow,
   subcutaneous fat);
-* the nodule: diameter 3-30 mm (log-uniform, capped by the field of view), shape round /
+* the nodule: diameter 3-30 mm (log-normal, median 9 mm, so about one in seven is under 5 mm; the
+  range is cut to what the field of view holds: 75% of the slab height), shape round /
   lobulated / spiculated, density solid / part-solid / ground-glass (ground-glass and the halo of
   part-solid nodules have fuzzy borders), position isolated / juxta-vascular (a vessel of similar
   density runs into it) / juxta-pleural (it sits on the pleura, the chest wall has the same
@@ -50,6 +51,8 @@ POSITION_P = (0.4, 0.3, 0.3)
 SLICE_MM = 1.25
 PIXEL_MM = (0.55, 0.7)
 DIAMETER_MM = (3.0, 30.0)
+#: log-normal diameter: median and sigma of ln(diameter)
+DIAMETER_MEDIAN_MM, DIAMETER_LOG_SIGMA = 9.0, 0.5
 #: thin structures are drawn on 3 sub-slices per slice and averaged (slice-thickness partial volume)
 Z_SUPERSAMPLE = 3
 
@@ -92,6 +95,16 @@ def _trace_vessel(
                 )
         if len(pts) > 1:
             out.append((np.array(pts), np.array(rad)))
+
+
+def _diameter(rng: np.random.Generator, d_max: float) -> float:
+    """A log-normal diameter truncated to [DIAMETER_MM[0], d_max] by redrawing."""
+    d = DIAMETER_MEDIAN_MM
+    for _ in range(200):
+        d = float(np.exp(rng.normal(np.log(DIAMETER_MEDIAN_MM), DIAMETER_LOG_SIGMA)))
+        if DIAMETER_MM[0] <= d <= d_max:
+            return d
+    return float(np.clip(d, DIAMETER_MM[0], d_max))
 
 
 def _z_biased_direction(rng: np.random.Generator, bias: float = 2.0) -> np.ndarray:
@@ -166,7 +179,7 @@ def make_case(rng: np.random.Generator, *, size: int = 192, slices: int = 32) ->
     position = str(rng.choice(POSITIONS, p=POSITION_P))
 
     d_max = min(DIAMETER_MM[1], 0.75 * ext[0], 0.45 * ext[1])
-    diameter = log_uniform(rng, DIAMETER_MM[0], max(d_max, DIAMETER_MM[0] + 0.5))
+    diameter = _diameter(rng, max(d_max, DIAMETER_MM[0] + 0.5))
     radius = diameter / 2
     room = np.maximum(ext / 2 - radius * 1.3 - 1.0, 0.0)
     centre = ext / 2 + rng.uniform(-1, 1, 3) * np.minimum(room, [2.5, 0.18 * ext[1], 0.18 * ext[2]])
@@ -222,7 +235,7 @@ def make_case(rng: np.random.Generator, *, size: int = 192, slices: int = 32) ->
         _trace_vessel(rng, rng.uniform(lo, hi), _z_biased_direction(rng), log_uniform(rng, 0.4, 2.8), lo, hi,
                       out=vessels)
     if position == "juxta-vascular":
-        r_v = rng.uniform(1.0, 2.6)
+        r_v = rng.uniform(0.6, 1.0) * min(2.6, max(1.0, 0.6 * radius))
         d = _z_biased_direction(rng, 1.5)
         off = random_unit(rng)[0]
         off -= d * (off @ d)
