@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -149,6 +150,8 @@ def _write_one(job: tuple) -> dict[str, Any]:
         from model_export.data.synth.dicom_writer import write_ct_series
 
         image_rel = f"dicom/{cid}"
+        if (out_dir / image_rel).is_dir():  # a series left by an earlier run would mix with this one
+            shutil.rmtree(out_dir / image_rel)
         write_ct_series(
             out_dir / image_rel, case.image, spacing=case.spacing, origin=case.origin,
             key=f"msdn-synth/{task}/{seed}/{index}/{size}/{slices}", patient_id=f"SYNTH-{cid.upper()}",

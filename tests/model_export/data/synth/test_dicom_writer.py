@@ -130,3 +130,11 @@ def test_highdicom_builds_a_segmentation_on_the_series(dicom_set: Path):
 def _save(ds, path: Path) -> Path:
     ds.save_as(path)
     return path
+
+
+def test_regenerating_into_the_same_folder_replaces_the_series(tmp_path: Path):
+    generate("cochlea", tmp_path, num_cases=3, size=128, slices=14, dicom=True, workers=1)
+    path = generate("cochlea", tmp_path, num_cases=3, seed=1, size=128, slices=12, dicom=True, workers=1)
+    m = load_manifest(path)
+    assert read_volume(m.cases[0].image).shape == (12, 128, 128)
+    assert len(list(m.cases[0].image.iterdir())) == 12
