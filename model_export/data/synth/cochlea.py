@@ -59,7 +59,16 @@ def _ring(centre, u, w, radius, phi0, phi1, n=48) -> np.ndarray:
 
 
 def make_case(rng: np.random.Generator, *, size: int = 192, slices: int = 24) -> SynthCase:
-    """Draw one cochlea case; see the module docstring."""
+    """Draw one cochlea case; see the module docstring.
+
+    Args:
+        rng: the case's random stream (``common.case_rng``); everything drawn comes from it.
+        size: in-plane pixels (Y = X).
+        slices: axial slices.
+
+    Returns:
+        The case: int16 HU image, uint8 mask, spacing, DICOM origin and ``meta`` (what was drawn).
+    """
     spacing = (SLICE_MM, PIXEL_MM, PIXEL_MM)
     shape = (int(slices), int(size), int(size))
     ext = (np.array(shape) - 1) * np.array(spacing)

@@ -169,7 +169,16 @@ def _nodule_occupancy(
 
 
 def make_case(rng: np.random.Generator, *, size: int = 192, slices: int = 32) -> SynthCase:
-    """Draw one lung nodule case; see the module docstring."""
+    """Draw one lung nodule case; see the module docstring.
+
+    Args:
+        rng: the case's random stream (``common.case_rng``); everything drawn comes from it.
+        size: in-plane pixels (Y = X).
+        slices: axial slices.
+
+    Returns:
+        The case: int16 HU image, uint8 mask, spacing, DICOM origin and ``meta`` (what was drawn).
+    """
     px = float(rng.uniform(*PIXEL_MM))
     spacing = (SLICE_MM, px, px)
     shape = (int(slices), int(size), int(size))
@@ -249,7 +258,6 @@ def make_case(rng: np.random.Generator, *, size: int = 192, slices: int = 32) ->
 
     # --- chest wall
     has_wall = position == "juxta-pleural" or rng.random() < 0.5
-    wall_occ = None
     if has_wall:
         wall_occ = _chest_wall(rng, img, spacing, centre, radius, position == "juxta-pleural")
         nod *= 1.0 - wall_occ
