@@ -15,3 +15,13 @@ def test_summary_prints_parameter_count_and_shapes(capsys):
 def test_no_command_prints_help(capsys):
     assert main([]) == 2
     assert "summary" in capsys.readouterr().out
+
+
+def test_subcommand_help_shows_the_commands_own_options(capsys):
+    import pytest
+
+    with pytest.raises(SystemExit) as exc:
+        main(["summary", "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert "usage: msdn summary" in out and "--preset" in out
