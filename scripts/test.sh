@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Set up everything the tests need (venv, Orthanc) and run the whole test suite.
+# Extra arguments go to pytest (e.g. `bash scripts/test.sh tests/service -x`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-if [ -f scripts/install_orthanc.sh ]; then
-  bash scripts/install_orthanc.sh
-fi
+bash scripts/install_orthanc.sh
+# Orthanc is installed now: its integration tests must run, never skip.
+export MSDN_REQUIRE_ORTHANC=${MSDN_REQUIRE_ORTHANC:-1}
 exec .venv/bin/python -m pytest -q "$@"
