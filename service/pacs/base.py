@@ -6,11 +6,14 @@ see :class:`PacsClient`. Records hold UIDs and descriptive fields, never patient
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from pydicom import Dataset
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,28 @@ class StoreResult:
     def ok(self) -> bool:
         """True when nothing was refused."""
         return not self.failed
+
+    def finish(self, protocol: str, peer: str, total: int) -> "StoreResult":
+        """Log the counts (UIDs only, never patient data) and raise when the PACS refused anything.
+
+        Raises:
+            StoreFailedError: some of the ``total`` instances were refused by ``peer``.
+        """
+        from service.pacs.errors import StoreFailedError
+
+        logger.info(
+            "%s store: %d stored, %d with warnings, %d failed",
+            protocol,
+            len(self.stored),
+            len(self.warnings),
+            len(self.failed),
+        )
+        if self.failed:
+            raise StoreFailedError(
+                f"store: {peer} refused {len(self.failed)} of {total} instances "
+                f"(SOP Instance UIDs: {', '.join(self.failed[:5])})"
+            )
+        return self
 
 
 @runtime_checkable

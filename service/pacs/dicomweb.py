@@ -23,7 +23,6 @@ from service.pacs.errors import (
     PacsUnreachableError,
     SeriesNotFoundError,
     SeriesTooLargeError,
-    StoreFailedError,
 )
 from service.pacs.settings import PacsSettings
 
@@ -239,18 +238,7 @@ class DicomwebPacsClient:
             with self._errors("store"):
                 response = self._client.store_instances(group, study_instance_uid=study_uid)
             _collect_stow_response(response, group, result)
-        logger.info(
-            "DICOMweb store: %d stored, %d with warnings, %d failed",
-            len(result.stored),
-            len(result.warnings),
-            len(result.failed),
-        )
-        if result.failed:
-            raise StoreFailedError(
-                f"store: {self.describe()} refused {len(result.failed)} of {len(datasets)} instances "
-                f"(SOP Instance UIDs: {', '.join(result.failed[:5])})"
-            )
-        return result
+        return result.finish("DICOMweb", self.describe(), len(datasets))
 
     def close(self) -> None:
         """Close the HTTP session."""

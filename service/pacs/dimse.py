@@ -49,7 +49,6 @@ from service.pacs.errors import (
     PacsUnreachableError,
     SeriesNotFoundError,
     SeriesTooLargeError,
-    StoreFailedError,
 )
 from service.pacs.settings import PacsSettings
 
@@ -471,18 +470,7 @@ class DimsePacsClient:
                 else:
                     logger.warning("DIMSE store: %s refused with %s", uid, _status_text(code))
                     result.failed.append(uid)
-        logger.info(
-            "DIMSE store: %d stored, %d with warnings, %d failed",
-            len(result.stored),
-            len(result.warnings),
-            len(result.failed),
-        )
-        if result.failed:
-            raise StoreFailedError(
-                f"store: {self.describe()} refused {len(result.failed)} of {len(datasets)} instances "
-                f"(SOP Instance UIDs: {', '.join(result.failed[:5])})"
-            )
-        return result
+        return result.finish("DIMSE", self.describe(), len(datasets))
 
     def close(self) -> None:
         """Stop the Storage SCP if this client started it."""

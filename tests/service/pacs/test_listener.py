@@ -48,7 +48,8 @@ def test_pushed_series_is_segmented_and_the_seg_stored_back(monkeypatch, orthanc
         assert response.status_code == 200, response.text
         deadline = time.monotonic() + 20
         new = set()
-        while time.monotonic() < deadline and not new:
+        # The listener counts a series as completed after its store returns: wait for both.
+        while time.monotonic() < deadline and not (new and app.state.pacs_listener.completed == 1):
             time.sleep(0.2)
             new = _seg_series_of_study(orthanc, mr.study_uid) - before
         assert app.state.pacs_listener.completed == 1
