@@ -191,6 +191,7 @@ def run_experiment(
     if config.jobs == 1:
         for cell in todo:
             row = run_cell(cell, tasks[cell.task], config, run_dir(cell))
+            row["run_dir"] = os.path.relpath(row["run_dir"], out)
             append_result(results_path, row)
             finished += 1
             logger.info("[%d/%d] %s: test Dice %.4f (%.0f s)", finished, len(todo), cell.name, row["test_dice"], row["seconds"])
@@ -205,6 +206,7 @@ def run_experiment(
                 for fut in ready:
                     cell = pending.pop(fut)
                     row = fut.result()
+                    row["run_dir"] = os.path.relpath(row["run_dir"], out)
                     append_result(results_path, row)
                     finished += 1
                     logger.info(
