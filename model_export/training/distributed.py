@@ -72,3 +72,17 @@ def shutdown(info: DistInfo) -> None:
     """Leave the process group."""
     if info.enabled and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def sync_buffers(module: torch.nn.Module, info: DistInfo) -> None:
+    """Make buffers identical on all processes: floating ones (BatchNorm running statistics) averaged,
+    others (batch counters) taken from rank 0. Called before validation and checkpointing, since each
+    process updates its running statistics from its own share of the batch."""
+    if not info.enabled:
+        return
+    for buf in module.buffers():
+        if buf.is_floating_point():
+            dist.all_reduce(buf, op=dist.ReduceOp.SUM)
+            buf.div_(info.world_size)
+        else:
+            dist.broadcast(buf, src=0)

@@ -384,6 +384,7 @@ class Trainer:
             t0 = time.perf_counter()
             row: dict[str, Any] = {"epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"]}
             row.update(self._train_epoch(epoch))
+            dist_utils.sync_buffers(self.module, self.dist)
             val = crop_dice(
                 self.module,
                 self.val_set,
