@@ -159,7 +159,8 @@ class Trainer:
         cfg = self.config
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        self.dist = dist_utils.init_from_env(torch.device("cuda" if cfg.device.startswith("cuda") else "cpu"))
+        wants_cuda = cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available())
+        self.dist = dist_utils.init_from_env(torch.device("cuda" if wants_cuda else "cpu"))
         self.device = resolve_device(cfg.device, self.dist.local_rank)
         self.amp = bool(cfg.amp and self.device.type == "cuda")
         seed_everything(cfg.seed)

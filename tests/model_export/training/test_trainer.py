@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 
 import pytest
 import torch
@@ -101,3 +102,11 @@ def test_train_command(manifest, tmp_path, capsys):
     assert (tmp_path / "cli" / "best.pt").is_file()
     code = main(["train", "--manifest", str(tmp_path / "missing.json"), "--out", str(tmp_path / "x")])
     assert code == 2 and "manifest not found" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_cuda_mixed_precision(manifest, tmp_path):
+    result = train(_config(device="cuda", amp=True, max_epochs=2), manifest, tmp_path)
+    assert result.best_path.is_file() and all(math.isfinite(r["loss_total"]) for r in result.history)
+    model, _, _ = load_checkpoint(result.best_path)
+    assert next(model.parameters()).device.type == "cpu"  # checkpoints load anywhere
