@@ -22,13 +22,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model_export.nets import MODEL_NAMES, build_model  # noqa: E402
-from model_export.training.step import batch_loss  # noqa: E402
+from model_export.nets import MODEL_NAMES, build_model
+from model_export.training.step import batch_loss
 
 
 def make_batch(batch: int, patch: int, seed: int = 0) -> dict:

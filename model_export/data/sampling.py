@@ -29,8 +29,9 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -52,7 +53,7 @@ class Normalization:
 
     mean: float = 0.0
     std: float = 1.0
-    clip: Optional[tuple[float, float]] = None
+    clip: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.std) and self.std > 0):
@@ -77,7 +78,7 @@ class Normalization:
         return {"mean": float(self.mean), "std": float(self.std), "clip": None if self.clip is None else list(self.clip)}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Normalization":
+    def from_dict(cls, data: dict[str, Any]) -> Normalization:
         """Inverse of ``to_dict`` (also accepts a model card's ``input`` dict)."""
         clip = data.get("clip")
         return cls(float(data["mean"]), float(data["std"]), None if clip is None else tuple(clip))
@@ -86,7 +87,7 @@ class Normalization:
 def compute_normalization(
     images: Iterable[Case | np.ndarray],
     *,
-    clip: Optional[Sequence[float]] = None,
+    clip: Sequence[float] | None = None,
     max_voxels_per_case: int = 4_000_000,
 ) -> Normalization:
     """Mean and standard deviation of all voxels of the training images (after ``clip``).
@@ -107,7 +108,7 @@ def compute_normalization(
     for item in images:
         arr = (read_volume(item.image).array if isinstance(item, Case) else np.asarray(item)).ravel()
         if arr.size > max_voxels_per_case:
-            arr = arr[:: int(math.ceil(arr.size / max_voxels_per_case))]
+            arr = arr[:: math.ceil(arr.size / max_voxels_per_case)]
         arr = arr.astype(np.float64)
         if clip is not None:
             arr = np.clip(arr, clip[0], clip[1])
@@ -145,10 +146,10 @@ def _origin(lo_box: float, hi_box: float, size: int, patch: int, centre: float) 
     """Window origin along one axis: near ``centre - patch/2``, inside the image when it is larger than the
     patch, and containing [lo_box, hi_box) whenever that fits."""
     lo, hi = min(0, size - patch), max(0, size - patch)
-    b_lo, b_hi = int(math.ceil(hi_box)) - patch, int(math.floor(lo_box))
+    b_lo, b_hi = math.ceil(hi_box) - patch, math.floor(lo_box)
     if b_lo <= b_hi:  # the box fits in the patch: keep it inside (also when that means padding)
         lo, hi = (max(lo, b_lo), min(hi, b_hi)) if max(lo, b_lo) <= min(hi, b_hi) else (b_lo, b_hi)
-    return min(max(int(round(centre - patch / 2)), lo), hi)
+    return min(max(round(centre - patch / 2), lo), hi)
 
 
 def component_boxes(label: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -168,7 +169,7 @@ def component_boxes(label: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 class _Volume:
     case: Case
     image: np.ndarray  # (Z, Y, X) float32, stored units
-    mask: Optional[np.ndarray]  # (Z, Y, X) uint8 / int16 labels, None for weak cases
+    mask: np.ndarray | None  # (Z, Y, X) uint8 / int16 labels, None for weak cases
     fill: float
     targets: dict[int, tuple[np.ndarray, np.ndarray]]  # slice -> (boxes (G, 4), labels (G,))
 
@@ -230,7 +231,7 @@ class PatchDataset(Dataset):
         noise_prob: float = 0.5,
         away_fraction: float = 0.0,
         seed: int = 0,
-        volumes: Optional[dict[str, _Volume]] = None,
+        volumes: dict[str, _Volume] | None = None,
     ):
         self.patch = _pair("patch_size", patch_size)
         for name, value, top in (("jitter", jitter, 0.5), ("noise_prob", noise_prob, 1.0), ("away_fraction", away_fraction, 1.0)):

@@ -13,9 +13,10 @@ masks). Every method sees the same cases within a repeat.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -49,9 +50,9 @@ class TaskSpec:
     name: str
     manifest: str = ""
     splits: list[tuple[int, int]] = field(default_factory=list)
-    train_cases: Optional[int] = None
-    val_cases: Optional[int] = None
-    test_cases: Optional[int] = None
+    train_cases: int | None = None
+    val_cases: int | None = None
+    test_cases: int | None = None
 
     def __post_init__(self) -> None:
         self.splits = [tuple(int(v) for v in s) for s in self.splits]  # type: ignore[misc]
@@ -71,7 +72,7 @@ def scaled_splits(paper: Sequence[tuple[int, int]], total: int) -> list[tuple[in
     full = sum(paper[0])
     out = []
     for strong, _ in paper:
-        s = max(1, int(round(strong * total / full)))
+        s = max(1, round(strong * total / full))
         out.append((s, total - s))
     return out
 
@@ -128,14 +129,14 @@ class ExperimentConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ExperimentConfig":
+    def from_dict(cls, data: dict[str, Any]) -> ExperimentConfig:
         unknown = set(data) - {f.name for f in fields(cls)}
         if unknown:
             raise ValueError(f"unknown experiment options: {sorted(unknown)}")
         return cls(**data)
 
     @classmethod
-    def from_file(cls, path: str | Path) -> "ExperimentConfig":
+    def from_file(cls, path: str | Path) -> ExperimentConfig:
         """Read a JSON or YAML file holding ``to_dict`` output (relative manifests resolved against it)."""
         path = Path(path)
         text = path.read_text()

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import csv
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 from model_export.experiment.protocol import METHOD_LABELS, METHODS, ExperimentConfig
 from model_export.experiment.stats import mean_ci
@@ -117,7 +118,7 @@ def plot_summary(summary: Sequence[dict[str, Any]], path: Path) -> None:
 
 
 def write_report(
-    rows: Sequence[dict[str, Any]], out_dir: str | Path, *, config: Optional[ExperimentConfig] = None
+    rows: Sequence[dict[str, Any]], out_dir: str | Path, *, config: ExperimentConfig | None = None
 ) -> dict[str, Path]:
     """Write ``table.md``, ``summary.csv`` and ``dice_vs_strong.png`` (plus the paper-style variants when
     the rows have ``test_dice_paper``) into ``out_dir``."""
@@ -128,8 +129,10 @@ def write_report(
     if config is not None and config.description:
         md += [config.description, ""]
     md += [
-        "Test Dice of the checkpoint with the best mean validation Dice (mean over repeats; ± is the half-width "
-        "of the two-sided 95% t confidence interval).",
+        (
+            "Test Dice of the checkpoint with the best mean validation Dice (mean over repeats; ± is the "
+            "half-width of the two-sided 95% t confidence interval)."
+        ),
         "",
         markdown_table(summary),
     ]

@@ -21,7 +21,7 @@ import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from model_export.experiment.protocol import Cell, ExperimentConfig, TaskSpec, assign_cases, plan_cells
 
@@ -92,13 +92,13 @@ def run_cell(cell: Cell, task: TaskSpec, config: ExperimentConfig, run_dir: str)
         raise ValueError(f"task {task.name}: the manifest has no test case")
     cases = assign_cases(train_pool, cell.strong, cell.weak, cell.seed)
     train_cfg = TrainConfig.from_dict({**config.train, "model": cell.method, "seed": cell.seed, "progress": False})
-    eval_opts = dict(
-        classes=manifest.class_names,
-        region=config.region,
-        patch_size=train_cfg.patch_size,
-        margin=config.margin,
-        z_margin=config.z_margin,
-    )
+    eval_opts = {
+        "classes": manifest.class_names,
+        "region": config.region,
+        "patch_size": train_cfg.patch_size,
+        "margin": config.margin,
+        "z_margin": config.z_margin,
+    }
     paper_best = {"dice": math.nan}
 
     def on_improve(epoch: int, module, val_dice: float) -> None:
@@ -150,7 +150,7 @@ def run_cell(cell: Cell, task: TaskSpec, config: ExperimentConfig, run_dir: str)
     }
 
 
-def _worker_init(threads: Optional[int]) -> None:
+def _worker_init(threads: int | None) -> None:
     if threads:
         import torch
 
@@ -159,7 +159,7 @@ def _worker_init(threads: Optional[int]) -> None:
 
 
 def run_experiment(
-    config: ExperimentConfig, out_dir: str | os.PathLike, *, max_runs: Optional[int] = None, report: bool = True
+    config: ExperimentConfig, out_dir: str | os.PathLike, *, max_runs: int | None = None, report: bool = True
 ) -> list[dict[str, Any]]:
     """Run every unfinished cell, appending rows to ``out_dir/results.csv``; then write the report.
 

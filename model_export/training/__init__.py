@@ -5,6 +5,6 @@
 """
 
 from model_export.training.config import TrainConfig
-from model_export.training.trainer import TrainResult, Trainer, train
+from model_export.training.trainer import Trainer, TrainResult, train
 
 __all__ = ["TrainConfig", "TrainResult", "Trainer", "train"]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Optional
+from typing import Any
 
 from model_export.nets.config import MODEL_NAMES, PRESETS, SIZE_MULTIPLE
 
@@ -48,19 +48,19 @@ class TrainConfig:
     lr_patience: int = 5
     early_stop: int = 20
     max_epochs: int = 200
-    steps_per_epoch: Optional[int] = None
+    steps_per_epoch: int | None = None
     min_delta: float = 0.0
     jitter: float = 0.25
     noise_std: float = 0.05
     noise_prob: float = 0.5
     flip: bool = True
     away_fraction: float = 0.0
-    clip: Optional[tuple[float, float]] = None
+    clip: tuple[float, float] | None = None
     seed: int = 0
     device: str = "auto"
     amp: bool = True
     num_workers: int = 0
-    threads: Optional[int] = None
+    threads: int | None = None
     val_batch_size: int = 16
     progress: bool = True
 
@@ -100,7 +100,7 @@ class TrainConfig:
         return d
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         """Inverse of ``to_dict``; unknown keys raise ``ValueError``."""
         unknown = set(data) - {f.name for f in fields(cls)}
         if unknown:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import nn
@@ -37,7 +37,7 @@ def batch_loss(
     *,
     amp: bool = False,
     distributed: bool = False,
-) -> Optional[dict[str, torch.Tensor]]:
+) -> dict[str, torch.Tensor] | None:
     """Forward and loss of one collated batch.
 
     A model with a Detection Unit sees every row: strong rows go through both nets and give the

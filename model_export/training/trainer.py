@@ -23,9 +23,10 @@ import os
 import random
 import sys
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -135,9 +136,9 @@ class Trainer:
         val_cases: Sequence[Case],
         classes: Sequence[str],
         out_dir: str | os.PathLike,
-        dataset: Optional[dict[str, Any]] = None,
+        dataset: dict[str, Any] | None = None,
         resume: bool = False,
-        on_improve: Optional[ImproveCallback] = None,
+        on_improve: ImproveCallback | None = None,
     ):
         self.config = config
         self.classes = list(classes)
@@ -445,9 +446,9 @@ def train(
     manifest: Manifest,
     out_dir: str | os.PathLike,
     *,
-    train_cases: Optional[Sequence[Case]] = None,
+    train_cases: Sequence[Case] | None = None,
     resume: bool = False,
-    on_improve: Optional[ImproveCallback] = None,
+    on_improve: ImproveCallback | None = None,
 ) -> TrainResult:
     """Train on a manifest's ``train`` split (or ``train_cases``), validating on its ``val`` split."""
     cases = list(train_cases) if train_cases is not None else manifest.split("train")

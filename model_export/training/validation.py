@@ -28,7 +28,7 @@ def crop_dice(
     device: torch.device,
     batch_size: int = 16,
     amp: bool = False,
-    dist_info: DistInfo = DistInfo(),
+    dist_info: DistInfo | None = None,
 ) -> dict:
     """Validation Dice of ``module`` on ``dataset`` (built with ``augment=False``).
 
@@ -36,6 +36,7 @@ def crop_dice(
         ``{"dice": mean, "per_class": [C floats], "per_case": {case_id: [C floats]}}``; NaN entries
         mark a case/class with neither target nor prediction.
     """
+    dist_info = dist_info or DistInfo()
     was_training = module.training
     module.eval()
     num_classes = module.config.num_classes

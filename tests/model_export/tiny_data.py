@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
@@ -35,7 +34,7 @@ def write_tiny_dataset(
     shape=(6, 48, 48),
     seed: int = 0,
     spacing=(2.0, 0.7, 0.7),
-    extra_cases: Optional[list[dict]] = None,
+    extra_cases: list[dict] | None = None,
 ) -> Path:
     """Write images, masks and ``manifest.json`` under ``root``; return the manifest path.
 

@@ -183,7 +183,7 @@ def test_away_patches_leave_the_target(manifest):
     cases = [c for c in manifest.split("train") if c.strong]
     centred = _dataset(cases, away_fraction=0.0)
     away = _dataset(cases, away_fraction=1.0)
-    with_target = lambda ds: np.mean([bool(ds[i]["label"].any()) for i in range(len(ds))])  # noqa: E731
+    with_target = lambda ds: np.mean([bool(ds[i]["label"].any()) for i in range(len(ds))])
     assert with_target(centred) == 1.0
     assert with_target(away) < 0.5
     with pytest.raises(ValueError, match="away_fraction"):

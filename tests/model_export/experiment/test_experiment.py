@@ -105,7 +105,8 @@ def test_tiny_experiment_runs_resumes_and_reports(tmp_path, capsys):
         header = next(csv.reader(f))
     assert header[:7] == ["task", "method", "strong", "weak", "repeat", "seed", "test_dice"]
     assert all(0 <= r["test_dice"] <= 1 and 0 <= r["test_dice_paper"] <= 1 for r in read_results(out / "results.csv"))
-    summary = list(csv.DictReader(open(out / "summary.csv")))
+    with open(out / "summary.csv") as f:
+        summary = list(csv.DictReader(f))
     assert sorted((s["method"], s["strong"], s["n"]) for s in summary) == [("msdn", "2", "2"), ("unet", "2", "2"), ("unet", "4", "2")]
     table = (out / "table.md").read_text()
     assert "| Method | 4-0 | 2-2 |" in table and "Paper-style reporting" in table

@@ -25,8 +25,8 @@ def manifest(tmp_path_factory):
 
 
 def _config(**kw):
-    base = dict(model="msdn", preset="small", model_options=TINY, patch_size=32, lr=2e-3, max_epochs=2,
-                steps_per_epoch=6, progress=False, threads=1)
+    base = {"model": "msdn", "preset": "small", "model_options": TINY, "patch_size": 32, "lr": 2e-3,
+            "max_epochs": 2, "steps_per_epoch": 6, "progress": False, "threads": 1}
     return TrainConfig(**{**base, **kw})
 
 
@@ -35,7 +35,7 @@ def test_two_epochs_lower_the_loss_and_write_a_loadable_checkpoint(manifest, tmp
     losses = [row["loss_total"] for row in result.history]
     assert len(losses) == 2 and losses[1] < losses[0]
     assert {"loss_seg_dice", "loss_det_cls", "loss_det_box", "val_dice", "val_dice_blob", "lr"} <= set(result.history[0])
-    model, card, payload = load_checkpoint(result.best_path)
+    model, card, _ = load_checkpoint(result.best_path)
     assert model.config.name == "msdn" and model.config.base_channels == 4
     expected = compute_normalization(manifest.split("train"))
     assert card.input.mean == pytest.approx(expected.mean) and card.input.std == pytest.approx(expected.std)
@@ -47,7 +47,8 @@ def test_two_epochs_lower_the_loss_and_write_a_loadable_checkpoint(manifest, tmp
     assert probs.shape == (2, 2, 48, 32)
     torch.testing.assert_close(probs.sum(1), torch.ones(2, 48, 32))
     # the metrics files hold one row per epoch
-    rows = list(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))
+    with open(tmp_path / "run" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
     assert [int(r["epoch"]) for r in rows] == [0, 1]
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())[1]["epoch"] == 1
     assert read_checkpoint(result.last_path)["optimizer_state"]["epoch"] == 1
