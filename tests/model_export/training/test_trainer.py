@@ -111,3 +111,14 @@ def test_cuda_mixed_precision(manifest, tmp_path):
     assert result.best_path.is_file() and all(math.isfinite(r["loss_total"]) for r in result.history)
     model, _, _ = load_checkpoint(result.best_path)
     assert next(model.parameters()).device.type == "cpu"  # checkpoints load anywhere
+
+
+@pytest.mark.parametrize("name", ["unet", "unet_sse", "ms_net", "msdn_minus", "msdn"])
+def test_every_model_trains_with_the_same_command(name, manifest, tmp_path):
+    code = main(["train", "--manifest", str(manifest.path), "--out", str(tmp_path), "--model", name,
+                 "--preset", "small", "--model-option", "base_channels=4", "--model-option", "head_channels=8",
+                 "--patch-size", "32", "--epochs", "1", "--steps-per-epoch", "2", "--no-progress"])
+    assert code == 0
+    model, card, _ = load_checkpoint(tmp_path / "best.pt")
+    assert model.config.name == card.method == name
+    assert card.training["cases_used"] == (6 if model.has_detection else 3)
