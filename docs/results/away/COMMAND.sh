@@ -7,7 +7,7 @@ DATA=${DATA:-data/lung_cpu/manifest.json}
 OUT=${OUT:-docs/results/away}
 for away in 0.0 0.5; do
   msdn train --manifest "$DATA" --out "$OUT/runs/away_$away" --model unet --preset small \
-      --model-option base_channels=8 --patch-size 64 --lr 1e-3 --lr-patience 3 --early-stop 5 \
+      --model-option base_channels=8 --patch-size 64 --lr 1e-3 --lr-patience 3 --early-stop 10 \
       --epochs 10 --steps-per-epoch 30 --away-fraction "$away" --threads 1 --device cpu --no-progress
   for region in target full; do
     msdn evaluate --checkpoint "$OUT/runs/away_$away/best.pt" --manifest "$DATA" --region "$region" \
