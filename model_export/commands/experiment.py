@@ -20,6 +20,7 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +99,7 @@ def build_config(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from model_export.experiment.protocol import plan_cells
+    from model_export.experiment.protocol import ExperimentConfig, plan_cells
     from model_export.experiment.report import write_report
     from model_export.experiment.runner import read_results, run_experiment
 
@@ -107,7 +108,9 @@ def run(args: argparse.Namespace) -> int:
             rows = read_results(f"{args.out}/results.csv")
             if not rows:
                 raise ValueError(f"no results in {args.out}/results.csv")
-            paths = write_report(rows, args.out)
+            saved = Path(args.out) / "experiment.json"
+            config = ExperimentConfig.from_dict(json.loads(saved.read_text())) if saved.is_file() else None
+            paths = write_report(rows, args.out, config=config)
             sys.stdout.write(paths["table"].read_text())
             return 0
         config = build_config(args)

@@ -106,10 +106,13 @@ def plot_summary(summary: Sequence[dict[str, Any]], path: Path) -> None:
             ys = [p[1] for p in pts]
             hs = [p[2] if math.isfinite(p[2]) else 0.0 for p in pts]
             (line,) = ax.plot(xs, ys, marker="o", label=METHOD_LABELS.get(method, method))
-            ax.fill_between(xs, [y - h for y, h in zip(ys, hs)], [y + h for y, h in zip(ys, hs)], color=line.get_color(), alpha=0.15)
+            lo = [max(y - h, 0.0) for y, h in zip(ys, hs)]  # bands drawn within the possible range
+            hi = [min(y + h, 100.0) for y, h in zip(ys, hs)]
+            ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.12)
         ax.set_title(task)
         ax.set_xlabel("strong (mask) training cases; the rest are box-only")
-        ax.set_ylabel("mean test Dice (%)")
+        ax.set_ylabel("mean test Dice (%); bands: 95% CI clipped to 0-100")
+        ax.set_ylim(0, 100)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
