@@ -1,0 +1,59 @@
+"""``msdn evaluate``: Dice, IoU and HD95 (mm) per case and class of a checkpoint on a manifest split.
+
+See ``model_export.evaluation`` for exactly what is measured (``--region target`` / ``full``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--manifest", required=True)
+    parser.add_argument("--split", choices=("train", "val", "test"), default="test")
+    parser.add_argument("--region", choices=("target", "full"), default="target")
+    parser.add_argument("--margin", type=int, default=8, help="in-plane margin around the target (pixels)")
+    parser.add_argument("--z-margin", type=int, default=2, help="slices above/below the target")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--json", dest="json_out", default=None, help="also write the result as JSON here")
+    parser.add_argument("--quiet", action="store_true", help="print only the means")
+
+
+def run(args: argparse.Namespace) -> int:
+    from model_export.checkpoint import CheckpointError
+    from model_export.data.manifest import ManifestError, load_manifest
+    from model_export.evaluation import evaluate_checkpoint, format_result
+
+    try:
+        manifest = load_manifest(args.manifest)
+        cases = [c for c in manifest.split(args.split) if c.strong]
+        if not cases:
+            raise ValueError(f"split {args.split!r} has no case with a mask to evaluate")
+        result = evaluate_checkpoint(
+            args.checkpoint, cases, region=args.region, margin=args.margin, z_margin=args.z_margin,
+            device=args.device, batch_size=args.batch_size,
+        )
+    except (ValueError, ManifestError, CheckpointError) as exc:
+        sys.stderr.write(f"msdn evaluate: error: {exc}\n")
+        return 2
+    sys.stdout.write(format_result(result, per_case=not args.quiet) + "\n")
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(_finite(result.summary()), indent=1))
+    return 0 if math.isfinite(result.mean_dice) else 1
+
+
+def _finite(obj):
+    """NaN and infinite floats -> None, recursively (strict JSON)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj

@@ -1,0 +1,119 @@
+"""``msdn train``: train a model of the family on a manifest (paper defaults).
+
+Single process::
+
+    msdn train --manifest data/lung/manifest.json --model msdn --out runs/lung-msdn
+
+Several processes or machines (DDP; gloo on CPU, NCCL on GPUs)::
+
+    torchrun --nproc-per-node 2 -m model_export.cli train --manifest ... --out ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from model_export.nets.config import MODEL_NAMES, PRESETS
+
+logger = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from model_export.training.config import TrainConfig
+
+    d = TrainConfig()
+    parser.add_argument("--manifest", required=True, help="data set manifest (train and val splits are used)")
+    parser.add_argument("--out", required=True, help="output folder (best.pt, last.pt, metrics.csv/json)")
+    parser.add_argument("--model", choices=MODEL_NAMES, default=d.model)
+    parser.add_argument("--preset", choices=sorted(PRESETS), default=d.preset)
+    parser.add_argument(
+        "--model-option", action="append", default=[], metavar="KEY=VALUE",
+        help="NetConfig override, value as JSON (e.g. base_channels=8); repeatable",
+    )
+    parser.add_argument("--patch-size", type=int, default=d.patch_size)
+    parser.add_argument("--batch-size", type=int, default=d.batch_size)
+    parser.add_argument("--lr", type=float, default=d.lr)
+    parser.add_argument("--lr-factor", type=float, default=d.lr_factor)
+    parser.add_argument("--lr-patience", type=int, default=d.lr_patience)
+    parser.add_argument("--early-stop", type=int, default=d.early_stop, help="epochs without improvement")
+    parser.add_argument("--epochs", type=int, default=d.max_epochs, help="maximum epochs")
+    parser.add_argument("--steps-per-epoch", type=int, default=None, help="default: one pass over the patches")
+    parser.add_argument("--jitter", type=float, default=d.jitter)
+    parser.add_argument("--noise-std", type=float, default=d.noise_std)
+    parser.add_argument("--no-flip", action="store_true")
+    parser.add_argument(
+        "--away-fraction", type=float, default=d.away_fraction,
+        help="fraction of patches drawn away from the target (for whole-slice inference)",
+    )
+    parser.add_argument("--clip", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"), help="intensity clip")
+    parser.add_argument("--seed", type=int, default=d.seed)
+    parser.add_argument("--device", default=d.device, help="auto, cpu, cuda, cuda:N")
+    parser.add_argument("--no-amp", action="store_true", help="disable mixed precision on cuda")
+    parser.add_argument("--workers", type=int, default=d.num_workers)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def parse_options(items: list[str]) -> dict:
+    """``["base_channels=8", "dropout=0.2"]`` -> dict (values parsed as JSON when possible)."""
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"--model-option must be KEY=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    from model_export.data.manifest import ManifestError, load_manifest
+    from model_export.training import TrainConfig, train
+
+    try:
+        config = TrainConfig(
+            model=args.model,
+            preset=args.preset,
+            model_options=parse_options(args.model_option),
+            patch_size=args.patch_size,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            lr_factor=args.lr_factor,
+            lr_patience=args.lr_patience,
+            early_stop=args.early_stop,
+            max_epochs=args.epochs,
+            steps_per_epoch=args.steps_per_epoch,
+            jitter=args.jitter,
+            noise_std=args.noise_std,
+            flip=not args.no_flip,
+            away_fraction=args.away_fraction,
+            clip=tuple(args.clip) if args.clip else None,
+            seed=args.seed,
+            device=args.device,
+            amp=not args.no_amp,
+            num_workers=args.workers,
+            threads=args.threads,
+            progress=not args.no_progress,
+        )
+        manifest = load_manifest(args.manifest)
+        result = train(config, manifest, args.out, resume=args.resume)
+    except (ValueError, ManifestError) as exc:
+        sys.stderr.write(f"msdn train: error: {exc}\n")
+        return 2
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+    sys.stdout.write(
+        f"best validation Dice {result.best_val_dice:.4f} at epoch {result.best_epoch} "
+        f"({result.epochs} epochs{', early stop' if result.stopped_early else ''}); checkpoint {result.best_path}\n"
+    )
+    return 0
+

@@ -1,0 +1,359 @@
+"""Training and validation samples: 2D axial patches centred on the target (paper section 3).
+
+Each item is one axial slice of one case, cropped to a ``patch_size`` window centred on a target: a
+connected component of the mask for a strong case, a box of the manifest for a weak case. The centre
+is moved by a random jitter (at most ``jitter * patch`` pixels along each axis) but the target box is
+kept inside the window whenever it fits. Slices smaller than the patch are padded with the case's
+lowest intensity (air in CT). Then come random horizontal and vertical flips, normalisation by the
+training set's statistics (``Normalization``) and additive Gaussian noise.
+
+With ``away_fraction > 0`` that fraction of items is replaced by a window at a uniformly random
+position of a uniformly random slice of the same case ("away" patches). They teach the model what
+the rest of the body looks like, which it needs to run on whole slices (``msdn evaluate --region
+full``); they may by chance still contain target, and for weak cases they carry the boxes that fall
+inside. They dilute the target-centred training signal, so target-region Dice is typically a little
+lower for the same number of steps while false positives away from the target drop sharply.
+
+Items (``PatchDataset[i]``)::
+
+    {"image": (C, H, W) float32 normalised, "label": (H, W) int64 (zeros for weak cases),
+     "strong": bool, "boxes": (G, 4) float32 [x1, y1, x2, y2] in patch pixels,
+     "box_labels": (G,) int64 in 1..C, "case_id": str, "slice": int}
+
+For strong items the boxes are the per-component boxes of the cropped, flipped label; for weak items
+the manifest boxes of that slice, moved with the crop, flipped, clipped to the patch (boxes with less
+than one pixel left are dropped).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from scipy import ndimage
+from torch.utils.data import Dataset
+
+from model_export.data.manifest import Case
+from model_export.data.volumes import read_volume
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """Image normalisation: clip to ``clip`` (when set), then ``(x - mean) / std``.
+
+    Stored in checkpoints and model cards as ``{"mean", "std", "clip"}`` (see ``model_export.card``).
+    """
+
+    mean: float = 0.0
+    std: float = 1.0
+    clip: tuple[float, float] | None = None
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.std) and self.std > 0):
+            raise ValueError(f"std must be a positive finite number, got {self.std!r}")
+        if not math.isfinite(self.mean):
+            raise ValueError(f"mean must be finite, got {self.mean!r}")
+        if self.clip is not None:
+            clip = tuple(float(v) for v in self.clip)
+            if len(clip) != 2 or clip[0] >= clip[1]:
+                raise ValueError(f"clip must be (low, high) with low < high, got {self.clip!r}")
+            object.__setattr__(self, "clip", clip)
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        """Normalised float32 copy of ``x`` (any shape)."""
+        x = np.asarray(x, dtype=np.float32)
+        if self.clip is not None:
+            x = np.clip(x, self.clip[0], self.clip[1])
+        return ((x - np.float32(self.mean)) / np.float32(self.std)).astype(np.float32, copy=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"mean", "std", "clip"}`` for ``save_checkpoint(normalization=...)``."""
+        return {"mean": float(self.mean), "std": float(self.std), "clip": None if self.clip is None else list(self.clip)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Normalization:
+        """Inverse of ``to_dict`` (also accepts a model card's ``input`` dict)."""
+        clip = data.get("clip")
+        return cls(float(data["mean"]), float(data["std"]), None if clip is None else tuple(clip))
+
+
+def compute_normalization(
+    images: Iterable[Case | np.ndarray],
+    *,
+    clip: Sequence[float] | None = None,
+    max_voxels_per_case: int = 4_000_000,
+) -> Normalization:
+    """Mean and standard deviation of all voxels of the training images (after ``clip``).
+
+    Args:
+        images: cases (their images are read) or image arrays.
+        clip: optional (low, high) applied before the statistics (and stored with them).
+        max_voxels_per_case: larger volumes are subsampled with a regular stride to this many voxels.
+
+    Statistics are accumulated in float64.
+
+    Raises:
+        ValueError: no cases, or the images are constant.
+    """
+    total = 0
+    s1 = 0.0
+    s2 = 0.0
+    for item in images:
+        arr = (read_volume(item.image).array if isinstance(item, Case) else np.asarray(item)).ravel()
+        if arr.size > max_voxels_per_case:
+            arr = arr[:: math.ceil(arr.size / max_voxels_per_case)]
+        arr = arr.astype(np.float64)
+        if clip is not None:
+            arr = np.clip(arr, clip[0], clip[1])
+        total += arr.size
+        s1 += float(arr.sum())
+        s2 += float(np.square(arr).sum())
+    if total == 0:
+        raise ValueError("cannot compute normalisation statistics from no cases")
+    mean = s1 / total
+    std = math.sqrt(max(s2 / total - mean * mean, 0.0))
+    if std <= 1e-8:
+        raise ValueError("training images are constant: standard deviation is 0")
+    return Normalization(mean, std, None if clip is None else (float(clip[0]), float(clip[1])))
+
+
+def _pair(name: str, value: int | Sequence[int]) -> tuple[int, int]:
+    pair = (value, value) if isinstance(value, int) else tuple(value)
+    if len(pair) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in pair):
+        raise ValueError(f"{name} must be a positive int or (H, W), got {value!r}")
+    return pair  # type: ignore[return-value]
+
+
+def extract_window(array: np.ndarray, y0: int, x0: int, height: int, width: int, fill: float) -> np.ndarray:
+    """The (height, width) window of a 2D array whose top-left pixel is (y0, x0); outside is ``fill``."""
+    out = np.full((height, width), fill, dtype=array.dtype)
+    h, w = array.shape
+    ys, ye = max(y0, 0), min(y0 + height, h)
+    xs, xe = max(x0, 0), min(x0 + width, w)
+    if ye > ys and xe > xs:
+        out[ys - y0 : ye - y0, xs - x0 : xe - x0] = array[ys:ye, xs:xe]
+    return out
+
+
+def _origin(lo_box: float, hi_box: float, size: int, patch: int, centre: float) -> int:
+    """Window origin along one axis: near ``centre - patch/2``, inside the image when it is larger than the
+    patch, and containing [lo_box, hi_box) whenever that fits."""
+    lo, hi = min(0, size - patch), max(0, size - patch)
+    b_lo, b_hi = math.ceil(hi_box) - patch, math.floor(lo_box)
+    if b_lo <= b_hi:  # the box fits in the patch: keep it inside (also when that means padding)
+        lo, hi = (max(lo, b_lo), min(hi, b_hi)) if max(lo, b_lo) <= min(hi, b_hi) else (b_lo, b_hi)
+    return min(max(round(centre - patch / 2), lo), hi)
+
+
+def component_boxes(label: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Boxes (G, 4) [x1, y1, x2, y2] and labels (G,) of each connected component of each class of a 2D label."""
+    boxes, labels = [], []
+    for value in np.unique(label):
+        if value == 0:
+            continue
+        comps, _ = ndimage.label(label == value)
+        for ys, xs in ndimage.find_objects(comps):
+            boxes.append([xs.start, ys.start, xs.stop, ys.stop])
+            labels.append(int(value))
+    return np.asarray(boxes, dtype=np.float32).reshape(-1, 4), np.asarray(labels, dtype=np.int64)
+
+
+@dataclass
+class _Volume:
+    case: Case
+    image: np.ndarray  # (Z, Y, X) float32, stored units
+    mask: np.ndarray | None  # (Z, Y, X) uint8 / int16 labels, None for weak cases
+    fill: float
+    targets: dict[int, tuple[np.ndarray, np.ndarray]]  # slice -> (boxes (G, 4), labels (G,))
+
+
+def load_volume(case: Case) -> _Volume:
+    """Read one case and index its target boxes per slice."""
+    image = read_volume(case.image).array.astype(np.float32, copy=False)
+    mask = None
+    targets: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    if case.strong:
+        mask_arr = read_volume(case.mask, dtype=np.int16).array
+        if mask_arr.shape != image.shape:
+            raise ValueError(f"case {case.id}: mask shape {mask_arr.shape} != image shape {image.shape}")
+        mask = mask_arr.astype(np.uint8) if mask_arr.max() < 256 else mask_arr
+        for z in np.flatnonzero(mask.reshape(mask.shape[0], -1).any(axis=1)):
+            targets[int(z)] = component_boxes(mask[z])
+    else:
+        for b in case.boxes:
+            boxes, labels = targets.get(b.z, (np.zeros((0, 4), np.float32), np.zeros((0,), np.int64)))
+            targets[b.z] = (
+                np.concatenate([boxes, np.asarray([b.box], np.float32)]),
+                np.concatenate([labels, np.asarray([b.label], np.int64)]),
+            )
+        targets = {z: t for z, t in targets.items() if 0 <= z < image.shape[0]}
+    return _Volume(case, image, mask, float(image.min()), targets)
+
+
+class PatchDataset(Dataset):
+    """Target-centred 2D patches of a list of cases (see module docstring).
+
+    Randomness comes from a generator seeded by ``(seed, epoch, index)``: the same item of the same epoch
+    is identical whatever the number of loader workers or processes. Call ``set_epoch`` once per epoch.
+
+    Args:
+        cases: strong and/or weak cases (all are loaded into memory).
+        normalization: the training set's statistics.
+        patch_size: patch (H, W) or one int; multiples of 16 for the networks.
+        augment: jitter, flips and noise (training); False gives deterministic centred crops
+            (validation) - the window is then centred on the union of the slice's target boxes.
+        jitter: largest centre shift as a fraction of the patch size.
+        flip: random horizontal and vertical flips (each with probability 0.5).
+        noise_std: standard deviation of additive Gaussian noise in normalised units (0 disables).
+        noise_prob: probability of adding noise to an item.
+        away_fraction: fraction of items replaced by patches at random positions (0 = paper).
+        seed: base seed.
+        volumes: already loaded volumes to reuse (from another dataset's ``volumes``).
+    """
+
+    def __init__(
+        self,
+        cases: Sequence[Case],
+        *,
+        normalization: Normalization,
+        patch_size: int | Sequence[int] = 128,
+        augment: bool = True,
+        jitter: float = 0.25,
+        flip: bool = True,
+        noise_std: float = 0.05,
+        noise_prob: float = 0.5,
+        away_fraction: float = 0.0,
+        seed: int = 0,
+        volumes: dict[str, _Volume] | None = None,
+    ):
+        self.patch = _pair("patch_size", patch_size)
+        for name, value, top in (("jitter", jitter, 0.5), ("noise_prob", noise_prob, 1.0), ("away_fraction", away_fraction, 1.0)):
+            if not (isinstance(value, (int, float)) and 0.0 <= value <= top):
+                raise ValueError(f"{name} must be in [0, {top}], got {value!r}")
+        if not (isinstance(noise_std, (int, float)) and noise_std >= 0):
+            raise ValueError(f"noise_std must be >= 0, got {noise_std!r}")
+        if not cases:
+            raise ValueError("cases must not be empty")
+        self.normalization = normalization
+        self.augment = augment
+        self.jitter = float(jitter)
+        self.flip = flip
+        self.noise_std = float(noise_std)
+        self.noise_prob = float(noise_prob)
+        self.away_fraction = float(away_fraction)
+        self.seed = int(seed)
+        self.epoch = 0
+        volumes = dict(volumes or {})
+        self.volumes: list[_Volume] = []
+        self.items: list[tuple[int, int]] = []  # (volume index, slice)
+        for case in cases:
+            vol = volumes.get(case.id)
+            if vol is None or vol.case.strong != case.strong:
+                vol = load_volume(case)
+            if not vol.targets:
+                logger.warning("case %s has no target slice; it gives no samples", case.id)
+            self.volumes.append(vol)
+            self.items += [(len(self.volumes) - 1, z) for z in sorted(vol.targets)]
+        if not self.items:
+            raise ValueError("no case has a target slice (empty masks and no boxes)")
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the random stream of ``epoch``."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    @property
+    def strong_flags(self) -> np.ndarray:
+        """(len,) bool: whether each item comes from a strong case."""
+        return np.array([self.volumes[v].case.strong for v, _ in self.items], dtype=bool)
+
+    def _window(self, vol: _Volume, z: int, rng: np.random.Generator, away: bool) -> tuple[int, int, int]:
+        ph, pw = self.patch
+        _, h, w = vol.image.shape
+        if away:
+            z = int(rng.integers(vol.image.shape[0]))
+            y0 = int(rng.integers(min(0, h - ph), max(0, h - ph) + 1))
+            x0 = int(rng.integers(min(0, w - pw), max(0, w - pw) + 1))
+            return z, y0, x0
+        boxes, _ = vol.targets[z]
+        if self.augment:
+            box = boxes[int(rng.integers(len(boxes)))]
+        else:
+            box = np.array([boxes[:, 0].min(), boxes[:, 1].min(), boxes[:, 2].max(), boxes[:, 3].max()])
+        cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+        if self.augment and self.jitter > 0:
+            cx += rng.uniform(-1, 1) * self.jitter * pw
+            cy += rng.uniform(-1, 1) * self.jitter * ph
+        y0 = _origin(box[1], box[3], h, ph, cy)
+        x0 = _origin(box[0], box[2], w, pw, cx)
+        return z, y0, x0
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        vi, z = self.items[index]
+        vol = self.volumes[vi]
+        ph, pw = self.patch
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        away = self.augment and self.away_fraction > 0 and rng.random() < self.away_fraction
+        z, y0, x0 = self._window(vol, z, rng, away)
+        image = extract_window(vol.image[z], y0, x0, ph, pw, vol.fill)
+        strong = vol.mask is not None
+        if strong:
+            label = extract_window(vol.mask[z], y0, x0, ph, pw, 0).astype(np.int64)
+        else:
+            label = np.zeros((ph, pw), dtype=np.int64)
+            boxes, labels = vol.targets.get(z, (np.zeros((0, 4), np.float32), np.zeros((0,), np.int64)))
+            boxes = boxes - np.array([x0, y0, x0, y0], dtype=np.float32)
+            boxes = np.clip(boxes, 0, [pw, ph, pw, ph]).astype(np.float32)
+        flip_x = self.augment and self.flip and rng.random() < 0.5
+        flip_y = self.augment and self.flip and rng.random() < 0.5
+        if flip_x:
+            image, label = image[:, ::-1], label[:, ::-1]
+        if flip_y:
+            image, label = image[::-1], label[::-1]
+        if strong:
+            boxes, labels = component_boxes(label)
+        else:
+            if flip_x:
+                boxes = np.stack([pw - boxes[:, 2], boxes[:, 1], pw - boxes[:, 0], boxes[:, 3]], axis=1)
+            if flip_y:
+                boxes = np.stack([boxes[:, 0], ph - boxes[:, 3], boxes[:, 2], ph - boxes[:, 1]], axis=1)
+            keep = ((boxes[:, 2] - boxes[:, 0]) >= 1) & ((boxes[:, 3] - boxes[:, 1]) >= 1)
+            boxes, labels = boxes[keep].astype(np.float32), labels[keep]
+        image = self.normalization.apply(image)
+        if self.augment and self.noise_std > 0 and rng.random() < self.noise_prob:
+            image = image + rng.normal(0.0, self.noise_std, size=image.shape).astype(np.float32)
+        return {
+            "image": torch.from_numpy(np.ascontiguousarray(image)[None]),
+            "label": torch.from_numpy(np.ascontiguousarray(label)),
+            "strong": strong,
+            "boxes": torch.from_numpy(np.ascontiguousarray(boxes, dtype=np.float32).reshape(-1, 4)),
+            "box_labels": torch.from_numpy(np.ascontiguousarray(labels, dtype=np.int64)),
+            "case_id": vol.case.id,
+            "slice": z,
+        }
+
+
+def collate_patches(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Batch ``PatchDataset`` items.
+
+    Returns:
+        ``image`` (B, C, H, W), ``label`` (B, H, W), ``strong`` (B,) bool, ``targets`` list of
+        ``{"boxes": (G, 4), "labels": (G,)}``, ``case_ids`` and ``slices`` lists.
+    """
+    return {
+        "image": torch.stack([it["image"] for it in items]),
+        "label": torch.stack([it["label"] for it in items]),
+        "strong": torch.tensor([bool(it["strong"]) for it in items], dtype=torch.bool),
+        "targets": [{"boxes": it["boxes"], "labels": it["box_labels"]} for it in items],
+        "case_ids": [it["case_id"] for it in items],
+        "slices": [int(it["slice"]) for it in items],
+    }

@@ -1,0 +1,77 @@
+"""One optimisation step on a mixed strong/weak batch (paper section 2.2)."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import torch
+from torch import nn
+
+from model_export.nets import SegmentationModel
+
+
+def to_float32(out: Any) -> Any:
+    """Cast the floating tensors of a (nested) forward output to float32 (losses run outside autocast)."""
+    if isinstance(out, torch.Tensor):
+        return out.float() if out.is_floating_point() else out
+    if isinstance(out, dict):
+        return {k: to_float32(v) for k, v in out.items()}
+    if isinstance(out, (list, tuple)):
+        return type(out)(to_float32(v) for v in out)
+    return out
+
+
+def autocast(device: torch.device, enabled: bool):
+    """float16 autocast on cuda when ``enabled``; a no-op context otherwise."""
+    if enabled and device.type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.float16)
+    return contextlib.nullcontext()
+
+
+def batch_loss(
+    model: nn.Module,
+    module: SegmentationModel,
+    batch: dict,
+    device: torch.device,
+    *,
+    amp: bool = False,
+    distributed: bool = False,
+) -> dict[str, torch.Tensor] | None:
+    """Forward and loss of one collated batch.
+
+    A model with a Detection Unit sees every row: strong rows go through both nets and give the
+    segmentation (Dice) and detection losses, weak rows only through the detection net and give the
+    detection loss. A segmentation-only model (U-Net, U-Net+sSE, MSDN-) sees only the strong rows.
+
+    Args:
+        model: the module called for the forward pass (``module`` or its DDP wrapper).
+        module: the bare model (for ``loss`` and ``has_detection``).
+        batch: ``collate_patches`` output.
+        device: where to run.
+        amp: float16 autocast on cuda.
+        distributed: under DDP every process must run a backward pass, so a segmentation-only model
+            given no strong row returns a zero loss through its graph instead of None.
+
+    Returns:
+        The loss dict (parts + ``total``), or None when the batch holds nothing to learn from
+        (no strong row for a segmentation-only model, outside DDP).
+    """
+    x = batch["image"].to(device, non_blocking=True)
+    strong = batch["strong"].to(device)
+    labels = batch["label"].to(device, non_blocking=True)[strong]
+    if module.has_detection:
+        targets = [{k: v.to(device) for k, v in t.items()} for t in batch["targets"]]
+        with autocast(device, amp):
+            out = model(x, seg_mask=strong)
+        return module.loss(to_float32(out), labels=labels, targets=targets)
+    if not bool(strong.any()):
+        if not distributed:
+            return None
+        with autocast(device, amp):
+            out = model(x)
+        zero = to_float32(out["segmentation"]).sum() * 0.0
+        return {"seg_dice": zero, "total": zero}
+    with autocast(device, amp):
+        out = model(x[strong])
+    return module.loss(to_float32(out), labels=labels)
