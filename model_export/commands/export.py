@@ -86,12 +86,20 @@ def run(args: argparse.Namespace) -> int:
             if args.calibration_npz:
                 calibration = load_npz(args.calibration_npz, description=f"{args.calibration_npz.name}")
             elif args.manifest:
-                calibration = load_manifest_patches(args.manifest, limit=args.max_calibration)
+                from model_export.checkpoint import read_checkpoint
+
+                spec = read_checkpoint(args.checkpoint)["card"]["input"]
+                common = {"normalization": spec, "patch_size": int(spec["patch_size"][0])}
+                calibration = load_manifest_patches(args.manifest, limit=args.max_calibration, **common)
+                if not args.validation_npz:
+                    validation = load_manifest_patches(args.manifest, split="val", limit=args.max_calibration, **common)
             else:
                 return _fail("--int8 needs calibration patches: --calibration-npz FILE (or --manifest)", 2)
             calibration = calibration.head(args.max_calibration)
         if args.validation_npz:
             validation = load_npz(args.validation_npz)
+    except CheckpointError as exc:
+        return _fail(str(exc), 2)
     except CalibrationDataError as exc:
         return _fail(str(exc), 2)
 

@@ -168,12 +168,18 @@ def save_npz(path: str | os.PathLike, patches: PatchSet) -> Path:
     return path
 
 
-def load_manifest_patches(manifest: str | os.PathLike, *, split: str = "train", limit: int = 64) -> PatchSet:
-    """Patches from a training manifest, through ``model_export.data.load_patches`` when available.
+def load_manifest_patches(
+    manifest: str | os.PathLike,
+    *,
+    split: str = "train",
+    limit: int = 64,
+    normalization: dict | None = None,
+    patch_size: int = 128,
+) -> PatchSet:
+    """Patches from a data set manifest, through ``model_export.data.load_patches``.
 
-    The training data pipeline is expected to provide ``load_patches(manifest, *, split, limit)``
-    returning ``(image, label)`` pairs (normalised by the card's contract). Until it does, this
-    raises ``CalibrationDataError`` rather than guessing.
+    ``normalization`` (the model card's ``input``: mean, std, clip) is applied so the patches are what
+    the exported model sees. Raises ``CalibrationDataError`` when the pipeline or the data is missing.
     """
     if importlib.util.find_spec("model_export.data") is None:
         raise CalibrationDataError("--manifest needs the training data pipeline (model_export.data), not installed")
@@ -183,7 +189,11 @@ def load_manifest_patches(manifest: str | os.PathLike, *, split: str = "train", 
         raise CalibrationDataError(
             "model_export.data has no load_patches(manifest, split=, limit=); use --calibration-npz"
         )
-    return PatchSet.from_pairs(loader(manifest, split=split, limit=limit), description=f"{manifest} ({split})")
+    try:
+        pairs = list(loader(manifest, split=split, limit=limit, normalization=normalization, patch_size=patch_size))
+    except ValueError as exc:  # ManifestError is a ValueError
+        raise CalibrationDataError(str(exc)) from exc
+    return PatchSet.from_pairs(pairs, description=f"{manifest} ({split})")
 
 
 class CalibrationReader(CalibrationDataReader):

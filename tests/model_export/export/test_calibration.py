@@ -80,10 +80,23 @@ def test_from_pairs():
         PatchSet.from_pairs([])
 
 
-def test_manifest_hook_fails_clearly_without_pipeline(tmp_path):
-    import importlib.util
+def test_manifest_patches_are_normalised_target_crops(tmp_path):
+    import json
 
-    if importlib.util.find_spec("model_export.data") is not None:
-        pytest.skip("model_export.data is installed: the hook is wired by the data pipeline")
-    with pytest.raises(CalibrationDataError, match="model_export.data"):
-        load_manifest_patches(tmp_path / "manifest.json")
+    from model_export.data.volumes import write_nifti
+
+    image = np.full((4, 64, 64), -1000.0, np.float32)
+    image[1:3, 20:30, 24:36] = 100.0
+    mask = (image > 0).astype(np.uint8)
+    write_nifti(tmp_path / "img.nii.gz", image, spacing=(2.0, 1.0, 1.0))
+    write_nifti(tmp_path / "mask.nii.gz", mask, spacing=(2.0, 1.0, 1.0))
+    cases = [{"id": "a", "split": "train", "image": "img.nii.gz", "mask": "mask.nii.gz"}]
+    (tmp_path / "manifest.json").write_text(json.dumps({"cases": cases}))
+    norm = {"mean": -500.0, "std": 250.0, "clip": [-1000.0, 400.0]}
+    patches = load_manifest_patches(tmp_path / "manifest.json", normalization=norm, patch_size=32, limit=8)
+    assert patches.images.shape == (2, 1, 32, 32)  # the two slices holding the target
+    assert patches.labels is not None and patches.labels.sum(axis=(1, 2)).tolist() == [120, 120]
+    # normalised by the card's statistics: -1000 HU -> -2, 100 HU -> 2.4
+    np.testing.assert_allclose(np.unique(patches.images), [-2.0, 2.4], rtol=1e-6)
+    with pytest.raises(CalibrationDataError, match="no case with a mask"):
+        load_manifest_patches(tmp_path / "manifest.json", split="val")
