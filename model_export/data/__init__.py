@@ -3,7 +3,6 @@ the synthetic benchmark generator, and 2D patch sampling for training."""
 
 from __future__ import annotations
 
-
 import os
 from typing import Any, Iterator, Optional
 
