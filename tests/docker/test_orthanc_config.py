@@ -43,6 +43,8 @@ def _settings(server: OrthancServer, **overrides) -> PacsSettings:
         "peer_ae_title": "ORTHANC",
         "peer_port": server.dicom_port,
         "dicomweb_max_attempts": 1,
+        # generous: on a loaded 2-core box Orthanc's first association answer has taken over 10 s
+        "acse_timeout_s": 30,
     }
     values.update(overrides)
     return PacsSettings(**values)
