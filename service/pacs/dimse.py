@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
@@ -30,7 +31,7 @@ from pydicom.uid import (
     RLELossless,
 )
 from pynetdicom import AE, Association, _config, build_role, evt
-from pynetdicom.pdu_primitives import A_ABORT, A_P_ABORT
+from pynetdicom.pdu_primitives import A_ABORT, A_ASSOCIATE, A_P_ABORT
 from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelGet,
@@ -100,18 +101,33 @@ class _AssociationWatch:
     """Event handlers recording what happened on an association (connection, A-ABORT from the peer)."""
 
     def __init__(self) -> None:
+        self.started = time.monotonic()
         self.connected = False
+        self.closed = False
         self.peer_aborted = False
+        #: the peer's A-ASSOCIATE answer when it was a rejection (kept even if the peer then drops the
+        #: connection so fast that the association object reports an abort instead)
+        self.rejection = None
 
     def handlers(self) -> list:
-        return [(evt.EVT_CONN_OPEN, self._on_open), (evt.EVT_ACSE_RECV, self._on_acse)]
+        return [
+            (evt.EVT_CONN_OPEN, self._on_open),
+            (evt.EVT_CONN_CLOSE, self._on_close),
+            (evt.EVT_ACSE_RECV, self._on_acse),
+        ]
 
     def _on_open(self, event) -> None:
         self.connected = True
 
+    def _on_close(self, event) -> None:
+        self.closed = True
+
     def _on_acse(self, event) -> None:
-        if isinstance(event.primitive, (A_ABORT, A_P_ABORT)):
+        primitive = event.primitive
+        if isinstance(primitive, (A_ABORT, A_P_ABORT)):
             self.peer_aborted = True
+        elif isinstance(primitive, A_ASSOCIATE) and primitive.result not in (None, 0x00):
+            self.rejection = primitive
 
 
 class DimsePacsClient:
@@ -188,7 +204,9 @@ class DimsePacsClient:
                 f"{s.connect_timeout_s:g}s)"
             )
         primitive = assoc.acceptor.primitive
-        if assoc.is_rejected and primitive is not None:
+        if watch.rejection is not None:
+            primitive = watch.rejection
+        if (assoc.is_rejected or watch.rejection is not None) and primitive is not None:
             raise AssociationRejectedError(
                 f"{action}: {peer} rejected the association from {s.ae_title!r}: {primitive.reason_str} "
                 f"({primitive.result_str}, source {primitive.source_str}); check that the PACS knows AE "
@@ -202,6 +220,13 @@ class DimsePacsClient:
             )
         if watch.peer_aborted:
             raise AssociationAbortedError(f"{action}: {peer} aborted the association request")
+        # A peer that refuses our AE and drops the connection at once can beat pynetdicom to decoding its
+        # A-ASSOCIATE-RJ: a close well before the ACSE timeout is a refusal, not a silent peer.
+        if watch.closed and time.monotonic() - watch.started < 0.8 * s.acse_timeout_s:
+            raise AssociationAbortedError(
+                f"{action}: {peer} closed the connection without accepting the association (does it know AE "
+                f"{s.ae_title!r}?)"
+            )
         raise PacsTimeoutError(f"{action}: {peer} did not answer the association request within {s.acse_timeout_s:g}s")
 
     def _raise_lost(self, action: str, assoc: Association, watch: _AssociationWatch) -> None:
