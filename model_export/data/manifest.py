@@ -140,7 +140,8 @@ def _parse_boxes(case_id: str, raw: Any, num_classes: int) -> list[SliceBox]:
             x1, y1, z1, x2, y2, z2 = v
             if not (x2 > x1 and y2 > y1 and z2 > z1):
                 raise ManifestError(f"{where}: box3d {v} is empty")
-            out += [SliceBox(z, (x1, y1, x2, y2), label) for z in range(int(np.floor(z1)), int(np.ceil(z2)))]
+            flat = (float(x1), float(y1), float(x2), float(y2))
+            out += [SliceBox(z, flat, label) for z in range(int(np.floor(z1)), int(np.ceil(z2)))]
         else:
             v, z = b.get("box"), b.get("slice")
             if not (isinstance(v, list) and len(v) == 4 and all(isinstance(x, (int, float)) for x in v)):
@@ -194,6 +195,22 @@ def parse_manifest(data: dict[str, Any], *, root: Path, path: Optional[Path] = N
     )
 
 
+def geometry_mismatch(image_affine: np.ndarray, mask_affine: np.ndarray, spacing) -> str:
+    """Why two affines of the same grid disagree (orientation or origin), or "" when they agree.
+
+    Direction cosines must agree within 1e-3 and the origins within a tenth of the smallest voxel.
+    """
+    a, b = np.asarray(image_affine, dtype=np.float64), np.asarray(mask_affine, dtype=np.float64)
+    da = a[:3, :3] / np.linalg.norm(a[:3, :3], axis=0, keepdims=True)
+    db = b[:3, :3] / np.linalg.norm(b[:3, :3], axis=0, keepdims=True)
+    if not np.allclose(da, db, atol=1e-3):
+        return f"orientation {np.round(db, 3).tolist()} != image {np.round(da, 3).tolist()}"
+    tol = 0.1 * float(min(spacing))
+    if np.max(np.abs(a[:3, 3] - b[:3, 3])) > tol:
+        return f"origin {np.round(b[:3, 3], 3).tolist()} mm != image {np.round(a[:3, 3], 3).tolist()} mm"
+    return ""
+
+
 def validate_files(manifest: Manifest) -> None:
     """Open every case and check files, shapes, geometry, labels and boxes; raises ``ManifestError``."""
     from model_export.data.volumes import VolumeError, read_volume
@@ -206,14 +223,20 @@ def validate_files(manifest: Manifest) -> None:
         z, h, w = image.shape
         if case.mask is not None:
             try:
-                mask = read_volume(case.mask, dtype=np.int32)
+                mask = read_volume(case.mask, dtype=np.float32)
             except VolumeError as exc:
                 raise ManifestError(f"case {case.id}: mask: {exc}") from exc
             if mask.shape != image.shape:
                 raise ManifestError(f"case {case.id}: mask shape {mask.shape} != image shape {image.shape}")
             if not np.allclose(mask.spacing, image.spacing, rtol=1e-3, atol=1e-3):
                 raise ManifestError(f"case {case.id}: mask spacing {mask.spacing} != image spacing {image.spacing}")
-            bad = np.setdiff1d(np.unique(mask.array), np.arange(manifest.num_classes + 1))
+            problem = geometry_mismatch(image.affine, mask.affine, image.spacing)
+            if problem:
+                raise ManifestError(f"case {case.id}: mask geometry differs from the image: {problem}")
+            values = np.unique(mask.array)
+            if not np.all(np.isfinite(values)) or np.any(values != np.round(values)):
+                raise ManifestError(f"case {case.id}: mask has non-integer values; labels must be integers 0..C")
+            bad = np.setdiff1d(values.astype(np.int64), np.arange(manifest.num_classes + 1))
             if bad.size:
                 raise ManifestError(
                     f"case {case.id}: mask has labels {bad.tolist()} outside 0..{manifest.num_classes}"
@@ -221,8 +244,9 @@ def validate_files(manifest: Manifest) -> None:
         for b in case.boxes:
             x1, y1, x2, y2 = b.box
             if not (0 <= b.z < z and 0 <= x1 and 0 <= y1 and x2 <= w and y2 <= h):
+                shown = "[" + ", ".join(f"{v:g}" for v in b.box) + "]"
                 raise ManifestError(
-                    f"case {case.id}: box {list(b.box)} on slice {b.z} is outside the image (Z, Y, X) = {(z, h, w)}"
+                    f"case {case.id}: box {shown} on slice {b.z} is outside the image (Z, Y, X) = {(z, h, w)}"
                 )
 
 

@@ -1,7 +1,9 @@
 """Reading and writing image volumes (NIfTI files, folders holding one DICOM series).
 
 In memory a volume is a numpy array (Z, Y, X) of axial slices, its voxel spacing (sz, sy, sx) in mm and
-a 4x4 affine mapping (x, y, z) voxel indices (NIfTI order) to scanner coordinates.
+a 4x4 affine mapping (x, y, z) voxel indices (NIfTI order: column, row, slice) to world coordinates in
+NIfTI's RAS convention, whatever the file format (DICOM's LPS patient coordinates are converted), so
+a DICOM image and a NIfTI mask of the same grid have the same affine.
 """
 
 from __future__ import annotations
@@ -12,6 +14,9 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+
+#: flips x and y: DICOM patient coordinates (LPS) <-> NIfTI world coordinates (RAS)
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
 class VolumeError(ValueError):
@@ -109,13 +114,14 @@ def read_dicom_series(folder: str | os.PathLike) -> Volume:
         for ds in datasets
     ]
     sy, sx = (float(v) for v in datasets[0].PixelSpacing)
-    # Affine of (col, row, slice) indices -> patient LPS coordinates.
+    # Affine of (col, row, slice) indices -> patient LPS coordinates, then to NIfTI's RAS.
     origin = np.array(datasets[0].ImagePositionPatient, dtype=float)
     affine = np.eye(4)
     affine[:3, 0] = iop[:3] * sx
     affine[:3, 1] = iop[3:] * sy
     affine[:3, 2] = normal * sz
     affine[:3, 3] = origin
+    affine = LPS_TO_RAS @ affine
     return Volume(array=np.stack(slices), spacing=(sz, sy, sx), affine=affine)
 
 
@@ -123,7 +129,9 @@ def read_volume(path: str | os.PathLike, *, dtype=np.float32) -> Volume:
     """Read a NIfTI file or a folder holding one DICOM series."""
     path = Path(path)
     if path.is_dir():
-        return read_dicom_series(path)
+        vol = read_dicom_series(path)
+        vol.array = vol.array.astype(dtype, copy=False)
+        return vol
     if not path.is_file():
         raise VolumeError(f"file not found: {path}")
     if is_nifti(path):

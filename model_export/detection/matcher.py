@@ -30,9 +30,7 @@ class Matcher:
         if not 0.0 < positive_threshold <= 1.0:
             raise ValueError(f"positive_threshold must be in (0, 1], got {positive_threshold!r}")
         if not 0.0 <= negative_threshold <= positive_threshold:
-            raise ValueError(
-                f"negative_threshold must be in [0, positive_threshold], got {negative_threshold!r}"
-            )
+            raise ValueError(f"negative_threshold must be in [0, positive_threshold], got {negative_threshold!r}")
         self.positive_threshold = positive_threshold
         self.negative_threshold = negative_threshold
         self.allow_low_quality = allow_low_quality

@@ -63,9 +63,11 @@ class NetConfig:
             isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in self.dilations
         ):
             raise ValueError(f"dilations must be 9 positive integers, got {self.dilations!r}")
-        if not self.detection_strides or any(s not in DECODER_STRIDES for s in self.detection_strides) or len(
-            set(self.detection_strides)
-        ) != len(self.detection_strides):
+        if (
+            not self.detection_strides
+            or any(s not in DECODER_STRIDES for s in self.detection_strides)
+            or len(set(self.detection_strides)) != len(self.detection_strides)
+        ):
             raise ValueError(
                 f"detection_strides must be distinct values from {DECODER_STRIDES}, got {self.detection_strides!r}"
             )

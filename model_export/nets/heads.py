@@ -80,7 +80,9 @@ class DetectionUnit(nn.Module):
     ):
         super().__init__()
         if len(in_channels) != len(strides) or not strides:
-            raise ValueError(f"in_channels and strides must be non-empty and equally long, got {in_channels}, {strides}")
+            raise ValueError(
+                f"in_channels and strides must be non-empty and equally long, got {in_channels}, {strides}"
+            )
         check_positive_int("num_classes", num_classes)
         check_positive_int("head_channels", head_channels)
         check_positive_int("head_convs", head_convs)
@@ -117,7 +119,7 @@ class DetectionUnit(nn.Module):
             deltas, rows ordered like ``grid_anchors``.
         """
         cls_out, box_out = [], []
-        for lateral, f in zip(self.lateral, feats):
+        for lateral, f in zip(self.lateral, feats, strict=True):
             h = lateral(f)
             cls_out.append(self._flatten(self.cls_out(self.cls_tower(h)), self.num_classes))
             box_out.append(self._flatten(self.box_out(self.box_tower(h)), 4))
@@ -134,7 +136,7 @@ class DetectionUnit(nn.Module):
                 grid_anchors(
                     h, w, s, self.anchor_size_factor * s, self.anchor_scales, self.anchor_ratios, device=device
                 )
-                for (h, w), s in zip(sizes, self.strides)
+                for (h, w), s in zip(sizes, self.strides, strict=True)
             ]
         )
 

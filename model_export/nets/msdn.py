@@ -70,7 +70,5 @@ class MSDN(SegmentationModel):
         if self.det_decoder is not None:
             out.update(self.run_detection(self.det_decoder(det_feats)))
         xs = select(x, seg_mask)
-        out["segmentation"] = (
-            self._segment(xs, [select(f, seg_mask) for f in det_feats]) if len(xs) else None
-        )
+        out["segmentation"] = self._segment(xs, [select(f, seg_mask) for f in det_feats]) if len(xs) else None
         return out

@@ -7,9 +7,9 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
+from model_export.nets.base import SegmentationModel
 from model_export.nets.blocks import ConvStage, UnarySSE
 from model_export.nets.config import NetConfig
-from model_export.nets.base import SegmentationModel
 from model_export.nets.heads import SegmentationUnit
 
 Recalibrate = Callable[[int, torch.Tensor], torch.Tensor]
@@ -40,7 +40,7 @@ class UNetEncoder(nn.Module):
             raise ValueError(f"widths and dilations must have 5 entries, got {widths!r}, {dilations!r}")
         ins = (in_channels,) + tuple(widths[:-1])
         self.stages = nn.ModuleList(
-            ConvStage(i, o, dilation=d, dropout=dropout) for i, o, d in zip(ins, widths, dilations)
+            ConvStage(i, o, dilation=d, dropout=dropout) for i, o, d in zip(ins, widths, dilations, strict=True)
         )
         self.sse = nn.ModuleList(UnarySSE(w) for w in widths) if unary_sse else None
         self.pool = nn.MaxPool2d(2)
@@ -91,7 +91,7 @@ class UNetDecoder(nn.Module):
         outs = tuple(reversed(widths[:-1]))  # 8b, 4b, 2b, b
         ins = tuple(reversed(widths[1:]))  # 16b, 8b, 4b, 2b
         self.stages = nn.ModuleList(
-            ConvStage(i + o, o, dilation=d, dropout=dropout) for i, o, d in zip(ins, outs, dilations)
+            ConvStage(i + o, o, dilation=d, dropout=dropout) for i, o, d in zip(ins, outs, dilations, strict=True)
         )
         self.sse = nn.ModuleList(UnarySSE(w) for w in outs) if unary_sse else None
         self.widths = outs

@@ -11,9 +11,12 @@ A case is a small non-contrast temporal-bone CT (0.40625 mm pixels, 1 mm slices)
 * distractors of the same fluid density joined to or near it: the vestibule (its basal turn opens
   into it), three semicircular canals, the internal auditory canal; air distractors: middle ear with
   ossicles, external auditory canal, mastoid air cells (some fluid-filled) in bony septa;
-* 1 mm slices make the apical turns a partial-volume blur; scanner blur and 25-80 HU noise.
+* 1 mm slices make the apical turns a partial-volume blur (thin structures are drawn on 3 sub-slices
+  per slice and averaged, so image and mask share the slice-thickness partial volume); scanner blur
+  and 25-80 HU noise.
 
-The mask is the cochlear lumen: occupancy >= 0.5 of the drawn spiral tube, before blur and noise.
+The mask is the cochlear lumen: slice-averaged occupancy >= 0.5 of the drawn spiral tube, before
+blur and noise.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from model_export.data.synth.common import (
+    FineGrid,
     SynthCase,
     blend,
     ellipsoid,
@@ -35,6 +39,8 @@ TASK_CODE = 2
 CLASSES = [{"value": 1, "name": "cochlea"}]
 SLICE_MM = 1.0
 PIXEL_MM = 0.40625
+#: the labyrinth, middle ear and ossicles are drawn on 3 sub-slices per slice and averaged
+Z_SUPERSAMPLE = 3
 
 
 def _unit(v) -> np.ndarray:
@@ -53,7 +59,16 @@ def _ring(centre, u, w, radius, phi0, phi1, n=48) -> np.ndarray:
 
 
 def make_case(rng: np.random.Generator, *, size: int = 192, slices: int = 24) -> SynthCase:
-    """Draw one cochlea case; see the module docstring."""
+    """Draw one cochlea case; see the module docstring.
+
+    Args:
+        rng: the case's random stream (``common.case_rng``); everything drawn comes from it.
+        size: in-plane pixels (Y = X).
+        slices: axial slices.
+
+    Returns:
+        The case: int16 HU image, uint8 mask, spacing, DICOM origin and ``meta`` (what was drawn).
+    """
     spacing = (SLICE_MM, PIXEL_MM, PIXEL_MM)
     shape = (int(slices), int(size), int(size))
     ext = (np.array(shape) - 1) * np.array(spacing)
@@ -136,21 +151,23 @@ def make_case(rng: np.random.Generator, *, size: int = 192, slices: int = 24) ->
     ellipsoid(cells, spacing, mastoid_c, mastoid_axes, np.array(mastoid_semi) - 1.5, edge=1.0)
     cell_noise = smooth_noise(rng, shape, (0.9 / spacing[0], 0.9 / px, 0.9 / px))
     air_cells = cells * np.clip((cell_noise - rng.uniform(-0.3, 0.3)) / 0.25, 0, 1)
-    fluid = rng.random() < 0.3
-    blend(img, air_cells.astype(np.float32), rng.uniform(-20, 40) if fluid else -1000.0)
+    mastoid_fluid = rng.random() < 0.3
+    blend(img, air_cells.astype(np.float32), rng.uniform(-20, 40) if mastoid_fluid else -1000.0)
 
+    fine = FineGrid.of(shape, spacing, Z_SUPERSAMPLE)
+    fs, fo = fine.spacing, fine.offset
     # --- labyrinth lumens (fluid) and the otic capsule around them
-    coch = np.zeros(shape, np.float32)
-    paint_capsules(coch, spacing, spiral[:-1], spiral[1:], r_lumen[:-1], r_lumen[1:], edge=edge)
+    coch = fine.zeros()
+    paint_capsules(coch, fs, spiral[:-1], spiral[1:], r_lumen[:-1], r_lumen[1:], edge=edge, offset=fo)
     vest_c = base + post * rng.uniform(3.5, 4.8) + lat * rng.uniform(1.5, 2.8) + sup * rng.uniform(-0.5, 1.0)
     vest_axes = np.stack([sup, post, lat])
     vest_semi = np.array([rng.uniform(2.0, 2.8), rng.uniform(1.6, 2.4), rng.uniform(1.3, 1.8)])
-    other = np.zeros(shape, np.float32)
-    ellipsoid(other, spacing, vest_c, vest_axes, vest_semi, edge=edge)
+    other = fine.zeros()
+    ellipsoid(other, fs, vest_c, vest_axes, vest_semi, edge=edge, offset=fo)
     # basal turn -> vestibule connection (not cochlea)
     link = [spiral[0], spiral[0] + 0.5 * (vest_c - spiral[0]), vest_c]
     r_link = lumen0 * 0.85
-    paint_capsules(other, spacing, np.array(link[:-1]), np.array(link[1:]), r_link, r_link, edge=edge)
+    paint_capsules(other, fs, np.array(link[:-1]), np.array(link[1:]), r_link, r_link, edge=edge, offset=fo)
     # semicircular canals
     canals = []
     r_canal = rng.uniform(0.35, 0.5)
@@ -159,46 +176,49 @@ def make_case(rng: np.random.Generator, *, size: int = 192, slices: int = 24) ->
         c = vest_c + off * (rr + vest_semi.min() * 0.6)
         ring = _ring(c, u, w, rr, np.pi * 1.15, np.pi * 2.85)
         canals.append(ring)
-        paint_capsules(other, spacing, ring[:-1], ring[1:], r_canal, r_canal, edge=edge)
+        paint_capsules(other, fs, ring[:-1], ring[1:], r_canal, r_canal, edge=edge, offset=fo)
     # internal auditory canal: from the modiolus base medially into the posterior fossa
     iac_dir = _unit(med + 0.35 * post - 0.6 * axis)
     iac = np.array([base - axis * 0.5 + iac_dir * t for t in np.linspace(0, rng.uniform(12, 18), 8)])
     r_iac = rng.uniform(1.8, 2.6)
-    paint_capsules(other, spacing, iac[:-1], iac[1:], r_iac * 0.8, r_iac, edge=edge)
+    paint_capsules(other, fs, iac[:-1], iac[1:], r_iac * 0.8, r_iac, edge=edge, offset=fo)
 
-    capsule = np.zeros(shape, np.float32)
+    capsule = fine.zeros()
     wall = rng.uniform(1.4, 2.2)
-    paint_capsules(capsule, spacing, spiral[:-1], spiral[1:], r_lumen[:-1] + wall, r_lumen[1:] + wall, edge=1.0)
-    ellipsoid(capsule, spacing, vest_c, vest_axes, vest_semi + wall, edge=1.0)
+    paint_capsules(capsule, fs, spiral[:-1], spiral[1:], r_lumen[:-1] + wall, r_lumen[1:] + wall, edge=1.0,
+                   offset=fo)
+    ellipsoid(capsule, fs, vest_c, vest_axes, vest_semi + wall, edge=1.0, offset=fo)
     for ring in canals:
-        paint_capsules(capsule, spacing, ring[:-1], ring[1:], r_canal + wall, r_canal + wall, edge=1.0)
-    blend(img, capsule, rng.uniform(1500, 2300) + 80 * smooth_noise(rng, shape, (0.5, 1.5, 1.5)))
+        paint_capsules(capsule, fs, ring[:-1], ring[1:], r_canal + wall, r_canal + wall, edge=1.0, offset=fo)
+    blend(img, fine.slab_mean(capsule), rng.uniform(1500, 2300) + 80 * smooth_noise(rng, shape, (0.5, 1.5, 1.5)))
 
     # --- middle ear with ossicles, external auditory canal (air)
     me_c = base + lat * rng.uniform(7.0, 8.5) + ant * rng.uniform(-0.5, 1.5) + sup * rng.uniform(0, 2)
-    air = np.zeros(shape, np.float32)
-    ellipsoid(air, spacing, me_c, np.stack([sup, ant, lat]),
-              [rng.uniform(5, 7.5), rng.uniform(3.5, 5.5), rng.uniform(1.8, 2.8)], edge=edge)
+    air = fine.zeros()
+    ellipsoid(air, fs, me_c, np.stack([sup, ant, lat]),
+              [rng.uniform(5, 7.5), rng.uniform(3.5, 5.5), rng.uniform(1.8, 2.8)], edge=edge, offset=fo)
     eac_dir = _unit(lat + rng.normal(0, 0.15, 3))
     eac = np.array([me_c + lat * 2.5 - sup * 3.5 + eac_dir * t for t in np.linspace(0, 40, 10)])
     r_eac = rng.uniform(3.0, 4.2)
-    paint_capsules(air, spacing, eac[:-1], eac[1:], r_eac, r_eac, edge=edge)
-    blend(img, air, -1000.0)
-    ossicles = np.zeros(shape, np.float32)
+    paint_capsules(air, fs, eac[:-1], eac[1:], r_eac, r_eac, edge=edge, offset=fo)
+    blend(img, fine.slab_mean(air), -1000.0)
+    ossicles = fine.zeros()
     head = me_c + sup * rng.uniform(2, 3.5) + lat * 0.3
-    ellipsoid(ossicles, spacing, head, np.stack([sup, ant, lat]), [1.6, 1.1, 1.0], edge=edge)
+    ellipsoid(ossicles, fs, head, np.stack([sup, ant, lat]), [1.6, 1.1, 1.0], edge=edge, offset=fo)
     arms = [(head, head - sup * 4.0 + ant * 0.8, 0.45), (head, head - sup * 3.0 - ant * 1.5 - lat * 0.6, 0.4)]
     for a, b, r in arms:
-        paint_capsules(ossicles, spacing, a, b, r, r * 0.7, edge=edge)
-    blend(img, ossicles, rng.uniform(600, 1300))
+        paint_capsules(ossicles, fs, a, b, r, r * 0.7, edge=edge, offset=fo)
+    blend(img, fine.slab_mean(ossicles), rng.uniform(600, 1300))
 
     # --- fluid lumens last: cochlea, vestibule, canals, IAC
     fluid_hu = rng.uniform(0, 40)
-    blend(img, np.maximum(coch, other), fluid_hu + 5 * smooth_noise(rng, shape, (0.5, 1.0, 1.0)))
+    fluid = fine.slab_mean(np.maximum(coch, other))
+    coch = fine.slab_mean(coch)
+    blend(img, fluid, fluid_hu + 5 * smooth_noise(rng, shape, (0.5, 1.0, 1.0)))
 
     mask = (coch >= 0.5).astype(np.uint8)
     noise_hu = log_uniform(rng, 25, 80)
-    img = scanner(rng, img, spacing, psf_mm=(rng.uniform(0.25, 0.45), rng.uniform(0.35, 0.55)), noise_hu=noise_hu)
+    img = scanner(rng, img, spacing, psf_mm=(rng.uniform(0.25, 0.45), rng.uniform(0.15, 0.3)), noise_hu=noise_hu)
     meta = {
         "side": side,
         "turns": round(turns, 2),
@@ -207,7 +227,7 @@ def make_case(rng: np.random.Generator, *, size: int = 192, slices: int = 24) ->
         "height_mm": round(height, 2),
         "volume_mm3": round(float(mask.sum()) * float(np.prod(spacing)), 1),
         "noise_hu": round(noise_hu, 1),
-        "mastoid_fluid": bool(fluid),
+        "mastoid_fluid": bool(mastoid_fluid),
         "centre_voxel": [int(round(centre[i] / spacing[i])) for i in range(3)],
     }
     origin = (-ext[2] / 2, -ext[1] / 2, -40.0)

@@ -81,23 +81,62 @@ def rotation_matrix(rng: np.random.Generator) -> np.ndarray:
 
 
 def grid_box(
-    shape: Sequence[int], spacing: Sequence[float], lo_mm: np.ndarray, hi_mm: np.ndarray
+    shape: Sequence[int],
+    spacing: Sequence[float],
+    lo_mm: np.ndarray,
+    hi_mm: np.ndarray,
+    offset: Sequence[float] = (0.0, 0.0, 0.0),
 ) -> tuple[tuple[slice, ...], list[np.ndarray]] | None:
     """Voxel slices covering the mm box [lo, hi] clipped to the grid, and open mm coordinate grids.
 
-    Returns None when the box misses the grid.
+    Voxel ``i`` along an axis sits at ``offset + i * spacing`` mm. Returns None when the box misses the grid.
     """
     sp = np.asarray(spacing, dtype=np.float64)
-    lo = np.maximum(np.floor(np.asarray(lo_mm) / sp).astype(int), 0)
-    hi = np.minimum(np.ceil(np.asarray(hi_mm) / sp).astype(int) + 1, np.asarray(shape))
+    off = np.asarray(offset, dtype=np.float64)
+    lo = np.maximum(np.floor((np.asarray(lo_mm) - off) / sp).astype(int), 0)
+    hi = np.minimum(np.ceil((np.asarray(hi_mm) - off) / sp).astype(int) + 1, np.asarray(shape))
     if np.any(hi <= lo):
         return None
-    sl = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+    sl = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
     coords = [
-        (np.arange(s.start, s.stop, dtype=np.float32) * np.float32(d)).reshape([-1 if k == i else 1 for k in range(3)])
-        for i, (s, d) in enumerate(zip(sl, sp))
+        (np.arange(s.start, s.stop, dtype=np.float32) * np.float32(d) + np.float32(o)).reshape(
+            [-1 if k == i else 1 for k in range(3)]
+        )
+        for i, (s, d, o) in enumerate(zip(sl, sp, off, strict=True))
     ]
     return sl, coords
+
+
+@dataclass(frozen=True)
+class FineGrid:
+    """A grid ``factor`` times finer along z whose slabs of ``factor`` slices make one coarse slice.
+
+    Painting thin structures here and averaging each slab (``slab_mean``) gives the fraction of a thick
+    slice they fill: the partial-volume effect of slice thickness, for the image and the mask alike.
+    """
+
+    shape: tuple[int, int, int]
+    spacing: tuple[float, float, float]
+    offset: tuple[float, float, float]
+    factor: int
+
+    @classmethod
+    def of(cls, shape: Sequence[int], spacing: Sequence[float], factor: int) -> "FineGrid":
+        sz = float(spacing[0]) / factor
+        return cls(
+            (int(shape[0]) * factor, int(shape[1]), int(shape[2])),
+            (sz, float(spacing[1]), float(spacing[2])),
+            (-(factor - 1) / 2 * sz, 0.0, 0.0),
+            int(factor),
+        )
+
+    def zeros(self) -> np.ndarray:
+        return np.zeros(self.shape, np.float32)
+
+    def slab_mean(self, field_: np.ndarray) -> np.ndarray:
+        """(Z * factor, Y, X) -> (Z, Y, X) mean over each slab."""
+        z, y, x = field_.shape
+        return field_.reshape(z // self.factor, self.factor, y, x).mean(axis=1, dtype=np.float32)
 
 
 def paint_capsules(
@@ -109,6 +148,7 @@ def paint_capsules(
     r1: np.ndarray,
     *,
     edge: float,
+    offset: Sequence[float] = (0.0, 0.0, 0.0),
 ) -> None:
     """Paint tapered capsules (segment p0->p1, radius r0->r1, mm) into ``field_`` as max-occupancy.
 
@@ -119,9 +159,9 @@ def paint_capsules(
     p1 = np.atleast_2d(np.asarray(p1, dtype=np.float64))
     r0 = np.broadcast_to(np.asarray(r0, dtype=np.float64), (len(p0),))
     r1 = np.broadcast_to(np.asarray(r1, dtype=np.float64), (len(p0),))
-    for a, b, ra, rb in zip(p0, p1, r0, r1):
+    for a, b, ra, rb in zip(p0, p1, r0, r1, strict=True):
         pad = max(ra, rb) + edge
-        box = grid_box(field_.shape, spacing, np.minimum(a, b) - pad, np.maximum(a, b) + pad)
+        box = grid_box(field_.shape, spacing, np.minimum(a, b) - pad, np.maximum(a, b) + pad, offset)
         if box is None:
             continue
         sl, (gz, gy, gx) = box
@@ -179,7 +219,7 @@ def mm_grid(shape: Sequence[int], spacing: Sequence[float]) -> list[np.ndarray]:
     """Open (z, y, x) coordinate grids in mm for the whole volume (float32)."""
     return [
         (np.arange(n, dtype=np.float32) * np.float32(d)).reshape([-1 if k == i else 1 for k in range(3)])
-        for i, (n, d) in enumerate(zip(shape, spacing))
+        for i, (n, d) in enumerate(zip(shape, spacing, strict=True))
     ]
 
 
@@ -191,13 +231,14 @@ def ellipsoid(
     semi: Sequence[float],
     *,
     edge: float,
+    offset: Sequence[float] = (0.0, 0.0, 0.0),
 ) -> None:
     """Paint an ellipsoid (centre mm, rows of ``axes`` its unit directions, ``semi`` its semi-axes mm)
     into ``field_`` as max-occupancy; the surface ramp is ``edge`` mm wide."""
     c = np.asarray(centre, dtype=np.float64)
     semi = np.asarray(semi, dtype=np.float64)
     pad = float(semi.max()) + edge
-    box = grid_box(field_.shape, spacing, c - pad, c + pad)
+    box = grid_box(field_.shape, spacing, c - pad, c + pad, offset)
     if box is None:
         return
     sl, (gz, gy, gx) = box

@@ -54,7 +54,7 @@ def write_ct_series(
         body_part: BodyPartExamined.
     """
     from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID
+    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian
 
     if hu.ndim != 3:
         raise ValueError(f"hu must be (Z, Y, X), got shape {hu.shape}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from model_export.data.volumes import write_nifti
 log = logging.getLogger(__name__)
 
 #: bumped whenever the same (task, seed, index, size, slices) would give different voxels
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 4
 
 
 @dataclass(frozen=True)
@@ -98,7 +99,7 @@ def parse_split(text: str) -> dict[str, int]:
     parts = text.split("/")
     if len(parts) != 3 or not all(p.strip().isdigit() for p in parts):
         raise ValueError(f"split must look like TRAIN/VAL/TEST, e.g. 160/80/80, got {text!r}")
-    return dict(zip(SPLITS, (int(p) for p in parts)))
+    return dict(zip(SPLITS, (int(p) for p in parts), strict=True))
 
 
 def _check_size(spec: TaskSpec, size: Optional[int], slices: Optional[int]) -> tuple[int, int]:
@@ -107,7 +108,9 @@ def _check_size(spec: TaskSpec, size: Optional[int], slices: Optional[int]) -> t
     if isinstance(size, bool) or not isinstance(size, int) or not MIN_SIZE <= size <= MAX_SIZE:
         raise ValueError(f"size must be an integer in {MIN_SIZE}..{MAX_SIZE} (in-plane pixels), got {size!r}")
     if isinstance(slices, bool) or not isinstance(slices, int) or not spec.min_slices <= slices <= MAX_SLICES:
-        raise ValueError(f"slices must be an integer in {spec.min_slices}..{MAX_SLICES} for {spec.name}, got {slices!r}")
+        raise ValueError(
+            f"slices must be an integer in {spec.min_slices}..{MAX_SLICES} for {spec.name}, got {slices!r}"
+        )
     return size, slices
 
 
@@ -147,6 +150,8 @@ def _write_one(job: tuple) -> dict[str, Any]:
         from model_export.data.synth.dicom_writer import write_ct_series
 
         image_rel = f"dicom/{cid}"
+        if (out_dir / image_rel).is_dir():  # a series left by an earlier run would mix with this one
+            shutil.rmtree(out_dir / image_rel)
         write_ct_series(
             out_dir / image_rel, case.image, spacing=case.spacing, origin=case.origin,
             key=f"msdn-synth/{task}/{seed}/{index}/{size}/{slices}", patient_id=f"SYNTH-{cid.upper()}",

@@ -8,14 +8,17 @@ A case is a small non-contrast CT volume centred (with jitter) on a nodule:
   bronchi with an air lumen and a soft-tissue wall;
 * often a chest wall (a curved pleural surface, intercostal muscle, ribs with cortex and marrow,
   subcutaneous fat);
-* the nodule: diameter 3-30 mm (log-uniform, capped by the field of view), shape round /
+* the nodule: diameter 3-30 mm (log-normal, median 9 mm, so about one in seven is under 5 mm; the
+  range is cut to what the field of view holds: 75% of the slab height), shape round /
   lobulated / spiculated, density solid / part-solid / ground-glass (ground-glass and the halo of
   part-solid nodules have fuzzy borders), position isolated / juxta-vascular (a vessel of similar
   density runs into it) / juxta-pleural (it sits on the pleura, the chest wall has the same
   density; the mask stops at the pleural surface);
-* scanner point-spread blur (partial volume) and correlated noise of 15-60 HU (low-dose).
+* slice-thickness partial volume (nodule, vessels and bronchi are drawn on 3 sub-slices per 1.25 mm
+  slice and averaged), scanner point-spread blur and correlated noise of 15-60 HU (low-dose).
 
-The mask is the nodule (label 1): occupancy >= 0.5 of the drawn shape, before blur and noise.
+The mask is the nodule (label 1): slice-averaged occupancy >= 0.5 of the drawn shape, before blur and
+noise.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from __future__ import annotations
 import numpy as np
 
 from model_export.data.synth.common import (
+    FineGrid,
     SynthCase,
     blend,
     grid_box,
@@ -47,6 +51,10 @@ POSITION_P = (0.4, 0.3, 0.3)
 SLICE_MM = 1.25
 PIXEL_MM = (0.55, 0.7)
 DIAMETER_MM = (3.0, 30.0)
+#: log-normal diameter: median and sigma of ln(diameter)
+DIAMETER_MEDIAN_MM, DIAMETER_LOG_SIGMA = 9.0, 0.5
+#: thin structures are drawn on 3 sub-slices per slice and averaged (slice-thickness partial volume)
+Z_SUPERSAMPLE = 3
 
 
 def _trace_vessel(
@@ -89,6 +97,16 @@ def _trace_vessel(
             out.append((np.array(pts), np.array(rad)))
 
 
+def _diameter(rng: np.random.Generator, d_max: float) -> float:
+    """A log-normal diameter truncated to [DIAMETER_MM[0], d_max] by redrawing."""
+    d = DIAMETER_MEDIAN_MM
+    for _ in range(200):
+        d = float(np.exp(rng.normal(np.log(DIAMETER_MEDIAN_MM), DIAMETER_LOG_SIGMA)))
+        if DIAMETER_MM[0] <= d <= d_max:
+            return d
+    return float(np.clip(d, DIAMETER_MM[0], d_max))
+
+
 def _z_biased_direction(rng: np.random.Generator, bias: float = 2.0) -> np.ndarray:
     v = random_unit(rng)[0]
     v[0] *= bias
@@ -97,15 +115,15 @@ def _z_biased_direction(rng: np.random.Generator, bias: float = 2.0) -> np.ndarr
 
 def _nodule_occupancy(
     rng: np.random.Generator,
-    shape: tuple[int, int, int],
-    spacing: tuple[float, float, float],
+    grid: FineGrid,
     centre: np.ndarray,
     radius: float,
     kind: str,
     edge: float,
 ) -> np.ndarray:
-    """Occupancy (float32, full volume) of a round / lobulated / spiculated nodule."""
-    occ = np.zeros(shape, dtype=np.float32)
+    """Slice-averaged occupancy (float32, coarse volume) of a round / lobulated / spiculated nodule."""
+    occ = grid.zeros()
+    shape, spacing = grid.shape, grid.spacing
     rot = rotation_matrix(rng)
     ratios = rng.uniform(0.8, 1.2, 3) if kind == "round" else rng.uniform(0.75, 1.25, 3)
     ratios /= np.cbrt(ratios.prod())
@@ -118,7 +136,7 @@ def _nodule_occupancy(
     dirs = random_unit(np.random.default_rng(0), 256)
     mean_s = 1.0 + sum(a * np.mean(np.maximum(dirs @ w, 0) ** p) for w, a, p in lobes)
     extent = radius * float(ratios.max()) * (1.0 + sum(a for _, a, _ in lobes)) / mean_s + edge
-    box = grid_box(shape, spacing, centre - extent, centre + extent)
+    box = grid_box(shape, spacing, centre - extent, centre + extent, grid.offset)
     if box is not None:
         sl, (gz, gy, gx) = box
         v = (gz - centre[0], gy - centre[1], gx - centre[2])
@@ -136,37 +154,47 @@ def _nodule_occupancy(
         p0, p1, r0, r1 = [], [], [], []
         for _ in range(n):
             u = random_unit(rng)[0]
-            length = rng.uniform(0.3, 0.9) * radius + rng.uniform(1.5, 7.0)
-            r_base = min(rng.uniform(0.4, 1.0), 0.35 * radius)
+            length = rng.uniform(0.4, 1.1) * radius + rng.uniform(1.0, 4.0)
+            r_base = min(rng.uniform(0.6, 1.3), 0.4 * radius)
             a = centre + 0.6 * radius * u
             mid = centre + (radius + 0.5 * length) * u + rng.normal(0, 0.6, 3)
             b = centre + (radius + length) * u + rng.normal(0, 1.0, 3)
             p0 += [a, mid]
             p1 += [mid, b]
             r0 += [r_base, 0.55 * r_base]
-            r1 += [0.55 * r_base, 0.2]
-        paint_capsules(occ, spacing, np.array(p0), np.array(p1), np.array(r0), np.array(r1), edge=edge)
-    return occ
+            r1 += [0.55 * r_base, 0.3]
+        paint_capsules(occ, spacing, np.array(p0), np.array(p1), np.array(r0), np.array(r1), edge=edge,
+                       offset=grid.offset)
+    return grid.slab_mean(occ)
 
 
 def make_case(rng: np.random.Generator, *, size: int = 192, slices: int = 32) -> SynthCase:
-    """Draw one lung nodule case; see the module docstring."""
+    """Draw one lung nodule case; see the module docstring.
+
+    Args:
+        rng: the case's random stream (``common.case_rng``); everything drawn comes from it.
+        size: in-plane pixels (Y = X).
+        slices: axial slices.
+
+    Returns:
+        The case: int16 HU image, uint8 mask, spacing, DICOM origin and ``meta`` (what was drawn).
+    """
     px = float(rng.uniform(*PIXEL_MM))
     spacing = (SLICE_MM, px, px)
     shape = (int(slices), int(size), int(size))
     ext = (np.array(shape) - 1) * np.array(spacing)
-    sp_min = min(spacing)
     shape_kind = str(rng.choice(SHAPES, p=SHAPE_P))
     density = str(rng.choice(DENSITIES, p=DENSITY_P))
     position = str(rng.choice(POSITIONS, p=POSITION_P))
 
     d_max = min(DIAMETER_MM[1], 0.75 * ext[0], 0.45 * ext[1])
-    diameter = log_uniform(rng, DIAMETER_MM[0], max(d_max, DIAMETER_MM[0] + 0.5))
+    diameter = _diameter(rng, max(d_max, DIAMETER_MM[0] + 0.5))
     radius = diameter / 2
     room = np.maximum(ext / 2 - radius * 1.3 - 1.0, 0.0)
     centre = ext / 2 + rng.uniform(-1, 1, 3) * np.minimum(room, [2.5, 0.18 * ext[1], 0.18 * ext[2]])
 
     img = np.empty(shape, dtype=np.float32)
+    fine = FineGrid.of(shape, spacing, Z_SUPERSAMPLE)
     # --- parenchyma
     lung_hu = rng.uniform(-880, -800)
     img[:] = lung_hu
@@ -181,18 +209,19 @@ def make_case(rng: np.random.Generator, *, size: int = 192, slices: int = 32) ->
         _trace_vessel(rng, rng.uniform(lo, hi), _z_biased_direction(rng), log_uniform(rng, 1.5, 4.0), lo, hi,
                       wiggle=0.04, branch_p=0.01, out=bronchi)
     if bronchi:
-        wall, lumen = np.zeros(shape, np.float32), np.zeros(shape, np.float32)
+        wall, lumen = fine.zeros(), fine.zeros()
         for pts, rad in bronchi:
             t = rng.uniform(0.4, 1.0)
-            paint_capsules(wall, spacing, pts[:-1], pts[1:], rad[:-1] + t, rad[1:] + t, edge=px)
-            paint_capsules(lumen, spacing, pts[:-1], pts[1:], rad[:-1], rad[1:], edge=px)
-        blend(img, wall, rng.uniform(-120, 30))
-        blend(img, lumen, -1000.0)
+            paint_capsules(wall, fine.spacing, pts[:-1], pts[1:], rad[:-1] + t, rad[1:] + t, edge=px,
+                           offset=fine.offset)
+            paint_capsules(lumen, fine.spacing, pts[:-1], pts[1:], rad[:-1], rad[1:], edge=px, offset=fine.offset)
+        blend(img, fine.slab_mean(wall), rng.uniform(-120, 30))
+        blend(img, fine.slab_mean(lumen), -1000.0)
 
     # --- nodule
     edge_solid = max(px, 0.6)
     fuzzy = rng.uniform(0.9, 2.2)
-    nod = _nodule_occupancy(rng, shape, spacing, centre, radius, shape_kind,
+    nod = _nodule_occupancy(rng, fine, centre, radius, shape_kind,
                             edge_solid if density == "solid" else fuzzy)
     if density == "solid":
         hu = rng.uniform(-20, 60) + rng.uniform(5, 20) * smooth_noise(rng, shape, (0.5, 1.0, 1.0))
@@ -204,7 +233,7 @@ def make_case(rng: np.random.Generator, *, size: int = 192, slices: int = 32) ->
         if density == "part-solid":
             core_r = radius * rng.uniform(0.3, 0.65)
             core_c = centre + random_unit(rng)[0] * (radius - core_r) * rng.uniform(0, 0.6)
-            core = _nodule_occupancy(rng, shape, spacing, core_c, core_r, "lobulated", edge_solid)
+            core = _nodule_occupancy(rng, fine, core_c, core_r, "lobulated", edge_solid)
             np.minimum(core, nod, out=core)
             blend(img, core, rng.uniform(-30, 50))
 
@@ -215,21 +244,20 @@ def make_case(rng: np.random.Generator, *, size: int = 192, slices: int = 32) ->
         _trace_vessel(rng, rng.uniform(lo, hi), _z_biased_direction(rng), log_uniform(rng, 0.4, 2.8), lo, hi,
                       out=vessels)
     if position == "juxta-vascular":
-        r_v = rng.uniform(1.0, 2.6)
+        r_v = rng.uniform(0.6, 1.0) * min(2.6, max(1.0, 0.6 * radius))
         d = _z_biased_direction(rng, 1.5)
         off = random_unit(rng)[0]
         off -= d * (off @ d)
         off /= np.linalg.norm(off)
         start = centre + off * (radius + r_v * rng.uniform(-0.6, 0.4))
         _trace_vessel(rng, start, d, r_v, lo, hi, wiggle=0.03, branch_p=0.02, out=vessels)
-    ves = np.zeros(shape, np.float32)
+    ves = fine.zeros()
     for pts, rad in vessels:
-        paint_capsules(ves, spacing, pts[:-1], pts[1:], rad[:-1], rad[1:], edge=px)
-    blend(img, ves, vessel_hu)
+        paint_capsules(ves, fine.spacing, pts[:-1], pts[1:], rad[:-1], rad[1:], edge=px, offset=fine.offset)
+    blend(img, fine.slab_mean(ves), vessel_hu)
 
     # --- chest wall
     has_wall = position == "juxta-pleural" or rng.random() < 0.5
-    wall_occ = None
     if has_wall:
         wall_occ = _chest_wall(rng, img, spacing, centre, radius, position == "juxta-pleural")
         nod *= 1.0 - wall_occ
@@ -239,7 +267,7 @@ def make_case(rng: np.random.Generator, *, size: int = 192, slices: int = 32) ->
         mask[np.unravel_index(int(np.argmax(nod)), shape)] = 1
 
     noise_hu = log_uniform(rng, 15, 60)
-    img = scanner(rng, img, spacing, psf_mm=(rng.uniform(0.35, 0.6), rng.uniform(0.45, 0.65)), noise_hu=noise_hu)
+    img = scanner(rng, img, spacing, psf_mm=(rng.uniform(0.35, 0.6), rng.uniform(0.2, 0.4)), noise_hu=noise_hu)
     img += np.float32(rng.uniform(-10, 10))
     meta = {
         "diameter_mm": round(diameter, 2),
@@ -297,7 +325,7 @@ def _chest_wall(
         depth = body_r + muscle * 0.4 + r_rib
         ang = theta + np.linspace(-half_arc, half_arc, 60)
         arc = depth * ang
-        for dz in (-2.0, 2.0):
+        for dz in (-1.3, 1.3):
             pts = np.stack([z0 + dz + slope * (arc - arc.mean()), axis[0] + depth * np.sin(ang),
                             axis[1] + depth * np.cos(ang)], axis=1)
             paint_capsules(cortex, spacing, pts[:-1], pts[1:], r_rib, r_rib, edge=px)
