@@ -252,7 +252,9 @@ def format_result(result: EvaluationResult, *, per_case: bool = True) -> str:
     """A plain-text table of the result."""
     lines = []
     if per_case:
-        header = "case".ljust(16) + "".join(f"{f'{m} {n}':>18}" for n in result.classes for m in ("dice", "iou", "hd95"))
+        header = "case".ljust(16) + "".join(
+            f"{f'{m} {n}':>18}" for n in result.classes for m in ("dice", "iou", "hd95")
+        )
         lines.append(header)
         for r in result.cases:
             cells = "".join(
@@ -266,4 +268,3 @@ def format_result(result: EvaluationResult, *, per_case: bool = True) -> str:
         )
     lines.append(f"mean Dice over classes: {result.mean_dice:.4f}")
     return "\n".join(lines)
-
