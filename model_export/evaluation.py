@@ -169,9 +169,9 @@ class EvaluationResult:
             "classes": self.classes,
             "num_cases": len(self.cases),
             "mean_dice": self.mean_dice,
-            "dice": dict(zip(self.classes, self.mean("dice"))),
-            "iou": dict(zip(self.classes, self.mean("iou"))),
-            "hd95_mm": dict(zip(self.classes, self.mean("hd95"))),
+            "dice": dict(zip(self.classes, self.mean("dice"), strict=True)),
+            "iou": dict(zip(self.classes, self.mean("iou"), strict=True)),
+            "hd95_mm": dict(zip(self.classes, self.mean("hd95"), strict=True)),
             "hd95_missing": {
                 n: sum(1 for r in self.cases if r["hd95"][c] == math.inf) for c, n in enumerate(self.classes)
             },

@@ -53,7 +53,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--report",
         choices=("val", "paper"),
         default=None,
-        help="val: test the best-validation checkpoint (default); paper: also the best test Dice at any validation improvement",
+        help=(
+            "val: test the best-validation checkpoint (default); "
+            "paper: also the best test Dice at any validation improvement"
+        ),
     )
     parser.add_argument("--max-runs", type=int, default=None, help="stop after this many new runs")
     parser.add_argument("--report-only", action="store_true", help="rewrite the report from OUT/results.csv")
