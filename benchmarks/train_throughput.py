@@ -75,8 +75,7 @@ def sampler_throughput(patch: int, n: int = 400) -> float:
     from model_export.data.manifest import load_manifest
     from model_export.data.sampling import Normalization, PatchDataset
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "model_export"))
-    from tiny_data import write_tiny_dataset  # type: ignore
+    from tests.model_export.tiny_data import write_tiny_dataset
 
     with tempfile.TemporaryDirectory() as tmp:
         m = load_manifest(write_tiny_dataset(Path(tmp), strong=4, weak=4, val=1, test=1, shape=(16, 192, 192)))
