@@ -44,7 +44,9 @@ def make_batch(batch: int, patch: int, seed: int = 0) -> dict:
     }
 
 
-def step_throughput(name: str, preset: str, patch: int, batch: int, steps: int, repeats: int, overrides: dict) -> tuple[float, float]:
+def step_throughput(
+    name: str, preset: str, patch: int, batch: int, steps: int, repeats: int, overrides: dict
+) -> tuple[float, float]:
     """(median samples/s, median ms per step)."""
     torch.manual_seed(0)
     model = build_model(name, preset=preset, **overrides).train()
@@ -73,8 +75,7 @@ def sampler_throughput(patch: int, n: int = 400) -> float:
     from model_export.data.manifest import load_manifest
     from model_export.data.sampling import Normalization, PatchDataset
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "model_export"))
-    from tiny_data import write_tiny_dataset  # type: ignore
+    from tests.model_export.tiny_data import write_tiny_dataset
 
     with tempfile.TemporaryDirectory() as tmp:
         m = load_manifest(write_tiny_dataset(Path(tmp), strong=4, weak=4, val=1, test=1, shape=(16, 192, 192)))
@@ -122,8 +123,10 @@ def main() -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     overrides = {k: v for k, v in (("base_channels", args.base_channels), ("head_channels", args.head_channels)) if v}
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, patch {args.patch}, batch {args.batch}, "
-          f"overrides {overrides or 'none'}; median of {args.repeats} x {args.steps} steps")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, patch {args.patch}, batch {args.batch}, "
+        f"overrides {overrides or 'none'}; median of {args.repeats} x {args.steps} steps"
+    )
     print(f"{'preset':8} {'model':11} {'params':>10} {'ms/step':>9} {'samples/s':>10}")
     for preset in args.presets:
         for name in args.models:
@@ -134,8 +137,10 @@ def main() -> int:
     if args.threads_compare:
         for name in ("unet", "msdn"):
             one, two = threads_compare(name, args.presets[-1], args.patch, args.batch, args.steps * 4, overrides)
-            print(f"{name} ({args.presets[-1]}): 1 process x 2 threads {one:.1f} samples/s; "
-                  f"2 processes x 1 thread {two:.1f} samples/s total (ratio {two / one:.2f})")
+            print(
+                f"{name} ({args.presets[-1]}): 1 process x 2 threads {one:.1f} samples/s; "
+                f"2 processes x 1 thread {two:.1f} samples/s total (ratio {two / one:.2f})"
+            )
     return 0
 
 

@@ -169,9 +169,9 @@ class EvaluationResult:
             "classes": self.classes,
             "num_cases": len(self.cases),
             "mean_dice": self.mean_dice,
-            "dice": dict(zip(self.classes, self.mean("dice"))),
-            "iou": dict(zip(self.classes, self.mean("iou"))),
-            "hd95_mm": dict(zip(self.classes, self.mean("hd95"))),
+            "dice": dict(zip(self.classes, self.mean("dice"), strict=True)),
+            "iou": dict(zip(self.classes, self.mean("iou"), strict=True)),
+            "hd95_mm": dict(zip(self.classes, self.mean("hd95"), strict=True)),
             "hd95_missing": {
                 n: sum(1 for r in self.cases if r["hd95"][c] == math.inf) for c, n in enumerate(self.classes)
             },
@@ -252,7 +252,9 @@ def format_result(result: EvaluationResult, *, per_case: bool = True) -> str:
     """A plain-text table of the result."""
     lines = []
     if per_case:
-        header = "case".ljust(16) + "".join(f"{f'{m} {n}':>18}" for n in result.classes for m in ("dice", "iou", "hd95"))
+        header = "case".ljust(16) + "".join(
+            f"{f'{m} {n}':>18}" for n in result.classes for m in ("dice", "iou", "hd95")
+        )
         lines.append(header)
         for r in result.cases:
             cells = "".join(
@@ -266,4 +268,3 @@ def format_result(result: EvaluationResult, *, per_case: bool = True) -> str:
         )
     lines.append(f"mean Dice over classes: {result.mean_dice:.4f}")
     return "\n".join(lines)
-

@@ -36,8 +36,13 @@ def run(args: argparse.Namespace) -> int:
         if not cases:
             raise ValueError(f"split {args.split!r} has no case with a mask to evaluate")
         result = evaluate_checkpoint(
-            args.checkpoint, cases, region=args.region, margin=args.margin, z_margin=args.z_margin,
-            device=args.device, batch_size=args.batch_size,
+            args.checkpoint,
+            cases,
+            region=args.region,
+            margin=args.margin,
+            z_margin=args.z_margin,
+            device=args.device,
+            batch_size=args.batch_size,
         )
     except (ValueError, ManifestError, CheckpointError) as exc:
         sys.stderr.write(f"msdn evaluate: error: {exc}\n")

@@ -32,11 +32,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", choices=sorted(EXPERIMENT_PRESETS), default="paper")
     parser.add_argument("--config", default=None, help="JSON/YAML ExperimentConfig (overrides --preset)")
     parser.add_argument(
-        "--task", action="append", default=[], metavar="NAME=MANIFEST",
+        "--task",
+        action="append",
+        default=[],
+        metavar="NAME=MANIFEST",
         help="task and its manifest (lung, cochlea, or any name with --splits); repeatable",
     )
     parser.add_argument("--splits", default=None, help="strong-weak splits for all tasks, e.g. 24-0,16-8,8-16")
-    parser.add_argument("--methods", default=None, help="comma-separated subset of unet,unet_sse,ms_net,msdn_minus,msdn")
+    parser.add_argument(
+        "--methods", default=None, help="comma-separated subset of unet,unet_sse,ms_net,msdn_minus,msdn"
+    )
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--epochs", type=int, default=None, help="maximum epochs per run")
@@ -45,8 +50,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads per run")
     parser.add_argument("--device", default=None)
     parser.add_argument(
-        "--report", choices=("val", "paper"), default=None,
-        help="val: test the best-validation checkpoint (default); paper: also the best test Dice at any validation improvement",
+        "--report",
+        choices=("val", "paper"),
+        default=None,
+        help=(
+            "val: test the best-validation checkpoint (default); "
+            "paper: also the best test Dice at any validation improvement"
+        ),
     )
     parser.add_argument("--max-runs", type=int, default=None, help="stop after this many new runs")
     parser.add_argument("--report-only", action="store_true", help="rewrite the report from OUT/results.csv")
@@ -91,8 +101,12 @@ def build_config(args: argparse.Namespace):
     for key, value in (("repeats", args.repeats), ("seed", args.seed), ("jobs", args.jobs), ("report", args.report)):
         if value is not None:
             data[key] = value
-    for key, value in (("max_epochs", args.epochs), ("steps_per_epoch", args.steps_per_epoch),
-                       ("threads", args.threads), ("device", args.device)):
+    for key, value in (
+        ("max_epochs", args.epochs),
+        ("steps_per_epoch", args.steps_per_epoch),
+        ("threads", args.threads),
+        ("device", args.device),
+    ):
         if value is not None:
             data["train"][key] = value
     return ExperimentConfig.from_dict(data)

@@ -30,7 +30,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", choices=MODEL_NAMES, default=d.model)
     parser.add_argument("--preset", choices=sorted(PRESETS), default=d.preset)
     parser.add_argument(
-        "--model-option", action="append", default=[], metavar="KEY=VALUE",
+        "--model-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="NetConfig override, value as JSON (e.g. base_channels=8); repeatable",
     )
     parser.add_argument("--patch-size", type=int, default=d.patch_size)
@@ -45,7 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--noise-std", type=float, default=d.noise_std)
     parser.add_argument("--no-flip", action="store_true")
     parser.add_argument(
-        "--away-fraction", type=float, default=d.away_fraction,
+        "--away-fraction",
+        type=float,
+        default=d.away_fraction,
         help="fraction of patches drawn away from the target (for whole-slice inference)",
     )
     parser.add_argument("--clip", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"), help="intensity clip")
@@ -116,4 +121,3 @@ def run(args: argparse.Namespace) -> int:
         f"({result.epochs} epochs{', early stop' if result.stopped_early else ''}); checkpoint {result.best_path}\n"
     )
     return 0
-

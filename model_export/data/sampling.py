@@ -75,7 +75,11 @@ class Normalization:
 
     def to_dict(self) -> dict[str, Any]:
         """``{"mean", "std", "clip"}`` for ``save_checkpoint(normalization=...)``."""
-        return {"mean": float(self.mean), "std": float(self.std), "clip": None if self.clip is None else list(self.clip)}
+        return {
+            "mean": float(self.mean),
+            "std": float(self.std),
+            "clip": None if self.clip is None else list(self.clip),
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Normalization:
@@ -234,7 +238,11 @@ class PatchDataset(Dataset):
         volumes: dict[str, _Volume] | None = None,
     ):
         self.patch = _pair("patch_size", patch_size)
-        for name, value, top in (("jitter", jitter, 0.5), ("noise_prob", noise_prob, 1.0), ("away_fraction", away_fraction, 1.0)):
+        for name, value, top in (
+            ("jitter", jitter, 0.5),
+            ("noise_prob", noise_prob, 1.0),
+            ("away_fraction", away_fraction, 1.0),
+        ):
             if not (isinstance(value, (int, float)) and 0.0 <= value <= top):
                 raise ValueError(f"{name} must be in [0, {top}], got {value!r}")
         if not (isinstance(noise_std, (int, float)) and noise_std >= 0):

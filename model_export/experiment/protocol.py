@@ -193,7 +193,9 @@ def assign_cases(cases: Sequence[Case], strong: int, weak: int, seed: int) -> li
     """
     pool = [c for c in cases if c.strong]
     if len(pool) < strong + weak:
-        raise ValueError(f"split {strong}-{weak} needs {strong + weak} strong training cases, the manifest has {len(pool)}")
+        raise ValueError(
+            f"split {strong}-{weak} needs {strong + weak} strong training cases, the manifest has {len(pool)}"
+        )
     order = np.random.default_rng(seed).permutation(len(pool))
     chosen = [pool[i] for i in order[: strong + weak]]
     return chosen[:strong] + [c.as_weak() for c in chosen[strong:]]

@@ -18,7 +18,9 @@ def _method_order(methods: Sequence[str]) -> list[str]:
     return sorted(set(methods), key=lambda m: METHODS.index(m) if m in METHODS else len(METHODS))
 
 
-def summarise(rows: Sequence[dict[str, Any]], *, metric: str = "test_dice", confidence: float = 0.95) -> list[dict[str, Any]]:
+def summarise(
+    rows: Sequence[dict[str, Any]], *, metric: str = "test_dice", confidence: float = 0.95
+) -> list[dict[str, Any]]:
     """One row per (task, method, strong, weak): the number of repeats, mean and CI half-width in %."""
     groups: dict[tuple, list[float]] = {}
     for r in rows:
@@ -98,7 +100,7 @@ def plot_summary(summary: Sequence[dict[str, Any]], path: Path) -> None:
 
     tasks = sorted({s["task"] for s in summary})
     fig, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 4.2), squeeze=False)
-    for ax, task in zip(axes[0], tasks):
+    for ax, task in zip(axes[0], tasks, strict=True):
         rows = [s for s in summary if s["task"] == task and math.isfinite(s["mean_dice_pct"])]
         for method in _method_order([s["method"] for s in rows]):
             pts = sorted((s["strong"], s["mean_dice_pct"], s["ci95_pct"]) for s in rows if s["method"] == method)
@@ -106,8 +108,8 @@ def plot_summary(summary: Sequence[dict[str, Any]], path: Path) -> None:
             ys = [p[1] for p in pts]
             hs = [p[2] if math.isfinite(p[2]) else 0.0 for p in pts]
             (line,) = ax.plot(xs, ys, marker="o", label=METHOD_LABELS.get(method, method))
-            lo = [max(y - h, 0.0) for y, h in zip(ys, hs)]  # bands drawn within the possible range
-            hi = [min(y + h, 100.0) for y, h in zip(ys, hs)]
+            lo = [max(y - h, 0.0) for y, h in zip(ys, hs, strict=True)]  # bands drawn within the possible range
+            hi = [min(y + h, 100.0) for y, h in zip(ys, hs, strict=True)]
             ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.12)
         ax.set_title(task)
         ax.set_xlabel("strong (mask) training cases; the rest are box-only")

@@ -124,7 +124,9 @@ def run_cell(cell: Cell, task: TaskSpec, config: ExperimentConfig, run_dir: str)
     from model_export.checkpoint import load_checkpoint
 
     model, card, _ = load_checkpoint(result.best_path, device=trainer.device)
-    res = evaluate_cases(model, test_cases, Normalization.from_dict(card.input.__dict__), device=trainer.device, **eval_opts)
+    res = evaluate_cases(
+        model, test_cases, Normalization.from_dict(card.input.__dict__), device=trainer.device, **eval_opts
+    )
     Path(run_dir, "test_metrics.json").write_text(json.dumps(res.summary(), indent=1, default=str))
     last = Path(result.last_path)
     if last.is_file():
@@ -181,7 +183,9 @@ def run_experiment(
     todo = [c for c in plan_cells(config) if c.key not in done]
     if max_runs is not None:
         todo = todo[:max_runs]
-    logger.info("experiment: %d runs planned, %d already done, %d to run", len(plan_cells(config)), len(done), len(todo))
+    logger.info(
+        "experiment: %d runs planned, %d already done, %d to run", len(plan_cells(config)), len(done), len(todo)
+    )
 
     def run_dir(cell: Cell) -> str:
         return str(out / "runs" / cell.task / cell.method / f"{cell.strong}-{cell.weak}" / f"r{cell.repeat}")
@@ -194,7 +198,9 @@ def run_experiment(
             row["run_dir"] = os.path.relpath(row["run_dir"], out)
             append_result(results_path, row)
             finished += 1
-            logger.info("[%d/%d] %s: test Dice %.4f (%.0f s)", finished, len(todo), cell.name, row["test_dice"], row["seconds"])
+            logger.info(
+                "[%d/%d] %s: test Dice %.4f (%.0f s)", finished, len(todo), cell.name, row["test_dice"], row["seconds"]
+            )
     else:
         threads = config.train.get("threads")
         with ProcessPoolExecutor(
@@ -211,7 +217,12 @@ def run_experiment(
                     finished += 1
                     logger.info(
                         "[%d/%d] %s: test Dice %.4f (%.0f s, %.0f s elapsed)",
-                        finished, len(todo), cell.name, row["test_dice"], row["seconds"], time.perf_counter() - t0,
+                        finished,
+                        len(todo),
+                        cell.name,
+                        row["test_dice"],
+                        row["seconds"],
+                        time.perf_counter() - t0,
                     )
     rows = read_results(results_path)
     if report and rows:

@@ -165,9 +165,9 @@ class Trainer:
         self.device = resolve_device(cfg.device, self.dist.local_rank)
         self.amp = bool(cfg.amp and self.device.type == "cuda")
         seed_everything(cfg.seed)
-        self.module = build_model(
-            cfg.model, preset=cfg.preset, num_classes=len(self.classes), **cfg.model_options
-        ).to(self.device)
+        self.module = build_model(cfg.model, preset=cfg.preset, num_classes=len(self.classes), **cfg.model_options).to(
+            self.device
+        )
         self.train_cases = (
             self.all_train_cases if self.module.has_detection else [c for c in self.all_train_cases if c.strong]
         )
@@ -304,7 +304,9 @@ class Trainer:
         self.bad_epochs = int(state["bad_epochs"])
         torch.set_rng_state(state["torch_rng"])
         self.history = list(payload.get("extra", {}).get("history", []))
-        logger.info("resumed from %s at epoch %d (best validation Dice %.4f)", self.last_path, self.start_epoch, self.best)
+        logger.info(
+            "resumed from %s at epoch %d (best validation Dice %.4f)", self.last_path, self.start_epoch, self.best
+        )
 
     # -- loop -----------------------------------------------------------------------------------------
     def _progress(self, epoch: int):
@@ -396,7 +398,7 @@ class Trainer:
                 dist_info=self.dist,
             )
             row["val_dice"] = val["dice"]
-            for name, v in zip(self.classes, val["per_class"]):
+            for name, v in zip(self.classes, val["per_class"], strict=True):
                 row[f"val_dice_{name}"] = v
             self.scheduler.step(val["dice"])
             improved = val["dice"] > self.best + cfg.min_delta

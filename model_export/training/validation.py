@@ -63,7 +63,9 @@ def crop_dice(
     denom = stats[..., 1] + stats[..., 2]
     dice = torch.where(denom > 0, 2 * stats[..., 0] / denom.clamp(min=1), torch.full_like(denom, math.nan)).numpy()
     with np.errstate(all="ignore"):
-        per_class = [float(np.nanmean(dice[:, c])) if np.isfinite(dice[:, c]).any() else math.nan for c in range(num_classes)]
+        per_class = [
+            float(np.nanmean(dice[:, c])) if np.isfinite(dice[:, c]).any() else math.nan for c in range(num_classes)
+        ]
     finite = [v for v in per_class if math.isfinite(v)]
     return {
         "dice": float(np.mean(finite)) if finite else 0.0,

@@ -95,17 +95,30 @@ def test_evaluate_checkpoint_and_command(tmp_path, capsys):
     manifest = load_manifest(write_tiny_dataset(tmp_path / "data", strong=1, weak=0, val=1, test=2))
     torch.manual_seed(0)
     model = build_model("unet", preset="small", base_channels=4)
-    ckpt = save_checkpoint(tmp_path / "m.pt", model, classes=["blob"], normalization={"mean": -800, "std": 200},
-                           patch_size=(32, 32))
+    ckpt = save_checkpoint(
+        tmp_path / "m.pt", model, classes=["blob"], normalization={"mean": -800, "std": 200}, patch_size=(32, 32)
+    )
     result = evaluate_checkpoint(ckpt, manifest.split("test"))
     assert [r["case_id"] for r in result.cases] == [c.id for c in manifest.split("test")]
     assert all(0.0 <= r["dice"][0] <= 1.0 for r in result.cases)
     out_json = tmp_path / "eval.json"
-    code = main(["evaluate", "--checkpoint", str(ckpt), "--manifest", str(manifest.path), "--region", "full",
-                 "--json", str(out_json)])
+    code = main(
+        [
+            "evaluate",
+            "--checkpoint",
+            str(ckpt),
+            "--manifest",
+            str(manifest.path),
+            "--region",
+            "full",
+            "--json",
+            str(out_json),
+        ]
+    )
     assert code in (0, 1)
     text = capsys.readouterr().out
     assert "mean blob: Dice" in text and "region full" in text
+
     def no_constants(name):
         raise AssertionError(f"non-standard JSON constant {name}")
 

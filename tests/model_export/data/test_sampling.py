@@ -44,7 +44,9 @@ def test_manifest_errors_name_the_problem(tmp_path):
         "duplicate id": [{"id": "a", "split": "train", "image": "img.nii.gz", "mask": "mask.nii.gz"}] * 2,
         "split must be one of": [{"id": "a", "split": "training", "image": "img.nii.gz", "mask": "mask.nii.gz"}],
         "needs a 'mask'": [{"id": "a", "split": "train", "image": "img.nii.gz"}],
-        "is empty": [{"id": "a", "split": "train", "image": "img.nii.gz", "boxes": [{"slice": 0, "box": [5, 5, 5, 9]}]}],
+        "is empty": [
+            {"id": "a", "split": "train", "image": "img.nii.gz", "boxes": [{"slice": 0, "box": [5, 5, 5, 9]}]}
+        ],
         "outside the image": [
             {"id": "a", "split": "train", "image": "img.nii.gz", "boxes": [{"slice": 0, "box": [5, 5, 20, 9]}]}
         ],
@@ -183,7 +185,10 @@ def test_away_patches_leave_the_target(manifest):
     cases = [c for c in manifest.split("train") if c.strong]
     centred = _dataset(cases, away_fraction=0.0)
     away = _dataset(cases, away_fraction=1.0)
-    with_target = lambda ds: np.mean([bool(ds[i]["label"].any()) for i in range(len(ds))])
+
+    def with_target(ds):
+        return np.mean([bool(ds[i]["label"].any()) for i in range(len(ds))])
+
     assert with_target(centred) == 1.0
     assert with_target(away) < 0.5
     with pytest.raises(ValueError, match="away_fraction"):

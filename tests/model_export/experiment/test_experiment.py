@@ -34,8 +34,12 @@ def test_mean_ci_by_hand():
 
 
 def test_paper_grid():
-    config = ExperimentConfig.from_dict({**EXPERIMENT_PRESETS["paper"], "tasks": [
-        {**t, "manifest": "x.json"} for t in EXPERIMENT_PRESETS["paper"]["tasks"]]})
+    config = ExperimentConfig.from_dict(
+        {
+            **EXPERIMENT_PRESETS["paper"],
+            "tasks": [{**t, "manifest": "x.json"} for t in EXPERIMENT_PRESETS["paper"]["tasks"]],
+        }
+    )
     cells = plan_cells(config)
     # 5 splits x 5 methods, minus MS-Net and MSDN at the split without weak cases, x 2 tasks x 3 repeats
     assert len(cells) == (25 - 2) * 2 * 3
@@ -45,7 +49,12 @@ def test_paper_grid():
     assert cochlea == [(66, 0), (44, 22), (33, 33), (22, 44), (11, 55)]
     assert {c.seed for c in cells} == {0, 1, 2}
     assert scaled_splits(EXPERIMENT_PRESETS["paper"]["tasks"][0]["splits"], 40) == [
-        (40, 0), (30, 10), (25, 15), (20, 20), (15, 25)]
+        (40, 0),
+        (30, 10),
+        (25, 15),
+        (20, 20),
+        (15, 25),
+    ]
 
 
 def test_assign_cases_nested_and_weak(tmp_path):
@@ -89,8 +98,14 @@ def test_tiny_experiment_runs_resumes_and_reports(tmp_path, capsys):
         tasks=[{"name": "tiny", "manifest": str(manifest), "splits": [[4, 0], [2, 2]]}],
         methods=["unet", "msdn"],
         repeats=2,
-        train={"preset": "small", "model_options": {"base_channels": 4, "head_channels": 8}, "patch_size": 32,
-               "max_epochs": 1, "steps_per_epoch": 2, "threads": 1},
+        train={
+            "preset": "small",
+            "model_options": {"base_channels": 4, "head_channels": 8},
+            "patch_size": 32,
+            "max_epochs": 1,
+            "steps_per_epoch": 2,
+            "threads": 1,
+        },
         report="paper",
     )
     out = tmp_path / "out"
@@ -99,7 +114,15 @@ def test_tiny_experiment_runs_resumes_and_reports(tmp_path, capsys):
     rows = run_experiment(config, out)
     # unet at 4-0 and 2-2, msdn only at 2-2 (it needs weak cases), 2 repeats
     assert sorted((r["method"], r["strong"], r["weak"], r["repeat"]) for r in rows) == sorted(
-        [("unet", 4, 0, 0), ("unet", 2, 2, 0), ("msdn", 2, 2, 0), ("unet", 4, 0, 1), ("unet", 2, 2, 1), ("msdn", 2, 2, 1)])
+        [
+            ("unet", 4, 0, 0),
+            ("unet", 2, 2, 0),
+            ("msdn", 2, 2, 0),
+            ("unet", 4, 0, 1),
+            ("unet", 2, 2, 1),
+            ("msdn", 2, 2, 1),
+        ]
+    )
     assert len(run_experiment(config, out)) == 6  # nothing left to run
     with open(out / "results.csv") as f:
         header = next(csv.reader(f))
@@ -107,7 +130,11 @@ def test_tiny_experiment_runs_resumes_and_reports(tmp_path, capsys):
     assert all(0 <= r["test_dice"] <= 1 and 0 <= r["test_dice_paper"] <= 1 for r in read_results(out / "results.csv"))
     with open(out / "summary.csv") as f:
         summary = list(csv.DictReader(f))
-    assert sorted((s["method"], s["strong"], s["n"]) for s in summary) == [("msdn", "2", "2"), ("unet", "2", "2"), ("unet", "4", "2")]
+    assert sorted((s["method"], s["strong"], s["n"]) for s in summary) == [
+        ("msdn", "2", "2"),
+        ("unet", "2", "2"),
+        ("unet", "4", "2"),
+    ]
     table = (out / "table.md").read_text()
     assert "| Method | 4-0 | 2-2 |" in table and "Paper-style reporting" in table
     assert (out / "dice_vs_strong.png").stat().st_size > 1000
@@ -117,8 +144,24 @@ def test_tiny_experiment_runs_resumes_and_reports(tmp_path, capsys):
 
 
 def test_experiment_command_dry_run(capsys):
-    code = main(["experiment", "--preset", "cpu", "--task", "lung=a.json", "--task", "cochlea=b.json",
-                 "--out", "unused", "--dry-run", "--repeats", "1", "--methods", "unet,msdn"])
+    code = main(
+        [
+            "experiment",
+            "--preset",
+            "cpu",
+            "--task",
+            "lung=a.json",
+            "--task",
+            "cochlea=b.json",
+            "--out",
+            "unused",
+            "--dry-run",
+            "--repeats",
+            "1",
+            "--methods",
+            "unet,msdn",
+        ]
+    )
     assert code == 0
     lines = capsys.readouterr().out.split()
     assert len(lines) == 2 * (5 + 4)

@@ -25,8 +25,17 @@ def manifest(tmp_path_factory):
 
 
 def _config(**kw):
-    base = {"model": "msdn", "preset": "small", "model_options": TINY, "patch_size": 32, "lr": 2e-3,
-            "max_epochs": 2, "steps_per_epoch": 6, "progress": False, "threads": 1}
+    base = {
+        "model": "msdn",
+        "preset": "small",
+        "model_options": TINY,
+        "patch_size": 32,
+        "lr": 2e-3,
+        "max_epochs": 2,
+        "steps_per_epoch": 6,
+        "progress": False,
+        "threads": 1,
+    }
     return TrainConfig(**{**base, **kw})
 
 
@@ -34,7 +43,9 @@ def test_two_epochs_lower_the_loss_and_write_a_loadable_checkpoint(manifest, tmp
     result = train(_config(), manifest, tmp_path / "run")
     losses = [row["loss_total"] for row in result.history]
     assert len(losses) == 2 and losses[1] < losses[0]
-    assert {"loss_seg_dice", "loss_det_cls", "loss_det_box", "val_dice", "val_dice_blob", "lr"} <= set(result.history[0])
+    assert {"loss_seg_dice", "loss_det_cls", "loss_det_box", "val_dice", "val_dice_blob", "lr"} <= set(
+        result.history[0]
+    )
     model, card, _ = load_checkpoint(result.best_path)
     assert model.config.name == "msdn" and model.config.base_channels == 4
     expected = compute_normalization(manifest.split("train"))
@@ -67,7 +78,12 @@ def test_resume_continues_exactly(manifest, tmp_path):
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
     with pytest.raises(ValueError, match="different options"):
-        train(_config(model="unet", max_epochs=4, patch_size=48, steps_per_epoch=3), manifest, tmp_path / "part", resume=True)
+        train(
+            _config(model="unet", max_epochs=4, patch_size=48, steps_per_epoch=3),
+            manifest,
+            tmp_path / "part",
+            resume=True,
+        )
 
 
 def test_early_stopping(manifest, tmp_path):
@@ -95,9 +111,30 @@ def test_training_needs_strong_validation_cases(manifest, tmp_path):
 
 
 def test_train_command(manifest, tmp_path, capsys):
-    code = main(["train", "--manifest", str(manifest.path), "--out", str(tmp_path / "cli"), "--model", "unet",
-                 "--preset", "small", "--model-option", "base_channels=4", "--patch-size", "32", "--epochs", "1",
-                 "--steps-per-epoch", "2", "--no-progress", "--threads", "1"])
+    code = main(
+        [
+            "train",
+            "--manifest",
+            str(manifest.path),
+            "--out",
+            str(tmp_path / "cli"),
+            "--model",
+            "unet",
+            "--preset",
+            "small",
+            "--model-option",
+            "base_channels=4",
+            "--patch-size",
+            "32",
+            "--epochs",
+            "1",
+            "--steps-per-epoch",
+            "2",
+            "--no-progress",
+            "--threads",
+            "1",
+        ]
+    )
     assert code == 0
     assert "best validation Dice" in capsys.readouterr().out
     assert (tmp_path / "cli" / "best.pt").is_file()
@@ -115,9 +152,30 @@ def test_cuda_mixed_precision(manifest, tmp_path):
 
 @pytest.mark.parametrize("name", ["unet", "unet_sse", "ms_net", "msdn_minus", "msdn"])
 def test_every_model_trains_with_the_same_command(name, manifest, tmp_path):
-    code = main(["train", "--manifest", str(manifest.path), "--out", str(tmp_path), "--model", name,
-                 "--preset", "small", "--model-option", "base_channels=4", "--model-option", "head_channels=8",
-                 "--patch-size", "32", "--epochs", "1", "--steps-per-epoch", "2", "--no-progress"])
+    code = main(
+        [
+            "train",
+            "--manifest",
+            str(manifest.path),
+            "--out",
+            str(tmp_path),
+            "--model",
+            name,
+            "--preset",
+            "small",
+            "--model-option",
+            "base_channels=4",
+            "--model-option",
+            "head_channels=8",
+            "--patch-size",
+            "32",
+            "--epochs",
+            "1",
+            "--steps-per-epoch",
+            "2",
+            "--no-progress",
+        ]
+    )
     assert code == 0
     model, card, _ = load_checkpoint(tmp_path / "best.pt")
     assert model.config.name == card.method == name
