@@ -74,7 +74,6 @@ def step_throughput(
 def sampler_throughput(patch: int, n: int = 400) -> float:
     from model_export.data.manifest import load_manifest
     from model_export.data.sampling import Normalization, PatchDataset
-
     from tests.model_export.tiny_data import write_tiny_dataset
 
     with tempfile.TemporaryDirectory() as tmp:
