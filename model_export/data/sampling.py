@@ -8,11 +8,12 @@ lowest intensity (air in CT). Then come random horizontal and vertical flips, no
 training set's statistics (``Normalization``) and additive Gaussian noise.
 
 With ``away_fraction > 0`` that fraction of items is replaced by a window at a uniformly random
-position of a uniformly random slice of the same case ("away" patches). They teach the model what
-the rest of the body looks like, which it needs to run on whole slices (``msdn evaluate --region
-full``); they may by chance still contain target, and for weak cases they carry the boxes that fall
-inside. They dilute the target-centred training signal, so target-region Dice is typically a little
-lower for the same number of steps while false positives away from the target drop sharply.
+position of a uniformly random slice of the same case ("away" patches), meant to show the model the
+rest of the body so it can run on whole slices (``msdn evaluate --region full``). They may by chance
+still contain target; for weak cases they carry the boxes that fall inside. Measured effect
+(docs/results/away): at the CPU budget, 0.5 lowered target-region Dice by about 3 points and did not
+reduce false positives on whole slices; it is no substitute for longer training with whole-slice
+validation.
 
 Items (``PatchDataset[i]``)::
 
