@@ -76,18 +76,12 @@ def make_boxes(slices: int, count: int, seed: int = 1) -> list[dict]:
     for _ in range(count):
         w, h = rng.integers(16, 64, size=2)
         x1, y1 = rng.integers(100, SIZE - 100 - 64, size=2)
-        out.append(
-            {"slice": int(rng.integers(0, slices)), "box": [int(x1), int(y1), int(x1 + w), int(y1 + h)]}
-        )
+        out.append({"slice": int(rng.integers(0, slices)), "box": [int(x1), int(y1), int(x1 + w), int(y1 + h)]})
     return out
 
 
 def read_card(path: Path) -> ModelCard:
-    meta = (
-        ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        .get_modelmeta()
-        .custom_metadata_map
-    )
+    meta = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).get_modelmeta().custom_metadata_map
     return ModelCard.from_json(meta[CARD_KEY])
 
 
@@ -208,9 +202,7 @@ def serve(model: Path, log: Path, extra_env: dict[str, str] | None = None):
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, help="ONNX model with its card (default: a random conv model)")
     parser.add_argument("--channels", type=int, default=16, help="width of the default conv model")
     parser.add_argument("--layers", type=int, default=4, help="3x3 conv layers of the default conv model")
@@ -226,16 +218,12 @@ def main() -> int:
     if args.model is None:
         args.model = work / "conv.onnx"
         conv_model(args.model, channels=args.channels, layers=args.layers, patch_size=(128, 128))
-        model_name = (
-            f"random 3x3-conv model ({args.layers} layers x {args.channels} channels, mask = HU > 200)"
-        )
+        model_name = f"random 3x3-conv model ({args.layers} layers x {args.channels} channels, mask = HU > 200)"
     else:
         model_name = str(args.model)
     batch = int(os.environ.get("MSDN_BATCH_SIZE", "8"))
     raw = RawRunner(args.model, batch)
-    print(
-        f"model: {model_name}; patch {raw.card.input.patch_size}; CPU, {os.cpu_count()} cores; batch {batch}"
-    )
+    print(f"model: {model_name}; patch {raw.card.input.patch_size}; CPU, {os.cpu_count()} cores; batch {batch}")
 
     vol = volume(args.slices)
     boxes = make_boxes(args.slices, args.boxes)

@@ -37,8 +37,10 @@ def _timed(fn):
 
 
 def timing_table(repeats: int, seed: int) -> list[str]:
-    rows = ["| task | size (Z x Y x X) | draw s | NIfTI write s | DICOM write s | NIfTI MB | DICOM MB |",
-            "| --- | --- | --- | --- | --- | --- | --- |"]
+    rows = [
+        "| task | size (Z x Y x X) | draw s | NIfTI write s | DICOM write s | NIfTI MB | DICOM MB |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         for task, sizes in (("lung", ((192, 32), (128, 16))), ("cochlea", ((192, 24), (128, 16)))):
@@ -57,9 +59,16 @@ def timing_table(repeats: int, seed: int) -> list[str]:
 
                     nii.append(_timed(nifti)[0])
                     nii_mb.append(sum(p.stat().st_size for p in folder.iterdir()) / 1e6)
-                    t, _ = _timed(lambda case=case, folder=folder: write_ct_series(
-                        folder / "dicom", case.image, spacing=case.spacing, origin=case.origin, key=str(folder),
-                        patient_id="BENCH"))
+                    t, _ = _timed(
+                        lambda case=case, folder=folder: write_ct_series(
+                            folder / "dicom",
+                            case.image,
+                            spacing=case.spacing,
+                            origin=case.origin,
+                            key=str(folder),
+                            patient_id="BENCH",
+                        )
+                    )
                     dcm.append(t)
                     dcm_mb.append(sum(p.stat().st_size for p in (folder / "dicom").iterdir()) / 1e6)
                 rows.append(
@@ -86,23 +95,32 @@ def lung_table(n: int, seed: int) -> list[str]:
     cases = [generate_case("lung", i, seed=seed) for i in range(n)]
     d = np.array([c.meta["diameter_mm"] for c in cases])
     q = np.percentile(d, [0, 10, 25, 50, 75, 90, 100])
-    rows = [f"lung nodules over {n} cases (192 x 192 x 32, seed {seed})", "",
-            "| diameter mm: min | p10 | p25 | median | p75 | p90 | max |",
-            "| --- | --- | --- | --- | --- | --- | --- |",
-            "| " + " | ".join(f"{v:.1f}" for v in q) + " |", ""]
+    rows = [
+        f"lung nodules over {n} cases (192 x 192 x 32, seed {seed})",
+        "",
+        "| diameter mm: min | p10 | p25 | median | p75 | p90 | max |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| " + " | ".join(f"{v:.1f}" for v in q) + " |",
+        "",
+    ]
     for key in ("shape", "density", "position"):
         counts = Counter(c.meta[key] for c in cases)
         rows.append(f"{key}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
-    rows += ["", "| density | cases | median HU inside | median HU ring 2-4 mm | median CNR | min CNR |",
-             "| --- | --- | --- | --- | --- | --- |"]
+    rows += [
+        "",
+        "| density | cases | median HU inside | median HU ring 2-4 mm | median CNR | min CNR |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
     by = {}
     for c in cases:
         inside, ring = _ring_contrast(c, 2.0, 4.0)
         by.setdefault(c.meta["density"], []).append((inside, ring, abs(inside - ring) / c.meta["noise_hu"]))
     for density in ("solid", "part-solid", "ground-glass"):
         v = np.array(by.get(density, [(np.nan,) * 3]))
-        rows.append(f"| {density} | {len(by.get(density, []))} | {np.median(v[:, 0]):.0f} | {np.median(v[:, 1]):.0f} "
-                    f"| {np.median(v[:, 2]):.1f} | {np.min(v[:, 2]):.1f} |")
+        rows.append(
+            f"| {density} | {len(by.get(density, []))} | {np.median(v[:, 0]):.0f} | {np.median(v[:, 1]):.0f} "
+            f"| {np.median(v[:, 2]):.1f} | {np.min(v[:, 2]):.1f} |"
+        )
     return rows
 
 
@@ -113,7 +131,8 @@ def cochlea_table(n: int, seed: int) -> list[str]:
     contrast = [_ring_contrast(c, 0.4, 1.2) for c in cases]
     cnr = np.array([abs(a - b) / c.meta["noise_hu"] for (a, b), c in zip(contrast, cases, strict=True)])
     return [
-        f"cochlea over {n} cases (192 x 192 x 24, seed {seed})", "",
+        f"cochlea over {n} cases (192 x 192 x 24, seed {seed})",
+        "",
         "| lumen volume mm3 (min / median / max) | slices with cochlea | median HU lumen | median HU wall ring "
         "0.4-1.2 mm | median CNR |",
         "| --- | --- | --- | --- | --- |",

@@ -69,9 +69,7 @@ def _label(value: Any, where: str, class_names: Sequence[str]) -> Optional[int]:
         else:
             raise InvalidBoxes(f"{where}: label {value!r} is not a class of this model {list(class_names)}")
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= len(class_names):
-        raise InvalidBoxes(
-            f"{where}: label must be a class value 1..{len(class_names)} or a class name, got {value!r}"
-        )
+        raise InvalidBoxes(f"{where}: label must be a class value 1..{len(class_names)} or a class name, got {value!r}")
     return int(value)
 
 
@@ -105,9 +103,7 @@ def parse_boxes(
             raise InvalidBoxes(f"{where} has unknown keys {sorted(unknown)}")
         coords = item["box"]
         if not isinstance(coords, list) or len(coords) not in (4, 6):
-            raise InvalidBoxes(
-                f"{where}.box must be [x1, y1, x2, y2] (with 'slice') or [x1, y1, z1, x2, y2, z2]"
-            )
+            raise InvalidBoxes(f"{where}.box must be [x1, y1, x2, y2] (with 'slice') or [x1, y1, z1, x2, y2, z2]")
         values = [_number(v, f"{where}.box[{j}]") for j, v in enumerate(coords)]
         label = _label(item.get("label"), where, class_names)
         if len(values) == 4:
@@ -117,9 +113,7 @@ def parse_boxes(
             if isinstance(z, bool) or not isinstance(z, int):
                 raise InvalidBoxes(f"{where}.slice must be an integer, got {z!r}")
             if not 0 <= z < depth:
-                raise InvalidBoxes(
-                    f"{where}.slice {z} is outside the volume's {depth} slices (0..{depth - 1})"
-                )
+                raise InvalidBoxes(f"{where}.slice {z} is outside the volume's {depth} slices (0..{depth - 1})")
             x1, y1, x2, y2 = values
             slices = [z]
         else:
@@ -193,8 +187,6 @@ def proposals(
         valid = (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])
         b, s = b[valid], scores[sel, c][valid].astype(np.float64)
         for k in nms(b, s, iou_threshold):
-            out.append(
-                SliceBox(slice_index, *map(float, b[k]), label=c + 1, score=float(s[k]), source="detector")
-            )
+            out.append(SliceBox(slice_index, *map(float, b[k]), label=c + 1, score=float(s[k]), source="detector"))
     out.sort(key=lambda bx: -(bx.score or 0.0))
     return out[:max_count]

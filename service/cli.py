@@ -16,13 +16,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="ONNX model (MSDN_MODEL_PATH; default models/default.onnx)")
     parser.add_argument("--host", help="bind address (MSDN_HOST; default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port (MSDN_PORT; default 8000)")
-    parser.add_argument(
-        "--providers", help="ONNX Runtime providers, comma-separated, or 'auto' (MSDN_PROVIDERS)"
-    )
+    parser.add_argument("--providers", help="ONNX Runtime providers, comma-separated, or 'auto' (MSDN_PROVIDERS)")
     parser.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (MSDN_INTRA_OP_THREADS)")
-    parser.add_argument(
-        "--max-concurrent", type=int, help="concurrent inferences (MSDN_MAX_CONCURRENT_INFERENCES)"
-    )
+    parser.add_argument("--max-concurrent", type=int, help="concurrent inferences (MSDN_MAX_CONCURRENT_INFERENCES)")
     parser.add_argument("--api-key", action="append", help="require this API key (repeatable; MSDN_API_KEYS)")
     parser.add_argument("--no-warmup", action="store_true", help="skip the warm-up run")
 

@@ -137,9 +137,5 @@ class InferenceLimiter:
 
 
 def _log_late_failure(future: "asyncio.Future[object]") -> None:
-    if (
-        not future.cancelled()
-        and future.exception() is not None
-        and not isinstance(future.exception(), RequestTimeout)
-    ):
+    if not future.cancelled() and future.exception() is not None and not isinstance(future.exception(), RequestTimeout):
         logger.warning("a job given up after its deadline failed: %s", type(future.exception()).__name__)

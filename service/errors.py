@@ -116,9 +116,7 @@ class Unauthorized(ServiceError):
     status_code = 401
     code = "unauthorized"
 
-    def __init__(
-        self, message: str = "a valid API key is required (Authorization: Bearer KEY or X-API-Key: KEY)"
-    ):
+    def __init__(self, message: str = "a valid API key is required (Authorization: Bearer KEY or X-API-Key: KEY)"):
         super().__init__(message, headers={"WWW-Authenticate": 'Bearer realm="msdn"'})
 
 

@@ -45,9 +45,7 @@ def _crop_to_union(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray
 
 
 def _surface(mask: np.ndarray) -> np.ndarray:
-    eroded = ndimage.binary_erosion(
-        mask, structure=ndimage.generate_binary_structure(mask.ndim, 1), border_value=0
-    )
+    eroded = ndimage.binary_erosion(mask, structure=ndimage.generate_binary_structure(mask.ndim, 1), border_value=0)
     return mask & ~eroded
 
 
@@ -76,9 +74,7 @@ def overlap(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float]) -> dict
     }
 
 
-def evaluate(
-    pred: np.ndarray, ref: np.ndarray, *, spacing: Sequence[float], class_names: Sequence[str]
-) -> dict:
+def evaluate(pred: np.ndarray, ref: np.ndarray, *, spacing: Sequence[float], class_names: Sequence[str]) -> dict:
     """Per-class and overall scores of label volumes ``pred`` against ``ref`` (same shape).
 
     Returns:

@@ -38,9 +38,7 @@ class ServiceMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.requests = Counter(
-            "msdn_http_requests", "HTTP requests", ["method", "route", "status"], registry=r
-        )
+        self.requests = Counter("msdn_http_requests", "HTTP requests", ["method", "route", "status"], registry=r)
         self.latency = Histogram(
             "msdn_http_request_duration_seconds",
             "HTTP request latency",
@@ -59,9 +57,7 @@ class ServiceMetrics:
         self.running = Gauge("msdn_inferences_running", "segmentations running", registry=r)
         self.waiting = Gauge("msdn_inferences_waiting", "segmentations waiting for a slot", registry=r)
         self.rejected = Counter("msdn_rejected", "requests refused for load or time", ["reason"], registry=r)
-        self.model = Gauge(
-            "msdn_model_info", "served model", ["name", "version", "sha256", "provider"], registry=r
-        )
+        self.model = Gauge("msdn_model_info", "served model", ["name", "version", "sha256", "provider"], registry=r)
 
     def set_model(self, *, name: str, version: str, sha256: str, provider: str) -> None:
         self.model.clear()

@@ -29,9 +29,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MSDN_", env_file=".env", extra="ignore")
 
     # Model and runtime
-    model_path: Path = Field(
-        Path("models/default.onnx"), description="ONNX model file (card in its metadata)"
-    )
+    model_path: Path = Field(Path("models/default.onnx"), description="ONNX model file (card in its metadata)")
     providers: _CommaList = Field(
         default_factory=lambda: ["auto"],
         description="ONNX Runtime execution providers in priority order, or 'auto' (CUDA when usable, else CPU)",
@@ -42,9 +40,7 @@ class Settings(BaseSettings):
     cpu_mem_arena: bool = Field(
         True, description="ONNX Runtime's CPU memory arena: faster, but keeps its peak memory (off: less RSS)"
     )
-    verify_sha256: bool = Field(
-        True, description="refuse a model whose SHA-256 differs from its sidecar card"
-    )
+    verify_sha256: bool = Field(True, description="refuse a model whose SHA-256 differs from its sidecar card")
     warmup: bool = Field(True, description="run the model once at start-up")
 
     # Limits
@@ -52,22 +48,14 @@ class Settings(BaseSettings):
     max_files: int = Field(4096, ge=1, description="most files in one upload (including zip members)")
     max_slices: int = Field(2048, ge=1, description="most slices in one volume")
     max_voxels: int = Field(1 << 28, ge=1, description="most voxels in one volume")
-    max_zip_uncompressed_bytes: int = Field(
-        2 << 30, ge=1, description="largest total size of a zip's members"
-    )
-    max_zip_ratio: float = Field(
-        200.0, gt=1, description="largest uncompressed/compressed size ratio of a zip member"
-    )
+    max_zip_uncompressed_bytes: int = Field(2 << 30, ge=1, description="largest total size of a zip's members")
+    max_zip_ratio: float = Field(200.0, gt=1, description="largest uncompressed/compressed size ratio of a zip member")
     max_boxes: int = Field(4096, ge=1, description="most boxes in one request")
     max_components: int = Field(1000, ge=0, description="most connected components listed in a JSON answer")
     max_concurrent_inferences: int = Field(2, ge=1, description="requests running inference at once")
-    max_queued_requests: int = Field(
-        8, ge=0, description="requests allowed to wait for a free inference slot"
-    )
+    max_queued_requests: int = Field(8, ge=0, description="requests allowed to wait for a free inference slot")
     queue_timeout_s: float = Field(30.0, gt=0, description="longest wait for a free slot before a 503")
-    request_timeout_s: float = Field(
-        300.0, gt=0, description="longest processing time of one request before a 504"
-    )
+    request_timeout_s: float = Field(300.0, gt=0, description="longest processing time of one request before a 504")
     retry_after_s: int = Field(5, ge=1, description="Retry-After seconds sent with a 503")
 
     # Input policy
@@ -76,20 +64,12 @@ class Settings(BaseSettings):
     )
 
     # Security
-    api_keys: _CommaList = Field(
-        default_factory=list, description="accepted API keys; empty disables authentication"
-    )
+    api_keys: _CommaList = Field(default_factory=list, description="accepted API keys; empty disables authentication")
 
     # Outputs and detection
-    default_format: OutputFormat = Field(
-        "json", description="answer format when neither 'format' nor Accept picks one"
-    )
-    proposal_score_threshold: float = Field(
-        0.5, ge=0, le=1, description="lowest detector score used as a proposal"
-    )
-    proposal_nms_iou: float = Field(
-        0.3, gt=0, le=1, description="IoU above which overlapping proposals are merged"
-    )
+    default_format: OutputFormat = Field("json", description="answer format when neither 'format' nor Accept picks one")
+    proposal_score_threshold: float = Field(0.5, ge=0, le=1, description="lowest detector score used as a proposal")
+    proposal_nms_iou: float = Field(0.3, gt=0, le=1, description="IoU above which overlapping proposals are merged")
     max_proposals_per_slice: int = Field(20, ge=1, description="most detector proposals used per slice")
 
     # Server (used by ``msdn serve``)

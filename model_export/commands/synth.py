@@ -35,8 +35,15 @@ def run(args: argparse.Namespace) -> int:
     try:
         num_cases = parse_split(args.split) if args.split else args.cases
         path = generate(
-            args.task, args.out, num_cases=num_cases, seed=args.seed, size=args.size, slices=args.slices,
-            dicom=args.dicom, boxes=args.boxes, workers=args.workers,
+            args.task,
+            args.out,
+            num_cases=num_cases,
+            seed=args.seed,
+            size=args.size,
+            slices=args.slices,
+            dicom=args.dicom,
+            boxes=args.boxes,
+            workers=args.workers,
         )
     except ValueError as exc:
         sys.stderr.write(f"msdn synth: error: {exc}\n")

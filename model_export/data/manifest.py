@@ -238,9 +238,7 @@ def validate_files(manifest: Manifest) -> None:
                 raise ManifestError(f"case {case.id}: mask has non-integer values; labels must be integers 0..C")
             bad = np.setdiff1d(values.astype(np.int64), np.arange(manifest.num_classes + 1))
             if bad.size:
-                raise ManifestError(
-                    f"case {case.id}: mask has labels {bad.tolist()} outside 0..{manifest.num_classes}"
-                )
+                raise ManifestError(f"case {case.id}: mask has labels {bad.tolist()} outside 0..{manifest.num_classes}")
         for b in case.boxes:
             x1, y1, x2, y2 = b.box
             if not (0 <= b.z < z and 0 <= x1 and 0 <= y1 and x2 <= w and y2 <= h):

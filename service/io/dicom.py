@@ -346,9 +346,7 @@ def series_volume(
     row_dir, col_dir = first.orientation[:3], first.orientation[3:]
     normal = np.cross(row_dir, col_dir)
     if not np.isclose(np.linalg.norm(normal), 1.0, atol=1e-3):
-        raise InconsistentGeometry(
-            f"ImageOrientationPatient {first.orientation.tolist()} is not two unit vectors"
-        )
+        raise InconsistentGeometry(f"ImageOrientationPatient {first.orientation.tolist()} is not two unit vectors")
     distance = np.array([float(fr.position @ normal) for fr in frames])
     order = np.argsort(distance, kind="stable")
     frames = [frames[i] for i in order]
@@ -395,9 +393,7 @@ def series_volume(
             else:
                 volume[slot[(i, fr.frame)]] = values.astype(np.float32) * fr.slope + fr.intercept
             if not np.isfinite(volume[slot[(i, fr.frame)]]).all():
-                raise InvalidInput(
-                    f"{where(fr)}: pixel values are NaN or infinite", code="pixel_data_invalid"
-                )
+                raise InvalidInput(f"{where(fr)}: pixel values are NaN or infinite", code="pixel_data_invalid")
         for keyword in PIXEL_KEYWORDS:
             if keyword in ds:
                 delattr(ds, keyword)
@@ -410,9 +406,7 @@ def series_volume(
     if multi:
         series = DicomSeries([datasets[0]], [int(fr.frame or 0) + 1 for fr in frames], uid, [names[0]])
     else:
-        series = DicomSeries(
-            [datasets[fr.dataset] for fr in frames], None, uid, [names[fr.dataset] for fr in frames]
-        )
+        series = DicomSeries([datasets[fr.dataset] for fr in frames], None, uid, [names[fr.dataset] for fr in frames])
     logger.info(
         "DICOM series: %s, %d slices of %dx%d, spacing %.3g/%.3g/%.3g mm",
         modality,

@@ -31,9 +31,7 @@ def check_reference(labels: np.ndarray, *, name: str, image: ImageVolume, num_cl
         )
     if labels.dtype.kind == "f":
         if not np.all(np.isfinite(labels)) or not np.all(labels == np.round(labels)):
-            raise ReferenceMismatch(
-                f"{name}: reference must hold integer class labels, found fractional values"
-            )
+            raise ReferenceMismatch(f"{name}: reference must hold integer class labels, found fractional values")
     elif labels.dtype.kind not in "biu":
         raise ReferenceMismatch(f"{name}: reference data type {labels.dtype} is not a label type")
     low, high = (int(labels.min()), int(labels.max())) if labels.size else (0, 0)
@@ -54,9 +52,7 @@ def labels_from_seg(ds: Dataset, *, name: str, image: ImageVolume) -> np.ndarray
         )
     series = image.series
     if series is None:
-        raise ReferenceMismatch(
-            f"{name}: a DICOM SEG reference needs DICOM input (it refers to source images)"
-        )
+        raise ReferenceMismatch(f"{name}: a DICOM SEG reference needs DICOM input (it refers to source images)")
     try:
         seg = hd.seg.Segmentation.from_dataset(ds, copy=False)
     except Exception as exc:  # noqa: BLE001 - highdicom raises many types on invalid SEGs
@@ -65,9 +61,7 @@ def labels_from_seg(ds: Dataset, *, name: str, image: ImageVolume) -> np.ndarray
         ) from None
     referenced = {str(s) for _, s, _ in seg.get_source_image_uids()}
     if series.series_instance_uid not in referenced:
-        raise ReferenceMismatch(
-            f"{name}: the SEG does not reference the input series {series.series_instance_uid}"
-        )
+        raise ReferenceMismatch(f"{name}: the SEG does not reference the input series {series.series_instance_uid}")
     try:
         if series.multiframe:
             labels = seg.get_pixels_by_source_frame(

@@ -45,20 +45,12 @@ def parse_spacing(text: Optional[str]) -> Optional[tuple[float, float, float]]:
         return None
     raw = text.strip()
     try:
-        values = (
-            json.loads(raw)
-            if raw.startswith("[")
-            else [float(v) for v in raw.replace(" ", ",").split(",") if v]
-        )
+        values = json.loads(raw) if raw.startswith("[") else [float(v) for v in raw.replace(" ", ",").split(",") if v]
         values = [float(v) for v in values]
     except (ValueError, TypeError, json.JSONDecodeError):
-        raise InvalidInput(
-            f"spacing must be 'sz,sy,sx' in mm, got {text!r}", code="invalid_spacing"
-        ) from None
+        raise InvalidInput(f"spacing must be 'sz,sy,sx' in mm, got {text!r}", code="invalid_spacing") from None
     if len(values) != 3 or not all(math.isfinite(v) and v > 0 for v in values):
-        raise InvalidInput(
-            f"spacing must be 3 positive numbers 'sz,sy,sx' (mm), got {text!r}", code="invalid_spacing"
-        )
+        raise InvalidInput(f"spacing must be 3 positive numbers 'sz,sy,sx' (mm), got {text!r}", code="invalid_spacing")
     return (values[0], values[1], values[2])
 
 
@@ -137,9 +129,7 @@ def _read_nifti(data: bytes, name: str, settings: Settings) -> ArrayFile:
     if len(shape) == 2:
         shape = shape + (1,)
     if len(shape) != 3:
-        raise InvalidVolume(
-            f"{name}: NIfTI must be 3D (or 2D, or 4D with one volume), got shape {list(shape)}"
-        )
+        raise InvalidVolume(f"{name}: NIfTI must be 3D (or 2D, or 4D with one volume), got shape {list(shape)}")
     _check_shape(shape[::-1], name, settings)
     try:
         voxels = np.asanyarray(image.dataobj)  # scl_slope / scl_inter applied by nibabel
@@ -155,9 +145,7 @@ def _read_nifti(data: bytes, name: str, settings: Settings) -> ArrayFile:
     if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
         affine = spacing_affine((zooms[2], zooms[1], zooms[0]))
     array = np.ascontiguousarray(voxels.transpose(2, 1, 0))
-    return ArrayFile(
-        array, "nifti", affine=affine, spacing=(zooms[2], zooms[1], zooms[0]), header=image.header
-    )
+    return ArrayFile(array, "nifti", affine=affine, spacing=(zooms[2], zooms[1], zooms[0]), header=image.header)
 
 
 def read_array_file(fh: BinaryIO, *, name: str, settings: Settings) -> ArrayFile:

@@ -115,13 +115,9 @@ def build_report(result: "SegmentationResult", *, max_components: int) -> Segmen
     """The JSON answer for a pipeline result."""
     image, card = result.image, result.card
     names = [c.name for c in card.classes]
-    found, truncated = components(
-        result.labels, spacing=image.spacing, class_names=names, limit=max_components
-    )
+    found, truncated = components(result.labels, spacing=image.spacing, class_names=names, limit=max_components)
     return SegmentResponse(
-        model=ModelInfo(
-            name=card.name, version=card.version, sha256=result.model_sha256, provider=result.provider
-        ),
+        model=ModelInfo(name=card.name, version=card.version, sha256=result.model_sha256, provider=result.provider),
         input=InputInfo(
             source=image.source,  # type: ignore[arg-type]
             modality=image.modality,
@@ -130,9 +126,7 @@ def build_report(result: "SegmentationResult", *, max_components: int) -> Segmen
             spacing=list(image.spacing),
         ),
         mode=result.mode,  # type: ignore[arg-type]
-        classes=[
-            ClassSummary(**c) for c in class_summary(result.labels, spacing=image.spacing, class_names=names)
-        ],
+        classes=[ClassSummary(**c) for c in class_summary(result.labels, spacing=image.spacing, class_names=names)],
         components=[Component(**c) for c in found],
         components_truncated=truncated,
         boxes=[

@@ -33,6 +33,4 @@ async def healthz() -> Health:
     responses={503: {"model": ErrorBody, "description": "still starting"}},
 )
 async def readyz(runtime: RuntimeDep) -> Ready:
-    return Ready(
-        status="ready", model=f"{runtime.card.name} {runtime.card.version}", provider=runtime.provider
-    )
+    return Ready(status="ready", model=f"{runtime.card.name} {runtime.card.version}", provider=runtime.provider)

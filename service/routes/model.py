@@ -32,9 +32,7 @@ class ModelDescription(BaseModel):
     version: str
     method: str
     classes: list[ClassOut]
-    input: InputOut = Field(
-        description="normalisation: clip, then (x - mean) / std; H, W multiples of size_multiple"
-    )
+    input: InputOut = Field(description="normalisation: clip, then (x - mean) / std; H, W multiples of size_multiple")
     outputs: dict[str, Any]
     detection: bool = Field(description="the model also proposes boxes (proposal mode)")
     precision: str

@@ -161,9 +161,7 @@ async def segment(
     metrics: MetricsDep,
     dicom: Annotated[
         Optional[list[UploadFile]],
-        File(
-            description="DICOM files of one series, or one .zip holding the series (repeat the field per file)"
-        ),
+        File(description="DICOM files of one series, or one .zip holding the series (repeat the field per file)"),
     ] = None,
     volume: Annotated[
         Optional[UploadFile],
@@ -190,9 +188,7 @@ async def segment(
     ] = None,
     mode: Annotated[
         Mode,
-        Form(
-            description="auto: boxes if given, else the detector's proposals if the model has them, else slices"
-        ),
+        Form(description="auto: boxes if given, else the detector's proposals if the model has them, else slices"),
     ] = "auto",
     output_format: Annotated[
         Optional[OutputFormat],
@@ -213,13 +209,9 @@ async def segment(
             code="too_many_files",
         )
     if bool(dicom_files) == (volume is not None):
-        raise InvalidInput(
-            "send either 'dicom' files or one 'volume' file, not both or neither", code="no_input"
-        )
+        raise InvalidInput("send either 'dicom' files or one 'volume' file, not both or neither", code="no_input")
     if fmt == "dicom-seg" and not dicom_files:
-        raise InvalidInput(
-            "a DICOM SEG answer needs DICOM input; ask for json or nifti", code="format_needs_dicom"
-        )
+        raise InvalidInput("a DICOM SEG answer needs DICOM input; ask for json or nifti", code="format_needs_dicom")
     if volume is None and spacing:
         raise InvalidInput("'spacing' is for .npy volumes; DICOM carries its own", code="invalid_spacing")
 

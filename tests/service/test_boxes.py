@@ -42,11 +42,7 @@ def test_empty_and_wrapped_forms():
     assert parse_boxes(None, shape=SHAPE, class_names=NAMES, max_boxes=1) == []
     assert parse_boxes("  ", shape=SHAPE, class_names=NAMES, max_boxes=1) == []
     assert (
-        len(
-            parse_boxes(
-                '{"boxes": [{"slice": 0, "box": [0, 0, 1, 1]}]}', shape=SHAPE, class_names=NAMES, max_boxes=1
-            )
-        )
+        len(parse_boxes('{"boxes": [{"slice": 0, "box": [0, 0, 1, 1]}]}', shape=SHAPE, class_names=NAMES, max_boxes=1))
         == 1
     )
 

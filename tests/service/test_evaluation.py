@@ -74,12 +74,8 @@ def test_evaluate_per_class_overall_and_volumes():
     assert result["overall"]["dice"] == pytest.approx(1.0)  # foreground matches exactly
     assert result["overall"]["hd95_mm"] == pytest.approx(0.0)
     voxel_ml = 2.0 * 0.5 * 0.5 / 1000
-    assert c1["volume_ml"] == pytest.approx(4 * voxel_ml) and c1["reference_volume_ml"] == pytest.approx(
-        2 * voxel_ml
-    )
-    assert c2["volume_ml"] == pytest.approx(1 * voxel_ml) and c2["reference_volume_ml"] == pytest.approx(
-        3 * voxel_ml
-    )
+    assert c1["volume_ml"] == pytest.approx(4 * voxel_ml) and c1["reference_volume_ml"] == pytest.approx(2 * voxel_ml)
+    assert c2["volume_ml"] == pytest.approx(1 * voxel_ml) and c2["reference_volume_ml"] == pytest.approx(3 * voxel_ml)
 
 
 def test_class_summary_and_components():

@@ -30,9 +30,7 @@ def rtdet(model_det):
 
 def test_normalise_clips_then_standardises(rt2):
     x = np.array([-5000.0, -200.0, 400.0, 5000.0])
-    np.testing.assert_allclose(
-        normalise(x, rt2.card.input), [(-1000 + 200) / 300, 0.0, 2.0, (1000 + 200) / 300]
-    )
+    np.testing.assert_allclose(normalise(x, rt2.card.input), [(-1000 + 200) / 300, 0.0, 2.0, (1000 + 200) / 300])
 
 
 def test_argmax_labels_equals_numpy_argmax_including_ties():

@@ -51,9 +51,7 @@ def test_segment_over_real_http(server):
     url, log = server
     r = httpx.post(f"{url}/segment", files=ct5n_files(), timeout=60)
     assert r.status_code == 200, r.text
-    datasets = sorted(
-        (pydicom.dcmread(p) for p in ct5n_paths()), key=lambda d: float(d.ImagePositionPatient[2])
-    )
+    datasets = sorted((pydicom.dcmread(p) for p in ct5n_paths()), key=lambda d: float(d.ImagePositionPatient[2]))
     hu = np.stack([pydicom.pixels.apply_modality_lut(d.pixel_array, d) for d in datasets])
     mask = decode(r.json()["mask"])
     np.testing.assert_array_equal(mask, expected_labels(hu, (THRESHOLD_HU,)))
@@ -70,13 +68,10 @@ def test_segment_over_real_http(server):
 
 def test_bad_upload_over_real_http(server):
     url, _ = server
-    r = httpx.post(
-        f"{url}/segment", files=[("dicom", ("x.dcm", b"garbage", "application/dicom"))], timeout=30
-    )
+    r = httpx.post(f"{url}/segment", files=[("dicom", ("x.dcm", b"garbage", "application/dicom"))], timeout=30)
     assert r.status_code == 422 and r.json()["code"] == "not_dicom"
     assert (
-        'msdn_http_requests_total{method="POST",route="/segment",status="422"} 1.0'
-        in httpx.get(f"{url}/metrics").text
+        'msdn_http_requests_total{method="POST",route="/segment",status="422"} 1.0' in httpx.get(f"{url}/metrics").text
     )
 
 

@@ -14,9 +14,7 @@ from tests.service.helpers import ct5n_paths, make_settings
 
 
 def upload():
-    return [
-        ("dicom", (p.rsplit("/", 1)[-1], Path(p).read_bytes(), "application/dicom")) for p in ct5n_paths()
-    ]
+    return [("dicom", (p.rsplit("/", 1)[-1], Path(p).read_bytes(), "application/dicom")) for p in ct5n_paths()]
 
 
 def test_probes_and_model_card(client, model_1c):
@@ -25,9 +23,7 @@ def test_probes_and_model_card(client, model_1c):
     assert ready.status_code == 200 and ready.json()["provider"] == "CPUExecutionProvider"
     card = client.get("/v1/model").json()
     assert card["name"] == "threshold" and card["sha256"] == file_sha256(model_1c)
-    assert card["classes"] == [{"value": 1, "name": "tissue"}] and card["providers"] == [
-        "CPUExecutionProvider"
-    ]
+    assert card["classes"] == [{"value": 1, "name": "tissue"}] and card["providers"] == ["CPUExecutionProvider"]
     assert card["input"]["patch_size"] == [32, 32] and card["detection"] is False
 
 
@@ -81,9 +77,7 @@ def test_api_keys(make_client, model_1c):
     assert client.get("/v1/model", headers={"Authorization": "Basic czNjcmV0"}).status_code == 401
     assert client.get("/v1/model", headers={"X-API-Key": "s3cret"}).status_code == 200
     assert client.get("/v1/model", headers={"Authorization": "Bearer other"}).status_code == 200
-    assert (
-        client.post("/segment", files=upload(), headers={"Authorization": "Bearer s3cret"}).status_code == 200
-    )
+    assert client.post("/segment", files=upload(), headers={"Authorization": "Bearer s3cret"}).status_code == 200
 
 
 def test_no_keys_means_open(client):
@@ -103,9 +97,7 @@ def test_body_limit_declared_and_streamed(make_client, model_1c):
         for _ in range(30):
             yield b"x" * 1000
 
-    r = client.post(
-        "/segment", content=chunks(), headers={"Content-Type": "multipart/form-data; boundary=abc"}
-    )
+    r = client.post("/segment", content=chunks(), headers={"Content-Type": "multipart/form-data; boundary=abc"})
     assert r.status_code == 413 and r.json()["code"] == "upload_too_large"
     assert client.get("/healthz").status_code == 200
 
@@ -130,8 +122,6 @@ def test_unexpected_errors_are_500_json_without_details(model_1c):
     async def boom() -> dict:
         raise RuntimeError("secret internals")
 
-    with TestClient(
-        create_app(make_settings(model_1c), routers=[broken]), raise_server_exceptions=False
-    ) as client:
+    with TestClient(create_app(make_settings(model_1c), routers=[broken]), raise_server_exceptions=False) as client:
         r = client.get("/boom")
     assert r.status_code == 500 and r.json()["code"] == "internal_error" and "secret" not in r.text

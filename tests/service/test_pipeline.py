@@ -37,9 +37,7 @@ def test_datasets_to_result_and_seg(runtime, model_1c):
     seg = build_seg(result)
     assert isinstance(seg, hd.seg.Segmentation)
     uids = result.image.series.sop_instance_uids
-    back = seg.get_pixels_by_source_instance(
-        uids, combine_segments=True, assert_missing_frames_are_empty=True
-    )
+    back = seg.get_pixels_by_source_instance(uids, combine_segments=True, assert_missing_frames_are_empty=True)
     np.testing.assert_array_equal(back, result.labels)
     body, media_type, _ = render(result, "json", settings)
     assert media_type == "application/json" and json.loads(body)["metrics"]["classes"][0]["dice"] is not None
@@ -49,9 +47,7 @@ def test_boxes_and_mode_checks(runtime, model_1c):
     settings = make_settings(model_1c)
     datasets = ct_series(phantom((2, 32, 32)))
     with pytest.raises(InvalidInput, match="does not use boxes"):
-        segment_datasets(
-            datasets, runtime, settings, mode="slices", boxes='[{"slice": 0, "box": [0, 0, 4, 4]}]'
-        )
+        segment_datasets(datasets, runtime, settings, mode="slices", boxes='[{"slice": 0, "box": [0, 0, 4, 4]}]')
     result = segment_datasets(
         ct_series(phantom((2, 32, 32))), runtime, settings, boxes='[{"slice": 1, "box": [0, 0, 4, 4]}]'
     )

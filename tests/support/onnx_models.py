@@ -66,9 +66,7 @@ def make_card(
 
 
 def _finish(graph: onnx.GraphProto, card: ModelCard, path: Optional[Path], sidecar: bool) -> bytes:
-    model = helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="msdn-tests"
-    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="msdn-tests")
     model.ir_version = 8
     helper.set_model_props(model, {CARD_KEY: card.to_json(), "msdn.name": card.name})
     onnx.checker.check_model(model)
@@ -193,9 +191,7 @@ def threshold_model(
     ]
     inits = [numpy_helper.from_array(weights, "w"), numpy_helper.from_array(bias, "b")]
     outputs = [
-        helper.make_tensor_value_info(
-            OUTPUT_NAME, TensorProto.FLOAT, ["batch", num_classes + 1, "height", "width"]
-        )
+        helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["batch", num_classes + 1, "height", "width"])
     ]
     if detection_cell:
         det_nodes, det_inits, det_outputs = _detection_nodes(detection_cell, num_classes)
@@ -254,9 +250,7 @@ def conv_model(
         b = np.zeros(channels, np.float32)
         inits += [numpy_helper.from_array(w, f"w{i}"), numpy_helper.from_array(b, f"b{i}")]
         nodes.append(
-            helper.make_node(
-                "Conv", [current, f"w{i}", f"b{i}"], [f"c{i}"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]
-            )
+            helper.make_node("Conv", [current, f"w{i}", f"b{i}"], [f"c{i}"], kernel_shape=[3, 3], pads=[1, 1, 1, 1])
         )
         nodes.append(helper.make_node("Relu", [f"c{i}"], [f"r{i}"]))
         current, in_ch = f"r{i}", channels

@@ -126,14 +126,23 @@ def make_case(rng: np.random.Generator, *, size: int = 192, slices: int = 24) ->
     ridge = _unit(ant * 0.7 + med * 0.7)
     r_sup = _unit(np.cross(ridge, lat))
     r_third = np.cross(ridge, r_sup)
-    ellipsoid(bone, spacing, base + med * 2.0 + rng.normal(0, 1.0, 3), np.stack([ridge, r_sup, r_third]),
-              [rng.uniform(28, 40), rng.uniform(10, 13), rng.uniform(11, 15)], edge=1.0)
+    ellipsoid(
+        bone,
+        spacing,
+        base + med * 2.0 + rng.normal(0, 1.0, 3),
+        np.stack([ridge, r_sup, r_third]),
+        [rng.uniform(28, 40), rng.uniform(10, 13), rng.uniform(11, 15)],
+        edge=1.0,
+    )
     mastoid_c = base + post * rng.uniform(11, 16) + lat * rng.uniform(7, 11) - sup * rng.uniform(0, 4)
     mastoid_axes = np.stack([sup, post, lat])
     mastoid_semi = [rng.uniform(10, 16), rng.uniform(11, 16), rng.uniform(8, 12)]
     ellipsoid(bone, spacing, mastoid_c, mastoid_axes, mastoid_semi, edge=1.0)
-    gz, gy, gx = (np.arange(n, dtype=np.float32)[..., None, None].reshape([-1 if k == i else 1 for k in range(3)])
-                  * np.float32(spacing[i]) for i, n in enumerate(shape))
+    gz, gy, gx = (
+        np.arange(n, dtype=np.float32)[..., None, None].reshape([-1 if k == i else 1 for k in range(3)])
+        * np.float32(spacing[i])
+        for i, n in enumerate(shape)
+    )
     lat_dist = (gz - base[0]) * lat[0] + (gy - base[1]) * lat[1] + (gx - base[2]) * lat[2]  # mm lateral of base
     plate_in = rng.uniform(14, 20)
     plate_out = plate_in + rng.uniform(4, 7)
@@ -185,8 +194,7 @@ def make_case(rng: np.random.Generator, *, size: int = 192, slices: int = 24) ->
 
     capsule = fine.zeros()
     wall = rng.uniform(1.4, 2.2)
-    paint_capsules(capsule, fs, spiral[:-1], spiral[1:], r_lumen[:-1] + wall, r_lumen[1:] + wall, edge=1.0,
-                   offset=fo)
+    paint_capsules(capsule, fs, spiral[:-1], spiral[1:], r_lumen[:-1] + wall, r_lumen[1:] + wall, edge=1.0, offset=fo)
     ellipsoid(capsule, fs, vest_c, vest_axes, vest_semi + wall, edge=1.0, offset=fo)
     for ring in canals:
         paint_capsules(capsule, fs, ring[:-1], ring[1:], r_canal + wall, r_canal + wall, edge=1.0, offset=fo)
@@ -195,8 +203,15 @@ def make_case(rng: np.random.Generator, *, size: int = 192, slices: int = 24) ->
     # --- middle ear with ossicles, external auditory canal (air)
     me_c = base + lat * rng.uniform(7.0, 8.5) + ant * rng.uniform(-0.5, 1.5) + sup * rng.uniform(0, 2)
     air = fine.zeros()
-    ellipsoid(air, fs, me_c, np.stack([sup, ant, lat]),
-              [rng.uniform(5, 7.5), rng.uniform(3.5, 5.5), rng.uniform(1.8, 2.8)], edge=edge, offset=fo)
+    ellipsoid(
+        air,
+        fs,
+        me_c,
+        np.stack([sup, ant, lat]),
+        [rng.uniform(5, 7.5), rng.uniform(3.5, 5.5), rng.uniform(1.8, 2.8)],
+        edge=edge,
+        offset=fo,
+    )
     eac_dir = _unit(lat + rng.normal(0, 0.15, 3))
     eac = np.array([me_c + lat * 2.5 - sup * 3.5 + eac_dir * t for t in np.linspace(0, 40, 10)])
     r_eac = rng.uniform(3.0, 4.2)

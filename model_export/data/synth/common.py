@@ -50,9 +50,7 @@ class SynthCase:
         """
         sz, sy, sx = self.spacing
         ox, oy, oz = self.origin
-        return np.array(
-            [[-sx, 0, 0, -ox], [0, -sy, 0, -oy], [0, 0, sz, oz], [0, 0, 0, 1]], dtype=np.float64
-        )
+        return np.array([[-sx, 0, 0, -ox], [0, -sy, 0, -oy], [0, 0, sz, oz], [0, 0, 0, 1]], dtype=np.float64)
 
 
 def case_rng(seed: int, task_code: int, index: int) -> np.random.Generator:

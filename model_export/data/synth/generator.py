@@ -42,14 +42,26 @@ class TaskSpec:
 
 TASKS: dict[str, TaskSpec] = {
     "lung": TaskSpec(
-        "lung", lung, {"train": 160, "val": 80, "test": 80}, 192, 32, 8,
+        "lung",
+        lung,
+        {"train": 160, "val": 80, "test": 80},
+        192,
+        32,
+        8,
         "synthetic non-contrast chest CT cut-outs around one lung nodule (msdn synth)",
-        (-600.0, 1500.0), "CHEST",
+        (-600.0, 1500.0),
+        "CHEST",
     ),
     "cochlea": TaskSpec(
-        "cochlea", cochlea, {"train": 66, "val": 40, "test": 40}, 192, 24, 12,
+        "cochlea",
+        cochlea,
+        {"train": 66, "val": 40, "test": 40},
+        192,
+        24,
+        12,
         "synthetic non-contrast temporal-bone CT cut-outs around the cochlea (msdn synth)",
-        (500.0, 4000.0), "HEAD",
+        (500.0, 4000.0),
+        "HEAD",
     ),
 }
 
@@ -114,8 +126,9 @@ def _check_size(spec: TaskSpec, size: Optional[int], slices: Optional[int]) -> t
     return size, slices
 
 
-def generate_case(task: str, index: int, *, seed: int = 0, size: Optional[int] = None,
-                  slices: Optional[int] = None) -> SynthCase:
+def generate_case(
+    task: str, index: int, *, seed: int = 0, size: Optional[int] = None, slices: Optional[int] = None
+) -> SynthCase:
     """Draw case ``index`` of ``task``; it depends only on (task, seed, index, size, slices).
 
     Args:
@@ -153,9 +166,15 @@ def _write_one(job: tuple) -> dict[str, Any]:
         if (out_dir / image_rel).is_dir():  # a series left by an earlier run would mix with this one
             shutil.rmtree(out_dir / image_rel)
         write_ct_series(
-            out_dir / image_rel, case.image, spacing=case.spacing, origin=case.origin,
-            key=f"msdn-synth/{task}/{seed}/{index}/{size}/{slices}", patient_id=f"SYNTH-{cid.upper()}",
-            description=spec.description[:64], window=spec.window, body_part=spec.body_part,
+            out_dir / image_rel,
+            case.image,
+            spacing=case.spacing,
+            origin=case.origin,
+            key=f"msdn-synth/{task}/{seed}/{index}/{size}/{slices}",
+            patient_id=f"SYNTH-{cid.upper()}",
+            description=spec.description[:64],
+            window=spec.window,
+            body_part=spec.body_part,
         )
     else:
         image_rel = f"images/{cid}.nii.gz"
@@ -239,6 +258,11 @@ def generate(
     path.write_text(json.dumps(manifest, indent=1) + "\n")
     log.info(
         "%s: %d cases in %.1f s (%.2f s/case drawing, median; %d worker(s)) -> %s",
-        task, len(entries), elapsed, float(np.median(gen_s)) if gen_s else 0.0, workers, path,
+        task,
+        len(entries),
+        elapsed,
+        float(np.median(gen_s)) if gen_s else 0.0,
+        workers,
+        path,
     )
     return path

@@ -90,8 +90,16 @@ def _trace_vessel(
             if depth < 3 and r > 0.6 and rng.random() < branch_p:
                 child = d + random_unit(rng)[0] * rng.uniform(0.5, 1.2)
                 _trace_vessel(
-                    rng, p.copy(), child / np.linalg.norm(child), r * rng.uniform(0.5, 0.8), lo, hi,
-                    wiggle=wiggle, branch_p=branch_p, depth=depth + 1, out=out,
+                    rng,
+                    p.copy(),
+                    child / np.linalg.norm(child),
+                    r * rng.uniform(0.5, 0.8),
+                    lo,
+                    hi,
+                    wiggle=wiggle,
+                    branch_p=branch_p,
+                    depth=depth + 1,
+                    out=out,
                 )
         if len(pts) > 1:
             out.append((np.array(pts), np.array(rad)))
@@ -163,8 +171,9 @@ def _nodule_occupancy(
             p1 += [mid, b]
             r0 += [r_base, 0.55 * r_base]
             r1 += [0.55 * r_base, 0.3]
-        paint_capsules(occ, spacing, np.array(p0), np.array(p1), np.array(r0), np.array(r1), edge=edge,
-                       offset=grid.offset)
+        paint_capsules(
+            occ, spacing, np.array(p0), np.array(p1), np.array(r0), np.array(r1), edge=edge, offset=grid.offset
+        )
     return grid.slab_mean(occ)
 
 
@@ -206,14 +215,24 @@ def make_case(rng: np.random.Generator, *, size: int = 192, slices: int = 32) ->
     lo, hi = -np.full(3, 4.0), ext + 4.0
     bronchi: list = []
     for _ in range(int(rng.integers(0, 3))):
-        _trace_vessel(rng, rng.uniform(lo, hi), _z_biased_direction(rng), log_uniform(rng, 1.5, 4.0), lo, hi,
-                      wiggle=0.04, branch_p=0.01, out=bronchi)
+        _trace_vessel(
+            rng,
+            rng.uniform(lo, hi),
+            _z_biased_direction(rng),
+            log_uniform(rng, 1.5, 4.0),
+            lo,
+            hi,
+            wiggle=0.04,
+            branch_p=0.01,
+            out=bronchi,
+        )
     if bronchi:
         wall, lumen = fine.zeros(), fine.zeros()
         for pts, rad in bronchi:
             t = rng.uniform(0.4, 1.0)
-            paint_capsules(wall, fine.spacing, pts[:-1], pts[1:], rad[:-1] + t, rad[1:] + t, edge=px,
-                           offset=fine.offset)
+            paint_capsules(
+                wall, fine.spacing, pts[:-1], pts[1:], rad[:-1] + t, rad[1:] + t, edge=px, offset=fine.offset
+            )
             paint_capsules(lumen, fine.spacing, pts[:-1], pts[1:], rad[:-1], rad[1:], edge=px, offset=fine.offset)
         blend(img, fine.slab_mean(wall), rng.uniform(-120, 30))
         blend(img, fine.slab_mean(lumen), -1000.0)
@@ -221,8 +240,7 @@ def make_case(rng: np.random.Generator, *, size: int = 192, slices: int = 32) ->
     # --- nodule
     edge_solid = max(px, 0.6)
     fuzzy = rng.uniform(0.9, 2.2)
-    nod = _nodule_occupancy(rng, fine, centre, radius, shape_kind,
-                            edge_solid if density == "solid" else fuzzy)
+    nod = _nodule_occupancy(rng, fine, centre, radius, shape_kind, edge_solid if density == "solid" else fuzzy)
     if density == "solid":
         hu = rng.uniform(-20, 60) + rng.uniform(5, 20) * smooth_noise(rng, shape, (0.5, 1.0, 1.0))
         blend(img, nod, hu)
@@ -241,8 +259,9 @@ def make_case(rng: np.random.Generator, *, size: int = 192, slices: int = 32) ->
     vessel_hu = rng.uniform(20, 110)
     vessels: list = []
     for _ in range(int(rng.integers(14, 30))):
-        _trace_vessel(rng, rng.uniform(lo, hi), _z_biased_direction(rng), log_uniform(rng, 0.4, 2.8), lo, hi,
-                      out=vessels)
+        _trace_vessel(
+            rng, rng.uniform(lo, hi), _z_biased_direction(rng), log_uniform(rng, 0.4, 2.8), lo, hi, out=vessels
+        )
     if position == "juxta-vascular":
         r_v = rng.uniform(0.6, 1.0) * min(2.6, max(1.0, 0.6 * radius))
         d = _z_biased_direction(rng, 1.5)
@@ -326,8 +345,10 @@ def _chest_wall(
         ang = theta + np.linspace(-half_arc, half_arc, 60)
         arc = depth * ang
         for dz in (-1.3, 1.3):
-            pts = np.stack([z0 + dz + slope * (arc - arc.mean()), axis[0] + depth * np.sin(ang),
-                            axis[1] + depth * np.cos(ang)], axis=1)
+            pts = np.stack(
+                [z0 + dz + slope * (arc - arc.mean()), axis[0] + depth * np.sin(ang), axis[1] + depth * np.cos(ang)],
+                axis=1,
+            )
             paint_capsules(cortex, spacing, pts[:-1], pts[1:], r_rib, r_rib, edge=px)
             paint_capsules(marrow, spacing, pts[:-1], pts[1:], r_rib - 1.2, r_rib - 1.2, edge=px)
         z0 += rng.uniform(15, 22)

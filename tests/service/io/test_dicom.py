@@ -176,9 +176,7 @@ def test_duplicate_positions(settings):
 def test_irregular_spacing(settings):
     datasets = ct_series(np.zeros((6, 8, 8)), spacing=(2.0, 1.0, 1.0))
     del datasets[3]  # a missing slice: gaps 2, 2, 4, 2 mm
-    with pytest.raises(
-        InconsistentGeometry, match=r"irregular slice spacing: 4\.000 mm .* median gap 2\.000"
-    ):
+    with pytest.raises(InconsistentGeometry, match=r"irregular slice spacing: 4\.000 mm .* median gap 2\.000"):
         series_volume(datasets, settings=settings)
 
 

@@ -43,9 +43,7 @@ def test_npy_needs_spacing_and_keeps_axes(settings):
 
 
 def test_2d_npy_is_one_slice(settings):
-    image = read_volume(
-        _npy(np.ones((5, 6), np.float32)), name="s.npy", spacing="[1, 1, 1]", settings=settings
-    )
+    image = read_volume(_npy(np.ones((5, 6), np.float32)), name="s.npy", spacing="[1, 1, 1]", settings=settings)
     assert image.shape == (1, 5, 6)
 
 

@@ -42,9 +42,7 @@ def ct5n_upload() -> list:
 
 def ct5n_hu() -> np.ndarray:
     """CT5N in HU, sorted by z, by pydicom alone (independent of the service's reader)."""
-    datasets = sorted(
-        (pydicom.dcmread(p) for p in ct5n_paths()), key=lambda d: float(d.ImagePositionPatient[2])
-    )
+    datasets = sorted((pydicom.dcmread(p) for p in ct5n_paths()), key=lambda d: float(d.ImagePositionPatient[2]))
     return np.stack([apply_modality_lut(d.pixel_array, d) for d in datasets])
 
 
@@ -114,9 +112,7 @@ def test_dicom_seg_answer_reads_back_equal_to_the_json_mask(client):
     assert r.status_code == 200, r.text
     assert r.headers["content-type"] == "application/dicom"
     seg = hd.seg.segread(io.BytesIO(r.content))
-    sources = sorted(
-        (pydicom.dcmread(p) for p in ct5n_paths()), key=lambda d: float(d.ImagePositionPatient[2])
-    )
+    sources = sorted((pydicom.dcmread(p) for p in ct5n_paths()), key=lambda d: float(d.ImagePositionPatient[2]))
     assert seg.SeriesInstanceUID != sources[0].SeriesInstanceUID
     assert seg.StudyInstanceUID == sources[0].StudyInstanceUID
     assert [s.SegmentLabel for s in seg.SegmentSequence] == ["tissue"]
@@ -137,9 +133,7 @@ def test_seg_as_reference_gives_dice_one(client):
 
 def test_seg_of_another_series_is_refused_as_reference(client):
     other = ct_series(phantom((5, 16, 16)))
-    seg = client.post(
-        "/segment", files=dicom_parts(series_files(other)), data={"format": "dicom-seg"}
-    ).content
+    seg = client.post("/segment", files=dicom_parts(series_files(other)), data={"format": "dicom-seg"}).content
     r = client.post("/segment", files=ct5n_upload() + [("reference", ("ref.dcm", seg, "application/dicom"))])
     assert r.status_code == 422 and r.json()["code"] == "reference_mismatch"
     assert "does not reference the input series" in r.json()["message"]
@@ -150,9 +144,7 @@ def test_nifti_answer_overlays_the_dicom_input(client):
     assert r.status_code == 200, r.text
     assert r.headers["content-disposition"] == 'attachment; filename="mask.nii.gz"'
     img = nib.Nifti1Image.from_bytes(gzip.decompress(r.content))
-    np.testing.assert_array_equal(
-        np.asarray(img.dataobj).transpose(2, 1, 0), expected_labels(ct5n_hu(), (0.0,))
-    )
+    np.testing.assert_array_equal(np.asarray(img.dataobj).transpose(2, 1, 0), expected_labels(ct5n_hu(), (0.0,)))
     first = min((pydicom.dcmread(p) for p in ct5n_paths()), key=lambda d: float(d.ImagePositionPatient[2]))
     x, y, z = (float(v) for v in first.ImagePositionPatient)
     np.testing.assert_allclose(img.affine @ [0, 0, 0, 1], [-x, -y, z, 1], atol=1e-4)  # RAS of the first voxel
@@ -197,9 +189,7 @@ def test_npy_volume_two_classes_with_multiclass_reference(make_client, model_2c)
 def test_boxes_mode_through_the_api(client):
     hu = phantom((4, 48, 64))
     boxes = [{"slice": 1, "box": [10, 12, 30, 30]}, {"box": [40, 20, 2, 60, 40, 4]}]
-    r = client.post(
-        "/segment", files=dicom_parts(series_files(ct_series(hu))), data={"boxes": json.dumps(boxes)}
-    )
+    r = client.post("/segment", files=dicom_parts(series_files(ct_series(hu))), data={"boxes": json.dumps(boxes)})
     assert r.status_code == 200, r.text
     body = r.json()
     full = expected_labels(hu, (THRESHOLD_HU,))
@@ -221,9 +211,7 @@ def test_proposals_mode_through_the_api(make_client, model_det):
     assert [(b["slice"], b["box"], b["source"]) for b in body["boxes"]] == [(1, [0, 16, 8, 24], "detector")]
     np.testing.assert_array_equal(decode(body["mask"]), expected_labels(hu, (THRESHOLD_HU,)))
     assert (
-        client.post(
-            "/segment", files=dicom_parts(series_files(ct_series(hu))), data={"mode": "slices"}
-        ).json()["mode"]
+        client.post("/segment", files=dicom_parts(series_files(ct_series(hu))), data={"mode": "slices"}).json()["mode"]
         == "slices"
     )
 
@@ -270,14 +258,10 @@ def test_mixed_series_upload_lists_them_and_series_uid_picks(client):
 
 def test_accept_negotiation(client):
     assert (
-        client.post("/segment", files=ct5n_upload(), headers={"Accept": "application/dicom"}).headers[
-            "content-type"
-        ]
+        client.post("/segment", files=ct5n_upload(), headers={"Accept": "application/dicom"}).headers["content-type"]
         == "application/dicom"
     )
-    r = client.post(
-        "/segment", files=ct5n_upload(), headers={"Accept": "text/html;q=0.9, application/json;q=0.5"}
-    )
+    r = client.post("/segment", files=ct5n_upload(), headers={"Accept": "text/html;q=0.9, application/json;q=0.5"})
     assert r.headers["content-type"] == "application/json"
     r = client.post("/segment", files=ct5n_upload(), headers={"Accept": "image/png"})
     assert r.status_code == 406 and r.json()["code"] == "not_acceptable"

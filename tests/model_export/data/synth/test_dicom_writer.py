@@ -122,8 +122,9 @@ def test_highdicom_builds_a_segmentation_on_the_series(dicom_set: Path):
     # read the frames back through highdicom: the mask's slices come back on the right source images
     back = hd.seg.Segmentation.from_dataset(pydicom.dcmread(_save(seg, dicom_set.parent / "seg.dcm")))
     sop_uids = [(s.StudyInstanceUID, s.SeriesInstanceUID, s.SOPInstanceUID) for s in series]
-    arr = back.get_pixels_by_source_instance(source_sop_instance_uids=[u[2] for u in sop_uids], segment_numbers=[1],
-                                             ignore_spatial_locations=True)
+    arr = back.get_pixels_by_source_instance(
+        source_sop_instance_uids=[u[2] for u in sop_uids], segment_numbers=[1], ignore_spatial_locations=True
+    )
     np.testing.assert_array_equal(arr[..., 0].astype(bool), mask.astype(bool))
 
 

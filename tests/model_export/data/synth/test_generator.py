@@ -45,8 +45,14 @@ def test_generate_writes_a_valid_manifest(tmp_path: Path, task: str):
     assert m.class_names == [{"lung": "nodule", "cochlea": "cochlea"}[task]] and m.modality == "CT"
     raw = json.loads(path.read_text())
     assert raw["generator"] == {
-        "tool": "msdn synth", "version": GENERATOR_VERSION, "task": task, "seed": 1, "size": 128,
-        "slices": 12, "dicom": False, "split": {"train": 1, "val": 1, "test": 1},
+        "tool": "msdn synth",
+        "version": GENERATOR_VERSION,
+        "task": task,
+        "seed": 1,
+        "size": 128,
+        "slices": 12,
+        "dicom": False,
+        "split": {"train": 1, "val": 1, "test": 1},
     }
     for i, case in enumerate(m.cases):
         expected = generate_case(task, i, seed=1, **TINY[task])
@@ -151,8 +157,25 @@ def test_defaults_are_paper_like():
 
 def test_cli_writes_a_data_set(tmp_path: Path, capsys):
     out = tmp_path / "d"
-    rc = main(["synth", "--task", "cochlea", "-o", str(out), "--split", "1/1/1", "--size", "128", "--slices", "12",
-               "--seed", "3", "--workers", "1"])
+    rc = main(
+        [
+            "synth",
+            "--task",
+            "cochlea",
+            "-o",
+            str(out),
+            "--split",
+            "1/1/1",
+            "--size",
+            "128",
+            "--slices",
+            "12",
+            "--seed",
+            "3",
+            "--workers",
+            "1",
+        ]
+    )
     assert rc == 0
     assert capsys.readouterr().out.strip() == str(out / "manifest.json")
     m = load_manifest(out / "manifest.json")

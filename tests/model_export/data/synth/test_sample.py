@@ -24,7 +24,10 @@ def test_sample_matches_the_generator(tmp_path: Path):
     for p in committed:
         a, b = pydicom.dcmread(p), pydicom.dcmread(made / p.name)
         assert (a.SOPInstanceUID, a.SeriesInstanceUID, a.ImagePositionPatient) == (
-            b.SOPInstanceUID, b.SeriesInstanceUID, b.ImagePositionPatient)
+            b.SOPInstanceUID,
+            b.SeriesInstanceUID,
+            b.ImagePositionPatient,
+        )
     image = read_volume(SAMPLES / "lung_case")
     mask = read_volume(SAMPLES / "lung_case_mask.nii.gz", dtype=np.uint8)
     # Same environment: identical. Other numpy/scipy builds may round a few float32 voxels differently,
