@@ -10,6 +10,8 @@ Examples::
         --task cochlea=data/cochlea_cpu/manifest.json --out docs/results/cpu
     # a JSON/YAML file holding ExperimentConfig fields
     msdn experiment --config my_experiment.yaml --out results/mine
+    # protocol 2 (learning curve, scarce-split selection, paired statistics; see docs/training.md)
+    msdn experiment --preset cpu_v2 --task lung=data/lung_v2/manifest.json --out runs/cpu_v2
 
 Interrupted runs continue where they stopped (finished runs are read back from OUT/results.csv).
 """
@@ -124,12 +126,25 @@ def run(args: argparse.Namespace) -> int:
                 raise ValueError(f"no results in {args.out}/results.csv")
             saved = Path(args.out) / "experiment.json"
             config = ExperimentConfig.from_dict(json.loads(saved.read_text())) if saved.is_file() else None
-            paths = write_report(rows, args.out, config=config)
+            if config is not None and config.protocol == 2:
+                from model_export.experiment.report_v2 import write_report_v2
+                from model_export.experiment.runner import with_per_case
+
+                paths = write_report_v2(with_per_case(rows, Path(args.out)), args.out, config=config)
+            else:
+                paths = write_report(rows, args.out, config=config)
             sys.stdout.write(paths["table"].read_text())
             return 0
         config = build_config(args)
         if args.dry_run:
-            for cell in plan_cells(config):
+            if config.protocol == 2:
+                from model_export.experiment.v2 import curve_cells
+
+                sys.stdout.write("# protocol 2, stage 1 (learning curve); later stages are planned from its results\n")
+                cells = curve_cells(config)
+            else:
+                cells = plan_cells(config)
+            for cell in cells:
                 sys.stdout.write(cell.name + "\n")
             return 0
         rows = run_experiment(config, args.out, max_runs=args.max_runs)

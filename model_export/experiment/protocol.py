@@ -34,6 +34,45 @@ METHOD_LABELS = {
     "msdn": "MSDN",
 }
 REPORTS = ("val", "paper")
+PROTOCOLS = (1, 2)
+PSEUDO_KINDS = ("box", "refined")
+
+
+@dataclass(frozen=True)
+class Arm:
+    """A row of the results table: a model, training-option overrides and optional pseudo-masks.
+
+    Args:
+        name: the row's name (``methods`` entries name arms or plain models).
+        model: one of ``MODEL_NAMES``.
+        train: ``TrainConfig`` overrides for this arm (on top of ``ExperimentConfig.train``).
+        pseudo: None, or ``box`` / ``refined``: the weak cases get pseudo-masks from their boxes and are
+            used as strong cases (``model_export.experiment.pseudo``).
+        label: table label (default: the model's label, or the name).
+    """
+
+    name: str
+    model: str
+    train: dict[str, Any] = field(default_factory=dict)
+    pseudo: str | None = None
+    label: str = ""
+
+    def __post_init__(self) -> None:
+        if self.model not in MODEL_NAMES:
+            raise ValueError(f"arm {self.name}: model must be one of {MODEL_NAMES}, got {self.model!r}")
+        if self.pseudo is not None and self.pseudo not in PSEUDO_KINDS:
+            raise ValueError(f"arm {self.name}: pseudo must be None or one of {PSEUDO_KINDS}, got {self.pseudo!r}")
+        if not isinstance(self.train, dict) or {"model", "seed"} & set(self.train):
+            raise ValueError(f"arm {self.name}: train must be a dict of options other than 'model' and 'seed'")
+
+    @property
+    def uses_weak(self) -> bool:
+        """Whether the arm learns from the weak cases (so it is not run at splits without any)."""
+        return self.model in MIXED_METHODS or self.pseudo is not None
+
+    @property
+    def display(self) -> str:
+        return self.label or METHOD_LABELS.get(self.name, self.name)
 
 
 @dataclass
@@ -94,6 +133,12 @@ class ExperimentConfig:
         mixed_without_weak: also run MS-Net and MSDN at splits without weak cases.
         jobs: runs in parallel (processes).
         description: free text copied into the report.
+        arms: named rows beyond the plain models: ``{name: {"model", "train", "pseudo", "label"}}``
+            (see ``Arm``); ``methods`` may name them.
+        protocol: 1 - the grid ``tasks x splits x methods x repeats``; 2 - the staged protocol of
+            ``model_export.experiment.v2`` (learning curve, split selection, main rows, ablations).
+        curve: protocol 2's learning-curve stage (``v2.CurveSpec`` fields).
+        ablations: protocol 2's ablation rows (``v2.AblationSpec`` fields).
     """
 
     tasks: list[TaskSpec]
@@ -108,14 +153,27 @@ class ExperimentConfig:
     mixed_without_weak: bool = False
     jobs: int = 1
     description: str = ""
+    arms: dict[str, dict[str, Any]] = field(default_factory=dict)
+    protocol: int = 1
+    curve: dict[str, Any] | None = None
+    ablations: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         self.tasks = [t if isinstance(t, TaskSpec) else TaskSpec(**t) for t in self.tasks]
         if not self.tasks:
             raise ValueError("tasks must not be empty")
-        bad = [m for m in self.methods if m not in MODEL_NAMES]
+        for name, spec in self.arms.items():
+            if name in MODEL_NAMES:
+                raise ValueError(f"arm name {name!r} is a model name; pick another")
+            if not isinstance(spec, dict) or "model" not in spec:
+                raise ValueError(f"arm {name!r} needs a dict with at least 'model'")
+            Arm(name=name, **spec)
+        known = set(MODEL_NAMES) | set(self.arms)
+        bad = [m for m in self.methods if m not in known]
         if bad or not self.methods:
-            raise ValueError(f"methods must be a non-empty subset of {MODEL_NAMES}, got {self.methods!r}")
+            raise ValueError(f"methods must be a non-empty subset of {sorted(known)}, got {self.methods!r}")
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
         if not isinstance(self.repeats, int) or self.repeats < 1:
             raise ValueError(f"repeats must be a positive integer, got {self.repeats!r}")
         if self.report not in REPORTS:
@@ -124,6 +182,14 @@ class ExperimentConfig:
             raise ValueError(f"jobs must be a positive integer, got {self.jobs!r}")
         if {"model", "seed"} & set(self.train):
             raise ValueError("train options must not set 'model' or 'seed' (they are set per run)")
+
+    def arm(self, name: str) -> Arm:
+        """The arm named ``name`` (a plain model name gives that model with no overrides)."""
+        if name in self.arms:
+            return Arm(name=name, **self.arms[name])
+        if name in MODEL_NAMES:
+            return Arm(name=name, model=name)
+        raise ValueError(f"unknown method or arm {name!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -179,7 +245,7 @@ def plan_cells(config: ExperimentConfig) -> list[Cell]:
         for task in config.tasks:
             for strong, weak in task.splits:
                 for method in config.methods:
-                    if method in MIXED_METHODS and weak == 0 and not config.mixed_without_weak:
+                    if config.arm(method).uses_weak and weak == 0 and not config.mixed_without_weak:
                         continue
                     cells.append(Cell(task.name, method, strong, weak, repeat, config.seed + repeat))
     return cells

@@ -324,6 +324,7 @@ class Trainer:
         sums: dict[str, float] = {}
         counts: dict[str, int] = {}
         skipped = 0
+        mask_rows = 0  # rows that reached the segmentation loss (mask presentations)
         bar = self._progress(epoch)
         for batch in self.loader:
             losses = batch_loss(
@@ -334,6 +335,7 @@ class Trainer:
             if losses is None:
                 skipped += 1
                 continue
+            mask_rows += int(batch["strong"].sum())
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(losses["total"]).backward()
             self.scaler.step(self.optimizer)
@@ -354,6 +356,7 @@ class Trainer:
                 counts = {k: int(t[i, 1]) for i, k in enumerate(keys)}
         row = {f"loss_{k}": sums[k] / max(counts[k], 1) for k in keys}
         row["skipped_batches"] = skipped
+        row["mask_rows"] = mask_rows * self.dist.world_size
         return row
 
     def _write_metrics(self) -> None:

@@ -1,0 +1,169 @@
+"""Protocol v2: learning-curve gaps and split selection by hand, stage order, a tiny resumable run."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import pytest
+
+from model_export.cli import main
+from model_export.experiment import ExperimentConfig, run_experiment
+from model_export.experiment.paired import index_runs
+from model_export.experiment.protocol import TaskSpec
+from model_export.experiment.runner import mask_presentations, read_results
+from model_export.experiment.v2 import CurveSpec, curve_analysis, curve_cells, main_cells, select_splits
+from tests.model_export.tiny_data import write_tiny_dataset
+
+
+def _config(**kw):
+    base = {
+        "protocol": 2,
+        "tasks": [{"name": "lung", "manifest": "x.json", "splits": [[10, 0]], "train_cases": 10}],
+        "curve": {"method": "unet", "strong": [2, 5], "repeats": 3},
+        "methods": ["unet", "msdn"],
+        "repeats": 4,
+        "ablations": {"methods": ["unet_box"], "repeats": 2},
+        "arms": {"unet_box": {"model": "unet", "pseudo": "box"}},
+    }
+    return ExperimentConfig.from_dict({**base, **kw})
+
+
+def _curve_rows(values):
+    """values: {strong: [per-repeat Dice of the single test case]}"""
+    rows = []
+    for strong, per_repeat in values.items():
+        for r, v in enumerate(per_repeat):
+            rows.append(
+                {
+                    "task": "lung",
+                    "method": "unet",
+                    "strong": strong,
+                    "weak": 10 - strong,
+                    "repeat": r,
+                    "per_case": {"c": v},
+                }
+            )
+    return rows
+
+
+def test_curve_gap_and_selection_by_hand():
+    curve = CurveSpec(strong=[2, 5], repeats=3, min_se=3.0)
+    task = TaskSpec("lung", splits=[(10, 0)], train_cases=10)
+    # all-strong 0.80, 0.82, 0.84; 5 strong: gaps 0.01, 0.03, -0.01 (mean 0.01, se 0.011547 -> 0.87 SE);
+    # 2 strong: gaps 0.20, 0.22, 0.24 (mean 0.22, se 0.011547 -> 19.1 SE)
+    rows = _curve_rows({10: [0.80, 0.82, 0.84], 5: [0.79, 0.79, 0.85], 2: [0.60, 0.60, 0.60]})
+    analysis = curve_analysis(index_runs(rows), task, curve)
+    by = {r["strong"]: r for r in analysis}
+    se = 100 * 0.02 / math.sqrt(3)
+    assert by[5]["gap_pct"] == pytest.approx(1.0) and by[5]["se_repeat_pct"] == pytest.approx(se)
+    assert by[5]["gap_over_se"] == pytest.approx(1.0 / se) and not by[5]["passes"]
+    assert by[2]["gap_pct"] == pytest.approx(22.0) and by[2]["passes"]
+    assert math.isnan(by[10]["gap_pct"])
+    assert select_splits(analysis, curve) == {"splits": [(2, 8)], "fallback": False, "forced": False}
+    # nothing passes: the largest gap/SE is the fallback, or nothing
+    strict = CurveSpec(strong=[2, 5], repeats=3, min_se=100.0)
+    assert select_splits(curve_analysis(index_runs(rows), task, strict), strict) == {
+        "splits": [(2, 8)],
+        "fallback": True,
+        "forced": False,
+    }
+    none = CurveSpec(strong=[2, 5], repeats=3, min_se=100.0, fallback=False)
+    assert select_splits(curve_analysis(index_runs(rows), task, none), none)["splits"] == []
+    forced = CurveSpec(strong=[2, 5], repeats=3, select=[5])
+    assert select_splits(curve_analysis(index_runs(rows), task, forced), forced)["splits"] == [(5, 5)]
+    with pytest.raises(ValueError, match="subset"):
+        CurveSpec(strong=[2, 5], select=[3])
+
+
+def test_stage_order_and_reuse_of_curve_runs():
+    config = _config()
+    curve = curve_cells(config)
+    assert [(c.strong, c.repeat) for c in curve[:3]] == [(10, 0), (2, 0), (5, 0)] and len(curve) == 9
+    done = {c.key for c in curve}
+    cells = main_cells(config, {"lung": {"splits": [(2, 8), (5, 5)]}}, done=done)
+    names = [c.name for c in cells]
+    # the scarcest split first: U-Net repeats 3 (0-2 came from the curve), MSDN 0-3; then the ablation
+    assert names[:5] == [
+        "lung/msdn/2-8/r0",
+        "lung/msdn/2-8/r1",
+        "lung/msdn/2-8/r2",
+        "lung/unet/2-8/r3",
+        "lung/msdn/2-8/r3",
+    ]
+    assert names[5:7] == ["lung/unet_box/2-8/r0", "lung/unet_box/2-8/r1"]
+    rest = names[7:]
+    assert "lung/msdn/10-0/r0" not in rest and "lung/unet/10-0/r3" in rest and "lung/msdn/5-5/r3" in rest
+    assert len(set(names)) == len(names) and not (set(names) & {c.name for c in curve})
+
+
+def test_config_checks():
+    with pytest.raises(ValueError, match="curve"):
+        curve_cells(_config(curve=None))
+    with pytest.raises(ValueError, match="strong cases only"):
+        curve_cells(_config(curve={"method": "msdn", "strong": [2], "repeats": 2}))
+    with pytest.raises(ValueError, match="train_cases"):
+        curve_cells(_config(tasks=[{"name": "lung", "manifest": "x", "splits": [[10, 0]]}]))
+    with pytest.raises(ValueError, match="non-empty subset"):
+        _config(methods=["nope"])
+    with pytest.raises(ValueError, match="pseudo"):
+        _config(arms={"bad": {"model": "unet", "pseudo": "ellipse"}})
+
+
+def test_mask_presentations():
+    hist = [{"mask_rows": 4}, {"mask_rows": 6}, {"mask_rows": 2}]
+    assert mask_presentations(hist, 1, None) == (12.0, 10.0)
+    assert mask_presentations([{}, {}], 0, 32) == (64.0, 32.0)
+    assert all(math.isnan(v) for v in mask_presentations([{}], 0, None))
+
+
+def test_tiny_v2_runs_resumes_and_reports(tmp_path, capsys):
+    manifest = write_tiny_dataset(tmp_path / "data", strong=5, weak=0, val=1, test=2)
+    config = ExperimentConfig.from_dict(
+        {
+            "protocol": 2,
+            "tasks": [{"name": "tiny", "manifest": str(manifest), "splits": [[5, 0]], "train_cases": 5}],
+            "curve": {"method": "unet", "strong": [2], "repeats": 2, "select": [2]},
+            "methods": ["unet", "unet_box"],
+            "repeats": 2,
+            "ablations": {"methods": ["unet_refined"], "repeats": 1},
+            "arms": {
+                "unet_box": {"model": "unet", "pseudo": "box", "label": "U-Net + boxes"},
+                "unet_refined": {"model": "unet", "pseudo": "refined"},
+            },
+            "train": {
+                "preset": "small",
+                "model_options": {"base_channels": 4},
+                "patch_size": 32,
+                "max_epochs": 1,
+                "steps_per_epoch": 1,
+                "threads": 1,
+            },
+        }
+    )
+    out = tmp_path / "out"
+    assert len(run_experiment(config, out, max_runs=3)) == 3  # stops inside the curve: main rows not planned
+    assert not (out / "selection.json").exists()
+    rows = run_experiment(config, out)
+    keys = sorted((r["method"], r["strong"], r["repeat"]) for r in rows)
+    assert keys == sorted(
+        [("unet", 5, 0), ("unet", 5, 1), ("unet", 2, 0), ("unet", 2, 1)]
+        + [("unet_box", 2, 0), ("unet_box", 2, 1), ("unet_refined", 2, 0)]
+    )
+    assert len(run_experiment(config, out)) == 7  # nothing left
+    sel = json.loads((out / "selection.json").read_text())
+    assert sel["selection"]["tiny"]["splits"] == [[2, 3]]
+    res = read_results(out / "results.csv")
+    refined = next(r for r in res if r["method"] == "unet_refined")
+    assert refined["pseudo_boxes"] > 0 and refined["mask_rows"] == 4.0  # 1 epoch x 1 step x batch 4
+    with open(out / "per_case.csv") as f:
+        assert len(list(csv.DictReader(f))) == 7 * 2  # every run, both test cases
+    with open(out / "paired.csv") as f:
+        paired = {r["method"]: r for r in csv.DictReader(f)}
+    assert set(paired) == {"unet_box", "unet_refined"} and paired["unet_box"]["repeats"] == "2"
+    table = (out / "table.md").read_text()
+    assert "learning curve" in table and "U-Net + boxes" in table and "paired difference" in table
+    assert (out / "dice_vs_strong.png").stat().st_size > 1000
+    assert main(["experiment", "--out", str(out), "--report-only"]) == 0
+    assert "protocol 2" in capsys.readouterr().out
