@@ -239,7 +239,14 @@ def run_cell(cell: Cell, task: TaskSpec, config: ExperimentConfig, run_dir: str)
         on_improve=on_improve,
     )
     holder["trainer"] = trainer
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    except ValueError as exc:  # a half-done run from another code version: start it again
+        if "cannot resume" not in str(exc):
+            raise
+        logger.warning("%s: %s; starting the run again", cell.name, exc)
+        Path(trainer.last_path).unlink(missing_ok=True)
+        result = trainer.fit()
     model, card, _ = load_checkpoint(result.best_path, device=trainer.device)
     res = evaluate_cases(
         model, test_cases, Normalization.from_dict(card.input.__dict__), device=trainer.device, **eval_opts

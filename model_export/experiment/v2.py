@@ -80,10 +80,18 @@ class CurveSpec:
 
 @dataclass
 class AblationSpec:
-    """Ablation rows run at the scarcest selected split only."""
+    """Ablation rows run at the scarcest selected split only.
+
+    Args:
+        methods: arms or models, in priority order.
+        repeats: repeats of each.
+        order: ``method`` (all repeats of the first ablation, then the next: a budget cut leaves
+            complete rows) or ``repeat`` (repeat-major: a cut leaves every row with fewer repeats).
+    """
 
     methods: list[str] = field(default_factory=list)
     repeats: int = 4
+    order: str = "method"
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> AblationSpec:
@@ -94,6 +102,8 @@ class AblationSpec:
         spec = cls(**data)
         if not isinstance(spec.repeats, int) or spec.repeats < 1:
             raise ValueError(f"ablations.repeats must be a positive integer, got {spec.repeats!r}")
+        if spec.order not in ("method", "repeat"):
+            raise ValueError(f"ablations.order must be 'method' or 'repeat', got {spec.order!r}")
         return spec
 
 
@@ -221,7 +231,11 @@ def main_cells(
             continue
         scarcest = [min(splits)]
         add(task.name, config.methods, scarcest, config.repeats)
-        add(task.name, abl.methods, scarcest, abl.repeats)
+        if abl.order == "method":
+            for m in abl.methods:
+                add(task.name, [m], scarcest, abl.repeats)
+        else:
+            add(task.name, abl.methods, scarcest, abl.repeats)
         others = [s for s in splits if s != scarcest[0]] + [(int(task.train_cases or 0), 0)]
         add(task.name, config.methods, others, config.repeats)
     return cells

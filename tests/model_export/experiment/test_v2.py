@@ -96,6 +96,13 @@ def test_stage_order_and_reuse_of_curve_runs():
     rest = names[7:]
     assert "lung/msdn/10-0/r0" not in rest and "lung/unet/10-0/r3" in rest and "lung/msdn/5-5/r3" in rest
     assert len(set(names)) == len(names) and not (set(names) & {c.name for c in curve})
+    # ablations: all repeats of one row before the next (default), or repeat-major
+    two = {"methods": ["unet_box", "msdn_minus"], "repeats": 2}
+    abl = [c.name for c in main_cells(_config(ablations=two), {"lung": {"splits": [(2, 8)]}}, done=done)][5:9]
+    assert [n.split("/")[1] + n[-1] for n in abl] == ["unet_box0", "unet_box1", "msdn_minus0", "msdn_minus1"]
+    rep = {**two, "order": "repeat"}
+    abl = [c.name for c in main_cells(_config(ablations=rep), {"lung": {"splits": [(2, 8)]}}, done=done)][5:9]
+    assert [n.split("/")[1] + n[-1] for n in abl] == ["unet_box0", "msdn_minus0", "unet_box1", "msdn_minus1"]
 
 
 def test_config_checks():
