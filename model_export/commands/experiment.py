@@ -52,6 +52,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads per run")
     parser.add_argument("--device", default=None)
     parser.add_argument(
+        "--train-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a training option of every run (VALUE parsed as JSON when it parses), repeatable",
+    )
+    parser.add_argument(
         "--report",
         choices=("val", "paper"),
         default=None,
@@ -111,6 +118,15 @@ def build_config(args: argparse.Namespace):
     ):
         if value is not None:
             data["train"][key] = value
+    for item in args.train_option:
+        if "=" not in item:
+            raise ValueError(f"--train-option must be KEY=VALUE, got {item!r}")
+        key, raw = item.split("=", 1)
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        data["train"][key.strip()] = value
     return ExperimentConfig.from_dict(data)
 
 

@@ -10,6 +10,16 @@
   paper's, for the short budget), 10 epochs of 30 batches (plateau after 3 epochs without
   improvement; no early stop: the budget is fixed and the best-validation checkpoint is tested),
   2 runs in parallel with 1 thread each.
+- ``cpu_v2``: protocol 2 (``model_export.experiment.v2``) on the generator-v4 lung set of
+  docs/results/cpu_v2 (40/8/40 cases at 128x128x16): learning curve with U-Net at 3, 5, 10 and 40
+  strong cases (3 repeats), then U-Net and MSDN (2 strong + 2 weak rows per batch, the paper's losses)
+  at the scarcest selected split (10 repeats), then the ablation rows (3 repeats each, in priority
+  order). Base width 8, 48x48 patches, lr 1e-3, an epoch of 8 batches of 4 for every method, the
+  paper's schedule (x0.8 after 5 flat epochs, stop after 20) capped at 40 epochs.
+- ``gpu_v2``: protocol 2 at the critical cells with the paper's networks, patches and learning rate,
+  for one GPU in about 10 minutes (``scripts/gpu_experiment.sh``): lung 160 training cases, U-Net at
+  160, 60 and 12 strong cases, MSDN-, MSDN (2:2 and proportional) at 12-148 and MSDN- at 160-0,
+  3 repeats: 21 runs at once on the one GPU.
 """
 
 from __future__ import annotations
@@ -17,6 +27,55 @@ from __future__ import annotations
 from typing import Any
 
 from model_export.experiment.protocol import METHODS, PAPER_TASKS
+
+#: Protocol-2 rows beyond the plain models: the MSDN training options of issue 10 and the
+#: box-supervised alternatives. ``det_on_strong=False`` is the paper's loss (strong rows give only the
+#: segmentation loss).
+V2_ARMS: dict[str, dict[str, Any]] = {
+    "msdn_bal": {
+        "model": "msdn",
+        "train": {"batch_composition": "2:2", "det_on_strong": False},
+        "label": "MSDN (2 strong + 2 weak per batch)",
+    },
+    "msdn_prop": {
+        "model": "msdn",
+        "train": {"batch_composition": "proportional", "det_on_strong": False},
+        "label": "MSDN (proportional batches, paper)",
+    },
+    "msdn_bal_detstrong": {
+        "model": "msdn",
+        "train": {"batch_composition": "2:2", "det_on_strong": True},
+        "label": "MSDN 2:2 + detection loss on strong rows",
+    },
+    "msdn_bal_fg": {
+        "model": "msdn",
+        "train": {"batch_composition": "2:2", "det_on_strong": False, "dice_foreground_only": True},
+        "label": "MSDN 2:2 + foreground-only Dice",
+    },
+    "unet_fg": {"model": "unet", "train": {"dice_foreground_only": True}, "label": "U-Net + foreground-only Dice"},
+    "msdn_bal_s1": {
+        "model": "msdn",
+        "train": {
+            "batch_composition": "2:2",
+            "det_on_strong": False,
+            "fit_anchors": True,
+            "model_options": {"detection_strides": [8, 4, 2, 1]},
+        },
+        "label": "MSDN 2:2 + stride-1 level, fitted anchors",
+    },
+    "msdn_bal_detached": {
+        "model": "msdn",
+        "train": {"batch_composition": "2:2", "det_on_strong": False, "model_options": {"detach_gates": True}},
+        "label": "MSDN 2:2, gates detached",
+    },
+    "msdn_bal_w025": {
+        "model": "msdn",
+        "train": {"batch_composition": "2:2", "det_on_strong": False, "det_loss_weight": 0.25},
+        "label": "MSDN 2:2, detection loss x0.25",
+    },
+    "unet_box": {"model": "unet", "pseudo": "box", "label": "U-Net + box-filled pseudo-masks"},
+    "unet_refined": {"model": "unet", "pseudo": "refined", "label": "U-Net + refined pseudo-masks (1 round)"},
+}
 
 EXPERIMENT_PRESETS: dict[str, dict[str, Any]] = {
     "paper": {
@@ -66,6 +125,80 @@ EXPERIMENT_PRESETS: dict[str, dict[str, Any]] = {
         "description": (
             "CPU-sized configuration (`--preset cpu`): synthetic data from `msdn synth` at 128x128x16, "
             "small networks (base width 8), 64x64 patches, lr 1e-3, 10 epochs x 30 batches of 4 (no early stopping)."
+        ),
+    },
+    "cpu_v2": {
+        "protocol": 2,
+        "tasks": [{"name": "lung", "splits": [[40, 0]], "train_cases": 40, "val_cases": 8, "test_cases": 40}],
+        "curve": {"method": "unet", "strong": [3, 5, 10], "repeats": 3, "min_se": 3.0, "max_splits": 2},
+        "methods": ["unet", "msdn_bal"],
+        "repeats": 10,
+        "ablations": {
+            "methods": [
+                "unet_box",
+                "msdn_prop",
+                "msdn_bal_detached",
+                "msdn_bal_detstrong",
+                "unet_refined",
+                "msdn_bal_fg",
+                "unet_fg",
+                "msdn_bal_s1",
+                "msdn_minus",
+            ],
+            "repeats": 3,
+            "order": "method",
+        },
+        "arms": V2_ARMS,
+        "seed": 0,
+        "train": {
+            "preset": "small",
+            "model_options": {"base_channels": 8, "head_channels": 16, "head_convs": 2},
+            "patch_size": 48,
+            "lr": 1e-3,
+            "lr_patience": 5,
+            "early_stop": 20,
+            "max_epochs": 40,
+            "steps_per_epoch": 8,
+            "threads": 1,
+            "device": "cpu",
+        },
+        "report": "val",
+        "jobs": 2,
+        "description": (
+            "Protocol 2 on a 2-core CPU (`--preset cpu_v2`): generator-v4 lung data at 128x128x16, 40/8/40 "
+            "cases; small networks (base width 8, detection towers 16 channels x 2 convs), 48x48 patches, "
+            "lr 1e-3, epochs of 8 batches of 4 for every method, x0.8 after 5 flat epochs, stop after 20, "
+            "at most 40 epochs."
+        ),
+    },
+    "gpu_v2": {
+        "protocol": 2,
+        "tasks": [{"name": "lung", "splits": [[160, 0]], "train_cases": 160, "val_cases": 40, "test_cases": 80}],
+        "curve": {"method": "unet", "strong": [12, 60], "repeats": 3, "select": [12]},
+        "methods": ["unet", "msdn_minus", "msdn_bal", "msdn_prop"],
+        "repeats": 3,
+        "ablations": {"methods": [], "repeats": 1},
+        "arms": V2_ARMS,
+        "seed": 0,
+        "train": {
+            "preset": "paper",
+            "patch_size": 128,
+            "lr": 1e-4,
+            "lr_patience": 5,
+            "early_stop": 20,
+            "max_epochs": 50,
+            "steps_per_epoch": 40,
+            "threads": 1,
+            "device": "cuda",
+            "amp": True,
+        },
+        "report": "val",
+        "jobs": 21,
+        "description": (
+            "Protocol 2 at the critical cells on one GPU (`--preset gpu_v2`, scripts/gpu_experiment.sh): "
+            "generator-v4 lung data 160/40/80 at 128x128x16, paper networks (base 32, detection towers "
+            "256 x 4 convs, strides 8/4/2/1), 128x128 patches, Adam 1e-4, epochs of 40 batches of 4 "
+            "(the paper's epoch at 160 cases), x0.8 after 5 flat epochs, stop after 20, at most 50 epochs; 21 runs at once."
         ),
     },
 }

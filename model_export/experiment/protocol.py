@@ -65,6 +65,13 @@ class Arm:
         if not isinstance(self.train, dict) or {"model", "seed"} & set(self.train):
             raise ValueError(f"arm {self.name}: train must be a dict of options other than 'model' and 'seed'")
 
+    def train_options(self, base: dict[str, Any]) -> dict[str, Any]:
+        """``base`` training options with this arm's overrides (``model_options`` merged key by key)."""
+        merged = {**base, **self.train}
+        if "model_options" in self.train:
+            merged["model_options"] = {**base.get("model_options", {}), **self.train["model_options"]}
+        return merged
+
     @property
     def uses_weak(self) -> bool:
         """Whether the arm learns from the weak cases (so it is not run at splits without any)."""

@@ -187,7 +187,7 @@ def run_cell(cell: Cell, task: TaskSpec, config: ExperimentConfig, run_dir: str)
         raise ValueError(f"task {task.name}: the manifest has no test case")
     cases = assign_cases(train_pool, cell.strong, cell.weak, cell.seed)
     train_cfg = TrainConfig.from_dict(
-        {**config.train, **arm.train, "model": arm.model, "seed": cell.seed, "progress": False}
+        {**arm.train_options(config.train), "model": arm.model, "seed": cell.seed, "progress": False}
     )
     eval_opts = {
         "classes": manifest.class_names,
@@ -417,6 +417,12 @@ def run_experiment(
         from model_export.experiment.v2 import curve_cells, main_cells
 
         curve = curve_cells(config)
+        spec = config.curve or {}
+        if spec.get("select"):  # splits fixed in advance: every stage in one pool
+            selection = {
+                t.name: {"splits": [(s, int(t.train_cases or 0) - s) for s in spec["select"]]} for t in config.tasks
+            }
+            curve = curve + main_cells(config, selection, done={c.key for c in curve})
         run_stage(curve, "learning curve")
         done = done_keys()
         if all(c.key in done for c in curve):

@@ -111,8 +111,14 @@ def check_config(config: ExperimentConfig) -> tuple[CurveSpec, AblationSpec]:
     """Validate the protocol-2 parts of ``config``."""
     curve = CurveSpec.from_dict(config.curve)
     abl = AblationSpec.from_dict(config.ablations)
-    for name in [curve.method, *abl.methods]:
-        config.arm(name)
+    from model_export.training.config import TrainConfig
+
+    for name in dict.fromkeys([curve.method, *config.methods, *abl.methods]):
+        arm = config.arm(name)
+        try:
+            TrainConfig.from_dict({**arm.train_options(config.train), "model": arm.model, "seed": 0})
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"arm {name}: invalid training options: {exc}") from None
     if config.arm(curve.method).uses_weak:
         raise ValueError("curve.method must be a model trained on the strong cases only (e.g. unet)")
     for task in config.tasks:
