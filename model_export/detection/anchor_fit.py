@@ -7,8 +7,8 @@ plus, on the stride-1 level, the same sizes shifted by half a pixel (an anchor c
 corner: boxes of even width or height have their centre there, and a centred anchor of a 2-pixel box
 is 0.5 px off, IoU 0.39 at best). Each round takes the (level, candidate) that matches the most boxes
 not matched yet; levels whose slots are left when nothing more can be gained get the most frequent
-sizes at least twice their stride (else multiples of the level's largest anchor). Small boxes end up on the fine levels by themselves (an anchor up to half a stride
-from a box centre loses IoU).
+sizes at least twice their stride (else multiples of the level's largest anchor). Small boxes end
+up on the fine levels by themselves (an anchor up to half a stride from a box centre loses IoU).
 
 An anchor is ``(w, h)`` or ``(w, h, dx, dy)`` pixels: its centre is the cell centre moved by
 (dx, dy).

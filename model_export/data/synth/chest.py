@@ -43,8 +43,8 @@ from model_export.data.synth.common import (
 from model_export.data.synth.lung import (
     DENSITIES,
     DENSITY_P,
-    POSITIONS,
     POSITION_P,
+    POSITIONS,
     SHAPE_P,
     SHAPES,
     SLICE_MM,

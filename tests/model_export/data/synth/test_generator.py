@@ -11,7 +11,6 @@ import pytest
 from model_export.cli import main
 from model_export.data.manifest import boxes_from_mask, load_manifest
 from model_export.data.synth import (
-    GENERATOR_VERSION,
     TASKS,
     generate,
     generate_case,
