@@ -36,7 +36,8 @@ class NetConfig:
         anchor_ratios: anchor aspect ratios height/width (3 in the paper's A = 9).
         anchor_shapes: explicit anchor shapes instead of factor/scales/ratios: one list of (w, h) or
             (w, h, dx, dy) pixels (dx, dy: centre shift from the cell centre) per detection level (same
-            order as ``detection_strides``, same count A on every level), e.g. fitted to the training boxes (``model_export.detection.anchor_fit``).
+            order as ``detection_strides``, same count A on every level), e.g. fitted to the training boxes
+            (``model_export.detection.anchor_fit``).
         detach_gates: the binary-sSE links read detached detection features, so the segmentation loss
             does not train the detection encoder (mechanism ablation; MSDN/MSDN- only).
     """
