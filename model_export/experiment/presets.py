@@ -198,7 +198,8 @@ EXPERIMENT_PRESETS: dict[str, dict[str, Any]] = {
             "Protocol 2 at the critical cells on one GPU (`--preset gpu_v2`, scripts/gpu_experiment.sh): "
             "generator-v4 lung data 160/40/80 at 128x128x16, paper networks (base 32, detection towers "
             "256 x 4 convs, strides 8/4/2/1), 128x128 patches, Adam 1e-4, epochs of 40 batches of 4 "
-            "(the paper's epoch at 160 cases), x0.8 after 5 flat epochs, stop after 20, at most 50 epochs; 21 runs at once."
+            "(the paper's epoch at 160 cases), x0.8 after 5 flat epochs, stop after 20, at most 50 epochs; "
+            "21 runs at once."
         ),
     },
 }
