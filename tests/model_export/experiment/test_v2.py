@@ -174,3 +174,33 @@ def test_tiny_v2_runs_resumes_and_reports(tmp_path, capsys):
     assert (out / "dice_vs_strong.png").stat().st_size > 1000
     assert main(["experiment", "--out", str(out), "--report-only"]) == 0
     assert "protocol 2" in capsys.readouterr().out
+
+
+def test_arm_options_merge_model_options():
+    from model_export.experiment.presets import V2_ARMS
+    from model_export.experiment.protocol import Arm
+
+    arm = Arm(name="s1", **V2_ARMS["msdn_bal_s1"])
+    merged = arm.train_options({"lr": 0.1, "model_options": {"base_channels": 8, "head_channels": 16}})
+    assert merged["model_options"] == {"base_channels": 8, "head_channels": 16, "detection_strides": [8, 4, 2, 1]}
+    assert merged["lr"] == 0.1 and merged["batch_composition"] == "2:2" and merged["fit_anchors"] is True
+    assert Arm(name="u", model="unet").train_options({"lr": 0.1}) == {"lr": 0.1}
+    assert Arm(name="b", **V2_ARMS["unet_box"]).uses_weak and not Arm(name="u", model="unet").uses_weak
+    with pytest.raises(ValueError, match="seed"):
+        Arm(name="x", model="unet", train={"seed": 3})
+
+
+def test_every_v2_arm_builds_a_training_config(capsys):
+    # the presets' arms are valid TrainConfigs (checked before any run starts)
+    code = main(
+        ["experiment", "--preset", "cpu_v2", "--task", "lung=x.json", "--out", "unused", "--dry-run"]
+        + ["--train-option", "max_epochs=3", "--train-option", 'model_options={"base_channels": 4}']
+    )
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "protocol 2" in out and "lung/unet/3-37/r0" in out and len(out.splitlines()) == 1 + 4 * 3
+    assert (
+        main(["experiment", "--preset", "cpu_v2", "--task", "lung=x.json", "--out", "u", "--train-option", "lr"]) == 2
+    )
+    bad = ["experiment", "--preset", "cpu_v2", "--task", "lung=x.json", "--out", "u", "--dry-run"]
+    assert main(bad + ["--train-option", "batch_composition=3:3"]) == 2
