@@ -95,6 +95,7 @@ def plot_v2(summary: Sequence[dict[str, Any]], config: ExperimentConfig, path: P
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     tasks = sorted({s["task"] for s in summary})
     fig, axes = plt.subplots(1, len(tasks), figsize=(7.5 * len(tasks), 5), squeeze=False)
@@ -133,6 +134,7 @@ def plot_v2(summary: Sequence[dict[str, Any]], config: ExperimentConfig, path: P
         xs_all = sorted({s["strong"] for s in rows})
         ax.set_xticks(xs_all)
         ax.set_xticklabels([str(x) for x in xs_all])
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_title(f"{task}: mean test Dice, 95% CI")
         ax.set_xlabel("strong (mask) training cases; the rest have boxes only")
         ax.set_ylabel("test Dice (%)")
