@@ -176,9 +176,10 @@ def write_report_v2(
         md += [
             f"## {task.name}: learning curve ({config.arm(curve.method).display})",
             "",
-            f"Gap = all-strong minus this split, paired by repeat seed and test case; SE of the per-repeat "
-            f"mean difference (unit `{curve.unit}` decides). Selected: gap >= {curve.min_se:g} SE, the "
-            f"{curve.max_splits} scarcest.",
+            f"Gap = all-strong minus this split, paired by repeat seed and test case over the repeats both "
+            f"have (repeats = runs at this split); SE of the per-repeat mean difference and of the pairs "
+            f"(unit `{curve.unit}` decides). Selected: gap >= {curve.min_se:g} SE, the {curve.max_splits} "
+            f"scarcest.",
             "",
             "| strong-weak | repeats | Dice % | gap (pts) | SE repeat | SE pair | gap/SE | selected |",
             "|---|---|---|---|---|---|---|---|",
