@@ -38,7 +38,9 @@ def check_labels(labels: np.ndarray, *, name: str, num_classes: int) -> np.ndarr
     """``labels`` as uint8 after checking they are integer class values 0..``num_classes``."""
     if labels.dtype.kind == "f":
         if not np.all(np.isfinite(labels)) or not np.all(labels == np.round(labels)):
-            raise InvalidInput(f"{name}: reference must hold integer class labels, found fractional values", code=_MISMATCH)
+            raise InvalidInput(
+                f"{name}: reference must hold integer class labels, found fractional values", code=_MISMATCH
+            )
     elif labels.dtype.kind not in "biu":
         raise InvalidInput(f"{name}: reference data type {labels.dtype} is not a label type", code=_MISMATCH)
     low, high = (int(labels.min()), int(labels.max())) if labels.size else (0, 0)
@@ -110,7 +112,11 @@ def _slots_by_source(ds: Dataset, n_frames: int, image: Volume) -> Optional[list
                 continue
             uid = str(src.get("ReferencedSOPInstanceUID", ""))
             frames = src.get("ReferencedFrameNumber")
-            key = (uid, int(frames if not isinstance(frames, (list, tuple)) else frames[0])) if series.multiframe and frames else (uid, None)
+            key = (
+                (uid, int(frames if not isinstance(frames, (list, tuple)) else frames[0]))
+                if series.multiframe and frames
+                else (uid, None)
+            )
             if key in lookup:
                 found = lookup[key]
                 break
@@ -130,7 +136,8 @@ def _slots_by_position(ds: Dataset, n_frames: int, image: Volume, name: str, tol
         )
     if (int(ds.Rows), int(ds.Columns)) != image.shape[1:]:
         raise InvalidInput(
-            f"{name}: SEG frames are {int(ds.Rows)}x{int(ds.Columns)}, the input's slices {image.shape[1]}x{image.shape[2]}",
+            f"{name}: SEG frames are {int(ds.Rows)}x{int(ds.Columns)}, "
+            f"the input's slices {image.shape[1]}x{image.shape[2]}",
             code=_MISMATCH,
         )
     direction = image.direction
@@ -181,7 +188,9 @@ def labels_from_seg(
             code=_MISMATCH,
         )
     if image.series is None:
-        raise InvalidInput(f"{name}: a DICOM SEG reference needs DICOM input (it refers to source images)", code=_MISMATCH)
+        raise InvalidInput(
+            f"{name}: a DICOM SEG reference needs DICOM input (it refers to source images)", code=_MISMATCH
+        )
     if image.tilt_deg:
         raise InvalidInput(
             f"{name}: the input was resampled for a {image.tilt_deg:.2f} degree gantry tilt; a SEG cannot be matched",

@@ -516,7 +516,9 @@ def read_dicom_folder(folder: str | os.PathLike, **options: Any) -> Volume:
     ``options`` are :func:`read_series`'s keyword options (pixel data are released by default).
     """
     path = Path(folder)
-    files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".") and p.name not in SKIPPED_NAMES)
+    files = sorted(
+        p for p in path.iterdir() if p.is_file() and not p.name.startswith(".") and p.name not in SKIPPED_NAMES
+    )
     if not files:
         raise InvalidInput(f"{path}: no DICOM files found", code=ErrorCode.NO_INPUT)
     pairs = [(p.name, parse_dicom(p, name=str(p))) for p in files]
