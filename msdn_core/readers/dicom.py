@@ -520,7 +520,7 @@ def read_dicom_folder(folder: str | os.PathLike, **options: Any) -> Volume:
         p for p in path.iterdir() if p.is_file() and not p.name.startswith(".") and p.name not in SKIPPED_NAMES
     )
     if not files:
-        raise InvalidInput(f"{path}: no DICOM files found", code=ErrorCode.NO_INPUT)
+        raise InvalidInput(f"{path}: no DICOM images found", code=ErrorCode.NO_INPUT)
     pairs = [(p.name, parse_dicom(p, name=str(p))) for p in files]
     return read_series(pairs, **options)
 
