@@ -165,7 +165,7 @@ def correct_tilt(
     for z in range(array.shape[0]):
         # The orthogonal grid's voxel (x, y, z) lies at (x - z*dx, y - z*dy) of the acquired slice z.
         result[z] = ndimage.shift(
-            array[z].astype(np.float64), (-z * dy, -z * dx), order=1, mode="constant", cval=fill, prefilter=False
+            array[z].astype(np.float64), (z * dy, z * dx), order=1, mode="constant", cval=fill, prefilter=False
         )
     return result.astype(array.dtype, copy=False), out, angle
 
