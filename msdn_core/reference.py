@@ -130,8 +130,15 @@ def _slots_by_position(ds: Dataset, n_frames: int, image: Volume, name: str, tol
     """Input slice of each SEG frame by plane position (module docstring)."""
     frame_uid = ds.get("FrameOfReferenceUID")
     if image.frame_of_reference_uid and frame_uid and str(frame_uid) != image.frame_of_reference_uid:
+        referenced = {str(item.get("SeriesInstanceUID", "")) for item in ds.get("ReferencedSeriesSequence", [])}
+        series_note = (
+            ""
+            if image.series.series_instance_uid in referenced
+            else f" does not reference the input series {image.series.series_instance_uid} and"
+        )
         raise InvalidInput(
-            f"{name}: the SEG's Frame of Reference {frame_uid} is not the input's {image.frame_of_reference_uid}",
+            f"{name}: the SEG{series_note} its Frame of Reference {frame_uid} is not the input's "
+            f"{image.frame_of_reference_uid}",
             code=_MISMATCH,
         )
     if (int(ds.Rows), int(ds.Columns)) != image.shape[1:]:
