@@ -112,7 +112,9 @@ def test_origin_mismatch(files: Path):
     affine = np.diag([0.5, 0.5, 2.0, 1.0])
     affine[:3, 3] = [0.0, 3.0, 0.0]  # shifted by 6 rows
     write_nifti(files / "m.nii.gz", _mask(), affine=affine)
-    with pytest.raises(ManifestError, match=r"case c1: mask geometry differs from the image: origin \[-?0.0, -3.0, 0.0\]"):
+    with pytest.raises(
+        ManifestError, match=r"case c1: mask geometry differs from the image: origin \[-?0.0, -3.0, 0.0\]"
+    ):
         load_manifest(_write(files, [_strong(mask="m.nii.gz")]))
 
 

@@ -20,7 +20,6 @@ from msdn_core.readers.dicom import parse_dicom, read_series
 from tests.service.helpers import ct5n_paths, pydicom_file
 from tests.support.dicom_series import ct_series, phantom, to_bytes
 
-
 CT_ONLY = {"allowed_modalities": ["CT"]}
 
 

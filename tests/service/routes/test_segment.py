@@ -140,7 +140,9 @@ def test_seg_of_another_series_is_refused_as_reference(client):
 
 
 def test_dcmqi_style_seg_without_preserved_locations_is_matched_by_plane_position(client):
-    seg = pydicom.dcmread(io.BytesIO(client.post("/segment", files=ct5n_upload(), data={"format": "dicom-seg"}).content))
+    seg = pydicom.dcmread(
+        io.BytesIO(client.post("/segment", files=ct5n_upload(), data={"format": "dicom-seg"}).content)
+    )
     for item in seg.PerFrameFunctionalGroupsSequence:  # as dcmqi / 3D Slicer write it
         for der in item.get("DerivationImageSequence", []):
             for src in der.get("SourceImageSequence", []):
