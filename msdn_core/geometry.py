@@ -170,6 +170,32 @@ def correct_tilt(
     return result.astype(array.dtype, copy=False), out, angle
 
 
+def to_acquired_slices(
+    labels: np.ndarray, affine: np.ndarray, positions: np.ndarray, *, inverse: bool = False
+) -> np.ndarray:
+    """Labels on a tilt-corrected grid moved back onto the slices as acquired (nearest neighbour).
+
+    Args:
+        labels: (Z, Y, X) on the orthogonal grid of ``affine`` (with ``inverse``: on the acquired slices).
+        affine: the corrected LPS affine (:func:`correct_tilt`).
+        positions: (Z, 3) ImagePositionPatient of the acquired slices (LPS mm).
+        inverse: move labels of the acquired slices onto the orthogonal grid instead.
+
+    Used to write a DICOM SEG on the source instances of a gantry-tilted series, and to read one.
+    """
+    from scipy import ndimage
+
+    affine = np.asarray(affine, np.float64)
+    row, col = affine[:3, 0], affine[:3, 1]
+    out = np.empty_like(labels)
+    for z in range(labels.shape[0]):
+        offset = np.asarray(positions[z], np.float64) - (affine[:3, 3] + z * affine[:3, 2])
+        ox, oy = float(offset @ row) / float(row @ row), float(offset @ col) / float(col @ col)
+        sign = 1.0 if inverse else -1.0
+        out[z] = ndimage.shift(labels[z], (sign * oy, sign * ox), order=0, mode="constant", cval=0)
+    return out
+
+
 # --------------------------------------------------------------------------------------- grid mapping
 
 

@@ -13,8 +13,8 @@
   orientation, pixel spacing and image size, and each frame's ImagePositionPatient must lie within
   ``position_tol_mm`` (default a tenth of the smallest voxel size) of an input slice's position.
   Overlapping segments: a voxel in several segments takes the highest segment number. A FRACTIONAL
-  SEG is thresholded at half its maximum fractional value. SEG references of a gantry-tilt corrected
-  input are refused (its slices were resampled).
+  SEG is thresholded at half its maximum fractional value. For a gantry-tilt corrected input the SEG's
+  labels (on the acquired slices) are moved onto the corrected grid (nearest neighbour).
 
 Every reference then holds integer labels 0..C (:func:`check_labels`).
 """
@@ -198,11 +198,6 @@ def labels_from_seg(
         raise InvalidInput(
             f"{name}: a DICOM SEG reference needs DICOM input (it refers to source images)", code=_MISMATCH
         )
-    if image.tilt_deg:
-        raise InvalidInput(
-            f"{name}: the input was resampled for a {image.tilt_deg:.2f} degree gantry tilt; a SEG cannot be matched",
-            code=_MISMATCH,
-        )
     try:
         pixels = np.asarray(ds.pixel_array)
         per = ds.PerFrameFunctionalGroupsSequence
@@ -231,4 +226,6 @@ def labels_from_seg(
         number = int(seg_item.ReferencedSegmentNumber)
         plane = labels[z]
         np.maximum(plane, np.where(pixels[f] > 0, number, 0), out=plane)  # overlap: highest segment number wins
+    if image.tilt_deg and image.series.positions is not None:  # SEG frames lie on the acquired (tilted) slices
+        labels = geometry.to_acquired_slices(labels, image.affine, image.series.positions, inverse=True)
     return check_labels(labels, name=name, num_classes=num_classes)

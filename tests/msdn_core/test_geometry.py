@@ -53,3 +53,19 @@ def test_small_shear_is_dropped_without_resampling():
     affine[1, 2] = 1e-5  # 0.0003 degrees
     out, fixed, tilt = geometry.correct_tilt(array, affine)
     assert out is array and tilt == 0.0 and geometry.shear_deg(fixed) == 0.0
+
+
+def test_tilt_correction_and_its_inverse_for_labels():
+    """Forward (linear, values) and back (nearest, labels) with a whole-pixel tilt give the acquired slices again."""
+    acquired = np.zeros((3, 12, 10), np.float32)
+    for z in range(3):
+        acquired[z, 6 - z : 9 - z, 3:6] = 1.0  # a fixed object, one row higher per acquired slice
+    affine = geometry.axis_affine((2.0, 0.5, 0.5))
+    affine[1, 2] = 0.5  # each slice steps one row (0.5 mm) along y: tilt atan(0.25)
+    positions = np.array([affine[:3, 3] + z * affine[:3, 2] for z in range(3)])
+    out, fixed, tilt = geometry.correct_tilt(acquired, affine)
+    assert tilt == pytest.approx(np.degrees(np.arctan(0.25)))
+    assert all(out[z, 6:9, 3:6].all() and out[z].sum() == 9 for z in range(3))
+    back = geometry.to_acquired_slices((out > 0.5).astype(np.uint8), fixed, positions)
+    np.testing.assert_array_equal(back, acquired.astype(np.uint8))
+    np.testing.assert_array_equal(geometry.to_acquired_slices(back, fixed, positions, inverse=True), out > 0.5)

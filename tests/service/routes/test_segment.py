@@ -171,6 +171,21 @@ def test_two_different_instances_at_one_position_are_refused(client):
     assert "duplicate slice positions" in r.json()["message"]
 
 
+def test_gantry_tilted_series_is_resampled_and_its_seg_reads_back(client):
+    datasets = ct_series(phantom((4, 32, 32)), spacing=(2.5, 0.75, 0.75))
+    for z, ds in enumerate(datasets):  # each slice one row (0.75 mm) further along y: tilt atan(0.3)
+        ds.ImagePositionPatient = [float(v) for v in np.asarray(ds.ImagePositionPatient, float) + [0, z * 0.75, 0]]
+    upload = dicom_parts(series_files(datasets))
+    r = client.post("/segment", files=upload)
+    assert r.status_code == 200, r.text
+    assert r.json()["input"]["gantry_tilt_deg"] == pytest.approx(np.degrees(np.arctan(0.3)), abs=1e-3)
+    seg = client.post("/segment", files=upload, data={"format": "dicom-seg"})
+    assert seg.status_code == 200, seg.text
+    back = client.post("/segment", files=upload + [("reference", ("ref.dcm", seg.content, "application/dicom"))])
+    assert back.status_code == 200, back.text
+    assert back.json()["metrics"]["classes"][0]["dice"] == pytest.approx(1.0)
+
+
 def test_nifti_answer_overlays_the_dicom_input(client):
     r = client.post("/segment", files=ct5n_upload(), headers={"Accept": "application/gzip"})
     assert r.status_code == 200, r.text
