@@ -26,7 +26,8 @@ Public API (stable)::
     TASKS, GENERATOR_VERSION, SynthCase, case_id(task, index)
 
 ``num_cases``: None -> the paper's split (full-size lung series: 60/10/40); an int N >= 3 -> N cases
-in the paper's proportions; a dict {"train": a, "val": b, "test": c}. ``size``: in-plane pixels (Y = X, >= 128, default 192);
+in the paper's proportions; a dict {"train": a, "val": b, "test": c}. ``size``: in-plane pixels
+(Y = X, >= 128, default 192);
 ``slices``: axial slices (default lung 32, cochlea 24). ``dicom=True`` writes each image as a CT DICOM
 series folder ``dicom/<id>/`` (the manifest's ``image`` points at it) instead of
 ``images/<id>.nii.gz``; masks are always ``masks/<id>.nii.gz`` (uint8). ``boxes=True`` also stores
