@@ -38,7 +38,7 @@ def test_sample_matches_the_generator(tmp_path: Path):
     remade_mask = read_volume(manifest.parent / "masks" / "lung_000.nii.gz", dtype=np.uint8).array
     assert np.sum(mask.array != remade_mask) <= 3
     assert image.shape == mask.shape == (40, 256, 256)
-    np.testing.assert_allclose(image.affine, mask.affine, atol=1e-4)
+    np.testing.assert_allclose(image.affine, mask.affine, atol=1e-3)  # DICOM origins carry 2 decimals
     # the numbers quoted in samples/README.md
     meta = json.loads(manifest.read_text())["cases"][0]["meta"]
     assert [(n["position"], n["box3d"]) for n in meta["nodules"]] == [
