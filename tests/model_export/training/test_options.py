@@ -174,7 +174,8 @@ def _write(root, name, image, mask):
 def test_hard_negatives_sit_on_target_like_structures_away_from_targets(tmp_path):
     image = np.full((4, 64, 64), -850.0, np.float32)
     mask = np.zeros((4, 64, 64), np.uint8)
-    image[:, 10:16, 10:16] = 40.0  # the target
+    image[:, 10:16, 10:13] = 40.0  # the target: half solid, half ground-glass
+    image[:, 10:16, 13:16] = -600.0
     mask[:, 10:16, 10:16] = 1
     image[:, 44:47, 50:53] = 40.0  # a vessel-like blob of the same density, far away
     image[:, :, 62:] = 40.0  # a wide wall of the same density: its surroundings are not dark
@@ -182,7 +183,7 @@ def test_hard_negatives_sit_on_target_like_structures_away_from_targets(tmp_path
     target = _write(tmp_path, "t", image, mask)
     free = _write(tmp_path, "f", np.full_like(image, -850.0), empty)
     vol = load_volume(target)
-    centres = hard_negative_centres(vol, (30.0, 50.0))
+    centres = hard_negative_centres(vol, (-600.0, 40.0))
     assert len(centres)
     assert np.all((np.abs(centres[:, 1] - 45) <= 2) & (np.abs(centres[:, 2] - 51) <= 2))
     ds = PatchDataset(
@@ -194,7 +195,7 @@ def test_hard_negatives_sit_on_target_like_structures_away_from_targets(tmp_path
         noise_std=0.0,
         away_cases="all",
     )
-    assert ds.target_range == (40.0, 40.0)
+    assert ds.target_range == (-600.0, 40.0)
     seen = set()
     for epoch in range(6):
         ds.set_epoch(epoch)
