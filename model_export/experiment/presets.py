@@ -14,8 +14,9 @@
   docs/results/cpu_v2 (40/8/40 cases at 128x128x16): learning curve with U-Net at 3, 5, 10 and 40
   strong cases (3 repeats), then U-Net and MSDN (2 strong + 2 weak rows per batch, the paper's losses)
   at the scarcest selected split (8 repeats: what the 2-core budget allows), then the ablation rows
-  (3 repeats each, in priority order, as far as the budget goes). Base width 8, 48x48 patches, lr 1e-3, an epoch of 8 batches of 4 for every method, the
-  paper's schedule (x0.8 after 5 flat epochs, stop after 20) capped at 40 epochs.
+  (3 repeats each, in priority order, as far as the budget goes). Base width 8, 48x48 patches,
+  lr 1e-3, an epoch of 8 batches of 4 for every method, the paper's schedule (x0.8 after 5 flat
+  epochs, stop after 20) capped at 40 epochs.
 - ``gpu_v2``: protocol 2 at the critical cells with the paper's networks, patches and learning rate,
   for one GPU in about 10 minutes (``scripts/gpu_experiment.sh``): lung 160 training cases, U-Net at
   160, 60 and 12 strong cases, MSDN-, MSDN (2:2 and proportional) at 12-148 and MSDN- at 160-0,
