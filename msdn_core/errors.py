@@ -69,6 +69,7 @@ class ErrorCode(str, enum.Enum):
     OVERLOADED = "overloaded"
     NOT_READY = "not_ready"
     TIMEOUT = "timeout"
+    PACS_BUSY = "pacs_busy"
 
     @property
     def status(self) -> int:
@@ -105,6 +106,7 @@ _STATUS: dict[ErrorCode, int] = {
     _C.OVERLOADED: 503,
     _C.NOT_READY: 503,
     _C.TIMEOUT: 504,
+    _C.PACS_BUSY: 503,
 }
 for _code in ErrorCode:
     _STATUS.setdefault(_code, 422)

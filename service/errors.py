@@ -164,7 +164,11 @@ def _validation_error(_: Request, exc: Exception) -> JSONResponse:
 
 def _http_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
-    body = ErrorBody(code=f"http_{exc.status_code}", message=str(exc.detail))
+    detail = exc.detail
+    if isinstance(detail, dict) and isinstance(detail.get("code"), str) and "message" in detail:
+        body = ErrorBody(code=detail["code"], message=str(detail["message"]), detail=detail.get("detail"))
+    else:
+        body = ErrorBody(code=f"http_{exc.status_code}", message=str(detail))
     return JSONResponse(body.model_dump(), status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
 
