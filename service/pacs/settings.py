@@ -7,10 +7,10 @@ has a safe default, and the PACS integration is off (``protocol="none"``) until 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 #: A DICOM AE title: 1..16 characters of the default character repertoire, no backslash.
 _AE_TITLE_PATTERN = r"^[ -\[\]-~]{1,16}$"
@@ -78,8 +78,9 @@ class PacsSettings(BaseSettings):
     listener_series_idle_s: float = Field(
         default=5.0, gt=0, description="a pushed series is complete after this many quiet seconds"
     )
-    listener_allowed_aes: list[str] = Field(
-        default_factory=list, description="calling AE titles (besides peer_ae_title) allowed to push to us"
+    listener_allowed_aes: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="calling AE titles (besides peer_ae_title) allowed to push to us (JSON list or comma-separated)",
     )
     listener_send_result: bool = Field(default=True, description="C-STORE the SEG back to the peer")
     listener_max_associations: int = Field(
@@ -110,6 +111,18 @@ class PacsSettings(BaseSettings):
     io_workers: int = Field(default=8, ge=1, description="PACS calls (fetch, store, query) running at once")
     io_max_queued: int = Field(default=16, ge=0, description="PACS calls waiting for a worker; more answer 503")
     io_deadline_s: float = Field(default=300.0, gt=0, description="overall time limit of one fetch or store")
+
+    @field_validator("listener_allowed_aes", mode="before")
+    @classmethod
+    def _split_aes(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                import json
+
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
 
     @field_validator("dicomweb_url")
     @classmethod
