@@ -55,7 +55,10 @@ class Refusal:
 
 
 def _numbers(ds: Dataset, keyword: str, count: int) -> Optional[list[float]]:
-    value = ds.get(keyword)
+    try:
+        value = ds.get(keyword)  # a raw (received) element is converted here: "abc" in a DS raises
+    except (TypeError, ValueError, OverflowError):
+        return None
     if value is None:
         return None
     try:
