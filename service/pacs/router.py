@@ -179,6 +179,10 @@ def _bind(receiver: Any) -> bool:
         return False
 
 
+#: Seconds between two tries to bind a Storage SCP port that was taken.
+BIND_RETRY_S = 5.0
+
+
 def _receiver_check(receiver: Any) -> Callable[[], str | None]:
     """A readiness check: the Storage SCP listens (a failed bind is retried at most every 5 s)."""
     last_try = [time.monotonic()]
@@ -186,7 +190,7 @@ def _receiver_check(receiver: Any) -> Callable[[], str | None]:
     def check() -> str | None:
         if receiver.running:
             return None
-        if time.monotonic() - last_try[0] >= 5:
+        if time.monotonic() - last_try[0] >= BIND_RETRY_S:
             last_try[0] = time.monotonic()
             if _bind(receiver):
                 return None
