@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from email.utils import formatdate
 import time
+from email.utils import formatdate
 
 import pytest
 

@@ -13,9 +13,9 @@ import numpy as np
 import pydicom
 import pytest
 from fastapi.testclient import TestClient
+from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
-from pydicom.uid import ExplicitVRLittleEndian
 
 from service.settings import Settings
 from tests.service.pacs.fault_proxy import FaultProxy
@@ -175,7 +175,11 @@ def test_bad_instances_are_refused_at_c_store_and_the_rest_is_segmented(monkeypa
         mr_job = wait_state(api, str(mr.SeriesInstanceUID), "failed")
     assert detail["instances"] == 5
     assert detail["dropped"] == [
-        {"sop_instance_uid": str(bad.SOPInstanceUID), "code": "pixel_data_invalid", "reason": detail["dropped"][0]["reason"]}
+        {
+            "sop_instance_uid": str(bad.SOPInstanceUID),
+            "code": "pixel_data_invalid",
+            "reason": detail["dropped"][0]["reason"],
+        }
     ]
     assert "pixel data is" in detail["dropped"][0]["reason"]
     assert mr_job["error"]["code"] == "modality_not_allowed" and mr_job["instances"] == 0

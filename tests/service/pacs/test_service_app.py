@@ -196,10 +196,9 @@ def test_a_silent_pacs_does_not_block_readyz(tmp_path, monkeypatch):
 
 
 def test_a_taken_storage_port_makes_readyz_fail_until_it_is_free(tmp_path, monkeypatch, orthanc):
+    import importlib
     import socket
     import time
-
-    import importlib
 
     pacs_router = importlib.import_module("service.pacs.router")  # the module (service.pacs.router is the APIRouter)
     from service.settings import Settings
