@@ -15,10 +15,12 @@ from typing import Any
 class ErrorCode(str, enum.Enum):
     """Stable machine-readable error codes. ``value`` is the wire name, :attr:`status` the HTTP status."""
 
-    # 401 / 403 / 404 / 406
+    # 401 / 403 / 404 / 406 / 408 / 431
     UNAUTHORIZED = "unauthorized"
     NOT_FOUND = "not_found"
     NOT_ACCEPTABLE = "not_acceptable"
+    BODY_TIMEOUT = "body_timeout"
+    HEADERS_TOO_LARGE = "headers_too_large"
     # 413: over a configured limit
     LIMIT_EXCEEDED = "limit_exceeded"
     UPLOAD_TOO_LARGE = "upload_too_large"
@@ -83,6 +85,8 @@ _STATUS: dict[ErrorCode, int] = {
     _C.NOT_FOUND: 404,
     _C.SERIES_NOT_FOUND: 404,
     _C.NOT_ACCEPTABLE: 406,
+    _C.BODY_TIMEOUT: 408,
+    _C.HEADERS_TOO_LARGE: 431,
     **{
         c: 413
         for c in (
