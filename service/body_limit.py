@@ -1,6 +1,7 @@
 """Request limits enforced in front of the app: header count, body size, body-read deadline.
 
-* More than ``max_header_count`` headers: 431 ``headers_too_large`` before anything else.
+* More than ``max_header_count`` headers, or more than ``max_header_bytes`` of them: 431
+  ``headers_too_large`` before anything else.
 * A declared ``Content-Length`` over ``max_bytes`` is answered 413 ``upload_too_large`` before
   anything is read. A body sent without one (chunked) is counted as it streams in; once it passes
   the limit, reading stops and the answer becomes the 413, whatever the application would have said
@@ -42,6 +43,8 @@ class BodyLimitMiddleware:
         max_bytes: largest body (``MSDN_MAX_UPLOAD_BYTES``).
         body_timeout_s: time allowed for the whole body (``MSDN_BODY_TIMEOUT_S``); None: no limit.
         max_header_count: most headers (``MSDN_MAX_HEADER_COUNT``); None: no limit.
+        max_header_bytes: most bytes of headers (``MSDN_MAX_HEADER_BYTES``; ``msdn serve`` also makes
+            uvicorn drop a connection whose unfinished headers pass it); None: no limit.
     """
 
     def __init__(
@@ -51,11 +54,13 @@ class BodyLimitMiddleware:
         *,
         body_timeout_s: Optional[float] = None,
         max_header_count: Optional[int] = None,
+        max_header_bytes: Optional[int] = None,
     ) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.body_timeout_s = body_timeout_s
         self.max_header_count = max_header_count
+        self.max_header_bytes = max_header_bytes
 
     def _too_large(self, size: str) -> LimitExceeded:
         return LimitExceeded(
@@ -75,10 +80,19 @@ class BodyLimitMiddleware:
             await self.app(scope, receive, send)
             return
         headers = scope.get("headers", [])
+        error = None
         if self.max_header_count is not None and len(headers) > self.max_header_count:
             error = HeadersTooLarge(
                 f"{len(headers)} request headers is over the limit of {self.max_header_count} (MSDN_MAX_HEADER_COUNT)"
             )
+        elif self.max_header_bytes is not None:
+            size = sum(len(k) + len(v) + 4 for k, v in headers)
+            if size > self.max_header_bytes:
+                error = HeadersTooLarge(
+                    f"{size} bytes of request headers is over the limit of {self.max_header_bytes} "
+                    "(MSDN_MAX_HEADER_BYTES)"
+                )
+        if error is not None:
             await self._answer(error, scope, receive, send)
             return
         for key, value in headers:

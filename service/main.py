@@ -134,6 +134,7 @@ def create_app(
         max_bytes=settings.max_upload_bytes,
         body_timeout_s=settings.body_timeout_s,
         max_header_count=settings.max_header_count,
+        max_header_bytes=settings.max_header_bytes,
     )
     app.add_middleware(ApiKeyMiddleware, keys=lambda: app.state.settings.api_keys)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
