@@ -75,7 +75,7 @@ class Settings(BaseSettings):
     # HTTP front (the header/connection limits are applied by ``msdn serve``; the body deadline and
     # the header count by the app itself)
     max_header_bytes: int = Field(
-        64 * 1024, ge=1024, description="most bytes of request headers; more is answered 431 (or the connection dropped)"
+        64 * 1024, ge=1024, description="most bytes of request headers; more: 431 (or the connection dropped)"
     )
     max_header_count: int = Field(100, ge=1, description="most request headers; more is answered 431")
     header_timeout_s: float = Field(
