@@ -40,6 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydicom import Dataset
 
 from msdn_core.errors import ErrorCode
+from service.errors import ErrorBody
 from service.pacs.base import PacsClient, SeriesInfo
 from service.pacs.errors import PacsError, PacsNotConfiguredError, is_transient
 from service.pacs.factory import create_pacs_client
@@ -445,13 +446,24 @@ class PacsJobList(BaseModel):
 
 #: Error answers of the PACS routes (body: ``{"code", "message", "detail"}``).
 PACS_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    404: {"description": "series_not_found"},
-    413: {"description": "series_too_large"},
-    422: {"description": "invalid_request, modality_not_allowed, or a series that cannot be segmented"},
-    502: {"description": "pacs_unavailable, pacs_refused, pacs_error"},
-    503: {"description": "pacs_busy, pacs_not_configured, overloaded (Retry-After)"},
-    504: {"description": "pacs_timeout, timeout"},
+    404: {"model": ErrorBody, "description": "series_not_found"},
+    413: {"model": ErrorBody, "description": "series_too_large"},
+    422: {
+        "model": ErrorBody,
+        "description": "invalid_request, modality_not_allowed, or invalid_input (the series cannot be segmented)",
+    },
+    502: {
+        "model": ErrorBody,
+        "description": "pacs_unavailable (unreachable, aborted), pacs_refused (credentials, AE title), pacs_error",
+    },
+    503: {
+        "model": ErrorBody,
+        "description": "pacs_busy (the PACS answered 429/503, or all PACS workers are busy), pacs_not_configured, "
+        "overloaded, not_ready; with Retry-After",
+    },
+    504: {"model": ErrorBody, "description": "pacs_timeout (no answer within the deadline), timeout"},
 }
+_GATEWAY = {k: v for k, v in PACS_ERROR_RESPONSES.items() if k in (502, 503, 504)}
 
 
 # --- routes ------------------------------------------------------------------------------------
@@ -461,7 +473,7 @@ PACS_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     "/echo",
     response_model=EchoResponse,
     summary="Check the PACS answers (C-ECHO or QIDO-RS)",
-    responses={k: v for k, v in PACS_ERROR_RESPONSES.items() if k in (502, 503, 504)},
+    responses=_GATEWAY,
 )
 async def pacs_echo(request: Request, client: PacsClientDep) -> EchoResponse:
     start = time.perf_counter()
@@ -478,7 +490,7 @@ async def pacs_echo(request: Request, client: PacsClientDep) -> EchoResponse:
     "/studies/{study_uid}/series",
     response_model=list[SeriesItem],
     summary="Series of a study on the PACS (QIDO-RS or C-FIND)",
-    responses={k: v for k, v in PACS_ERROR_RESPONSES.items() if k in (502, 503, 504)},
+    responses={422: PACS_ERROR_RESPONSES[422], **_GATEWAY},
 )
 async def pacs_find_series(
     request: Request,
@@ -657,7 +669,10 @@ def _jobs(request: Request):
     "/jobs",
     response_model=PacsJobList,
     summary="PACS jobs (pushed series and segment requests), newest first",
-    responses={503: {"description": "not_ready"}},
+    responses={
+        422: {"model": ErrorBody, "description": "invalid_request"},
+        503: {"model": ErrorBody, "description": "not_ready"},
+    },
 )
 async def pacs_jobs(
     request: Request,
@@ -685,7 +700,11 @@ async def pacs_jobs(
     "/jobs/{job_id}",
     response_model=PacsJob,
     summary="One PACS job: state, attempts, last error, dropped instances, result UIDs",
-    responses={404: {"description": "not_found"}, 503: {"description": "not_ready"}},
+    responses={
+        404: {"model": ErrorBody, "description": "not_found"},
+        422: {"model": ErrorBody, "description": "invalid_request"},
+        503: {"model": ErrorBody, "description": "not_ready"},
+    },
 )
 async def pacs_job(request: Request, job_id: Annotated[str, Path(pattern=r"^[0-9a-f]{32}$")]) -> PacsJob:
     jobs = _jobs(request)
