@@ -48,8 +48,8 @@ from service.pacs.settings import PacsSettings
 
 logger = logging.getLogger(__name__)
 
-#: A DICOM UID (digits and dots, at most 64 characters).
-UID_PATTERN = r"^[0-9]+(\.[0-9]+)*$"
+#: A DICOM UID (PS3.5 9.1: dot-separated numbers without leading zeros, at most 64 characters).
+UID_PATTERN = r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$"
 #: Segments a series: its instances (any order) in, a DICOM SEG (e.g. highdicom Segmentation) out.
 SeriesPipeline = Callable[..., Dataset]
 
@@ -446,6 +446,7 @@ class PacsJobList(BaseModel):
 
 #: Error answers of the PACS routes (body: ``{"code", "message", "detail"}``).
 PACS_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody, "description": "http_400: the body cannot be decoded (not UTF-8 / JSON)"},
     404: {"model": ErrorBody, "description": "series_not_found"},
     413: {"model": ErrorBody, "description": "series_too_large"},
     422: {

@@ -24,6 +24,8 @@ class _Rule:
     times: int
     status: int
     retry_after: str | None
+    every: int = 1
+    seen: int = 0
 
 
 class FaultProxy:
@@ -43,15 +45,28 @@ class FaultProxy:
         assert self._server is not None
         return f"http://127.0.0.1:{self._server.server_address[1]}"
 
-    def fail(self, method: str, path_part: str, *, times: int, status: int = 503, retry_after: str | None = "1"):
+    def fail(
+        self,
+        method: str,
+        path_part: str,
+        *,
+        times: int,
+        status: int = 503,
+        retry_after: str | None = "1",
+        every: int = 1,
+    ) -> None:
+        """The next ``times`` matching requests (-1: all), or every ``every``-th of them, get ``status``."""
         with self._lock:
-            self.rules.append(_Rule(method.upper(), path_part, times, status, retry_after))
+            self.rules.append(_Rule(method.upper(), path_part, times, status, retry_after, every))
 
     def _injected(self, method: str, path: str) -> _Rule | None:
         with self._lock:
             for rule in self.rules:
-                if rule.times > 0 and rule.method == method and rule.path_part in path:
-                    rule.times -= 1
+                if rule.times != 0 and rule.method in (method, "*") and rule.path_part in path:
+                    rule.seen += 1
+                    if rule.seen % rule.every:
+                        continue
+                    rule.times -= 1 if rule.times > 0 else 0
                     return rule
         return None
 
