@@ -64,7 +64,7 @@ async def pacs_lifespan(app: FastAPI, settings: PacsSettings | None = None) -> A
 
     * ``app.state.pacs_io``: the bounded PACS I/O pool (:mod:`service.pacs.io_pool`);
     * ``app.state.pacs_jobs``: the durable jobs (:mod:`service.pacs.jobs`) in ``MSDN_DATA_DIR``;
-      jobs a previous process left are resumed;
+      jobs a previous process left are resumed (none, and nothing written, without any PACS);
     * our Storage SCP, bound now when the push listener is enabled or C-MOVE is the retrieve method
       (a port that cannot be bound makes ``/readyz`` answer 503, and is retried);
     * ``app.state.pacs_client`` from ``MSDN_PACS_*`` unless the app set one (``protocol=none``: none).
@@ -86,6 +86,14 @@ async def pacs_lifespan(app: FastAPI, settings: PacsSettings | None = None) -> A
         max_workers=settings.io_workers, max_queued=settings.io_max_queued, deadline_s=settings.io_deadline_s
     )
     state.pacs_io = io_pool
+    if settings.protocol == "none" and not settings.listener_enabled and getattr(state, "pacs_client", None) is None:
+        # No PACS: nothing to keep durable (and no MSDN_DATA_DIR written); the routes answer 503.
+        state.pacs_jobs = state.pacs_listener = None
+        try:
+            yield
+        finally:
+            io_pool.shutdown()
+        return
     store = JobStore(settings.data_dir)
     service_metrics = getattr(state, "metrics", None)
     metrics = PacsJobMetrics(getattr(service_metrics, "registry", None), store, ("pacs-push", "pacs-segment"))
