@@ -90,31 +90,25 @@ class FaultProxy:
                     time.sleep(proxy.delay_s)
                 rule = proxy._injected(self.command, self.path)
                 if rule is not None:
-                    payload = b'{"error": "injected"}'
-                    self.send_response(rule.status)
+                    status, content = rule.status, b'{"error": "injected"}'
+                    headers = {"Content-Type": "application/json"}
                     if rule.retry_after is not None:
-                        self.send_header("Retry-After", rule.retry_after)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(payload)))
-                    self.end_headers()
-                    self.wfile.write(payload)
-                    status = rule.status
+                        headers["Retry-After"] = rule.retry_after
                 else:
-                    headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_HEADERS}
+                    forwarded = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_HEADERS}
                     upstream = proxy._session.request(
-                        self.command, proxy.upstream + self.path, headers=headers, data=body, timeout=60
+                        self.command, proxy.upstream + self.path, headers=forwarded, data=body, timeout=60
                     )
-                    content = upstream.content
-                    self.send_response(upstream.status_code)
-                    for key, value in upstream.headers.items():
-                        if key.lower() not in _HOP_HEADERS:
-                            self.send_header(key, value)
-                    self.send_header("Content-Length", str(len(content)))
-                    self.end_headers()
-                    self.wfile.write(content)
-                    status = upstream.status_code
-                with proxy._lock:
+                    status, content = upstream.status_code, upstream.content
+                    headers = {k: v for k, v in upstream.headers.items() if k.lower() not in _HOP_HEADERS}
+                with proxy._lock:  # logged before the answer leaves: a client never sees it unlogged
                     proxy.log.append((time.monotonic(), self.command, self.path, status))
+                self.send_response(status)
+                for key, value in headers.items():
+                    self.send_header(key, value)
+                self.send_header("Content-Length", str(len(content)))
+                self.end_headers()
+                self.wfile.write(content)
 
             do_GET = do_POST = do_PUT = do_DELETE = _handle
 

@@ -323,6 +323,37 @@ def test_busy_pacs_on_segment_keeps_the_seg_and_stores_it_later(monkeypatch, ort
         proxy.stop()
 
 
+def test_a_seg_that_cannot_be_stored_is_kept_and_its_uid_logged(monkeypatch, orthanc, caplog):
+    proxy = FaultProxy(orthanc.url).start()
+    try:
+        port = free_port()
+        listener_env(
+            monkeypatch,
+            orthanc,
+            port,
+            PROTOCOL="dicomweb",
+            DICOMWEB_URL=f"{proxy.url}/dicom-web",
+            DICOMWEB_AUTH="basic",
+            DICOMWEB_USERNAME=orthanc.username,
+            DICOMWEB_PASSWORD=orthanc.password,
+            JOB_DEADLINE_S="1.5",
+        )
+        proxy.fail("POST", "/dicom-web/studies", times=-1, retry_after=None)  # busy for good
+        series = a_series(3)
+        with TestClient(listener_app()) as api:
+            assert push(port, series) == [0] * 3
+            job = wait_state(api, series[0].SeriesInstanceUID, "failed")
+            kept = api.app.state.pacs_jobs.store.get(job["id"]).result_path
+    finally:
+        proxy.stop()
+    assert job["result_kept"] is True and job["error"]["code"] == "pacs_busy"
+    assert "gave up after" in job["error"]["message"] and job["attempts"] >= 2
+    seg = pydicom.dcmread(kept)  # the SEG on disk, whole
+    assert seg.SOPInstanceUID == job["seg_sop_instance_uid"] and seg.Modality == "SEG"
+    assert any(job["seg_sop_instance_uid"] in r.getMessage() and r.levelname == "ERROR" for r in caplog.records)
+    assert seg_series(orthanc, series[0].StudyInstanceUID) == []
+
+
 # --- association limits ------------------------------------------------------------------------
 
 

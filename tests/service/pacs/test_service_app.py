@@ -195,7 +195,7 @@ def test_a_silent_pacs_does_not_block_readyz(tmp_path, monkeypatch):
     assert answers.count("pacs_busy") >= 30
 
 
-def test_a_taken_storage_port_makes_readyz_fail_until_it_is_free(tmp_path, monkeypatch, orthanc):
+def test_a_taken_storage_port_makes_readyz_fail_until_it_is_free(tmp_path, monkeypatch, orthanc, pacs_series):
     import importlib
     import socket
     import time
@@ -222,10 +222,13 @@ def test_a_taken_storage_port_makes_readyz_fail_until_it_is_free(tmp_path, monke
     }.items():
         monkeypatch.setenv(f"MSDN_PACS_{key}", value)
     app = main.create_app(Settings(_env_file=None, model_path=model, warmup=False))
-    with TestClient(app) as client:
+    with TestClient(app, raise_server_exceptions=False) as client:
         response = client.get("/readyz")
         assert response.status_code == 503, response.text
         assert response.json()["code"] == "not_ready" and str(port) in response.json()["message"]
+        ct5 = pacs_series["ct5"]
+        moved = client.post("/v1/pacs/segment", json={"study_uid": ct5.study_uid, "series_uid": ct5.series_uid})
+        assert moved.status_code == 503 and moved.json()["code"] == "pacs_not_configured", moved.text  # not 500
         blocker.close()
         time.sleep(0.3)
         assert client.get("/readyz").status_code == 200
