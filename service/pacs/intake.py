@@ -3,14 +3,16 @@
 :func:`check_instance` is called before an instance is written to the spool; a refusal is answered
 with a DICOM failure status (and an ErrorComment), so the sender learns at once, instead of the
 Success the old listener gave to everything. Checked: the data set parses; it has the attributes the
-reader needs (UIDs, Modality, Rows/Columns, pixel data, position/orientation/spacing for single-frame
-images); its modality is allowed; it is not a SEG / RT / SR / presentation object; uncompressed pixel
-data has the size Rows x Columns x frames x samples x bits says.
+reader needs (UIDs made of digits and dots, Modality, Rows/Columns, pixel data,
+position/orientation/spacing for single-frame images); its modality is allowed; it is not a SEG /
+RT / SR / presentation object; uncompressed pixel data has the size Rows x Columns x frames x
+samples x bits says.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -36,6 +38,8 @@ REFUSED_SOP_CLASS_PREFIXES = (
 )
 _REQUIRED_UIDS = ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID")
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+#: A UID as received: digits and dots, at most 64 characters (leading zeros tolerated).
+_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 
 
 @dataclass(frozen=True)
@@ -93,8 +97,11 @@ def check_instance(ds: Dataset, *, modality_allowed: Callable[[str], bool]) -> O
 
 def _check(ds: Dataset, modality_allowed: Callable[[str], bool]) -> Optional[Refusal]:
     for keyword in _REQUIRED_UIDS:
-        if not str(ds.get(keyword, "") or "").strip():
+        value = str(ds.get(keyword, "") or "").strip()
+        if not value:
             return Refusal(STATUS_DATASET_MISMATCH, ErrorCode.MISSING_ATTRIBUTE, f"no {keyword}")
+        if len(value) > 64 or not _UID.fullmatch(value):  # UIDs name spool files: never a path
+            return Refusal(STATUS_DATASET_MISMATCH, ErrorCode.INVALID_INPUT, f"{keyword} is not a UID")
     modality = str(ds.get("Modality", "") or "").strip().upper()
     sop_class = str(ds.SOPClassUID)
     if modality in REFUSED_MODALITIES or sop_class.startswith(REFUSED_SOP_CLASS_PREFIXES):

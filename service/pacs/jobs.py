@@ -252,14 +252,15 @@ class PacsJobs:
                     sop_uid,
                     Refusal(STATUS_OUT_OF_RESOURCES, ErrorCode.SERIES_TOO_LARGE, "series over the size limits"),
                 )
-            path = self.store.job_dir(job.id) / "instances" / f"{sop_uid}.dcm"
-            write_durable(path, data)  # on disk before we answer Success
-            self.store.set_item(job.id, sop_uid, state="ok", info={"bytes": len(data)})
             self._bytes[job.id] = nbytes
             current = self.store.get(job.id)
             if current is not None and current.state == JobState.RECEIVING:
                 self._last_seen[job.id] = time.monotonic()
+            # The association counts as sending this series from now: it cannot complete meanwhile.
             self._open.setdefault(association_id, set()).add(job.id)
+            path = self.store.job_dir(job.id) / "instances" / f"{sop_uid}.dcm"  # sop_uid: digits and dots
+        write_durable(path, data)  # on disk (fsync'd) before we answer Success; outside the lock
+        self.store.set_item(job.id, sop_uid, state="ok", info={"bytes": len(data)})
         self.metrics.received.inc()
         return STATUS_SUCCESS
 

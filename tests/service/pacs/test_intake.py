@@ -56,6 +56,7 @@ def _raw(tag, vr, value: bytes):
     [
         (_without("SeriesInstanceUID"), 0xA900, "missing_attribute"),
         (_without("SOPInstanceUID"), 0xA900, "missing_attribute"),
+        (_set("SOPInstanceUID", "1.2/../../etc"), 0xA900, "invalid_input"),  # would name a file outside the spool
         (_set("Modality", "MR"), 0xC011, "modality_not_allowed"),
         (_set("Modality", "SEG"), 0x0122, "unsupported_image"),
         (_set("SOPClassUID", "1.2.840.10008.5.1.4.1.1.481.3"), 0x0122, "unsupported_image"),  # RT Structure Set
