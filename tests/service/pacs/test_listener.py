@@ -354,6 +354,31 @@ def test_a_seg_that_cannot_be_stored_is_kept_and_its_uid_logged(monkeypatch, ort
     assert seg_series(orthanc, series[0].StudyInstanceUID) == []
 
 
+def test_a_busy_pacs_during_the_fetch_is_retried_as_retry_after_says(monkeypatch, orthanc, pacs_series):
+    ct5 = pacs_series["ct5"]
+    proxy = FaultProxy(orthanc.url).start()
+    try:
+        for key, value in {
+            "PROTOCOL": "dicomweb",
+            "DICOMWEB_URL": f"{proxy.url}/dicom-web",
+            "DICOMWEB_AUTH": "basic",
+            "DICOMWEB_USERNAME": orthanc.username,
+            "DICOMWEB_PASSWORD": orthanc.password,
+            "DICOMWEB_MAX_ATTEMPTS": "3",
+        }.items():
+            monkeypatch.setenv(f"MSDN_PACS_{key}", value)
+        proxy.fail("GET", f"/series/{ct5.series_uid}", times=2, retry_after="1")  # the WADO-RS retrieve
+        with TestClient(make_app(None)) as api:
+            response = api.post("/v1/pacs/segment", json={"study_uid": ct5.study_uid, "series_uid": ct5.series_uid})
+        assert response.status_code == 200, response.text
+        assert response.json()["instances"] == 5
+        retrieves = [(t, status) for t, m, p, status in proxy.log if m == "GET" and f"/series/{ct5.series_uid}" in p]
+        assert [status for _, status in retrieves[:3]] == [503, 503, 200]
+        assert (np.diff([t for t, _ in retrieves[:3]]) >= 0.95).all()
+    finally:
+        proxy.stop()
+
+
 # --- association limits ------------------------------------------------------------------------
 
 
