@@ -105,10 +105,17 @@ def push_client(port: int, stop: threading.Event, stats: Stats, seed: int) -> No
             stats.add("C-STORE series", "association refused", time.perf_counter() - start)
             time.sleep(1)
             continue
-        statuses = [int(assoc.send_c_store(ds).get("Status", -1)) for ds in datasets]
-        assoc.release()
+        statuses = []
+        for ds in datasets:
+            if not assoc.is_established:  # aborted (a modality would send the rest again)
+                statuses.append(-1)
+                continue
+            statuses.append(int(assoc.send_c_store(ds).get("Status", -1)))
+        if assoc.is_established:
+            assoc.release()
         good = sum(1 for s in statuses if s == 0)
-        stats.add("C-STORE series", "+".join(sorted({f"0x{s:04X}" for s in statuses})), time.perf_counter() - start)
+        codes = sorted({f"0x{s:04X}" if s >= 0 else "aborted" for s in statuses})
+        stats.add("C-STORE series", "+".join(codes), time.perf_counter() - start)
         if good:
             with stats.lock:
                 stats.pushed.append((str(datasets[0].StudyInstanceUID), str(datasets[0].SeriesInstanceUID), good))
