@@ -20,7 +20,7 @@ from typing import AsyncIterator, Optional, Sequence
 import anyio
 from fastapi import APIRouter, FastAPI
 
-from model_export import __version__
+from msdn_core import __version__
 from service.auth import RequireApiKey
 from service.body_limit import BodyLimitMiddleware
 from service.concurrency import InferenceLimiter

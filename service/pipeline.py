@@ -36,7 +36,7 @@ from typing import Optional, Sequence
 import numpy as np
 from pydicom.dataset import Dataset
 
-from model_export.card import ModelCard
+from msdn_core.card import ModelCard
 from service.boxes import SliceBox, parse_boxes
 from service.concurrency import Deadline
 from service.errors import InvalidInput

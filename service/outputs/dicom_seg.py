@@ -33,7 +33,7 @@ def build_seg(result: "SegmentationResult") -> Dataset:
     from pydicom.sr.coding import Code
     from pydicom.uid import generate_uid
 
-    from model_export import __version__
+    from msdn_core import __version__
 
     series = result.image.series
     if series is None:
