@@ -11,10 +11,10 @@ from typing import Any, Optional
 import torch
 
 from model_export import __version__
-from msdn_core.card import ClassInfo, InputSpec, ModelCard
-from msdn_core.digest import file_sha256  # noqa: F401  (re-exported: checkpoint digests)
 from model_export.nets import SegmentationModel, build_from_config
 from model_export.nets.config import SIZE_MULTIPLE, NetConfig
+from msdn_core.card import ClassInfo, InputSpec, ModelCard
+from msdn_core.digest import file_sha256  # noqa: F401  (re-exported: checkpoint digests)
 
 logger = logging.getLogger(__name__)
 

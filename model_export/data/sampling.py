@@ -5,8 +5,9 @@ connected component of the mask for a strong case, a box of the manifest for a w
 is moved by a random jitter (at most ``jitter * patch`` pixels along each axis) but the target box is
 kept inside the window whenever it fits. Slices smaller than the patch are padded with the case's
 lowest intensity (air in CT). The window is placed by the one crop policy (``msdn_core.crop``), the
-jitter being an offset of its centre applied before the policy's clamp. Then come random horizontal and vertical flips, normalisation by the
-training set's statistics (``Normalization``) and additive Gaussian noise.
+jitter being an offset of its centre applied before the policy's clamp. Then come random horizontal
+and vertical flips, normalisation by the training set's statistics (``msdn_core.card.Normalization``)
+and additive Gaussian noise.
 
 With ``away_fraction > 0`` that fraction of items is replaced by a window at a uniformly random
 position of a uniformly random slice of the same case ("away" patches), meant to show the model the

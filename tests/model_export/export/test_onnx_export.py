@@ -11,11 +11,11 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from msdn_core.card import CARD_KEY
 from model_export.checkpoint import file_sha256, load_checkpoint
 from model_export.export import ParityError, check_parity, export_model
 from model_export.export.onnx_export import default_sizes
 from model_export.nets import MODEL_NAMES
+from msdn_core.card import CARD_KEY
 from msdn_core.onnx_model import read_model_card, read_sidecar
 
 ATOL = 1e-4
