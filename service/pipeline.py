@@ -30,13 +30,11 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import numpy as np
 from pydicom.dataset import Dataset
 
-from msdn_core.card import ModelCard
 from service.boxes import SliceBox, parse_boxes
 from service.concurrency import Deadline
 from service.errors import InvalidInput
@@ -45,7 +43,8 @@ from service.image import ImageVolume
 from service.inference import segment_volume_array
 from service.io.dicom import series_volume
 from service.io.reference import check_reference, labels_from_seg
-from service.model import ModelRuntime, RunStats
+from service.model import ModelRuntime
+from service.result import SegmentationResult
 from service.settings import OutputFormat, Settings
 
 logger = logging.getLogger(__name__)
@@ -58,33 +57,6 @@ MEDIA_TYPES: dict[str, tuple[str, str]] = {
     "nifti": ("application/gzip", "mask.nii.gz"),
     "dicom-seg": ("application/dicom", "segmentation.dcm"),
 }
-
-
-@dataclass
-class SegmentationResult:
-    """A segmented volume and what produced it.
-
-    Attributes:
-        image: the input volume (geometry, DICOM sources).
-        labels: (Z, Y, X) uint8 class labels.
-        mode: ``slices``, ``boxes`` or ``proposals``.
-        boxes: the request boxes or detector proposals that were segmented.
-        metrics: scores against the reference (``service.evaluation.evaluate``), or None.
-        run: model calls and their time.
-        timings: ``read_s`` (decode), ``total_s`` (whole pipeline).
-        card, model_sha256, provider: the model that ran.
-    """
-
-    image: ImageVolume
-    labels: np.ndarray
-    mode: str
-    boxes: list[SliceBox]
-    metrics: Optional[dict]
-    run: RunStats
-    timings: dict[str, float]
-    card: ModelCard
-    model_sha256: str
-    provider: str
 
 
 def segment_image(

@@ -16,7 +16,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 if TYPE_CHECKING:
-    from service.pipeline import SegmentationResult
+    from service.result import SegmentationResult
 
 SERIES_NUMBER = 900
 CODING_SCHEME = "99MSDN"
