@@ -24,7 +24,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from service.errors import InvalidBoxes, LimitExceeded
+from service.errors import ErrorCode, InvalidBoxes, LimitExceeded
 
 
 @dataclass(frozen=True)
@@ -131,7 +131,7 @@ def parse_boxes(
             )
         out.extend(SliceBox(z, x1, y1, x2, y2, label) for z in slices)
         if len(out) > max_boxes:
-            raise LimitExceeded(f"more than {max_boxes} slice boxes (MSDN_MAX_BOXES)", code="too_many_boxes")
+            raise LimitExceeded(f"more than {max_boxes} slice boxes (MSDN_MAX_BOXES)", code=ErrorCode.TOO_MANY_BOXES)
     return out
 
 

@@ -32,6 +32,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
+from msdn_core.errors import ErrorCode
 from service.errors import (
     InconsistentGeometry,
     InvalidInput,
@@ -198,7 +199,7 @@ def _pick_series(
     for name, ds in items:
         uid = ds.get("SeriesInstanceUID")
         if not uid:
-            raise InvalidInput(f"{name}: no SeriesInstanceUID", code="missing_attribute")
+            raise InvalidInput(f"{name}: no SeriesInstanceUID", code=ErrorCode.MISSING_ATTRIBUTE)
         groups[str(uid)].append((name, ds))
     if series_uid:
         if series_uid not in groups:
@@ -249,7 +250,7 @@ def _decode(ds: Dataset, name: str) -> np.ndarray:
         except Exception as exc:  # noqa: BLE001 - decoders raise many types on corrupt data
             raise InvalidInput(
                 f"{name}: pixel data cannot be decoded ({type(exc).__name__}: {exc})",
-                code="pixel_data_invalid",
+                code=ErrorCode.PIXEL_DATA_INVALID,
             ) from None
     arr = np.asarray(arr)
     if arr.ndim == 2:
@@ -257,7 +258,7 @@ def _decode(ds: Dataset, name: str) -> np.ndarray:
     if arr.ndim != 3:
         raise InvalidInput(
             f"{name}: only single-sample (grey-scale) images are supported, got pixel array {arr.shape}",
-            code="unsupported_image",
+            code=ErrorCode.UNSUPPORTED_IMAGE,
         )
     return arr
 
@@ -281,7 +282,7 @@ def series_volume(
     """
     pairs = [it if isinstance(it, tuple) else (f"instance {i + 1}", it) for i, it in enumerate(items)]
     if not pairs:
-        raise InvalidInput("no DICOM files in the upload", code="no_input")
+        raise InvalidInput("no DICOM files in the upload", code=ErrorCode.NO_INPUT)
     uid, chosen = _pick_series(pairs, series_uid)
     names = [n for n, _ in chosen]
     datasets = [ds for _, ds in chosen]
@@ -302,14 +303,14 @@ def series_volume(
             raise InvalidInput(
                 f"{name}: {ds.get('SamplesPerPixel')} samples per pixel ({ds.get('PhotometricInterpretation')}); "
                 "only grey-scale images are supported",
-                code="unsupported_image",
+                code=ErrorCode.UNSUPPORTED_IMAGE,
             )
     multi = [i for i, ds in enumerate(datasets) if int(ds.get("NumberOfFrames", 1) or 1) > 1]
     if multi and len(datasets) > 1:
         raise InvalidInput(
             f"series {uid} mixes {len(datasets)} instances with multi-frame ones ({names[multi[0]]}); "
             "send one multi-frame instance or single-frame instances",
-            code="mixed_instances",
+            code=ErrorCode.MIXED_INSTANCES,
         )
 
     frames = [fr for i, (name, ds) in enumerate(chosen) for fr in _frames_of(ds, i, name)]
@@ -320,12 +321,12 @@ def series_volume(
     if len(frames) > settings.max_slices:
         raise LimitExceeded(
             f"{len(frames)} slices is over the limit of {settings.max_slices} (MSDN_MAX_SLICES)",
-            code="too_many_slices",
+            code=ErrorCode.TOO_MANY_SLICES,
         )
     if len(frames) * rows * cols > settings.max_voxels:
         raise LimitExceeded(
             f"{len(frames)} x {rows} x {cols} voxels is over the limit of {settings.max_voxels} (MSDN_MAX_VOXELS)",
-            code="too_many_voxels",
+            code=ErrorCode.TOO_MANY_VOXELS,
         )
 
     def where(fr: _Frame) -> str:
@@ -393,7 +394,7 @@ def series_volume(
             else:
                 volume[slot[(i, fr.frame)]] = values.astype(np.float32) * fr.slope + fr.intercept
             if not np.isfinite(volume[slot[(i, fr.frame)]]).all():
-                raise InvalidInput(f"{where(fr)}: pixel values are NaN or infinite", code="pixel_data_invalid")
+                raise InvalidInput(f"{where(fr)}: pixel values are NaN or infinite", code=ErrorCode.PIXEL_DATA_INVALID)
         for keyword in PIXEL_KEYWORDS:
             if keyword in ds:
                 delattr(ds, keyword)

@@ -14,7 +14,7 @@ from typing import BinaryIO
 import numpy as np
 from pydicom.dataset import Dataset
 
-from service.errors import InvalidInput, ReferenceMismatch
+from service.errors import ErrorCode, InvalidInput, ReferenceMismatch
 from service.image import ImageVolume
 from service.io.dicom import parse_dicom
 from service.io.volume import DICOM_MAGIC_OFFSET, read_array_file
@@ -57,7 +57,7 @@ def labels_from_seg(ds: Dataset, *, name: str, image: ImageVolume) -> np.ndarray
         seg = hd.seg.Segmentation.from_dataset(ds, copy=False)
     except Exception as exc:  # noqa: BLE001 - highdicom raises many types on invalid SEGs
         raise InvalidInput(
-            f"{name}: not a valid DICOM SEG ({type(exc).__name__}: {exc})", code="invalid_reference"
+            f"{name}: not a valid DICOM SEG ({type(exc).__name__}: {exc})", code=ErrorCode.INVALID_REFERENCE
         ) from None
     referenced = {str(s) for _, s, _ in seg.get_source_image_uids()}
     if series.series_instance_uid not in referenced:

@@ -19,7 +19,7 @@ from typing import Any, BinaryIO, Optional
 
 import numpy as np
 
-from service.errors import InvalidInput, InvalidVolume, LimitExceeded
+from service.errors import ErrorCode, InvalidInput, InvalidVolume, LimitExceeded
 from service.image import ImageVolume, spacing_affine
 from service.settings import Settings
 
@@ -48,9 +48,11 @@ def parse_spacing(text: Optional[str]) -> Optional[tuple[float, float, float]]:
         values = json.loads(raw) if raw.startswith("[") else [float(v) for v in raw.replace(" ", ",").split(",") if v]
         values = [float(v) for v in values]
     except (ValueError, TypeError, json.JSONDecodeError):
-        raise InvalidInput(f"spacing must be 'sz,sy,sx' in mm, got {text!r}", code="invalid_spacing") from None
+        raise InvalidInput(f"spacing must be 'sz,sy,sx' in mm, got {text!r}", code=ErrorCode.INVALID_SPACING) from None
     if len(values) != 3 or not all(math.isfinite(v) and v > 0 for v in values):
-        raise InvalidInput(f"spacing must be 3 positive numbers 'sz,sy,sx' (mm), got {text!r}", code="invalid_spacing")
+        raise InvalidInput(
+            f"spacing must be 3 positive numbers 'sz,sy,sx' (mm), got {text!r}", code=ErrorCode.INVALID_SPACING
+        )
     return (values[0], values[1], values[2])
 
 
@@ -59,13 +61,13 @@ def _check_shape(shape: tuple[int, ...], name: str, settings: Settings) -> None:
     if z > settings.max_slices:
         raise LimitExceeded(
             f"{name}: {z} slices is over the limit of {settings.max_slices} (MSDN_MAX_SLICES)",
-            code="too_many_slices",
+            code=ErrorCode.TOO_MANY_SLICES,
         )
     voxels = int(np.prod(shape, dtype=np.int64))
     if voxels > settings.max_voxels:
         raise LimitExceeded(
             f"{name}: {voxels} voxels is over the limit of {settings.max_voxels} (MSDN_MAX_VOXELS)",
-            code="too_many_voxels",
+            code=ErrorCode.TOO_MANY_VOXELS,
         )
     if voxels == 0:
         raise InvalidVolume(f"{name}: the volume is empty (shape {list(shape)})")
@@ -78,7 +80,7 @@ def _gunzip(data: bytes, name: str, limit: int) -> bytes:
             while chunk := fh.read(1 << 20):
                 out.write(chunk)
                 if out.tell() > limit:
-                    raise LimitExceeded(f"{name}: decompresses to over {limit} bytes", code="too_many_voxels")
+                    raise LimitExceeded(f"{name}: decompresses to over {limit} bytes", code=ErrorCode.TOO_MANY_VOXELS)
     except (OSError, EOFError, zlib.error) as exc:
         raise InvalidVolume(f"{name}: corrupt gzip data ({exc})") from None
     return out.getvalue()
@@ -183,14 +185,14 @@ def read_volume(fh: BinaryIO, *, name: str, spacing: Optional[str], settings: Se
         if given is not None:
             raise InvalidInput(
                 f"{name}: NIfTI carries its own voxel size; leave out the 'spacing' field",
-                code="invalid_spacing",
+                code=ErrorCode.INVALID_SPACING,
             )
         vox_spacing = parsed.spacing
         affine = parsed.affine
     else:
         if given is None:
             raise InvalidInput(
-                f"{name}: a .npy volume needs the 'spacing' field 'sz,sy,sx' in mm", code="spacing_required"
+                f"{name}: a .npy volume needs the 'spacing' field 'sz,sy,sx' in mm", code=ErrorCode.SPACING_REQUIRED
             )
         vox_spacing = given
         affine = spacing_affine(given)
