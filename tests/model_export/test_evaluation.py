@@ -12,7 +12,7 @@ import torch
 from model_export.checkpoint import save_checkpoint
 from model_export.cli import main
 from model_export.data.manifest import load_manifest
-from model_export.data.sampling import Normalization
+from msdn_core.card import Normalization
 from model_export.evaluation import (
     EvaluationResult,
     crop_region,
