@@ -35,7 +35,7 @@ from model_export.data.manifest import Case
 from model_export.data.volumes import read_volume
 from model_export.nets import SIZE_MULTIPLE, SegmentationModel
 from msdn_core.card import Normalization
-from msdn_core.crop import Window, crop_window, round_up
+from msdn_core.crop import Window, crop_window, pad_to_multiple
 from msdn_core.metrics import class_scores
 
 logger = logging.getLogger(__name__)
@@ -91,11 +91,8 @@ def predict_slices(
     """
     model.eval()
     z, h, w = image.shape
-    ph, pw = round_up(h, SIZE_MULTIPLE), round_up(w, SIZE_MULTIPLE)
-    x = normalization.apply(image)
     fill = float(normalization.apply(np.array([image.min()]))[0])
-    if (ph, pw) != (h, w):
-        x = np.pad(x, ((0, 0), (0, ph - h), (0, pw - w)), constant_values=fill)
+    x, _ = pad_to_multiple(normalization.apply(image), SIZE_MULTIPLE, fill)
     out = np.zeros((z, h, w), dtype=np.uint8)
     for s in range(0, z, batch_size):
         batch = torch.from_numpy(np.ascontiguousarray(x[s : s + batch_size]))[:, None].to(device)

@@ -27,7 +27,8 @@ from typing import Any, Optional
 
 import numpy as np
 
-from msdn_core.crop import Window, crop_window, round_up
+from msdn_core import crop
+from msdn_core.crop import Window, crop_window
 
 CARD_KEY = "msdn.model_card"
 CARD_FORMAT_VERSION = 1
@@ -137,17 +138,12 @@ class InputSpec:
         Returns:
             the padded array and the original (H, W) for :meth:`unpad`.
         """
-        h, w = array.shape[-2:]
-        ph, pw = round_up(h, self.size_multiple), round_up(w, self.size_multiple)
-        if (ph, pw) == (h, w):
-            return array, (h, w)
-        pad = [(0, 0)] * (array.ndim - 2) + [(0, ph - h), (0, pw - w)]
-        return np.pad(array, pad, constant_values=fill), (h, w)
+        return crop.pad_to_multiple(array, self.size_multiple, fill)
 
     @staticmethod
     def unpad(array: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
         """Cut (..., H', W') back to the (H, W) that :meth:`pad_to_multiple` returned."""
-        return array[..., : shape[0], : shape[1]]
+        return crop.unpad(array, shape)
 
     def crop_window(
         self,

@@ -38,6 +38,25 @@ def round_up(value: float, multiple: int) -> int:
     return int(math.ceil(value / multiple) * multiple)
 
 
+def pad_to_multiple(array: np.ndarray, multiple: int, fill: float) -> tuple[np.ndarray, tuple[int, int]]:
+    """Pad (..., H, W) at the bottom and right to multiples of ``multiple`` with ``fill`` (whole-slice mode).
+
+    Returns:
+        the padded array (``array`` itself when nothing is needed) and the original (H, W) for :func:`unpad`.
+    """
+    h, w = array.shape[-2:]
+    ph, pw = round_up(h, multiple), round_up(w, multiple)
+    if (ph, pw) == (h, w):
+        return array, (h, w)
+    pad = [(0, 0)] * (array.ndim - 2) + [(0, ph - h), (0, pw - w)]
+    return np.pad(array, pad, constant_values=fill), (h, w)
+
+
+def unpad(array: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Cut (..., H', W') back to the (H, W) that :func:`pad_to_multiple` returned."""
+    return array[..., : shape[0], : shape[1]]
+
+
 def window_origin(lo: float, hi: float, *, size: int, window: int, offset: float = 0.0) -> int:
     """First pixel of the window along one axis (module docstring: the policy).
 
@@ -120,4 +139,4 @@ def crop_window(
     return Window(y0, x0, ph, pw)
 
 
-__all__ = ["Window", "crop_window", "round_up", "window_origin"]
+__all__ = ["Window", "crop_window", "pad_to_multiple", "round_up", "unpad", "window_origin"]

@@ -21,7 +21,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from msdn_core.crop import Window, round_up
+from msdn_core.crop import Window
 from service.boxes import SliceBox, proposals
 from service.model import ModelRuntime, RunStats
 
@@ -66,20 +66,18 @@ def segment_slices(
         boxes (N, 4)) of each slice.
     """
     spec = runtime.card.input
-    depth, height, width = volume.shape
-    ph, pw = round_up(height, spec.size_multiple), round_up(width, spec.size_multiple)
+    depth = volume.shape[0]
     pad_value = spec.pad_value(volume)
     labels = np.zeros(volume.shape, np.uint8)
     detections: Optional[list[tuple[np.ndarray, np.ndarray]]] = [] if want_detections else None
 
     def make_batch(start: int, stop: int) -> np.ndarray:
-        batch = np.full((stop - start, 1, ph, pw), pad_value, np.float32)
-        batch[:, 0, :height, :width] = volume[start:stop]
-        return spec.normalise(batch)
+        padded, _ = spec.pad_to_multiple(np.asarray(volume[start:stop], np.float32), pad_value)
+        return spec.normalise(padded)[:, None]
 
     def consume(start: int, outputs: dict[str, np.ndarray]) -> None:
         probs = outputs[runtime.segmentation_output]
-        labels[start : start + probs.shape[0]] = argmax_labels(probs[:, :, :height, :width])
+        labels[start : start + probs.shape[0]] = spec.unpad(argmax_labels(probs), volume.shape[1:])
         if detections is not None and runtime.detection_outputs:
             scores, boxes = (outputs[n] for n in runtime.detection_outputs)
             detections.extend(zip(scores, boxes, strict=True))

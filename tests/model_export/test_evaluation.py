@@ -12,7 +12,6 @@ import torch
 from model_export.checkpoint import save_checkpoint
 from model_export.cli import main
 from model_export.data.manifest import load_manifest
-from msdn_core.card import Normalization
 from model_export.evaluation import (
     EvaluationResult,
     crop_region,
@@ -22,6 +21,7 @@ from model_export.evaluation import (
     target_region,
 )
 from model_export.nets import build_model
+from msdn_core.card import Normalization
 from tests.model_export.tiny_data import write_tiny_dataset
 
 
