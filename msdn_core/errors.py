@@ -218,7 +218,10 @@ DESCRIPTIONS: dict[ErrorCode, str] = {
     _C.MISSING_ATTRIBUTE: "a required DICOM attribute is missing",
     _C.MIXED_SERIES: "instances of several series without `series_uid`",
     _C.MIXED_INSTANCES: "instances of different kinds in one series",
-    _C.INCONSISTENT_GEOMETRY: "irregular spacing, mixed orientations, duplicate positions or mixed sizes",
+    _C.INCONSISTENT_GEOMETRY: (
+        "irregular spacing, mixed orientations, duplicate positions, mixed sizes, gantry tilt over the maximum, "
+        "missing PixelSpacing"
+    ),
     _C.MODALITY_NOT_ALLOWED: "a modality not in `MSDN_ALLOWED_MODALITIES`",
     _C.INVALID_BOXES: "a malformed `boxes` field or a box outside the volume",
     _C.REFERENCE_MISMATCH: "a reference that does not match the input's grid",

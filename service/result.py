@@ -11,8 +11,8 @@ from typing import Optional
 import numpy as np
 
 from msdn_core.card import ModelCard
+from msdn_core.volume import Volume
 from service.boxes import SliceBox
-from service.image import ImageVolume
 from service.model import RunStats
 
 
@@ -31,7 +31,7 @@ class SegmentationResult:
         card, model_sha256, provider: the model that ran.
     """
 
-    image: ImageVolume
+    image: Volume
     labels: np.ndarray
     mode: str
     boxes: list[SliceBox]
