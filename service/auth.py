@@ -19,7 +19,7 @@ from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.errors import Unauthorized
+from service.errors import Unauthorized, error_body
 
 api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="an API key from MSDN_API_KEYS")
 bearer = HTTPBearer(auto_error=False, description="an API key from MSDN_API_KEYS as a bearer token")
@@ -88,7 +88,7 @@ class ApiKeyMiddleware:
 
         error = Unauthorized()
         headers = {**error.headers, "Connection": "close"}
-        await JSONResponse(error.body(), status_code=error.status_code, headers=headers)(scope, receive, send)
+        await JSONResponse(error_body(error), status_code=error.status, headers=headers)(scope, receive, send)
 
 
 #: Add to a router's ``dependencies`` to protect all its routes.

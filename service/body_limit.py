@@ -18,7 +18,7 @@ from typing import Optional
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import LimitExceeded, ServiceError
+from service.errors import ErrorCode, LimitExceeded, MsdnError, ServiceError, error_body
 
 
 class _Stop(Exception):
@@ -26,13 +26,11 @@ class _Stop(Exception):
 
 
 class BodyTimeout(ServiceError):
-    status_code = 408
-    code = "body_timeout"
+    code = ErrorCode.BODY_TIMEOUT
 
 
 class HeadersTooLarge(ServiceError):
-    status_code = 431
-    code = "headers_too_large"
+    code = ErrorCode.HEADERS_TOO_LARGE
 
 
 class BodyLimitMiddleware:
@@ -65,14 +63,14 @@ class BodyLimitMiddleware:
     def _too_large(self, size: str) -> LimitExceeded:
         return LimitExceeded(
             f"request body of {size} bytes is over the limit of {self.max_bytes} (MSDN_MAX_UPLOAD_BYTES)",
-            code="upload_too_large",
+            code=ErrorCode.UPLOAD_TOO_LARGE,
         )
 
-    async def _answer(self, error: ServiceError, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _answer(self, error: MsdnError, scope: Scope, receive: Receive, send: Send) -> None:
         from fastapi.responses import JSONResponse
 
-        headers = {**error.headers, "Connection": "close"}
-        response = JSONResponse(error.body(), status_code=error.status_code, headers=headers)
+        headers = {**(getattr(error, "headers", None) or {}), "Connection": "close"}
+        response = JSONResponse(error_body(error), status_code=error.status, headers=headers)
         await response(scope, receive, send)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -107,7 +105,7 @@ class BodyLimitMiddleware:
                 break
 
         received = 0
-        failure: Optional[ServiceError] = None
+        failure: Optional[MsdnError] = None
         started = False
         body_done = False
         deadline: Optional[float] = None

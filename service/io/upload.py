@@ -25,7 +25,7 @@ import zipfile
 from pathlib import PurePosixPath, PureWindowsPath
 from typing import BinaryIO, Iterable, Iterator
 
-from service.errors import InvalidInput, LimitExceeded, UnsafeZip
+from service.errors import ErrorCode, InvalidInput, LimitExceeded, UnsafeZip
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -79,7 +79,7 @@ class ZipBudget:
             raise LimitExceeded(
                 f"{name}: the zips of this request expand to more than {self.settings.max_zip_uncompressed_bytes} "
                 "bytes (MSDN_MAX_ZIP_UNCOMPRESSED_BYTES)",
-                code="zip_too_large",
+                code=ErrorCode.ZIP_TOO_LARGE,
             )
 
     def take_files(self, n: int, name: str) -> None:
@@ -87,7 +87,7 @@ class ZipBudget:
         if self.files_left < 0:
             raise LimitExceeded(
                 f"{name}: more than {self.settings.max_files} files in this request (MSDN_MAX_FILES)",
-                code="too_many_files",
+                code=ErrorCode.TOO_MANY_FILES,
             )
 
 
@@ -98,7 +98,7 @@ def _open_members(
     try:
         archive = zipfile.ZipFile(data)
     except (zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise InvalidInput(f"{name}: not a readable zip archive ({exc})", code="invalid_zip") from None
+        raise InvalidInput(f"{name}: not a readable zip archive ({exc})", code=ErrorCode.INVALID_ZIP) from None
     with archive:
         infos = archive.infolist()
         for info in infos:
@@ -106,24 +106,24 @@ def _open_members(
             if _unsafe_name(member):
                 raise UnsafeZip(
                     f"{name}: member {member!r} points outside the archive (absolute path or '..')",
-                    code="zip_path_traversal",
+                    code=ErrorCode.ZIP_PATH_TRAVERSAL,
                 )
             if stat.S_ISLNK(info.external_attr >> 16):
-                raise UnsafeZip(f"{name}: member {member!r} is a symbolic link", code="zip_symlink")
+                raise UnsafeZip(f"{name}: member {member!r} is a symbolic link", code=ErrorCode.ZIP_SYMLINK)
             if info.flag_bits & 0x1:
-                raise UnsafeZip(f"{name}: member {member!r} is encrypted", code="zip_encrypted")
+                raise UnsafeZip(f"{name}: member {member!r} is encrypted", code=ErrorCode.ZIP_ENCRYPTED)
         wanted = [info for info in infos if not _skipped(info.filename)]
         if len(wanted) > budget.files_left:
             raise LimitExceeded(
                 f"{name}: {len(wanted)} files is over the limit of {settings.max_files} (MSDN_MAX_FILES)",
-                code="too_many_files",
+                code=ErrorCode.TOO_MANY_FILES,
             )
         declared = sum(info.file_size for info in wanted)
         if declared > budget.bytes_left:
             raise LimitExceeded(
                 f"{name}: {declared} bytes uncompressed is over the limit of {settings.max_zip_uncompressed_bytes} "
                 "(MSDN_MAX_ZIP_UNCOMPRESSED_BYTES, for all zips of a request)",
-                code="zip_too_large",
+                code=ErrorCode.ZIP_TOO_LARGE,
             )
         for info in wanted:  # every member, however small: 1000 x 1 MiB of zeros is a bomb too
             ratio = info.file_size / max(info.compress_size, 1)
@@ -131,7 +131,7 @@ def _open_members(
                 raise LimitExceeded(
                     f"{name}: member {info.filename!r} expands {ratio:.0f}-fold, over the limit of "
                     f"{settings.max_zip_ratio:g} (MSDN_MAX_ZIP_RATIO)",
-                    code="zip_ratio",
+                    code=ErrorCode.ZIP_RATIO,
                 )
         for info in wanted:
             budget.take_files(1, name)
@@ -145,7 +145,7 @@ def _open_members(
             except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as exc:
                 out.close()
                 raise InvalidInput(
-                    f"{name}: member {info.filename!r} cannot be read ({exc})", code="invalid_zip"
+                    f"{name}: member {info.filename!r} cannot be read ({exc})", code=ErrorCode.INVALID_ZIP
                 ) from None
             except BaseException:
                 out.close()
@@ -196,7 +196,7 @@ def expand_files(files: Iterable[tuple[str, BinaryIO]], *, settings: Settings) -
             if len(out) > settings.max_files:
                 raise LimitExceeded(
                     f"{len(out)} files is over the limit of {settings.max_files} (MSDN_MAX_FILES)",
-                    code="too_many_files",
+                    code=ErrorCode.TOO_MANY_FILES,
                 )
     except BaseException:
         for _, fh in out:

@@ -41,10 +41,10 @@ from service.pacs.errors import (
     SeriesNotFoundError,
     SeriesTooLargeError,
 )
+from service.pacs.scp import StorageReceiver
 from service.pacs.settings import PacsSettings
 from service.pacs.storage import (
     COMPRESSED_TRANSFER_SYNTAXES,
-    MAX_CONTEXTS,
     NATIVE_TRANSFER_SYNTAXES,
     STATUS_SUCCESS,
     SeriesCollector,
@@ -56,6 +56,9 @@ logger = logging.getLogger(__name__)
 # answers even when not asked, so never log identifiers.
 _config.LOG_REQUEST_IDENTIFIERS = False
 _config.LOG_RESPONSE_IDENTIFIERS = False
+
+#: A-ASSOCIATE-RQ may hold at most 128 presentation contexts.
+MAX_CONTEXTS = 128
 
 _PENDING = (0xFF00, 0xFF01)
 _WARNINGS = (0x0001, 0xB000, 0xB006, 0xB007)
@@ -428,8 +431,6 @@ class DimsePacsClient:
     def _ensure_receiver(self):
         with self._receiver_lock:
             if self._receiver is None:
-                from service.pacs.scp import StorageReceiver  # lazy: only C-MOVE needs it
-
                 self._receiver = StorageReceiver.from_settings(self.settings)
             if not self._receiver.running:
                 self._receiver.start()

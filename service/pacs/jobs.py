@@ -82,7 +82,7 @@ def _error_code(exc: BaseException) -> str:
 
 def _client_error(exc: BaseException) -> bool:
     """A 4xx domain error (the input cannot be segmented): retrying will not help."""
-    status = getattr(exc, "status_code", None)
+    status = getattr(exc, "status", None)  # MsdnError (the service pipeline's domain errors)
     if isinstance(status, int) and 400 <= status < 500:
         return True
     return isinstance(exc, ValueError)

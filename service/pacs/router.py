@@ -454,7 +454,7 @@ class PacsJobList(BaseModel):
 
 #: Error answers of the PACS routes (body: ``{"code", "message", "detail"}``).
 PACS_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    400: {"model": ErrorBody, "description": "http_400: the body cannot be decoded (not UTF-8 / JSON)"},
+    400: {"model": ErrorBody, "description": "invalid_request: the body cannot be decoded (not UTF-8 / JSON)"},
     404: {"model": ErrorBody, "description": "series_not_found"},
     413: {"model": ErrorBody, "description": "series_too_large"},
     422: {

@@ -1,5 +1,9 @@
-"""What our Storage SCP and the DIMSE client share: transfer syntaxes, C-STORE statuses, and the
-collector of a series arriving by C-STORE (C-GET on our association, or C-MOVE to our SCP)."""
+"""Receiving instances by C-STORE: the transfer syntaxes accepted and the per-series collector.
+
+Shared by the DIMSE client (``service.pacs.dimse``, C-GET on its own association) and the Storage SCP
+(``service.pacs.scp``, C-MOVE destination and push listener); its own module so neither imports the other
+back.
+"""
 
 from __future__ import annotations
 
@@ -49,9 +53,6 @@ COMPRESSED_TRANSFER_SYNTAXES: tuple[UID, ...] = (
     JPEGLSNearLossless,
     RLELossless,
 )
-#: A-ASSOCIATE-RQ may hold at most 128 presentation contexts.
-MAX_CONTEXTS = 128
-
 STATUS_SUCCESS = 0x0000
 STATUS_OUT_OF_RESOURCES = 0xA700
 
