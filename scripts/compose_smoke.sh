@@ -18,6 +18,9 @@
 # Exit 0 with "SKIPPED: no docker engine" only when the engine itself cannot run here (dockerd does
 # not start, or cannot start a container: missing kernel features or privileges). Any failure after
 # that (build, health, request, SEG) exits non-zero. Timings go to stdout as a table.
+#   SMOKE_GPU_IMAGE=1      also build the GPU image (--target gpu; pulls ~3 GB of CUDA wheels, not in CI),
+#                          run scripts/check_gpu_libs.py inside it and check that MSDN_PROVIDERS=cuda
+#                          without a GPU stops it with exit 2 and the reason
 #   SMOKE_KEEP_DOCKERD=1   leave a dockerd this script started running (faster reruns by hand)
 #   SMOKE_LOG_DIR=DIR      where dockerd's and the containers' logs go (default: a temp dir)
 set -euo pipefail
@@ -34,6 +37,7 @@ T0=$(date +%s)
 TIMINGS=()
 STARTED_DOCKERD_PID=
 COMPOSE_UP=0
+gpu_size=
 
 log() { echo "[compose-smoke $(date +%H:%M:%S)] $*"; }
 stamp() { TIMINGS+=("| $1 | $(($(date +%s) - $2)) s |"); }
@@ -79,6 +83,8 @@ restore_network() {
     if ! grep -q "^\*$table" "$before"; then
       iptables -t "$table" -F 2>/dev/null || true
       iptables -t "$table" -X 2>/dev/null || true
+      # iptables-nft leaves the (now empty) table behind; nft, where installed, removes it.
+      if command -v nft > /dev/null; then nft delete table ip "$table" 2>/dev/null || true; fi
     fi
   done
   if grep -q '^\*' "$before"; then
@@ -199,6 +205,10 @@ PYTHON_IMAGE=$PYTHON_IMAGE
 DEBIAN_IMAGE=$DEBIAN_IMAGE
 ENV
 
+# Leftovers of an interrupted earlier run.
+compose down -v --remove-orphans > /dev/null 2>&1 || true
+docker rm -f "$PROJECT-badmodel" "$PROJECT-gpu-nocuda" > /dev/null 2>&1 || true
+
 t=$(date +%s)
 log "docker-compose build (classic builder)"
 compose build > "$LOG_DIR/build.log" 2>&1 || { tail -n 40 "$LOG_DIR/build.log"; fail "docker-compose build"; }
@@ -217,6 +227,23 @@ grep -q "no-such-model.onnx does not exist" "$LOG_DIR/badmodel.log" \
   || { cat "$LOG_DIR/badmodel.log"; fail "a missing model: the log does not say why"; }
 docker rm "$PROJECT-badmodel" > /dev/null
 stamp "bad model -> exit 2" "$t"
+
+if [ "${SMOKE_GPU_IMAGE:-0}" = 1 ]; then
+  t=$(date +%s)
+  log "building the GPU image (target gpu)"
+  DOCKER_BUILDKIT=0 docker build -f docker/Dockerfile --target gpu --build-arg "PYTHON_IMAGE=$PYTHON_IMAGE" \
+    -t msdn/service-gpu:0.1.0 . > "$LOG_DIR/build-gpu.log" 2>&1 || { tail -n 40 "$LOG_DIR/build-gpu.log"; fail "GPU image build"; }
+  gpu_size=$(docker image inspect --format '{{.Size}}' msdn/service-gpu:0.1.0)
+  log "GPU image msdn/service-gpu:0.1.0: $((gpu_size / 1000000)) MB"
+  docker run --rm --read-only --entrypoint python -v "$ROOT/scripts:/scripts:ro" msdn/service-gpu:0.1.0 \
+    /scripts/check_gpu_libs.py | tee "$LOG_DIR/gpu-libs.txt" || fail "CUDA provider libraries in the GPU image"
+  docker run --name "$PROJECT-gpu-nocuda" --read-only --tmpfs /tmp -v "$ROOT/models:/models:ro" \
+    -e MSDN_PROVIDERS=cuda msdn/service-gpu:0.1.0 > "$LOG_DIR/gpu-nocuda.log" 2>&1 && code=0 || code=$?
+  docker rm "$PROJECT-gpu-nocuda" > /dev/null
+  [ "$code" = 2 ] && grep -q "asks for cuda but it cannot run here" "$LOG_DIR/gpu-nocuda.log" \
+    || { cat "$LOG_DIR/gpu-nocuda.log"; fail "GPU image with MSDN_PROVIDERS=cuda and no GPU: exit $code"; }
+  stamp "GPU image: build, libraries, no silent CPU" "$t"
+fi
 
 # ---- 5. up, healthy, requests ----------------------------------------------------------------
 t=$(date +%s)
@@ -288,4 +315,4 @@ echo "| compose smoke step | time |"
 echo "| --- | --- |"
 printf '%s\n' "${TIMINGS[@]}"
 echo
-echo "compose smoke: PASSED (service image $((size / 1000000)) MB; logs in $LOG_DIR)"
+echo "compose smoke: PASSED (service image $((size / 1000000)) MB${gpu_size:+, GPU image $((gpu_size / 1000000)) MB}; logs in $LOG_DIR)"

@@ -24,6 +24,7 @@ from service.providers import (
     cuda_unavailable_reason,
     parse_providers,
     session_providers,
+    tensorrt_unavailable_reason,
 )
 from tests.service.helpers import make_settings
 from tests.service.test_main import upload
@@ -179,3 +180,54 @@ def test_model_route_and_metrics_report_what_is_in_use(model_1c):
     with TestClient(create_app(make_settings(model_1c), routers=[], runtime=fp16)) as client:
         assert client.get("/v1/model").json()["precision"] == "fp16"
         assert 'precision="fp16"' in client.get("/metrics").text
+
+
+# --- on a GPU machine (scripts/gpu_check.sh runs these; they skip where CUDA cannot run) ---------
+gpu = pytest.mark.skipif(cuda_unavailable_reason() is not None, reason="needs a usable CUDA provider")
+
+
+def _copy_model(src, dst_dir):
+    import shutil
+
+    dst = dst_dir / "m.onnx"
+    shutil.copy(src, dst)
+    shutil.copy(src.with_suffix(".card.json"), dst.with_suffix(".card.json"))
+    return dst
+
+
+@gpu
+def test_cuda_serves_with_io_binding_and_matches_the_cpu(model_1c):
+    cpu = ModelRuntime.load(model_1c, providers=["cpu"])
+    cuda = ModelRuntime.load(model_1c, providers=["cuda"])
+    assert cuda.provider == CUDA and cuda.io_binding and cuda.precision == "fp32"
+    x = np.random.default_rng(1).normal(0, 200, (8, 1, 64, 64)).astype(np.float32)
+    np.testing.assert_allclose(cuda.run(x)["probabilities"], cpu.run(x)["probabilities"], atol=1e-4)
+    assert cuda.describe()["io_binding"] is True
+
+
+@gpu
+def test_fp16_variant_is_chosen_on_cuda_only_within_its_recorded_budget(model_1c, tmp_path):
+    from model_export.export.variants import _record_dice_loss, make_fp16
+
+    model = _copy_model(model_1c, tmp_path)
+    fp16 = make_fp16(model)
+    runtime = ModelRuntime.load(model, providers=["cuda"])
+    assert runtime.precision == "fp32" and runtime.path == model  # loss not recorded: fp32
+    _record_dice_loss(fp16, 0.2)
+    runtime = ModelRuntime.load(model, providers=["cuda"], fp16_max_dice_loss=0.5)
+    assert runtime.precision == "fp16" and runtime.path == fp16 and runtime.provider == CUDA
+    x = np.random.default_rng(2).normal(0, 200, (4, 1, 32, 32)).astype(np.float32)
+    cpu = ModelRuntime.load(model, providers=["cpu"]).run(x)["probabilities"]
+    assert (runtime.run(x)["probabilities"].argmax(1) == cpu.argmax(1)).mean() > 0.99
+    assert ModelRuntime.load(model, providers=["cuda"], fp16_max_dice_loss=0.1).precision == "fp32"
+
+
+@pytest.mark.skipif(tensorrt_unavailable_reason() is not None, reason="needs a usable TensorRT provider")
+def test_tensorrt_builds_cached_fp16_engines(model_1c, tmp_path):
+    cache = tmp_path / "trt"
+    runtime = ModelRuntime.load(model_1c, providers=["tensorrt"], tensorrt_cache_dir=cache, batch_size=4)
+    assert runtime.provider == TENSORRT and runtime.precision == "fp16"
+    x = np.random.default_rng(3).normal(0, 200, (4, 1, 64, 64)).astype(np.float32)
+    cpu = ModelRuntime.load(model_1c, providers=["cpu"]).run(x)["probabilities"]
+    assert (runtime.run(x)["probabilities"].argmax(1) == cpu.argmax(1)).mean() > 0.99
+    assert any(cache.iterdir())  # engines (and the timing cache) are written for the next start
