@@ -285,12 +285,16 @@ t=$(date +%s)
 ORTHANC=http://127.0.0.1:$ORTHANC_PORT
 for f in samples/lung_case/*.dcm; do
   curl -sS -f -u "msdn:$ORTHANC_PW" -X POST -H 'Content-Type: application/dicom' --data-binary "@$f" \
-    "$ORTHANC/instances" > /dev/null || fail "storing $f in Orthanc"
+    "$ORTHANC/instances" -o "$LOG_DIR/stored.json" || fail "storing $f in Orthanc"
 done
-PY=.venv/bin/python
-[ -x "$PY" ] || PY=python3
-uids=$("$PY" -c 'import pydicom, sys; d = pydicom.dcmread(sys.argv[1], stop_before_pixels=True); print(d.StudyInstanceUID, d.SeriesInstanceUID)' samples/lung_case/IM0001.dcm)
-read -r study series <<< "$uids"
+# The study and series UIDs, as Orthanc read them from the files (stdlib only: no pydicom needed).
+orthanc_tag() {  # orthanc_tag LEVEL ORTHANC_ID TAG
+  curl -sS -f -u "msdn:$ORTHANC_PW" "$ORTHANC/$1/$2" \
+    | python3 -c "import json, sys; print(json.load(sys.stdin)['MainDicomTags']['$3'])"
+}
+read -r study_id series_id < <(python3 -c 'import json, sys; a = json.load(open(sys.argv[1])); print(a["ParentStudy"], a["ParentSeries"])' "$LOG_DIR/stored.json")
+study=$(orthanc_tag studies "$study_id" StudyInstanceUID) || fail "reading the study UID from Orthanc"
+series=$(orthanc_tag series "$series_id" SeriesInstanceUID) || fail "reading the series UID from Orthanc"
 curl -sS -f -H "X-API-Key: $KEY" -H 'Content-Type: application/json' "$URL/v1/pacs/segment" \
   -d "{\"study_uid\": \"$study\", \"series_uid\": \"$series\", \"store_result\": true, \"format\": \"json\"}" \
   -o "$LOG_DIR/pacs_segment.json" || fail "POST /v1/pacs/segment"
