@@ -308,6 +308,8 @@ python3 -c 'import json, sys; assert len(json.load(open(sys.argv[1]))) == 1' "$L
 log "/v1/pacs/segment: SEG series $seg_series stored in the compose Orthanc"
 stamp "PACS segment + SEG in Orthanc" "$t"
 
+compose logs --no-color > "$LOG_DIR/compose.log" 2>&1 || true
+grep -qE "INFO service\.model: model .+ loaded from /models/" "$LOG_DIR/compose.log" || fail "the service's own log lines are not in the container log"
 t=$(date +%s)
 compose down -v --remove-orphans > "$LOG_DIR/down.log" 2>&1 || { cat "$LOG_DIR/down.log"; fail "docker-compose down -v"; }
 COMPOSE_UP=0
