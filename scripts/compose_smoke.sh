@@ -70,10 +70,11 @@ net_snapshot() {  # net_snapshot FILE: the network state dockerd changes
 restore_network() {
   local before=$LOG_DIR/net-before.txt
   [ -f "$before" ] || return 0
-  # Bridges and veths dockerd made (docker0, br-<id> of compose networks) that were not there before.
+  # Bridges dockerd made (docker0, br-<id> of compose networks) that were not there before; their
+  # veths went with the containers (other veths on the machine are not ours to touch).
   local link
   for link in $(ip -o link show | awk -F': ' '{print $2}' | sed 's/@.*//'); do
-    if ! grep -qx "## link $link" "$before" && [[ $link == docker0 || $link == br-* || $link == veth* ]]; then
+    if ! grep -qx "## link $link" "$before" && [[ $link == docker0 || $link == br-* ]]; then
       ip link delete "$link" 2>/dev/null || true
     fi
   done
