@@ -20,17 +20,19 @@ from typing import AsyncIterator, Optional, Sequence
 import anyio
 from fastapi import APIRouter, FastAPI
 
-from model_export import __version__
-from service.auth import RequireApiKey
+from msdn_core import __version__
+from service.auth import ApiKeyMiddleware, RequireApiKey
 from service.body_limit import BodyLimitMiddleware
 from service.concurrency import InferenceLimiter
 from service.errors import install_error_handlers
+from service.logs import configure_logging
 from service.metrics import MetricsMiddleware, ServiceMetrics
 from service.model import ModelRuntime
 from service.routes import docs, health, segment
 from service.routes import metrics as metrics_routes
 from service.routes import model as model_routes
 from service.settings import Settings, get_settings
+from service.shutdown import ShutdownMiddleware
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +79,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         version=str(runtime.card.version),
         sha256=runtime.sha256,
         provider=runtime.provider,
+        precision=runtime.precision,
     )
     limiter = InferenceLimiter(
         max_concurrent=settings.max_concurrent_inferences,
@@ -109,6 +112,7 @@ def create_app(
         runtime: an already loaded model (default: loaded from ``settings`` at start-up).
     """
     settings = settings or get_settings()
+    configure_logging(settings.log_level)
     extra = {}
     if "form_limits" in inspect.signature(FastAPI).parameters:  # FastAPI >= 0.16x; older: 1000 parts
         # Room for every DICOM part plus volume/reference; the route answers 413 past MSDN_MAX_FILES.
@@ -128,8 +132,17 @@ def create_app(
     app.state.runtime = runtime
     app.state.ready = False
     install_error_handlers(app)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes)
+    # Outermost first on the way in: metrics, API key (before the body is read), body/header limits.
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=settings.max_upload_bytes,
+        body_timeout_s=settings.body_timeout_s,
+        max_header_count=settings.max_header_count,
+        max_header_bytes=settings.max_header_bytes,
+    )
+    app.add_middleware(ApiKeyMiddleware, keys=lambda: app.state.settings.api_keys)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    app.add_middleware(ShutdownMiddleware, retry_after_s=settings.retry_after_s)  # outermost: sees cancellations
     app.include_router(health.router)
     for router in (segment.router, model_routes.router, metrics_routes.router, docs.router):
         app.include_router(router, dependencies=[RequireApiKey])

@@ -15,6 +15,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 #: Output formats of ``POST /segment``.
 OutputFormat = Literal["json", "nifti", "dicom-seg"]
+#: ``MSDN_PRECISION`` values (see ``service.providers``).
+Precision = Literal["auto", "fp32", "fp16"]
 
 _CommaList = Annotated[list[str], NoDecode]
 
@@ -32,8 +34,23 @@ class Settings(BaseSettings):
     model_path: Path = Field(Path("models/default.onnx"), description="ONNX model file (card in its metadata)")
     providers: _CommaList = Field(
         default_factory=lambda: ["auto"],
-        description="ONNX Runtime execution providers in priority order, or 'auto' (CUDA when usable, else CPU)",
+        description=(
+            "execution provider: auto (CUDA when it really loads, else CPU), tensorrt, cuda or cpu; an explicitly "
+            "named GPU provider that cannot load fails start-up"
+        ),
     )
+    precision: Precision = Field(
+        "auto",
+        description=(
+            "fp32, fp16 or auto (on CUDA the <model>.fp16.onnx variant when its card records a Dice loss within "
+            "MSDN_FP16_MAX_DICE_LOSS; TensorRT fp16 unless that loss is over it; CPU fp32)"
+        ),
+    )
+    fp16_max_dice_loss: float = Field(0.5, ge=0, description="largest fp16 Dice loss (points) 'auto' accepts")
+    tensorrt_cache_dir: Optional[Path] = Field(
+        None, description="TensorRT engine and timing cache folder (a volume; default: a temp folder)"
+    )
+    io_binding: bool = Field(True, description="ONNX Runtime IO binding for the batches on a GPU provider")
     intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads (0: runtime default)")
     inter_op_threads: int = Field(0, ge=0, description="ONNX Runtime inter-op threads (0: runtime default)")
     batch_size: int = Field(8, ge=1, description="slices or patches per ONNX Runtime call")
@@ -81,10 +98,37 @@ class Settings(BaseSettings):
     proposal_nms_iou: float = Field(0.3, gt=0, le=1, description="IoU above which overlapping proposals are merged")
     max_proposals_per_slice: int = Field(20, ge=1, description="most detector proposals used per slice")
 
+    # HTTP front (the header/connection limits are applied by ``msdn serve``; the body deadline and
+    # the header count by the app itself)
+    max_header_bytes: int = Field(
+        64 * 1024, ge=1024, description="most bytes of request headers; more: 431 (or the connection dropped)"
+    )
+    max_header_count: int = Field(100, ge=1, description="most request headers; more is answered 431")
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="a connection must send complete request headers within this time (msdn serve)"
+    )
+    keep_alive_s: float = Field(
+        5.0, gt=0, description="an idle keep-alive connection is closed after this (msdn serve)"
+    )
+    body_timeout_s: float = Field(
+        300.0, gt=0, description="the whole request body must arrive within this time, else 408 body_timeout"
+    )
+    max_connections: int = Field(
+        256, ge=1, description="open HTTP connections at once; more are answered 503 (msdn serve)"
+    )
+
+    # Durable state
+    data_dir: Path = Field(
+        Path("msdn-data"), description="job records (SQLite) and files of background jobs (PACS push, SEG retries)"
+    )
+
     # Server (used by ``msdn serve``)
     host: str = Field("127.0.0.1", description="address uvicorn binds to")
     port: int = Field(8000, ge=0, le=65535, description="port uvicorn listens on")
     log_level: str = Field("info", description="logging level")
+    shutdown_timeout_s: float = Field(
+        60.0, gt=0, description="after SIGTERM, how long running requests may finish before they are cut"
+    )
 
     @field_validator("providers", "allowed_modalities", "api_keys", mode="before")
     @classmethod

@@ -21,8 +21,9 @@ import numpy as np
 import torch
 
 from model_export.data.manifest import Case, SliceBox
-from model_export.data.sampling import Normalization, _origin, extract_window
 from model_export.data.volumes import read_volume, write_nifti
+from msdn_core.card import Normalization
+from msdn_core.crop import Window, window_origin
 
 PSEUDO_KINDS = ("box", "refined")
 
@@ -85,9 +86,9 @@ def refine_mask(
         if not 0 <= b.z < z_size:
             continue
         x1, y1, x2, y2 = b.box
-        y0 = _origin(y1, y2, h, patch_size, (y1 + y2) / 2)
-        x0 = _origin(x1, x2, w, patch_size, (x1 + x2) / 2)
-        window = extract_window(image[b.z], y0, x0, patch_size, patch_size, fill)
+        y0 = window_origin(y1, y2, size=h, window=patch_size)
+        x0 = window_origin(x1, x2, size=w, window=patch_size)
+        window = Window(y0, x0, patch_size, patch_size).extract(image[b.z], fill)
         x = torch.from_numpy(normalization.apply(window)[None, None]).to(device)
         pred = model.segment(x).argmax(dim=1)[0].cpu().numpy()
         full = np.zeros((h, w), dtype=bool)  # the prediction put back on the slice grid

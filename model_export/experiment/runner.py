@@ -171,7 +171,6 @@ def run_cell(cell: Cell, task: TaskSpec, config: ExperimentConfig, run_dir: str)
     """
     from model_export.checkpoint import load_checkpoint
     from model_export.data.manifest import load_manifest
-    from model_export.data.sampling import Normalization
     from model_export.evaluation import evaluate_cases
     from model_export.experiment.paired import per_case_dice
     from model_export.experiment.pseudo import pseudo_cases
@@ -209,7 +208,7 @@ def run_cell(cell: Cell, task: TaskSpec, config: ExperimentConfig, run_dir: str)
                 Path(run_dir) / "pseudo_refined",
                 kind="refined",
                 model=model,
-                normalization=Normalization.from_dict(card.input.__dict__),
+                normalization=card.input.normalization,
                 patch_size=train_cfg.patch_size,
             )
             del model
@@ -248,9 +247,7 @@ def run_cell(cell: Cell, task: TaskSpec, config: ExperimentConfig, run_dir: str)
         Path(trainer.last_path).unlink(missing_ok=True)
         result = trainer.fit()
     model, card, _ = load_checkpoint(result.best_path, device=trainer.device)
-    res = evaluate_cases(
-        model, test_cases, Normalization.from_dict(card.input.__dict__), device=trainer.device, **eval_opts
-    )
+    res = evaluate_cases(model, test_cases, card.input.normalization, device=trainer.device, **eval_opts)
     summary = res.summary()
     Path(run_dir, "test_metrics.json").write_text(json.dumps(summary, indent=1, default=str))
     last = Path(result.last_path)

@@ -7,9 +7,9 @@ import torch
 from torch import nn
 
 from model_export.data.manifest import Case, SliceBox
-from model_export.data.sampling import Normalization
 from model_export.data.volumes import read_volume, write_nifti
 from model_export.experiment.pseudo import RefineStats, box_mask, box_slices, pseudo_cases, refine_mask
+from msdn_core.card import Normalization
 
 
 def test_box_slices_and_mask_by_hand():

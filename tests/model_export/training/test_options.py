@@ -12,7 +12,6 @@ import torch
 from model_export.checkpoint import load_checkpoint, read_checkpoint
 from model_export.data.manifest import Case, load_manifest
 from model_export.data.sampling import (
-    Normalization,
     PatchDataset,
     component_boxes,
     hard_negative_centres,
@@ -27,6 +26,7 @@ from model_export.training import TrainConfig, train
 from model_export.training.series_validation import pick_slices, series_scores
 from model_export.training.step import LossOptions, batch_loss
 from model_export.training.trainer import CompositionBatchSampler
+from msdn_core.card import Normalization
 from tests.model_export.tiny_data import write_tiny_dataset
 
 TINY = {"base_channels": 4, "head_channels": 8, "head_convs": 1}
