@@ -43,7 +43,7 @@ def box_mask(shape: Sequence[int], boxes: Sequence[SliceBox]) -> np.ndarray:
     for b in boxes:
         if 0 <= b.z < z_size:
             ys, xs = box_slices(b.box, h, w)
-            out[b.z, ys, xs] = b.label
+            out[b.z, ys, xs] = b.label or 1
     return out
 
 
@@ -93,7 +93,7 @@ def refine_mask(
         pred = model.segment(x).argmax(dim=1)[0].cpu().numpy()
         full = np.zeros((h, w), dtype=bool)  # the prediction put back on the slice grid
         ys_img, xs_img = slice(max(y0, 0), min(y0 + patch_size, h)), slice(max(x0, 0), min(x0 + patch_size, w))
-        full[ys_img, xs_img] = (pred == b.label)[
+        full[ys_img, xs_img] = (pred == (b.label or 1))[
             ys_img.start - y0 : ys_img.stop - y0, xs_img.start - x0 : xs_img.stop - x0
         ]
         ys, xs = box_slices(b.box, h, w)
@@ -105,7 +105,7 @@ def refine_mask(
             stats.fallback_boxes += 1
             keep = inside
         stats.fill_sum += float(keep.sum()) / max(int(inside.sum()), 1)
-        out[b.z][keep] = b.label
+        out[b.z][keep] = b.label or 1
     return out
 
 
