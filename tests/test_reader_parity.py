@@ -46,7 +46,7 @@ def _rle(folder: Path) -> None:
 def test_training_and_serving_read_the_same_volume(tmp_path: Path, case: str):
     folder = tmp_path / case
     if case == "sample":
-        shutil.copytree(ROOT / "samples" / "lung_case", folder)
+        shutil.copytree(ROOT / "samples" / "chest_case", folder)
     else:
         folder.mkdir()
         if case == "jpeg2000":
