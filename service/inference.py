@@ -6,8 +6,14 @@
   larger) is centred on each box; crops of one size are batched; the crop's labels are pasted back
   inside the box only (with a box label, only that class). Where boxes overlap, a pixel keeps the
   first foreground label it gets.
-* Proposals: a whole-slice pass gives the detector's boxes (score threshold, per-class NMS), which
-  are then segmented as boxes with their class as label.
+* Proposals: a whole-slice pass gives the detector's boxes of every slice, which
+  ``msdn_core.proposals.merge_detections`` turns into 3D candidates (score threshold and 2D NMS per
+  slice, linking across adjacent slices, 3D NMS). Each candidate's union box, grown by
+  ``box_margin`` pixels in-plane and ``z_margin`` slices, is segmented slice by slice as request
+  boxes are (with the candidate's class as label and its score).
+
+Whole-slice mode also keeps the foreground probability (1 - background, quantised to 1/255) as
+``InferenceOutput.score_volume``: the score of a component found without a detector.
 
 Inputs are normalised as the model card says (clip, then (x - mean) / std); padding and the outside
 of the image take the lowest value of the volume (after clipping).
@@ -22,7 +28,8 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from model_export.card import InputSpec
-from service.boxes import SliceBox, proposals
+from msdn_core.proposals import Candidate, ProposalSettings, merge_detections
+from service.boxes import SliceBox
 from service.model import ModelRuntime, RunStats
 
 
@@ -62,6 +69,9 @@ class InferenceOutput:
     mode: str
     boxes: list[SliceBox] = field(default_factory=list)
     stats: RunStats = field(default_factory=RunStats)
+    candidates: list[Candidate] = field(default_factory=list)  # proposals: the 3D candidates
+    candidate_boxes: list[list[float]] = field(default_factory=list)  # their segmented 3D boxes
+    score_volume: Optional[np.ndarray] = None  # slices: (Z, Y, X) uint8 foreground probability x 255
 
 
 def _background(volume: np.ndarray, spec: InputSpec) -> float:
@@ -76,9 +86,13 @@ def segment_slices(
     volume: np.ndarray,
     *,
     want_detections: bool = False,
+    score_volume: Optional[np.ndarray] = None,
     check: Optional[Callable[[], None]] = None,
 ) -> tuple[np.ndarray, RunStats, Optional[list[tuple[np.ndarray, np.ndarray]]]]:
     """Whole-slice labels of a (Z, Y, X) volume.
+
+    Args:
+        score_volume: when given, a (Z, Y, X) uint8 array filled with round(255 x (1 - p_background)).
 
     Returns:
         labels (Z, Y, X) uint8, run stats, and with ``want_detections`` the detector's (scores (N, C),
@@ -99,6 +113,9 @@ def segment_slices(
     def consume(start: int, outputs: dict[str, np.ndarray]) -> None:
         probs = outputs[runtime.segmentation_output]
         labels[start : start + probs.shape[0]] = argmax_labels(probs[:, :, :height, :width])
+        if score_volume is not None:
+            fg = 1.0 - probs[:, 0, :height, :width]
+            score_volume[start : start + probs.shape[0]] = np.clip(np.rint(fg * 255.0), 0, 255).astype(np.uint8)
         if detections is not None and runtime.detection_outputs:
             scores, boxes = (outputs[n] for n in runtime.detection_outputs)
             detections.extend(zip(scores, boxes, strict=True))
@@ -159,15 +176,38 @@ def segment_boxes(
     return labels, total
 
 
+def candidate_slice_boxes(
+    candidates: Sequence[Candidate], shape: tuple[int, int, int], *, box_margin: float, z_margin: int
+) -> tuple[list[SliceBox], list[list[float]]]:
+    """The slice boxes that segment each candidate, and each candidate's grown 3D box.
+
+    A candidate's union box grows by ``box_margin`` pixels on each side in-plane and ``z_margin``
+    slices above and below, cut to the volume; it is segmented on each of its slices.
+    """
+    depth, height, width = shape
+    out: list[SliceBox] = []
+    grown: list[list[float]] = []
+    for cand in candidates:
+        x1, y1, z1, x2, y2, z2 = cand.box3d
+        x1, y1 = max(x1 - box_margin, 0.0), max(y1 - box_margin, 0.0)
+        x2, y2 = min(x2 + box_margin, float(width)), min(y2 + box_margin, float(height))
+        zs, ze = max(int(z1) - z_margin, 0), min(int(z2) + z_margin, depth)
+        grown.append([x1, y1, float(zs), x2, y2, float(ze)])
+        out += [
+            SliceBox(z, x1, y1, x2, y2, label=cand.label, score=cand.score, source="detector") for z in range(zs, ze)
+        ]
+    return out, grown
+
+
 def segment_volume_array(
     runtime: ModelRuntime,
     volume: np.ndarray,
     *,
     mode: str = "auto",
     boxes: Sequence[SliceBox] = (),
-    score_threshold: float = 0.5,
-    nms_iou: float = 0.3,
-    max_proposals: int = 20,
+    proposal: ProposalSettings = ProposalSettings(),
+    box_margin: float = 4.0,
+    z_margin: int = 1,
     check: Optional[Callable[[], None]] = None,
 ) -> InferenceOutput:
     """Segment a (Z, Y, X) volume in stored units.
@@ -178,7 +218,8 @@ def segment_volume_array(
         mode: ``auto`` (boxes if given, else proposals if the model detects, else slices), ``boxes``,
             ``proposals`` or ``slices``.
         boxes: request boxes (mode ``boxes``/``auto``).
-        score_threshold, nms_iou, max_proposals: proposal selection.
+        proposal: how detector boxes become 3D candidates (``msdn_core.proposals``).
+        box_margin, z_margin: growth of a candidate's box before it is segmented (pixels, slices).
         check: called between batches (deadline).
 
     Raises:
@@ -193,25 +234,19 @@ def segment_volume_array(
         labels, stats = segment_boxes(runtime, volume, boxes, check=check)
         return InferenceOutput(labels, "boxes", list(boxes), stats)
     if mode == "slices":
-        labels, stats, _ = segment_slices(runtime, volume, check=check)
-        return InferenceOutput(labels, "slices", [], stats)
+        scores = np.zeros(volume.shape, np.uint8)
+        labels, stats, _ = segment_slices(runtime, volume, score_volume=scores, check=check)
+        return InferenceOutput(labels, "slices", [], stats, score_volume=scores)
     if mode == "proposals":
         if not runtime.has_detection:
             raise ValueError("mode 'proposals' needs a model with detection outputs; this one has none")
         _, stats, detections = segment_slices(runtime, volume, want_detections=True, check=check)
-        found: list[SliceBox] = []
-        for z, (scores, det_boxes) in enumerate(detections or []):
-            found += proposals(
-                scores,
-                det_boxes,
-                slice_index=z,
-                height=volume.shape[1],
-                width=volume.shape[2],
-                score_threshold=score_threshold,
-                iou_threshold=nms_iou,
-                max_count=max_proposals,
-            )
-        out = InferenceOutput(np.zeros(volume.shape, np.uint8), "proposals", found, stats)
+        depth, height, width = volume.shape
+        candidates = merge_detections(detections or [], proposal, height=height, width=width)
+        found, grown = candidate_slice_boxes(candidates, volume.shape, box_margin=box_margin, z_margin=z_margin)
+        out = InferenceOutput(
+            np.zeros(volume.shape, np.uint8), "proposals", found, stats, candidates=candidates, candidate_boxes=grown
+        )
         if found:
             labels, crop_stats = segment_boxes(runtime, volume, found, check=check)
             out.labels = labels

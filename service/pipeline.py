@@ -1,6 +1,7 @@
 """The segmentation pipeline, reusable outside ``POST /segment`` (e.g. by a PACS router). Torch-free.
 
-    datasets --series_volume--> ImageVolume --inference--> labels --evaluation--> SegmentationResult
+    datasets --series_volume--> ImageVolume --inference--> labels --postprocess--> components
+      --evaluation--> SegmentationResult
     SegmentationResult --render--> JSON (metrics, components, RLE mask) | NIfTI | DICOM SEG
 
 Entry points:
@@ -37,6 +38,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from model_export.card import ModelCard
+from msdn_core.postprocess import CandidateBox, postprocess
 from service.boxes import SliceBox, parse_boxes
 from service.concurrency import Deadline
 from service.errors import InvalidInput
@@ -69,6 +71,8 @@ class SegmentationResult:
         labels: (Z, Y, X) uint8 class labels.
         mode: ``slices``, ``boxes`` or ``proposals``.
         boxes: the request boxes or detector proposals that were segmented.
+        components: 3D connected components after post-processing (``msdn_core.postprocess``),
+            largest first, each with its ``score``.
         metrics: scores against the reference (``service.evaluation.evaluate``), or None.
         run: model calls and their time.
         timings: ``read_s`` (decode), ``total_s`` (whole pipeline).
@@ -79,6 +83,7 @@ class SegmentationResult:
     labels: np.ndarray
     mode: str
     boxes: list[SliceBox]
+    components: list[dict]
     metrics: Optional[dict]
     run: RunStats
     timings: dict[str, float]
@@ -141,11 +146,25 @@ def segment_image(
         image.array,
         mode=mode,
         boxes=parsed,
-        score_threshold=settings.proposal_score_threshold,
-        nms_iou=settings.proposal_nms_iou,
-        max_proposals=settings.max_proposals_per_slice,
+        proposal=settings.proposal_settings(),
+        box_margin=settings.proposal_box_margin,
+        z_margin=settings.proposal_z_margin,
         check=deadline.check if deadline is not None else None,
     )
+    labels, found = postprocess(
+        out.labels,
+        spacing=image.spacing,
+        class_names=class_names,
+        min_volume_mm3=settings.min_component_mm3,
+        candidate_boxes=[
+            CandidateBox(c.label, tuple(b), c.score)  # type: ignore[arg-type]
+            for c, b in zip(out.candidates, out.candidate_boxes, strict=True)
+        ],
+        keep_overlapping=settings.keep_candidate_components and out.mode == "proposals",
+        score_volume=out.score_volume,
+        score_scale=1.0 / 255.0,
+    )
+    out.labels = labels
     metrics = (
         evaluate(out.labels, ref_labels, spacing=image.spacing, class_names=class_names)
         if ref_labels is not None
@@ -166,6 +185,7 @@ def segment_image(
         labels=out.labels,
         mode=out.mode,
         boxes=out.boxes,
+        components=found,
         metrics=metrics,
         run=out.stats,
         timings={"read_s": read_s, "total_s": total},
