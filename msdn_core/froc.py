@@ -45,7 +45,10 @@ class ScanMatch:
 
 
 def match_candidates(
-    candidates: Iterable[tuple[float, Sequence[float]]], instances: np.ndarray, *, nodules: Optional[Sequence[int]] = None
+    candidates: Iterable[tuple[float, Sequence[float]]],
+    instances: np.ndarray,
+    *,
+    nodules: Optional[Sequence[int]] = None,
 ) -> ScanMatch:
     """Match scored candidate centres to reference nodules (module docstring).
 

@@ -70,8 +70,8 @@ def box3d_iou(a: Sequence[float], b: Sequence[float]) -> float:
         if side <= 0:
             return 0.0
         inter *= side
-    vol_a = float(np.prod([a[h] - a[l] for l, h in ((0, 3), (1, 4), (2, 5))]))
-    vol_b = float(np.prod([b[h] - b[l] for l, h in ((0, 3), (1, 4), (2, 5))]))
+    vol_a = float(np.prod([a[hi] - a[lo] for lo, hi in ((0, 3), (1, 4), (2, 5))]))
+    vol_b = float(np.prod([b[hi] - b[lo] for lo, hi in ((0, 3), (1, 4), (2, 5))]))
     return inter / (vol_a + vol_b - inter)
 
 

@@ -88,7 +88,9 @@ class Settings(BaseSettings):
     proposal_box_margin: float = Field(
         4.0, ge=0, description="pixels added on each side of a candidate's box before it is segmented"
     )
-    proposal_z_margin: int = Field(1, ge=0, description="slices added above and below a candidate before it is segmented")
+    proposal_z_margin: int = Field(
+        1, ge=0, description="slices added above and below a candidate before it is segmented"
+    )
     min_component_mm3: float = Field(
         5.0, ge=0, description="connected components smaller than this (mm^3) are removed from the answer"
     )

@@ -37,7 +37,9 @@ def test_nms_by_hand():
 def test_select_slice_boxes_thresholds_clips_and_orders():
     scores = np.array([[0.9, 0.1], [0.4, 0.8], [0.6, 0.0]])
     boxes = np.array([[-5, 2, 10, 12], [0, 0, 50, 50], [3, 3, 6, 6]], float)
-    per_class = select_slice_boxes(scores, boxes, score_threshold=0.5, nms_iou=0.3, max_per_slice=2, height=20, width=30)
+    per_class = select_slice_boxes(
+        scores, boxes, score_threshold=0.5, nms_iou=0.3, max_per_slice=2, height=20, width=30
+    )
     # class 1: box 0 clipped to [0, 2, 10, 12] (0.9) and box 2 (0.6): IoU 9/100 = 0.09 -> both kept
     np.testing.assert_allclose(per_class[0], [[0, 2, 10, 12, 0.9], [3, 3, 6, 6, 0.6]])
     # class 2: box 1 clipped to the 30 x 20 image
@@ -72,7 +74,9 @@ def test_linking_with_gaps_and_closed_tracks():
         [12.0, 12.0, 5.0, 22.0, 22.0, 6.0],
         [12.0, 12.0, 8.0, 22.0, 22.0, 9.0],
     ]
-    assert [[b.slice for b in c.boxes] for c in link_slices(per_slice, link_iou=0.2, max_gap=1, min_slices=2)] == [[2, 3, 5]]
+    assert [[b.slice for b in c.boxes] for c in link_slices(per_slice, link_iou=0.2, max_gap=1, min_slices=2)] == [
+        [2, 3, 5]
+    ]
     # an IoU of 81/119 = 0.68 is below 0.7: nothing links
     assert len(link_slices(per_slice, link_iou=0.7, max_gap=1)) == 5
 

@@ -225,9 +225,7 @@ def test_full_series_proposals_through_the_api(make_client, model_det):
     assert comp["score"] == pytest.approx(1.0, abs=1e-3)
     assert body["classes"][0]["voxels"] == 48
 
-    slices = client.post(
-        "/segment", files=dicom_parts(series_files(ct_series(hu))), data={"mode": "slices"}
-    ).json()
+    slices = client.post("/segment", files=dicom_parts(series_files(ct_series(hu))), data={"mode": "slices"}).json()
     assert slices["mode"] == "slices" and slices["boxes"] == []
     assert [c["score"] for c in slices["components"]] == [1.0]  # highest foreground probability, 255/255
 
