@@ -1,0 +1,620 @@
+"""Whole-series evaluation of an ONNX model: nodule detection (FROC, CPM) and segmentation, per mode.
+
+For each series of a benchmark manifest (full-size CT, 0 or more nodules, reference mask) and each
+mode, the series goes through the service pipeline (``service.pipeline.segment_image``: the code
+path of ``POST /segment``, post-processing included) and is scored:
+
+* ``slices``: whole slices; candidates are the answer's components, scored by their highest
+  foreground probability.
+* ``proposals``: the detector's 3D candidates segmented one by one; candidates are the answer's
+  components, scored by their detection score.
+* ``boxes``: the reference boxes as prompts (every slice of every nodule, the tight box of the
+  nodule on that slice): the segmentation upper bound of a perfect detector; candidates are the
+  components, all scored 1.
+
+Reference nodules are the 26-connected components of the reference mask. Their size and position
+come from the manifest's generator metadata (``meta.nodules``: ``diameter_mm``, ``position``,
+``centre_voxel`` [z, y, x]; a single-nodule ``meta`` as generator version 4 writes it also works),
+matched to components through the centre voxel; a component without metadata gets the diameter of
+the sphere of its volume and position ``unknown``.
+
+Scores:
+
+* detection (``msdn_core.froc``): a candidate hits a nodule when its centre voxel lies in it, each
+  nodule counted once; sensitivity at 1/8 ... 8 FP per scan and their mean (CPM), for all nodules
+  and per size bin / position (other nodules then ignored); ``fp_per_scan``: components hitting no
+  nodule per series at the service's operating point (its settings);
+* segmentation, per nodule hit by a candidate: Dice, HD95 (mm) and volume error (%) of the union of
+  the predicted components that overlap it against the nodule;
+* whole series: Dice of all foreground against all foreground (series with an empty reference and an
+  empty answer left out), HD95, and the seconds the pipeline took.
+
+Size bins by diameter: ``3-6`` [3, 6), ``6-10`` [6, 10), ``10-30`` [10, 30] mm; nodules under 3 mm
+go to ``<3`` (counted in ``all``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from msdn_core.froc import FP_RATES, FROC, ScanMatch, froc, match_candidates
+from msdn_core.postprocess import label_components
+
+logger = logging.getLogger(__name__)
+
+MODES = ("slices", "proposals", "boxes")
+SIZE_BINS: tuple[tuple[str, float, float], ...] = (("3-6", 3.0, 6.0), ("6-10", 6.0, 10.0), ("10-30", 10.0, 30.01))
+POSITIONS = ("isolated", "juxta-vascular", "juxta-pleural")
+
+
+def size_bin(diameter_mm: float) -> str:
+    """The size bin of a diameter (module docstring)."""
+    for name, lo, hi in SIZE_BINS:
+        if lo <= diameter_mm < hi:
+            return name
+    return "<3" if diameter_mm < SIZE_BINS[0][1] else SIZE_BINS[-1][0]
+
+
+@dataclass
+class Nodule:
+    """A reference nodule: its instance label and what is known of it."""
+
+    id: int
+    diameter_mm: float
+    position: str
+    voxels: int
+
+    @property
+    def size_bin(self) -> str:
+        return size_bin(self.diameter_mm)
+
+    @property
+    def groups(self) -> list[str]:
+        """The table groups it belongs to: ``all``, its size bin, its position, ``>=6``."""
+        out = ["all", f"size {self.size_bin}", f"position {self.position}"]
+        if self.diameter_mm >= 6.0:
+            out.append("size >=6")
+        return out
+
+
+def _meta_nodules(meta: dict[str, Any]) -> list[dict[str, Any]]:
+    if isinstance(meta.get("nodules"), list):
+        return [n for n in meta["nodules"] if isinstance(n, dict)]
+    if "diameter_mm" in meta:  # generator version 4: one nodule per case
+        return [meta]
+    return []
+
+
+def reference_nodules(
+    mask: np.ndarray, spacing: Sequence[float], meta: Optional[dict[str, Any]] = None
+) -> tuple[np.ndarray, list[Nodule]]:
+    """Instance labels of the reference nodules and their attributes (module docstring).
+
+    Returns:
+        ((Z, Y, X) int instance labels, 0 = background, nodules by label).
+    """
+    instances, count = label_components(mask > 0)
+    instances = instances.astype(np.int32, copy=False)
+    voxel_mm3 = float(np.prod(spacing))
+    sizes = np.bincount(instances.ravel(), minlength=count + 1)
+    attrs: dict[int, dict[str, Any]] = {}
+    for info in _meta_nodules(meta or {}):
+        centre = info.get("centre_voxel") or info.get("centre_zyx")
+        if centre is None or len(centre) != 3:
+            continue
+        idx = tuple(min(max(int(round(float(c))), 0), n - 1) for c, n in zip(centre, mask.shape, strict=True))
+        k = int(instances[idx])
+        if k == 0:  # centre voxel outside the mask (e.g. cut by the pleura): nearest nodule voxel
+            zz, yy, xx = np.nonzero(instances)
+            if not zz.size:
+                continue
+            d = (zz - idx[0]) ** 2 + (yy - idx[1]) ** 2 + (xx - idx[2]) ** 2
+            k = int(instances[zz[d.argmin()], yy[d.argmin()], xx[d.argmin()]])
+        attrs.setdefault(k, info)
+    nodules = []
+    for k in range(1, count + 1):
+        info = attrs.get(k, {})
+        diameter = info.get("diameter_mm")
+        if diameter is None:
+            diameter = (6.0 * sizes[k] * voxel_mm3 / math.pi) ** (1.0 / 3.0)
+        nodules.append(Nodule(k, float(diameter), str(info.get("position", "unknown")), int(sizes[k])))
+    return instances, nodules
+
+
+def prompt_boxes(instances: np.ndarray) -> list:
+    """Reference box prompts: on every slice of every nodule, its tight box (label 1)."""
+    from service.boxes import SliceBox
+
+    out = []
+    for z in range(instances.shape[0]):
+        plane = instances[z]
+        if not plane.any():
+            continue
+        from scipy import ndimage
+
+        for k, window in enumerate(ndimage.find_objects(plane), start=1):
+            if window is None:
+                continue
+            ys, xs = window
+            out.append(SliceBox(z, float(xs.start), float(ys.start), float(xs.stop), float(ys.stop), label=1))
+    return out
+
+
+def _window(mask: np.ndarray, margin: int = 2) -> tuple[slice, ...]:
+    idx = np.nonzero(mask)
+    return tuple(
+        slice(max(int(i.min()) - margin, 0), min(int(i.max()) + 1 + margin, n))
+        for i, n in zip(idx, mask.shape, strict=True)
+    )
+
+
+@dataclass
+class SeriesResult:
+    """One series in one mode."""
+
+    case_id: str
+    mode: str
+    nodules: list[Nodule]
+    match: ScanMatch
+    per_nodule: list[dict[str, Any]]
+    series_dice: Optional[float]
+    series_hd95_mm: Optional[float]
+    fp_components: int
+    seconds: float
+
+
+def score_series(
+    case_id: str,
+    mode: str,
+    result: Any,
+    instances: np.ndarray,
+    nodules: Sequence[Nodule],
+    spacing: Sequence[float],
+    seconds: float,
+) -> SeriesResult:
+    """Score one pipeline result (``service.pipeline.SegmentationResult``) against the reference."""
+    from service.evaluation import overlap
+
+    comps = result.components
+    candidates = [
+        (1.0 if c["score"] is None else float(c["score"]), (c["centre"][2], c["centre"][1], c["centre"][0]))
+        for c in comps
+    ]
+    match = match_candidates(candidates, instances, nodules=[n.id for n in nodules])
+    # components hitting no nodule, at the operating point
+    fp_components = len(match.false_positives)
+    pred = result.labels > 0
+    ref = instances > 0
+    series = overlap(pred, ref, spacing) if (pred.any() or ref.any()) else {"dice": None, "hd95_mm": None}
+    comp_lab, _ = label_components(pred)
+    voxel_mm3 = float(np.prod(spacing))
+    per_nodule = []
+    for n in nodules:
+        gt = instances == n.id
+        row: dict[str, Any] = {
+            "case_id": case_id,
+            "nodule": n.id,
+            "diameter_mm": n.diameter_mm,
+            "size_bin": n.size_bin,
+            "position": n.position,
+            "detected": n.id in match.hits,
+            "score": match.hits.get(n.id),
+        }
+        if row["detected"]:
+            ids = np.unique(comp_lab[gt])
+            ids = ids[ids > 0]
+            mine = np.isin(comp_lab, ids) if ids.size else np.zeros_like(gt)
+            win = _window(gt | mine)
+            scores = overlap(mine[win], gt[win], spacing)
+            pred_mm3 = float(mine.sum()) * voxel_mm3
+            ref_mm3 = float(gt.sum()) * voxel_mm3
+            row.update(
+                dice=scores["dice"],
+                hd95_mm=scores["hd95_mm"],
+                volume_error_pct=100.0 * (pred_mm3 - ref_mm3) / ref_mm3,
+            )
+        per_nodule.append(row)
+    return SeriesResult(
+        case_id=case_id,
+        mode=mode,
+        nodules=list(nodules),
+        match=match,
+        per_nodule=per_nodule,
+        series_dice=series["dice"] if ref.any() or pred.any() else None,
+        series_hd95_mm=series["hd95_mm"],
+        fp_components=fp_components,
+        seconds=seconds,
+    )
+
+
+def _mean(values: Sequence[Optional[float]]) -> Optional[float]:
+    vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    return float(np.mean(vals)) if vals else None
+
+
+def _median(values: Sequence[Optional[float]]) -> Optional[float]:
+    vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    return float(np.median(vals)) if vals else None
+
+
+GROUPS = ["all", "size 3-6", "size 6-10", "size 10-30", "size >=6"] + [f"position {p}" for p in POSITIONS]
+
+
+def summarise(results: Sequence[SeriesResult]) -> dict[str, Any]:
+    """Detection and segmentation summary of one mode's series results (module docstring)."""
+    matches = [r.match for r in results]
+    curves: dict[str, FROC] = {}
+    groups: dict[str, dict[str, Any]] = {}
+    extra = sorted({g for r in results for n in r.nodules for g in n.groups} - set(GROUPS))
+    for g in GROUPS + extra:
+        include = [{n.id for n in r.nodules if g in n.groups} for r in results]
+        rows = [row for r in results for row in r.per_nodule if g in _row_groups(row)]
+        if not rows and g != "all":
+            continue
+        curve = froc(matches, include=include)
+        curves[g] = curve
+        detected = [row for row in rows if row["detected"]]
+        groups[g] = {
+            "nodules": len(rows),
+            "detected": len(detected),
+            "sensitivity": len(detected) / len(rows) if rows else None,
+            "froc": curve.table(),
+            "dice": _mean([row.get("dice") for row in detected]),
+            "dice_median": _median([row.get("dice") for row in detected]),
+            "hd95_mm": _mean([row.get("hd95_mm") for row in detected]),
+            "volume_error_pct": _mean([row.get("volume_error_pct") for row in detected]),
+            "abs_volume_error_pct": _mean([abs(row["volume_error_pct"]) for row in detected]),
+        }
+    return {
+        "series": len(results),
+        "series_with_nodules": sum(1 for r in results if r.nodules),
+        "groups": groups,
+        "fp_per_scan": float(np.mean([r.fp_components for r in results])) if results else None,
+        "series_dice": _mean([r.series_dice for r in results]),
+        "series_dice_median": _median([r.series_dice for r in results]),
+        "series_hd95_mm": _mean([r.series_hd95_mm for r in results]),
+        "seconds_per_series": _median([r.seconds for r in results]),
+        "_curves": curves,
+    }
+
+
+def _row_groups(row: dict[str, Any]) -> list[str]:
+    out = ["all", f"size {row['size_bin']}", f"position {row['position']}"]
+    if row["diameter_mm"] >= 6.0:
+        out.append("size >=6")
+    return out
+
+
+@dataclass
+class BenchmarkCase:
+    """A series of the benchmark: image, reference mask and generator metadata."""
+
+    id: str
+    image: Path
+    mask: Path
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def load_cases(manifest_path: str | Path, *, split: Optional[str] = "test", limit: Optional[int] = None) -> list:
+    """The strong cases of ``split`` (all splits when None) of a manifest, with their ``meta``.
+
+    Raises:
+        ValueError: no case with a mask.
+    """
+    path = Path(manifest_path)
+    data = json.loads(path.read_text())
+    cases = []
+    for entry in data.get("cases", []):
+        if split is not None and entry.get("split") != split:
+            continue
+        if not entry.get("mask"):
+            continue
+        cases.append(
+            BenchmarkCase(entry["id"], path.parent / entry["image"], path.parent / entry["mask"], entry.get("meta", {}))
+        )
+    if limit is not None:
+        cases = cases[:limit]
+    if not cases:
+        raise ValueError(f"{path}: no case with a mask in split {split!r}")
+    return cases
+
+
+def read_image(path: Path):
+    """The series as the service reads it: ``ImageVolume`` (NIfTI file or DICOM folder)."""
+    from service.image import ImageVolume
+
+    from model_export.data.volumes import read_volume
+
+    vol = read_volume(path)
+    source = "dicom" if Path(path).is_dir() else "nifti"
+    return ImageVolume(np.asarray(vol.array, np.float32), tuple(vol.spacing), vol.affine, source, modality="CT")
+
+
+def evaluate_full_series(
+    model_path: str | Path,
+    cases: Sequence[BenchmarkCase],
+    *,
+    modes: Sequence[str] = MODES,
+    settings: Any = None,
+    threads: int = 0,
+) -> dict[str, Any]:
+    """Run and score every case in every mode (module docstring).
+
+    Args:
+        model_path: the ONNX model (with detection outputs for ``proposals``).
+        cases: the benchmark series.
+        modes: modes to run; ``proposals`` is skipped for a model without detection outputs.
+        settings: ``service.settings.Settings`` (default: the defaults, environment ignored).
+        threads: ONNX Runtime intra-op threads (0: its default).
+
+    Returns:
+        ``{"model": ..., "modes": {mode: summary}, "per_nodule": rows, "per_series": rows}``.
+    """
+    from service.model import ModelRuntime
+    from service.pipeline import segment_image
+    from service.settings import Settings
+
+    from model_export.data.volumes import read_volume
+
+    settings = settings or Settings(_env_file=None, model_path=Path(model_path))
+    runtime = ModelRuntime.load(
+        model_path, providers=["CPUExecutionProvider"], intra_op_threads=threads, batch_size=settings.batch_size
+    )
+    runtime.warmup()
+    modes = [m for m in modes if m != "proposals" or runtime.has_detection]
+    per_mode: dict[str, list[SeriesResult]] = {m: [] for m in modes}
+    for i, case in enumerate(cases):
+        image = read_image(case.image)
+        mask = read_volume(case.mask, dtype=np.int16).array
+        instances, nodules = reference_nodules(mask, image.spacing, case.meta)
+        for mode in modes:
+            boxes = prompt_boxes(instances) if mode == "boxes" else None
+            if mode == "boxes" and not boxes:
+                # nothing to prompt: an empty answer, as a user with no box would get
+                result = _empty_result(image, runtime)
+                seconds = 0.0
+            else:
+                t0 = time.perf_counter()
+                result = segment_image(image, runtime, settings, mode=mode, boxes=boxes)
+                seconds = time.perf_counter() - t0
+            per_mode[mode].append(score_series(case.id, mode, result, instances, nodules, image.spacing, seconds))
+        logger.info(
+            "%d/%d %s: %d nodules; %s",
+            i + 1,
+            len(cases),
+            case.id,
+            len(nodules),
+            ", ".join(
+                f"{m} dice {per_mode[m][-1].series_dice if per_mode[m][-1].series_dice is not None else float('nan'):.3f}"
+                f" fp {per_mode[m][-1].fp_components} {per_mode[m][-1].seconds:.1f}s"
+                for m in modes
+            ),
+        )
+    summaries = {m: summarise(per_mode[m]) for m in modes}
+    return {
+        "model": {
+            "path": str(model_path),
+            "name": runtime.card.name,
+            "version": runtime.card.version,
+            "sha256": runtime.sha256,
+            "precision": runtime.card.precision,
+            "detection": runtime.has_detection,
+        },
+        "settings": {
+            k: getattr(settings, k)
+            for k in (
+                "proposal_score_threshold",
+                "proposal_nms_iou",
+                "max_proposals_per_slice",
+                "proposal_link_iou",
+                "proposal_max_gap",
+                "proposal_min_slices",
+                "proposal_nms_iou_3d",
+                "max_candidates",
+                "proposal_box_margin",
+                "proposal_z_margin",
+                "min_component_mm3",
+                "keep_candidate_components",
+                "batch_size",
+            )
+        },
+        "threads": threads,
+        "modes": summaries,
+        "per_nodule": [dict(row, mode=m) for m in modes for r in per_mode[m] for row in r.per_nodule],
+        "per_series": [
+            {
+                "mode": m,
+                "case_id": r.case_id,
+                "nodules": len(r.nodules),
+                "series_dice": r.series_dice,
+                "series_hd95_mm": r.series_hd95_mm,
+                "fp_components": r.fp_components,
+                "seconds": r.seconds,
+            }
+            for m in modes
+            for r in per_mode[m]
+        ],
+    }
+
+
+def _empty_result(image, runtime):
+    from service.model import RunStats
+    from service.pipeline import SegmentationResult
+
+    return SegmentationResult(
+        image=image,
+        labels=np.zeros(image.shape, np.uint8),
+        mode="boxes",
+        boxes=[],
+        components=[],
+        metrics=None,
+        run=RunStats(),
+        timings={"read_s": 0.0, "total_s": 0.0},
+        card=runtime.card,
+        model_sha256=runtime.sha256,
+        provider=runtime.provider,
+    )
+
+
+# --- tables ---------------------------------------------------------------------------------------
+
+
+def _fmt(value: Optional[float], digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def markdown_tables(report: dict[str, Any]) -> str:
+    """The report as Markdown tables: detection, segmentation by group, whole series."""
+    modes = report["modes"]
+    rates = [f"{r:g}" for r in FP_RATES]
+    lines = ["### Detection (all nodules)", ""]
+    lines.append("| mode | " + " | ".join(f"sens@{r}" for r in rates) + " | CPM | sens@1 (>=6 mm) | FP comps/scan |")
+    lines.append("|---" * (len(rates) + 4) + "|")
+    for m, s in modes.items():
+        t = s["groups"]["all"]["froc"]
+        big = s["groups"].get("size >=6", {}).get("froc", {})
+        lines.append(
+            f"| {m} | "
+            + " | ".join(_fmt(t[r]) for r in rates)
+            + f" | {_fmt(t['cpm'])} | {_fmt(big.get('1'))} | {_fmt(s['fp_per_scan'], 2)} |"
+        )
+    lines += ["", "### By nodule size and position", ""]
+    lines.append(
+        "| mode | group | nodules | detected | CPM | Dice (detected) | median Dice | HD95 mm | volume error % | |volume error| % |"
+    )
+    lines.append("|---" * 10 + "|")
+    for m, s in modes.items():
+        for g, v in s["groups"].items():
+            lines.append(
+                f"| {m} | {g} | {v['nodules']} | {v['detected']} | {_fmt(v['froc']['cpm'])} | {_fmt(v['dice'])} | "
+                f"{_fmt(v['dice_median'])} | {_fmt(v['hd95_mm'], 2)} | {_fmt(v['volume_error_pct'], 1)} | "
+                f"{_fmt(v['abs_volume_error_pct'], 1)} |"
+            )
+    lines += ["", "### Whole series", ""]
+    lines.append("| mode | series | whole-series Dice (mean) | median | HD95 mm | FP comps/scan | s/series (median) |")
+    lines.append("|---" * 7 + "|")
+    for m, s in modes.items():
+        lines.append(
+            f"| {m} | {s['series']} | {_fmt(s['series_dice'])} | {_fmt(s['series_dice_median'])} | "
+            f"{_fmt(s['series_hd95_mm'], 2)} | {_fmt(s['fp_per_scan'], 2)} | {_fmt(s['seconds_per_series'], 2)} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def csv_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """Long-format rows ``mode, group, metric, value`` of the summary."""
+    rows = []
+    for m, s in report["modes"].items():
+        for key in ("fp_per_scan", "series_dice", "series_dice_median", "series_hd95_mm", "seconds_per_series"):
+            rows.append({"mode": m, "group": "series", "metric": key, "value": s[key]})
+        for g, v in s["groups"].items():
+            for key in (
+                "nodules",
+                "detected",
+                "sensitivity",
+                "dice",
+                "dice_median",
+                "hd95_mm",
+                "volume_error_pct",
+                "abs_volume_error_pct",
+            ):
+                rows.append({"mode": m, "group": g, "metric": key, "value": v[key]})
+            for r, sens in v["froc"].items():
+                rows.append({"mode": m, "group": g, "metric": f"sens@{r}" if r != "cpm" else "cpm", "value": sens})
+    return rows
+
+
+def plot_froc(report: dict[str, Any], path: str | Path, *, title: str = "") -> Path:
+    """FROC curves (all nodules, one per mode) as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.2), dpi=120)
+    for m, s in report["modes"].items():
+        curve: FROC = s["_curves"]["all"]
+        fp = np.maximum(curve.fp_per_scan, 1e-3)
+        ax.step(fp, curve.sensitivity, where="post", label=f"{m} (CPM {curve.cpm():.3f})")
+    ax.set_xscale("log")
+    ax.set_xlim(0.1, 16)
+    ax.set_ylim(0, 1.02)
+    ax.set_xticks(FP_RATES)
+    ax.set_xticklabels([f"{r:g}" for r in FP_RATES])
+    ax.set_xlabel("false positives per scan")
+    ax.set_ylabel("sensitivity")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="lower right")
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def write_outputs(report: dict[str, Any], out_dir: str | Path, *, title: str = "") -> str:
+    """``report.json``, ``table.md``, ``results.csv``, ``per_nodule.csv`` and ``froc.png`` in ``out_dir``.
+
+    Returns:
+        The Markdown tables.
+    """
+    import csv
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    table = markdown_tables(report)
+    (out / "table.md").write_text(table)
+    (out / "report.json").write_text(json.dumps(strip_private(report), indent=1) + "\n")
+    for name, rows in (("results.csv", csv_rows(report)), ("per_nodule.csv", report["per_nodule"])):
+        if not rows:
+            continue
+        with open(out / name, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(dict.fromkeys(k for r in rows for k in r)), restval="")
+            writer.writeheader()
+            writer.writerows(strip_private({"rows": rows})["rows"])
+    plot_froc(report, out / "froc.png", title=title or f"{report['model']['name']} {report['model']['version']}")
+    return table
+
+
+def strip_private(report: dict[str, Any]) -> dict[str, Any]:
+    """The report without the FROC curve objects (JSON-ready), NaN/inf as None."""
+
+    def clean(obj):
+        if isinstance(obj, float):
+            return obj if math.isfinite(obj) else None
+        if isinstance(obj, dict):
+            return {k: clean(v) for k, v in obj.items() if not str(k).startswith("_")}
+        if isinstance(obj, (list, tuple)):
+            return [clean(v) for v in obj]
+        return obj
+
+    return clean(report)
+
+
+__all__ = [
+    "MODES",
+    "BenchmarkCase",
+    "Nodule",
+    "csv_rows",
+    "evaluate_full_series",
+    "load_cases",
+    "markdown_tables",
+    "plot_froc",
+    "prompt_boxes",
+    "reference_nodules",
+    "score_series",
+    "size_bin",
+    "strip_private",
+    "summarise",
+    "write_outputs",
+]
