@@ -182,8 +182,8 @@ def parse_manifest(data: dict[str, Any], *, root: Path, path: Optional[Path] = N
             raise ManifestError(f"case {cid}: missing 'image'")
         mask = root / rc["mask"] if rc.get("mask") else None
         boxes = _parse_boxes(cid, rc.get("boxes", []), len(classes))
-        if mask is None and not boxes:
-            raise ManifestError(f"case {cid}: needs a 'mask' (strong) or 'boxes' (weak)")
+        if mask is None and "boxes" not in rc:
+            raise ManifestError(f"case {cid}: needs a 'mask' (strong) or 'boxes' (weak; [] for a case without target)")
         cases.append(Case(cid, split, root / rc["image"], mask, boxes))
     return Manifest(
         path=path or root / "manifest.json",

@@ -20,7 +20,7 @@ from model_export.data.synth import (
 )
 from model_export.data.volumes import read_volume
 
-TINY = {"lung": dict(size=128, slices=12), "cochlea": dict(size=128, slices=12)}
+TINY = {"lung": dict(size=128, slices=12, version=4), "cochlea": dict(size=128, slices=12, version=4)}
 
 
 @pytest.mark.parametrize("task", ["lung", "cochlea"])
@@ -46,7 +46,7 @@ def test_generate_writes_a_valid_manifest(tmp_path: Path, task: str):
     raw = json.loads(path.read_text())
     assert raw["generator"] == {
         "tool": "msdn synth",
-        "version": GENERATOR_VERSION,
+        "version": 4,
         "task": task,
         "seed": 1,
         "size": 128,
