@@ -12,11 +12,10 @@ path of ``POST /segment``, post-processing included) and is scored:
   nodule on that slice): the segmentation upper bound of a perfect detector; candidates are the
   components, all scored 1.
 
-Reference nodules are the 26-connected components of the reference mask. Their size and position
-come from the manifest's generator metadata (``meta.nodules``: ``diameter_mm``, ``position``,
-``centre_voxel`` [z, y, x]; a single-nodule ``meta`` as generator version 4 writes it also works),
-matched to components through the centre voxel; a component without metadata gets the diameter of
-the sphere of its volume and position ``unknown``.
+Reference nodules come from the reference mask and the manifest's generator metadata
+(``meta.nodules``: ``box3d``, ``diameter_mm``, ``position``, ``centre_voxel`` [z, y, x]; a
+single-nodule ``meta`` as generator version 4 writes it also works); see ``reference_nodules``. A
+nodule without metadata gets the diameter of the sphere of its volume and position ``unknown``.
 
 Scores:
 
@@ -96,31 +95,55 @@ def _meta_nodules(meta: dict[str, Any]) -> list[dict[str, Any]]:
 def reference_nodules(
     mask: np.ndarray, spacing: Sequence[float], meta: Optional[dict[str, Any]] = None
 ) -> tuple[np.ndarray, list[Nodule]]:
-    """Instance labels of the reference nodules and their attributes (module docstring).
+    """Instance labels of the reference nodules and their attributes.
+
+    With generator metadata carrying each nodule's ``box3d`` (version 5: one nodule per box, nodules
+    apart), nodule k is the mask inside its box; otherwise nodules are the mask's 26-connected
+    components, matched to metadata by the centre voxel (or the nearest nodule voxel to it). Mask
+    voxels outside every box become further nodules of their own.
 
     Returns:
-        ((Z, Y, X) int instance labels, 0 = background, nodules by label).
+        ((Z, Y, X) int32 instance labels, 0 = background; the nodules, ids 1..K).
     """
-    instances, count = label_components(mask > 0)
-    instances = instances.astype(np.int32, copy=False)
+    fg = mask > 0
     voxel_mm3 = float(np.prod(spacing))
-    sizes = np.bincount(instances.ravel(), minlength=count + 1)
+    infos = _meta_nodules(meta or {})
+    instances = np.zeros(mask.shape, np.int32)
     attrs: dict[int, dict[str, Any]] = {}
-    for info in _meta_nodules(meta or {}):
-        centre = info.get("centre_voxel") or info.get("centre_zyx")
-        if centre is None or len(centre) != 3:
-            continue
-        idx = tuple(min(max(int(round(float(c))), 0), n - 1) for c, n in zip(centre, mask.shape, strict=True))
-        k = int(instances[idx])
-        if k == 0:  # centre voxel outside the mask (e.g. cut by the pleura): nearest nodule voxel
-            zz, yy, xx = np.nonzero(instances)
-            if not zz.size:
+    boxed = [i for i in infos if isinstance(i.get("box3d"), list) and len(i["box3d"]) == 6]
+    if boxed and len(boxed) == len(infos):
+        for k, info in enumerate(boxed, start=1):
+            x1, y1, z1, x2, y2, z2 = (int(v) for v in info["box3d"])
+            window = (slice(z1, z2), slice(y1, y2), slice(x1, x2))
+            inside = fg[window] & (instances[window] == 0)
+            instances[window][inside] = k
+            attrs[k] = info
+        rest, extra = label_components(fg & (instances == 0))
+        count = len(boxed)
+        if extra:
+            instances[rest > 0] = rest[rest > 0].astype(np.int32) + count
+            count += int(extra)
+    else:
+        lab, count = label_components(fg)
+        instances = lab.astype(np.int32)
+        for info in infos:
+            centre = info.get("centre_voxel")
+            if centre is None or len(centre) != 3:
                 continue
-            d = (zz - idx[0]) ** 2 + (yy - idx[1]) ** 2 + (xx - idx[2]) ** 2
-            k = int(instances[zz[d.argmin()], yy[d.argmin()], xx[d.argmin()]])
-        attrs.setdefault(k, info)
+            idx = tuple(min(max(int(round(float(c))), 0), n - 1) for c, n in zip(centre, mask.shape, strict=True))
+            k = int(instances[idx])
+            if k == 0:  # centre voxel outside the mask (e.g. cut by the pleura): nearest nodule voxel
+                zz, yy, xx = np.nonzero(instances)
+                if not zz.size:
+                    continue
+                j = int(((zz - idx[0]) ** 2 + (yy - idx[1]) ** 2 + (xx - idx[2]) ** 2).argmin())
+                k = int(instances[zz[j], yy[j], xx[j]])
+            attrs.setdefault(k, info)
+    sizes = np.bincount(instances.ravel(), minlength=count + 1)
     nodules = []
     for k in range(1, count + 1):
+        if sizes[k] == 0:
+            continue  # a box whose nodule left no voxel in the mask
         info = attrs.get(k, {})
         diameter = info.get("diameter_mm")
         if diameter is None:
