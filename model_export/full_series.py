@@ -154,6 +154,8 @@ def reference_nodules(
 
 def prompt_boxes(instances: np.ndarray) -> list:
     """Reference box prompts: on every slice of every nodule, its tight box (label 1)."""
+    from scipy import ndimage
+
     from service.boxes import SliceBox
 
     out = []
@@ -161,9 +163,7 @@ def prompt_boxes(instances: np.ndarray) -> list:
         plane = instances[z]
         if not plane.any():
             continue
-        from scipy import ndimage
-
-        for k, window in enumerate(ndimage.find_objects(plane), start=1):
+        for window in ndimage.find_objects(plane):
             if window is None:
                 continue
             ys, xs = window
@@ -352,9 +352,8 @@ def load_cases(manifest_path: str | Path, *, split: Optional[str] = "test", limi
 
 def read_image(path: Path):
     """The series as the service reads it: ``ImageVolume`` (NIfTI file or DICOM folder)."""
-    from service.image import ImageVolume
-
     from model_export.data.volumes import read_volume
+    from service.image import ImageVolume
 
     vol = read_volume(path)
     source = "dicom" if Path(path).is_dir() else "nifti"
@@ -381,11 +380,10 @@ def evaluate_full_series(
     Returns:
         ``{"model": ..., "modes": {mode: summary}, "per_nodule": rows, "per_series": rows}``.
     """
+    from model_export.data.volumes import read_volume
     from service.model import ModelRuntime
     from service.pipeline import segment_image
     from service.settings import Settings
-
-    from model_export.data.volumes import read_volume
 
     settings = settings or Settings(_env_file=None, model_path=Path(model_path))
     runtime = ModelRuntime.load(
@@ -415,11 +413,7 @@ def evaluate_full_series(
             len(cases),
             case.id,
             len(nodules),
-            ", ".join(
-                f"{m} dice {per_mode[m][-1].series_dice if per_mode[m][-1].series_dice is not None else float('nan'):.3f}"
-                f" fp {per_mode[m][-1].fp_components} {per_mode[m][-1].seconds:.1f}s"
-                for m in modes
-            ),
+            ", ".join(_progress(m, per_mode[m][-1]) for m in modes),
         )
     summaries = {m: summarise(per_mode[m]) for m in modes}
     return {
@@ -468,6 +462,11 @@ def evaluate_full_series(
     }
 
 
+def _progress(mode: str, r: SeriesResult) -> str:
+    dice = float("nan") if r.series_dice is None else r.series_dice
+    return f"{mode} dice {dice:.3f} fp {r.fp_components} {r.seconds:.1f}s"
+
+
 def _empty_result(image, runtime):
     from service.model import RunStats
     from service.pipeline import SegmentationResult
@@ -511,7 +510,8 @@ def markdown_tables(report: dict[str, Any]) -> str:
         )
     lines += ["", "### By nodule size and position", ""]
     lines.append(
-        "| mode | group | nodules | detected | CPM | Dice (detected) | median Dice | HD95 mm | volume error % | |volume error| % |"
+        "| mode | group | nodules | detected | CPM | Dice (detected) | median Dice | HD95 mm | volume error % "
+        "| abs volume error % |"
     )
     lines.append("|---" * 10 + "|")
     for m, s in modes.items():
