@@ -31,7 +31,10 @@ import sys
 import time
 from pathlib import Path
 
-from model_export.full_series import (
+if __name__ == "__main__":  # run as a file: benchmarks/service.py must not shadow the service package
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+from model_export.full_series import (  # noqa: E402
     MODES,
     csv_rows,
     evaluate_full_series,
@@ -50,14 +53,16 @@ def int8_sibling(model: Path) -> Path:
 
 
 def timing_table(reports: dict[str, dict]) -> str:
-    """Seconds per series (median) of each mode and precision."""
+    """Seconds per series (median wall, and median CPU) of each mode and precision."""
     modes = [m for m in MODES if any(m in r["modes"] for r in reports.values())]
-    lines = ["| precision | " + " | ".join(f"{m} s/series" for m in modes) + " |", "|---" * (len(modes) + 1) + "|"]
+    head = " | ".join(f"{m} s/series | {m} CPU s/series" for m in modes)
+    lines = [f"| precision | {head} |", "|---" * (2 * len(modes) + 1) + "|"]
     for precision, report in reports.items():
         cells = []
         for m in modes:
-            s = report["modes"].get(m)
-            cells.append("-" if s is None or s["seconds_per_series"] is None else f"{s['seconds_per_series']:.2f}")
+            s = report["modes"].get(m) or {}
+            for key in ("seconds_per_series", "cpu_seconds_per_series"):
+                cells.append("-" if s.get(key) is None else f"{s[key]:.2f}")
         lines.append(f"| {precision} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -82,6 +87,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads (default 2)")
     parser.add_argument("--int8", choices=("auto", "yes", "no"), default="auto", help="also the int8 variant")
     parser.add_argument("--int8-modes", default="proposals", help="modes run with the int8 variant")
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        default=None,
+        help="JSON-lines cache of finished series (default OUT/series.jsonl): a stopped run resumes",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -95,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     for precision, (path, modes) in variants.items():
         logger.info("%s: %s on %d series, modes %s", precision, path, len(cases), modes)
-        reports[precision] = evaluate_full_series(path, cases, modes=modes, threads=args.threads)
+        cache = args.cache or (args.out / "series.jsonl")
+        reports[precision] = evaluate_full_series(path, cases, modes=modes, threads=args.threads, cache=cache)
     machine = {
         "cpus": os.cpu_count(),
         "processor": platform.processor() or platform.machine(),

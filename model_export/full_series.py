@@ -192,6 +192,46 @@ class SeriesResult:
     series_hd95_mm: Optional[float]
     fp_components: int
     seconds: float
+    cpu_seconds: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready record (the resumable cache of ``evaluate_full_series``)."""
+        return {
+            "case_id": self.case_id,
+            "mode": self.mode,
+            "nodules": [vars(n) for n in self.nodules],
+            "match": {
+                "nodules": self.match.nodules,
+                "hits": {str(k): v for k, v in self.match.hits.items()},
+                "false_positives": self.match.false_positives,
+            },
+            "per_nodule": self.per_nodule,
+            "series_dice": self.series_dice,
+            "series_hd95_mm": self.series_hd95_mm,
+            "fp_components": self.fp_components,
+            "seconds": self.seconds,
+            "cpu_seconds": self.cpu_seconds,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "SeriesResult":
+        m = data["match"]
+        return cls(
+            case_id=data["case_id"],
+            mode=data["mode"],
+            nodules=[Nodule(**n) for n in data["nodules"]],
+            match=ScanMatch(
+                nodules=list(m["nodules"]),
+                hits={int(k): float(v) for k, v in m["hits"].items()},
+                false_positives=list(m["false_positives"]),
+            ),
+            per_nodule=data["per_nodule"],
+            series_dice=data["series_dice"],
+            series_hd95_mm=data["series_hd95_mm"],
+            fp_components=data["fp_components"],
+            seconds=data["seconds"],
+            cpu_seconds=data.get("cpu_seconds", 0.0),
+        )
 
 
 def score_series(
@@ -305,6 +345,7 @@ def summarise(results: Sequence[SeriesResult]) -> dict[str, Any]:
         "series_dice_median": _median([r.series_dice for r in results]),
         "series_hd95_mm": _mean([r.series_hd95_mm for r in results]),
         "seconds_per_series": _median([r.seconds for r in results]),
+        "cpu_seconds_per_series": _median([r.cpu_seconds for r in results]),
         "_curves": curves,
     }
 
@@ -367,6 +408,7 @@ def evaluate_full_series(
     modes: Sequence[str] = MODES,
     settings: Any = None,
     threads: int = 0,
+    cache: Optional[str | Path] = None,
 ) -> dict[str, Any]:
     """Run and score every case in every mode (module docstring).
 
@@ -376,6 +418,8 @@ def evaluate_full_series(
         modes: modes to run; ``proposals`` is skipped for a model without detection outputs.
         settings: ``service.settings.Settings`` (default: the defaults, environment ignored).
         threads: ONNX Runtime intra-op threads (0: its default).
+        cache: a JSON-lines file of finished (series, mode) results; results of the same model (by
+            SHA-256) found there are reused, new ones appended (a stopped run resumes).
 
     Returns:
         ``{"model": ..., "modes": {mode: summary}, "per_nodule": rows, "per_series": rows}``.
@@ -391,22 +435,45 @@ def evaluate_full_series(
     )
     runtime.warmup()
     modes = [m for m in modes if m != "proposals" or runtime.has_detection]
+    done: dict[tuple[str, str], SeriesResult] = {}
+    if cache is not None:
+        cache = Path(cache)
+        if cache.is_file():
+            for line in cache.read_text().splitlines():
+                rec = json.loads(line)
+                if rec.get("model_sha256") == runtime.sha256:
+                    r = SeriesResult.from_json(rec)
+                    done[(r.case_id, r.mode)] = r
+            logger.info("%s: %d series results of this model already there", cache, len(done))
+        cache.parent.mkdir(parents=True, exist_ok=True)
     per_mode: dict[str, list[SeriesResult]] = {m: [] for m in modes}
     for i, case in enumerate(cases):
+        if all((case.id, m) in done for m in modes):
+            for m in modes:
+                per_mode[m].append(done[(case.id, m)])
+            continue
         image = read_image(case.image)
         mask = read_volume(case.mask, dtype=np.int16).array
         instances, nodules = reference_nodules(mask, image.spacing, case.meta)
         for mode in modes:
+            if (case.id, mode) in done:
+                per_mode[mode].append(done[(case.id, mode)])
+                continue
             boxes = prompt_boxes(instances) if mode == "boxes" else None
             if mode == "boxes" and not boxes:
                 # nothing to prompt: an empty answer, as a user with no box would get
                 result = _empty_result(image, runtime)
-                seconds = 0.0
+                seconds = cpu = 0.0
             else:
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 result = segment_image(image, runtime, settings, mode=mode, boxes=boxes)
-                seconds = time.perf_counter() - t0
-            per_mode[mode].append(score_series(case.id, mode, result, instances, nodules, image.spacing, seconds))
+                seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+            scored = score_series(case.id, mode, result, instances, nodules, image.spacing, seconds)
+            scored.cpu_seconds = cpu
+            per_mode[mode].append(scored)
+            if cache is not None:
+                with open(cache, "a") as fh:
+                    fh.write(json.dumps(dict(scored.to_json(), model_sha256=runtime.sha256)) + "\n")
         logger.info(
             "%d/%d %s: %d nodules; %s",
             i + 1,
@@ -455,6 +522,7 @@ def evaluate_full_series(
                 "series_hd95_mm": r.series_hd95_mm,
                 "fp_components": r.fp_components,
                 "seconds": r.seconds,
+                "cpu_seconds": r.cpu_seconds,
             }
             for m in modes
             for r in per_mode[m]
@@ -522,12 +590,16 @@ def markdown_tables(report: dict[str, Any]) -> str:
                 f"{_fmt(v['abs_volume_error_pct'], 1)} |"
             )
     lines += ["", "### Whole series", ""]
-    lines.append("| mode | series | whole-series Dice (mean) | median | HD95 mm | FP comps/scan | s/series (median) |")
-    lines.append("|---" * 7 + "|")
+    lines.append(
+        "| mode | series | whole-series Dice (mean) | median | HD95 mm | FP comps/scan | s/series (median) "
+        "| CPU s/series (median) |"
+    )
+    lines.append("|---" * 8 + "|")
     for m, s in modes.items():
         lines.append(
             f"| {m} | {s['series']} | {_fmt(s['series_dice'])} | {_fmt(s['series_dice_median'])} | "
-            f"{_fmt(s['series_hd95_mm'], 2)} | {_fmt(s['fp_per_scan'], 2)} | {_fmt(s['seconds_per_series'], 2)} |"
+            f"{_fmt(s['series_hd95_mm'], 2)} | {_fmt(s['fp_per_scan'], 2)} | {_fmt(s['seconds_per_series'], 2)} | "
+            f"{_fmt(s['cpu_seconds_per_series'], 2)} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -536,7 +608,14 @@ def csv_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
     """Long-format rows ``mode, group, metric, value`` of the summary."""
     rows = []
     for m, s in report["modes"].items():
-        for key in ("fp_per_scan", "series_dice", "series_dice_median", "series_hd95_mm", "seconds_per_series"):
+        for key in (
+            "fp_per_scan",
+            "series_dice",
+            "series_dice_median",
+            "series_hd95_mm",
+            "seconds_per_series",
+            "cpu_seconds_per_series",
+        ):
             rows.append({"mode": m, "group": "series", "metric": key, "value": s[key]})
         for g, v in s["groups"].items():
             for key in (

@@ -12,7 +12,14 @@ import pytest
 
 from model_export.cli import main
 from model_export.data.volumes import write_nifti
-from model_export.full_series import reference_nodules, score_series, size_bin
+from model_export.full_series import (
+    evaluate_full_series,
+    load_cases,
+    reference_nodules,
+    score_series,
+    size_bin,
+    strip_private,
+)
 from tests.support.onnx_models import threshold_model
 
 
@@ -82,8 +89,8 @@ def write_case(root: Path, cid: str, hu: np.ndarray, mask: np.ndarray) -> None:
     write_nifti(root / f"{cid}_mask.nii.gz", mask.astype(np.uint8), spacing=(1.0, 1.0, 1.0))
 
 
-def test_cli_full_series_end_to_end(tmp_path):
-    """Two series, a thresholding model with grid-cell detection: every number follows by hand."""
+def tiny_benchmark(tmp_path: Path) -> tuple[Path, Path]:
+    """Two series and a thresholding model with grid-cell detection: every number follows by hand."""
     model = tmp_path / "det.onnx"
     threshold_model(model, thresholds_hu=(0.0,), classes=["nodule"], std=100.0, detection_cell=8)
     hu_a = np.full((6, 32, 32), -800.0)
@@ -121,6 +128,11 @@ def test_cli_full_series_end_to_end(tmp_path):
         ],
     }
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    return model, tmp_path / "manifest.json"
+
+
+def test_cli_full_series_end_to_end(tmp_path):
+    model, manifest_path = tiny_benchmark(tmp_path)
     out = tmp_path / "out"
     rc = main(
         [
@@ -161,3 +173,16 @@ def test_cli_full_series_end_to_end(tmp_path):
 def test_cli_full_series_needs_a_model(tmp_path, capsys):
     assert main(["evaluate", "--full-series", "--manifest", str(tmp_path / "m.json")]) == 2
     assert "--model" in capsys.readouterr().err
+
+
+def test_a_stopped_run_resumes_from_its_cache(tmp_path):
+    model, manifest_path = tiny_benchmark(tmp_path)
+    cases = load_cases(manifest_path)
+    cache = tmp_path / "series.jsonl"
+    first = evaluate_full_series(model, cases[:1], threads=1, cache=cache)
+    assert len(cache.read_text().splitlines()) == 3  # one series, three modes
+    again = evaluate_full_series(model, cases, threads=1, cache=cache)
+    assert len(cache.read_text().splitlines()) == 6  # only the second series was run
+    assert again["per_series"][0] == first["per_series"][0]  # the cached record, timings included
+    fresh = evaluate_full_series(model, cases, threads=1)
+    assert strip_private(again)["modes"]["proposals"]["groups"] == strip_private(fresh)["modes"]["proposals"]["groups"]
