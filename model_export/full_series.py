@@ -392,13 +392,14 @@ def load_cases(manifest_path: str | Path, *, split: Optional[str] = "test", limi
 
 
 def read_image(path: Path):
-    """The series as the service reads it: ``ImageVolume`` (NIfTI file or DICOM folder)."""
-    from model_export.data.volumes import read_volume
-    from service.image import ImageVolume
+    """The series as the service reads it (``msdn_core.readers.read_path``: NIfTI/NRRD file or DICOM folder)."""
+    from msdn_core.readers import read_path
 
-    vol = read_volume(path)
-    source = "dicom" if Path(path).is_dir() else "nifti"
-    return ImageVolume(np.asarray(vol.array, np.float32), tuple(vol.spacing), vol.affine, source, modality="CT")
+    vol = read_path(path)
+    vol.array = np.asarray(vol.array, np.float32)
+    if vol.modality is None:
+        vol.modality = "CT"
+    return vol
 
 
 def evaluate_full_series(

@@ -16,6 +16,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from msdn_core.errors import MsdnError
+
 logger = logging.getLogger(__name__)
 
 
@@ -154,6 +156,15 @@ def _service_error(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(exc.body(), status_code=exc.status_code, headers=exc.headers)
 
 
+def _msdn_error(_: Request, exc: Exception) -> JSONResponse:
+    """A core error (readers, geometry, references): its ErrorCode picks the status."""
+    assert isinstance(exc, MsdnError)
+    log = logger.warning if exc.status >= 500 else logger.info
+    log("answered %d %s", exc.status, exc.code.value)
+    body = ErrorBody(code=exc.code.value, message=exc.message, detail=exc.detail)
+    return JSONResponse(body.model_dump(), status_code=exc.status)
+
+
 def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     errors = [{k: v for k, v in e.items() if k in ("loc", "msg", "type")} for e in exc.errors()]
@@ -177,6 +188,7 @@ def _unexpected_error(_: Request, exc: Exception) -> JSONResponse:
 def install_error_handlers(app: FastAPI) -> None:
     """Register the mapping of domain, validation and HTTP errors to JSON ``ErrorBody`` answers."""
     app.add_exception_handler(ServiceError, _service_error)
+    app.add_exception_handler(MsdnError, _msdn_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected_error)

@@ -1,6 +1,6 @@
 """The segmentation pipeline, reusable outside ``POST /segment`` (e.g. by a PACS router). Torch-free.
 
-    datasets --series_volume--> ImageVolume --inference--> labels --postprocess--> components
+    datasets --series_volume--> Volume --inference--> labels --postprocess--> components
       --evaluation--> SegmentationResult
     SegmentationResult --render--> JSON (metrics, components, RLE mask) | NIfTI | DICOM SEG
 
@@ -9,7 +9,7 @@ Entry points:
 * ``segment_datasets(datasets, runtime, settings, ...)``: a list of pydicom ``Dataset`` (one series,
   or several plus ``series_uid``) to a ``SegmentationResult``. The datasets' pixel data are released
   after decoding; their metadata stay as the sources of a DICOM SEG.
-* ``segment_image(image, runtime, settings, ...)``: the same from an ``ImageVolume`` (NIfTI, .npy).
+* ``segment_image(image, runtime, settings, ...)``: the same from an ``Volume`` (NIfTI, .npy).
 * ``render(result, fmt, settings)``: the answer body ``(bytes, media type, file name)`` for
   ``fmt`` in ``json``, ``nifti``, ``dicom-seg``; ``service.outputs.dicom_seg.build_seg(result)``
   gives the SEG as a ``Dataset`` (to store to a PACS).
@@ -39,14 +39,14 @@ from pydicom.dataset import Dataset
 
 from model_export.card import ModelCard
 from msdn_core.postprocess import CandidateBox, postprocess
+from msdn_core.reference import labels_from_seg, match_reference
+from msdn_core.volume import Volume
 from service.boxes import SliceBox, parse_boxes
 from service.concurrency import Deadline
 from service.errors import InvalidInput
 from service.evaluation import evaluate
-from service.image import ImageVolume
 from service.inference import segment_volume_array
 from service.io.dicom import series_volume
-from service.io.reference import check_reference, labels_from_seg
 from service.model import ModelRuntime, RunStats
 from service.settings import OutputFormat, Settings
 
@@ -79,7 +79,7 @@ class SegmentationResult:
         card, model_sha256, provider: the model that ran.
     """
 
-    image: ImageVolume
+    image: Volume
     labels: np.ndarray
     mode: str
     boxes: list[SliceBox]
@@ -93,17 +93,17 @@ class SegmentationResult:
 
 
 def segment_image(
-    image: ImageVolume,
+    image: Volume,
     runtime: ModelRuntime,
     settings: Settings,
     *,
     boxes: Optional[str | Sequence[SliceBox]] = None,
     mode: str = "auto",
-    reference: Optional[np.ndarray | Dataset] = None,
+    reference: Optional[Volume | np.ndarray | Dataset] = None,
     deadline: Optional[Deadline] = None,
     read_s: float = 0.0,
 ) -> SegmentationResult:
-    """Segment an ``ImageVolume``.
+    """Segment an ``Volume``.
 
     Args:
         image: the input.
@@ -138,8 +138,15 @@ def segment_image(
     ref_labels = None
     if reference is not None:
         if isinstance(reference, Dataset):
-            reference = labels_from_seg(reference, name="reference", image=image)
-        ref_labels = check_reference(reference, name="reference", image=image, num_classes=card.num_classes)
+            ref_labels = labels_from_seg(
+                reference,
+                image=image,
+                name="reference",
+                num_classes=card.num_classes,
+                position_tol_mm=settings.reference_position_tol_mm,
+            )
+        else:
+            ref_labels = match_reference(reference, image=image, name="reference", num_classes=card.num_classes)
 
     out = segment_volume_array(
         runtime,
@@ -203,7 +210,7 @@ def segment_datasets(
     series_uid: Optional[str] = None,
     boxes: Optional[str | Sequence[SliceBox]] = None,
     mode: str = "auto",
-    reference: Optional[np.ndarray | Dataset] = None,
+    reference: Optional[Volume | np.ndarray | Dataset] = None,
     deadline: Optional[Deadline] = None,
     read_s: float = 0.0,
 ) -> SegmentationResult:

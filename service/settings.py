@@ -65,6 +65,15 @@ class Settings(BaseSettings):
     allowed_modalities: _CommaList = Field(
         default_factory=lambda: ["CT"], description="DICOM modalities accepted ('*' for any)"
     )
+    slice_gap_rtol: float = Field(
+        0.05, ge=0, description="a DICOM slice gap may differ from the median gap by this fraction"
+    )
+    max_gantry_tilt_deg: float = Field(
+        30.0, ge=0, description="gantry tilts up to this are resampled onto an orthogonal grid, larger ones refused"
+    )
+    reference_position_tol_mm: Optional[float] = Field(
+        None, gt=0, description="SEG frame to input slice position tolerance (mm); default a tenth of the voxel"
+    )
 
     # Security
     api_keys: _CommaList = Field(default_factory=list, description="accepted API keys; empty disables authentication")

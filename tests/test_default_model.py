@@ -67,3 +67,61 @@ def test_default_model_segments_the_sample(client, boxes, min_dice):
     dice = 2 * np.logical_and(pred, gt).sum() / (pred.sum() + gt.sum())
     assert body["metrics"]["classes"][0]["dice"] == pytest.approx(dice, abs=1e-6)
     assert dice >= min_dice  # measured 0.57 on whole slices and 0.87 with the box prompt
+
+
+def _reoriented_references(tmp: Path) -> dict[str, tuple[str, bytes]]:
+    """The sample's mask stored as other converters write it: same voxels in space, other voxel order."""
+    import gzip
+
+    import nrrd
+
+    img = nib.load(str(MASK))
+    data, affine = np.asarray(img.dataobj), img.affine.copy()
+    out = {}
+    # one voxel axis (y) reversed, the affine adjusted: new j' = ny - 1 - j
+    ny = data.shape[1]
+    flip = np.eye(4)
+    flip[1, 1], flip[1, 3] = -1.0, ny - 1
+    flipped = nib.Nifti1Image(np.ascontiguousarray(data[:, ::-1, :]), affine @ flip)
+    out["flipped_y.nii.gz"] = gzip.compress(flipped.to_bytes())
+    # x and z swapped and z reversed
+    swap = np.zeros((4, 4))
+    swap[0, 2], swap[2, 0], swap[1, 1], swap[3, 3] = -1.0, 1.0, 1.0, 1.0
+    swap[0, 3] = data.shape[0] - 1  # old i = nx - 1 - k'
+    permuted = np.ascontiguousarray(data.transpose(2, 1, 0)[:, :, ::-1])
+    out["permuted.nii.gz"] = gzip.compress(nib.Nifti1Image(permuted, affine @ swap).to_bytes())
+    # NRRD in LPS space (3D Slicer's default), axes reversed in x: LPS directions are RAS with x, y negated
+    lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine
+    flip_x = np.eye(4)
+    flip_x[0, 0], flip_x[0, 3] = -1.0, data.shape[0] - 1
+    lps = lps @ flip_x
+    header = {"space": "left-posterior-superior", "space directions": lps[:3, :3].T, "space origin": lps[:3, 3]}
+    nrrd.write(str(tmp / "ref.nrrd"), np.ascontiguousarray(data[::-1]), header, index_order="F")
+    out["reoriented.nrrd"] = (tmp / "ref.nrrd").read_bytes()
+    return out
+
+
+def test_reoriented_references_give_the_same_dice(client, tmp_path):
+    """The issue's case: a reference stored with another voxel order must score as the original (0.57), not 0.0."""
+    files = _files()
+    original = client.post("/segment", files=files + [("reference", (MASK.name, MASK.read_bytes()))])
+    assert original.status_code == 200, original.text
+    expected = original.json()["metrics"]["classes"][0]
+    assert expected["dice"] == pytest.approx(0.57, abs=0.01)
+    for name, data in _reoriented_references(tmp_path).items():
+        r = client.post("/segment", files=files + [("reference", (name, data))])
+        assert r.status_code == 200, (name, r.text)
+        got = r.json()["metrics"]["classes"][0]
+        assert got["dice"] == expected["dice"] and got["reference_volume_ml"] == expected["reference_volume_ml"], name
+
+
+def test_reference_on_another_grid_is_refused_naming_both(client):
+    img = nib.load(str(MASK))
+    shifted = img.affine.copy()
+    shifted[:3, 3] += [0.3, 0.0, 0.0]  # half a voxel off
+    data = nib.Nifti1Image(np.asarray(img.dataobj), shifted).to_bytes()
+    r = client.post("/segment", files=_files() + [("reference", ("shifted.nii", data))])
+    assert r.status_code == 422 and r.json()["code"] == "reference_mismatch"
+    detail = r.json()["detail"]
+    assert detail["reference"]["origin_lps_mm"][0] == pytest.approx(detail["input"]["origin_lps_mm"][0] - 0.3, abs=1e-3)
+    assert "is not the input's grid" in r.json()["message"]

@@ -213,18 +213,19 @@ def geometry_mismatch(image_affine: np.ndarray, mask_affine: np.ndarray, spacing
 
 def validate_files(manifest: Manifest) -> None:
     """Open every case and check files, shapes, geometry, labels and boxes; raises ``ManifestError``."""
-    from model_export.data.volumes import VolumeError, read_volume
+    from model_export.data.volumes import read_volume
+    from msdn_core.errors import MsdnError
 
     for case in manifest.cases:
         try:
             image = read_volume(case.image)
-        except VolumeError as exc:
+        except MsdnError as exc:
             raise ManifestError(f"case {case.id}: image: {exc}") from exc
         z, h, w = image.shape
         if case.mask is not None:
             try:
                 mask = read_volume(case.mask, dtype=np.float32)
-            except VolumeError as exc:
+            except MsdnError as exc:
                 raise ManifestError(f"case {case.id}: mask: {exc}") from exc
             if mask.shape != image.shape:
                 raise ManifestError(f"case {case.id}: mask shape {mask.shape} != image shape {image.shape}")

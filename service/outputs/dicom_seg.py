@@ -56,6 +56,10 @@ def build_seg(result: "SegmentationResult") -> Dataset:
         for c in card.classes
     ]
     labels = result.labels.astype(np.uint8)
+    if result.image.tilt_deg and series.positions is not None:  # back onto the tilted source slices
+        from msdn_core.geometry import to_acquired_slices
+
+        labels = to_acquired_slices(labels, result.image.affine, series.positions)
     if series.multiframe:
         frames = np.zeros_like(labels)
         frames[np.asarray(series.frame_numbers) - 1] = labels

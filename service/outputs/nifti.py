@@ -6,10 +6,10 @@ import gzip
 
 import numpy as np
 
-from service.image import ImageVolume
+from msdn_core.volume import Volume
 
 
-def nifti_bytes(labels: np.ndarray, image: ImageVolume) -> bytes:
+def nifti_bytes(labels: np.ndarray, image: Volume) -> bytes:
     """Labels (Z, Y, X) as a ``.nii.gz`` whose voxel axes and affine match the input.
 
     NIfTI input keeps its header (orientation codes, units) with the data type set to uint8 and no
@@ -19,16 +19,16 @@ def nifti_bytes(labels: np.ndarray, image: ImageVolume) -> bytes:
     import nibabel as nib
 
     data = np.ascontiguousarray(labels.astype(np.uint8).transpose(2, 1, 0))
-    if image.nifti_header is not None:
-        header = image.nifti_header.copy()
+    if image.header is not None and image.source == "nifti":
+        header = image.header.copy()
         header.set_data_dtype(np.uint8)
         header.set_slope_inter(1.0, 0.0)
         header.set_data_shape(data.shape)
         cls = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
-        img = cls(data, image.affine, header=header)
+        img = cls(data, image.affine_ras, header=header)
     else:
-        img = nib.Nifti1Image(data, image.affine)
-        img.set_qform(image.affine, code=1)
-        img.set_sform(image.affine, code=1)
+        img = nib.Nifti1Image(data, image.affine_ras)
+        img.set_qform(image.affine_ras, code=1)
+        img.set_sform(image.affine_ras, code=1)
         img.header.set_xyzt_units("mm")
     return gzip.compress(img.to_bytes(), compresslevel=6)

@@ -33,11 +33,15 @@ class ModelInfo(BaseModel):
 
 
 class InputInfo(BaseModel):
-    source: Literal["dicom", "nifti", "npy"]
+    source: Literal["dicom", "nifti", "nrrd", "npy"]
     modality: Optional[str] = None
     series_instance_uid: Optional[str] = None
     shape: list[int] = Field(description="[Z, Y, X]")
     spacing: list[float] = Field(description="[sz, sy, sx] in mm")
+    duplicates_dropped: int = Field(
+        0, description="DICOM instances sent more than once (same SOP Instance UID and content) and dropped"
+    )
+    gantry_tilt_deg: float = Field(0.0, description="gantry tilt corrected by resampling onto an orthogonal grid")
 
 
 class ClassSummary(BaseModel):
@@ -132,6 +136,8 @@ def build_report(result: "SegmentationResult", *, max_components: int) -> Segmen
             series_instance_uid=image.series.series_instance_uid if image.series else None,
             shape=list(image.shape),
             spacing=list(image.spacing),
+            duplicates_dropped=image.duplicates_dropped,
+            gantry_tilt_deg=round(image.tilt_deg, 4),
         ),
         mode=result.mode,  # type: ignore[arg-type]
         classes=[ClassSummary(**c) for c in class_summary(result.labels, spacing=image.spacing, class_names=names)],

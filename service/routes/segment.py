@@ -165,7 +165,7 @@ async def segment(
     ] = None,
     volume: Annotated[
         Optional[UploadFile],
-        File(description="a NIfTI (.nii, .nii.gz) or .npy (Z, Y, X) volume instead of DICOM"),
+        File(description="a NIfTI (.nii, .nii.gz), NRRD (.nrrd) or .npy (Z, Y, X) volume instead of DICOM"),
     ] = None,
     spacing: Annotated[
         Optional[str],
@@ -181,7 +181,7 @@ async def segment(
     ] = None,
     reference: Annotated[
         Optional[UploadFile],
-        File(description="reference mask (NIfTI, .npy or DICOM SEG) for Dice, IoU, HD95"),
+        File(description="reference mask (NIfTI, NRRD, .npy or DICOM SEG), matched by geometry, for Dice, IoU, HD95"),
     ] = None,
     series_uid: Annotated[
         Optional[str], Form(description="SeriesInstanceUID to segment when the upload holds several series")

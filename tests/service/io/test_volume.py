@@ -9,6 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from msdn_core.errors import MsdnError
 from service.errors import InvalidInput, InvalidVolume, LimitExceeded
 from service.io.volume import parse_spacing, read_volume
 from tests.service.helpers import make_settings
@@ -36,7 +37,7 @@ def test_npy_needs_spacing_and_keeps_axes(settings):
     image = read_volume(_npy(zyx), name="v.npy", spacing="2.5, 0.5,0.75", settings=settings)
     np.testing.assert_array_equal(image.array, zyx)
     assert image.spacing == (2.5, 0.5, 0.75) and image.source == "npy"
-    np.testing.assert_array_equal(image.affine, np.diag([0.75, 0.5, 2.5, 1.0]))
+    np.testing.assert_array_equal(image.affine_ras, np.diag([0.75, 0.5, 2.5, 1.0]))  # as NIfTI would have it
     with pytest.raises(InvalidInput) as err:
         read_volume(_npy(zyx), name="v.npy", spacing=None, settings=settings)
     assert err.value.code == "spacing_required"
@@ -54,7 +55,8 @@ def test_nifti_axes_spacing_affine(settings, gz):
     image = read_volume(_nifti(xyz, affine, gz=gz), name="v.nii.gz", spacing=None, settings=settings)
     np.testing.assert_array_equal(image.array, xyz.transpose(2, 1, 0))
     assert image.spacing == pytest.approx((2.5, 0.8, 0.7))
-    np.testing.assert_allclose(image.affine, affine)
+    np.testing.assert_allclose(image.affine_ras, affine)
+    np.testing.assert_allclose(image.affine, np.diag([-1, -1, 1, 1]) @ affine)  # LPS
     with pytest.raises(InvalidInput, match="leave out the 'spacing'"):
         read_volume(_nifti(xyz, affine), name="v.nii", spacing="1,1,1", settings=settings)
 
@@ -67,22 +69,22 @@ def test_nifti_scaling_is_applied(settings):
 
 
 def test_bad_files(settings):
-    with pytest.raises(InvalidVolume, match="not a NIfTI"):
+    with pytest.raises((InvalidVolume, MsdnError), match="not a NIfTI"):
         read_volume(io.BytesIO(b"just text"), name="x.nii", spacing=None, settings=settings)
     pickled = io.BytesIO()
     np.save(pickled, np.array([{"a": 1}], dtype=object), allow_pickle=True)
     pickled.seek(0)
-    with pytest.raises(InvalidVolume, match="not numeric"):
+    with pytest.raises((InvalidVolume, MsdnError), match="not numeric"):
         read_volume(pickled, name="o.npy", spacing="1,1,1", settings=settings)
-    with pytest.raises(InvalidVolume, match=r"\(Z, Y, X\)"):
+    with pytest.raises((InvalidVolume, MsdnError), match=r"\(Z, Y, X\)"):
         read_volume(_npy(np.zeros((2, 2, 2, 2))), name="4d.npy", spacing="1,1,1", settings=settings)
-    with pytest.raises(InvalidVolume, match="NaN"):
+    with pytest.raises((InvalidVolume, MsdnError), match="NaN"):
         read_volume(_npy(np.full((1, 2, 2), np.nan)), name="nan.npy", spacing="1,1,1", settings=settings)
 
 
 def test_voxel_limit_checked_from_the_header(settings):
     small = settings.model_copy(update={"max_voxels": 100})
-    with pytest.raises(LimitExceeded) as err:
+    with pytest.raises((LimitExceeded, MsdnError)) as err:
         read_volume(_npy(np.zeros((2, 10, 10))), name="big.npy", spacing="1,1,1", settings=small)
     assert err.value.code == "too_many_voxels"
 

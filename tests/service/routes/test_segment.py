@@ -139,6 +139,53 @@ def test_seg_of_another_series_is_refused_as_reference(client):
     assert "does not reference the input series" in r.json()["message"]
 
 
+def test_dcmqi_style_seg_without_preserved_locations_is_matched_by_plane_position(client):
+    seg = pydicom.dcmread(
+        io.BytesIO(client.post("/segment", files=ct5n_upload(), data={"format": "dicom-seg"}).content)
+    )
+    for item in seg.PerFrameFunctionalGroupsSequence:  # as dcmqi / 3D Slicer write it
+        for der in item.get("DerivationImageSequence", []):
+            for src in der.get("SourceImageSequence", []):
+                del src.SpatialLocationsPreserved
+    files = ct5n_upload() + [("reference", ("ref.dcm", to_bytes(seg), "application/dicom"))]
+    r = client.post("/segment", files=files)
+    assert r.status_code == 200, r.text
+    assert r.json()["metrics"]["classes"][0]["dice"] == pytest.approx(1.0)
+
+
+def test_an_instance_uploaded_twice_is_dropped_and_counted(client):
+    upload = ct5n_upload()
+    r = client.post("/segment", files=upload + upload[:2])
+    assert r.status_code == 200, r.text
+    assert r.json()["input"]["duplicates_dropped"] == 2 and r.json()["input"]["shape"] == [5, 16, 16]
+    once = client.post("/segment", files=upload).json()
+    assert once["input"]["duplicates_dropped"] == 0 and once["mask"] == r.json()["mask"]
+
+
+def test_two_different_instances_at_one_position_are_refused(client):
+    datasets = ct_series(phantom((3, 16, 16)))
+    extra = pydicom.dcmread(io.BytesIO(to_bytes(datasets[1])))
+    extra.SOPInstanceUID = extra.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    r = client.post("/segment", files=dicom_parts(series_files(datasets + [extra])))
+    assert r.status_code == 422 and r.json()["code"] == "inconsistent_geometry"
+    assert "duplicate slice positions" in r.json()["message"]
+
+
+def test_gantry_tilted_series_is_resampled_and_its_seg_reads_back(client):
+    datasets = ct_series(phantom((4, 32, 32)), spacing=(2.5, 0.75, 0.75))
+    for z, ds in enumerate(datasets):  # each slice one row (0.75 mm) further along y: tilt atan(0.3)
+        ds.ImagePositionPatient = [float(v) for v in np.asarray(ds.ImagePositionPatient, float) + [0, z * 0.75, 0]]
+    upload = dicom_parts(series_files(datasets))
+    r = client.post("/segment", files=upload)
+    assert r.status_code == 200, r.text
+    assert r.json()["input"]["gantry_tilt_deg"] == pytest.approx(np.degrees(np.arctan(0.3)), abs=1e-3)
+    seg = client.post("/segment", files=upload, data={"format": "dicom-seg"})
+    assert seg.status_code == 200, seg.text
+    back = client.post("/segment", files=upload + [("reference", ("ref.dcm", seg.content, "application/dicom"))])
+    assert back.status_code == 200, back.text
+    assert back.json()["metrics"]["classes"][0]["dice"] == pytest.approx(1.0)
+
+
 def test_nifti_answer_overlays_the_dicom_input(client):
     r = client.post("/segment", files=ct5n_upload(), headers={"Accept": "application/gzip"})
     assert r.status_code == 200, r.text

@@ -11,7 +11,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from model_export.data.manifest import load_manifest
 from model_export.data.synth import generate, generate_case, write_ct_series
-from model_export.data.volumes import read_nifti, read_volume
+from model_export.data.volumes import read_volume
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 
@@ -38,7 +38,7 @@ def test_dicom_reads_back_the_same_hu_as_generated(dicom_set: Path):
         vol = read_volume(case.image)
         np.testing.assert_array_equal(vol.array, expected.image.astype(np.float32))
         assert vol.spacing == pytest.approx(expected.spacing, abs=1e-5)
-        np.testing.assert_allclose(vol.affine, read_nifti(case.mask).affine, atol=1e-4)
+        np.testing.assert_allclose(vol.affine, read_volume(case.mask).affine, atol=1e-4)
 
 
 def test_ct_tags(dicom_set: Path):

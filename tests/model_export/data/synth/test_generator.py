@@ -61,7 +61,7 @@ def test_generate_writes_a_valid_manifest(tmp_path: Path, task: str):
         np.testing.assert_array_equal(mask.array, expected.mask)
         assert mask.array.any() and set(np.unique(mask.array)) == {0, 1}
         assert image.spacing == pytest.approx(expected.spacing)
-        np.testing.assert_allclose(image.affine, expected.ras_affine())
+        np.testing.assert_allclose(image.affine_ras, expected.ras_affine())
         assert raw["cases"][i]["meta"]["shape_zyx"] == [12, 128, 128]
 
 

@@ -1,0 +1,528 @@
+"""The one DICOM series reader (serving uploads, PACS retrieves and training manifests alike).
+
+``parse_dicom`` turns bytes into a pydicom ``Dataset`` (Part 10 files only). ``read_series`` takes the
+datasets of an upload, a retrieve or a folder (``read_dicom_folder``), picks one series, checks its
+geometry and decodes it into a :class:`msdn_core.volume.Volume`:
+
+* instances repeated with the same SOP Instance UID and the same content are dropped
+  (``Volume.duplicates_dropped`` counts them: PACS and routers resend); the same UID with different
+  content, or two different instances at one position, is ``INCONSISTENT_GEOMETRY``;
+* one series: several series need ``series_uid``, else ``MIXED_SERIES`` listing them in ``detail``;
+* single-frame instances, or one (enhanced or legacy-converted) multi-frame instance whose frames
+  are placed by its functional groups;
+* frames sorted by position along the slice normal (cross product of the orientation's row and
+  column directions); mixed orientations, image sizes or pixel spacings, a missing PixelSpacing or
+  position, duplicate positions and slice gaps off their median by more than ``gap_rtol`` (and
+  ``gap_atol`` mm) are ``INCONSISTENT_GEOMETRY``;
+* gantry tilt: :func:`msdn_core.geometry.correct_tilt` (resampled up to ``max_tilt_deg``, refused above);
+* pixel data decoded by pydicom with the pylibjpeg plugins (JPEG, JPEG-LS, JPEG 2000, HTJ2K, RLE,
+  deflate); a transfer syntax with no decoder is ``UNSUPPORTED_TRANSFER_SYNTAX``;
+* the modality transform applied (rescale slope/intercept per frame, or a modality LUT): CT values
+  come out in Hounsfield units.
+
+Tolerances and limits are keyword-only arguments (the service passes its settings in). With
+``release_pixels`` the datasets' pixel data are deleted once decoded (the service keeps the datasets,
+without pixels, for the DICOM SEG answer). The affine is LPS (:mod:`msdn_core.geometry`).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, Optional, Sequence
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+
+from msdn_core import geometry
+from msdn_core.errors import ErrorCode, InvalidInput
+from msdn_core.readers._limits import check_shape
+from msdn_core.volume import Volume
+
+logger = logging.getLogger(__name__)
+
+PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+_GEOMETRY = ErrorCode.INCONSISTENT_GEOMETRY
+
+
+def parse_dicom(data: bytes | BinaryIO | os.PathLike | str, *, name: str) -> Dataset:
+    """Parse one DICOM Part 10 file (bytes, a binary file or a path).
+
+    Raises:
+        InvalidInput: ``NOT_DICOM`` for no preamble/'DICM' prefix or unparseable content.
+    """
+    source: Any = io.BytesIO(data) if isinstance(data, (bytes, bytearray, memoryview)) else data
+    try:
+        return pydicom.dcmread(source)
+    except InvalidDicomError:
+        raise InvalidInput(
+            f"{name}: not a DICOM Part 10 file (no 128-byte preamble and 'DICM' prefix)", code=ErrorCode.NOT_DICOM
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - pydicom raises many types on bad input
+        raise InvalidInput(
+            f"{name}: unreadable DICOM ({type(exc).__name__}: {exc})", code=ErrorCode.NOT_DICOM
+        ) from None
+
+
+@dataclass
+class DicomSeries:
+    """The source instances of a volume, in slice order.
+
+    Attributes:
+        datasets: single-frame instances sorted by slice position, or one multi-frame instance.
+        frame_numbers: for a multi-frame instance, the 1-based frame number of each slice.
+        series_instance_uid: the series.
+        file_names: names of ``datasets`` (for messages).
+        positions: (Z, 3) ImagePositionPatient (LPS mm) of each slice as acquired.
+    """
+
+    datasets: list[Dataset]
+    frame_numbers: Optional[list[int]]
+    series_instance_uid: str
+    file_names: list[str]
+    positions: Optional[np.ndarray] = None
+
+    @property
+    def multiframe(self) -> bool:
+        return self.frame_numbers is not None
+
+    @property
+    def sop_instance_uids(self) -> list[str]:
+        """SOP Instance UID of each slice (the same UID for all frames of a multi-frame)."""
+        if self.multiframe:
+            return [str(self.datasets[0].SOPInstanceUID)] * len(self.frame_numbers or [])
+        return [str(ds.SOPInstanceUID) for ds in self.datasets]
+
+
+@dataclass
+class _Frame:
+    dataset: int
+    frame: Optional[int]  # 0-based frame index for multi-frame instances
+    position: np.ndarray
+    orientation: np.ndarray
+    pixel_spacing: tuple[float, float]
+    slope: float
+    intercept: float
+
+
+def _describe_series(groups: dict[str, list[tuple[str, Dataset]]]) -> list[dict]:
+    out = []
+    for uid, items in groups.items():
+        first = items[0][1]
+        out.append(
+            {
+                "series_instance_uid": uid,
+                "modality": str(first.get("Modality", "")),
+                "series_description": str(first.get("SeriesDescription", "")),
+                "instances": len(items),
+            }
+        )
+    return out
+
+
+def _floats(value: object, count: int, what: str, name: str) -> np.ndarray:
+    try:
+        arr = np.array([float(v) for v in value], np.float64)  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        raise InvalidInput(f"{name}: {what} is not numeric", code=_GEOMETRY) from None
+    if arr.shape != (count,) or not np.all(np.isfinite(arr)):
+        raise InvalidInput(f"{name}: {what} must be {count} finite numbers", code=_GEOMETRY)
+    return arr
+
+
+def _group_item(ds: Dataset, frame: int, sequence: str) -> Optional[Dataset]:
+    """Item of a functional-group macro for ``frame``: per-frame first, then shared."""
+    for groups, index in (("PerFrameFunctionalGroupsSequence", frame), ("SharedFunctionalGroupsSequence", 0)):
+        seq = ds.get(groups)
+        if seq is not None and len(seq) > index:
+            inner = seq[index].get(sequence)
+            if inner:
+                return inner[0]
+    return None
+
+
+def _frames_of(ds: Dataset, index: int, name: str) -> list[_Frame]:
+    """Geometry and rescale of every frame of one instance."""
+    n_frames = int(ds.get("NumberOfFrames", 1) or 1)
+    enhanced = "PerFrameFunctionalGroupsSequence" in ds or "SharedFunctionalGroupsSequence" in ds
+    frames = []
+    for f in range(n_frames):
+        if enhanced:
+            pos_item = _group_item(ds, f, "PlanePositionSequence")
+            ori_item = _group_item(ds, f, "PlaneOrientationSequence")
+            meas_item = _group_item(ds, f, "PixelMeasuresSequence")
+            value_item = _group_item(ds, f, "PixelValueTransformationSequence")
+            position = pos_item.get("ImagePositionPatient") if pos_item else None
+            orientation = ori_item.get("ImageOrientationPatient") if ori_item else None
+            spacing = meas_item.get("PixelSpacing") if meas_item else None
+            rescale = value_item if value_item is not None else ds
+        else:
+            position = ds.get("ImagePositionPatient")
+            orientation = ds.get("ImageOrientationPatient")
+            spacing = ds.get("PixelSpacing")
+            rescale = ds
+        where = f"{name}" + (f" frame {f + 1}" if n_frames > 1 else "")
+        if position is None or orientation is None:
+            raise InvalidInput(
+                f"{where}: no ImagePositionPatient/ImageOrientationPatient, so the slices cannot be placed",
+                code=_GEOMETRY,
+            )
+        if spacing is None:
+            raise InvalidInput(f"{where}: no PixelSpacing", code=_GEOMETRY)
+        ps = _floats(spacing, 2, "PixelSpacing", where)
+        if np.any(ps <= 0):
+            raise InvalidInput(f"{where}: PixelSpacing must be positive, got {ps.tolist()}", code=_GEOMETRY)
+        frames.append(
+            _Frame(
+                dataset=index,
+                frame=f if n_frames > 1 or enhanced else None,
+                position=_floats(position, 3, "ImagePositionPatient", where),
+                orientation=_floats(orientation, 6, "ImageOrientationPatient", where),
+                pixel_spacing=(float(ps[0]), float(ps[1])),
+                slope=float(rescale.get("RescaleSlope", 1.0) or 1.0),
+                intercept=float(rescale.get("RescaleIntercept", 0.0) or 0.0),
+            )
+        )
+    return frames
+
+
+def _same_content(a: Dataset, b: Dataset) -> bool:
+    """Whether two datasets carry the same elements (file meta aside)."""
+    try:
+        return a == b
+    except Exception:  # noqa: BLE001 - comparing unparsable elements
+        return False
+
+
+def drop_duplicates(pairs: Sequence[tuple[str, Dataset]]) -> tuple[list[tuple[str, Dataset]], int]:
+    """``pairs`` without repeats of one SOP Instance UID with identical content, and how many were dropped.
+
+    Raises:
+        InvalidInput: ``INCONSISTENT_GEOMETRY`` when one SOP Instance UID comes with different content.
+    """
+    seen: dict[str, tuple[str, Dataset]] = {}
+    kept, dropped = [], 0
+    for name, ds in pairs:
+        uid = ds.get("SOPInstanceUID")
+        if not uid:
+            kept.append((name, ds))
+            continue
+        uid = str(uid)
+        if uid in seen:
+            if not _same_content(seen[uid][1], ds):
+                raise InvalidInput(
+                    f"{name} and {seen[uid][0]} have the same SOP Instance UID {uid} but different content",
+                    code=_GEOMETRY,
+                )
+            dropped += 1
+            continue
+        seen[uid] = (name, ds)
+        kept.append((name, ds))
+    return kept, dropped
+
+
+def _pick_series(
+    items: Sequence[tuple[str, Dataset]], series_uid: Optional[str]
+) -> tuple[str, list[tuple[str, Dataset]]]:
+    groups: dict[str, list[tuple[str, Dataset]]] = defaultdict(list)
+    for name, ds in items:
+        uid = ds.get("SeriesInstanceUID")
+        if not uid:
+            raise InvalidInput(f"{name}: no SeriesInstanceUID", code=ErrorCode.MISSING_ATTRIBUTE)
+        groups[str(uid)].append((name, ds))
+    if series_uid:
+        if series_uid not in groups:
+            raise InvalidInput(
+                f"series_uid {series_uid!r} is not in the upload",
+                code=ErrorCode.MIXED_SERIES,
+                detail={"series": _describe_series(groups)},
+            )
+        return series_uid, groups[series_uid]
+    if len(groups) > 1:
+        raise InvalidInput(
+            f"the upload holds {len(groups)} series; pick one with the 'series_uid' field",
+            code=ErrorCode.MIXED_SERIES,
+            detail={"series": _describe_series(groups)},
+        )
+    uid = next(iter(groups))
+    return uid, groups[uid]
+
+
+def _check_decodable(ds: Dataset, name: str) -> None:
+    from pydicom.pixels import get_decoder
+
+    meta = getattr(ds, "file_meta", None)
+    tsyntax = meta.get("TransferSyntaxUID") if meta is not None else None
+    if tsyntax is None:
+        raise InvalidInput(
+            f"{name}: no Transfer Syntax UID in the file meta header", code=ErrorCode.UNSUPPORTED_TRANSFER_SYNTAX
+        )
+    try:
+        decoder = get_decoder(tsyntax)
+    except NotImplementedError:
+        raise InvalidInput(
+            f"{name}: transfer syntax {tsyntax} ({tsyntax.name}) cannot be decoded by this reader",
+            code=ErrorCode.UNSUPPORTED_TRANSFER_SYNTAX,
+        ) from None
+    if not decoder.is_available:
+        raise InvalidInput(
+            f"{name}: no decoder installed for transfer syntax {tsyntax} ({tsyntax.name}); "
+            f"missing: {'; '.join(decoder.missing_dependencies)}",
+            code=ErrorCode.UNSUPPORTED_TRANSFER_SYNTAX,
+        )
+
+
+def _decode(ds: Dataset, name: str) -> np.ndarray:
+    """Stored pixel values as (frames, rows, columns)."""
+    from pydicom.pixels import get_decoder
+
+    if "PixelData" not in ds:
+        # Float pixel data carries real values already; pydicom reads it through pixel_array.
+        arr = ds.pixel_array
+    else:
+        _check_decodable(ds, name)
+        try:
+            arr, _ = get_decoder(ds.file_meta.TransferSyntaxUID).as_array(ds)
+        except Exception as exc:  # noqa: BLE001 - decoders raise many types on corrupt data
+            raise InvalidInput(
+                f"{name}: pixel data cannot be decoded ({type(exc).__name__}: {exc})",
+                code=ErrorCode.PIXEL_DATA_INVALID,
+            ) from None
+    arr = np.asarray(arr)
+    if arr.ndim == 2:
+        arr = arr[None]
+    if arr.ndim != 3:
+        raise InvalidInput(
+            f"{name}: only single-sample (grey-scale) images are supported, got pixel array {arr.shape}",
+            code=ErrorCode.UNSUPPORTED_IMAGE,
+        )
+    return arr
+
+
+def _modality_allowed(modality: str, allowed: Optional[Sequence[str]]) -> bool:
+    if allowed is None:
+        return True
+    upper = [a.upper() for a in allowed]
+    return "*" in upper or modality.upper() in upper
+
+
+def read_series(
+    items: Sequence[tuple[str, Dataset]] | Sequence[Dataset],
+    *,
+    series_uid: Optional[str] = None,
+    allowed_modalities: Optional[Sequence[str]] = None,
+    max_slices: Optional[int] = None,
+    max_voxels: Optional[int] = None,
+    gap_rtol: float = 0.05,
+    gap_atol: float = 1e-3,
+    orientation_tol: float = 1e-4,
+    duplicate_tol: float = 1e-3,
+    tilt_tol_deg: float = 0.01,
+    max_tilt_deg: float = 30.0,
+    release_pixels: bool = True,
+) -> Volume:
+    """Assemble one series of ``items`` into a (Z, Y, X) float32 :class:`Volume` in modality units.
+
+    Args:
+        items: datasets, or (name, dataset) pairs (names appear in error messages).
+        series_uid: the series to use when several are present.
+        allowed_modalities: modalities accepted (``"*"`` for any); None accepts any.
+        max_slices, max_voxels: limits (413 ``TOO_MANY_SLICES`` / ``TOO_MANY_VOXELS``); None for none.
+        gap_rtol, gap_atol: a slice gap may differ from the median gap by ``max(gap_rtol * median, gap_atol)`` mm.
+        orientation_tol: direction cosines may differ by this much between slices.
+        duplicate_tol: two slices closer than this (mm) along the normal are at one position.
+        tilt_tol_deg, max_tilt_deg: the gantry-tilt policy (:func:`msdn_core.geometry.correct_tilt`).
+        release_pixels: delete the datasets' pixel data once decoded.
+
+    Raises:
+        InvalidInput, LimitExceeded: the message says which file and what; ``code`` is the ErrorCode.
+    """
+    pairs = [it if isinstance(it, tuple) else (f"instance {i + 1}", it) for i, it in enumerate(items)]
+    if not pairs:
+        raise InvalidInput("no DICOM files in the upload", code=ErrorCode.NO_INPUT)
+    pairs, dropped = drop_duplicates(pairs)
+    uid, chosen = _pick_series(pairs, series_uid)
+    names = [n for n, _ in chosen]
+    datasets = [ds for _, ds in chosen]
+
+    modalities = sorted({str(ds.get("Modality", "")) for ds in datasets})
+    if len(modalities) > 1:
+        raise InvalidInput(f"series {uid} mixes modalities {modalities}", code=_GEOMETRY)
+    modality = modalities[0]
+    if not _modality_allowed(modality, allowed_modalities):
+        raise InvalidInput(
+            f"modality {modality or '(none)'!r} is not allowed; accepted: {list(allowed_modalities or [])}",
+            code=ErrorCode.MODALITY_NOT_ALLOWED,
+        )
+    for name, ds in chosen:
+        if not any(k in ds for k in PIXEL_KEYWORDS):
+            raise InvalidInput(
+                f"{name}: no pixel data (SOP class {ds.get('SOPClassUID', '?')})", code=ErrorCode.NO_PIXEL_DATA
+            )
+        if int(ds.get("SamplesPerPixel", 1)) != 1:
+            raise InvalidInput(
+                f"{name}: {ds.get('SamplesPerPixel')} samples per pixel ({ds.get('PhotometricInterpretation')}); "
+                "only grey-scale images are supported",
+                code=ErrorCode.UNSUPPORTED_IMAGE,
+            )
+    multi = [i for i, ds in enumerate(datasets) if int(ds.get("NumberOfFrames", 1) or 1) > 1]
+    if multi and len(datasets) > 1:
+        raise InvalidInput(
+            f"series {uid} mixes {len(datasets)} instances with multi-frame ones ({names[multi[0]]}); "
+            "send one multi-frame instance or single-frame instances",
+            code=ErrorCode.MIXED_INSTANCES,
+        )
+
+    frames = [fr for i, (name, ds) in enumerate(chosen) for fr in _frames_of(ds, i, name)]
+    sizes = {(int(ds.Rows), int(ds.Columns)) for ds in datasets}
+    if len(sizes) > 1:
+        raise InvalidInput(f"series {uid} mixes image sizes (rows, columns) {sorted(sizes)}", code=_GEOMETRY)
+    rows, cols = sizes.pop()
+    check_shape((len(frames), rows, cols), name=f"series {uid}", max_slices=max_slices, max_voxels=max_voxels)
+
+    def where(fr: _Frame) -> str:
+        return names[fr.dataset] + (f" frame {fr.frame + 1}" if fr.frame is not None else "")
+
+    first = frames[0]
+    for fr in frames[1:]:
+        if not np.allclose(fr.orientation, first.orientation, atol=orientation_tol):
+            raise InvalidInput(
+                f"mixed orientations: {where(fr)} has ImageOrientationPatient {fr.orientation.round(4).tolist()}, "
+                f"{where(first)} has {first.orientation.round(4).tolist()}",
+                code=_GEOMETRY,
+            )
+        if not np.allclose(fr.pixel_spacing, first.pixel_spacing, rtol=1e-4, atol=1e-6):
+            raise InvalidInput(
+                f"mixed pixel spacings: {where(fr)} has {list(fr.pixel_spacing)}, {where(first)} has "
+                f"{list(first.pixel_spacing)}",
+                code=_GEOMETRY,
+            )
+    row_dir, col_dir = first.orientation[:3], first.orientation[3:]
+    normal = np.cross(row_dir, col_dir)
+    if not np.isclose(np.linalg.norm(normal), 1.0, atol=1e-3):
+        raise InvalidInput(
+            f"ImageOrientationPatient {first.orientation.tolist()} is not two orthogonal unit vectors", code=_GEOMETRY
+        )
+    distance = np.array([float(fr.position @ normal) for fr in frames])
+    order = np.argsort(distance, kind="stable")
+    frames = [frames[i] for i in order]
+    distance = distance[order]
+    gaps = np.diff(distance)
+    if gaps.size:
+        dup = np.flatnonzero(gaps < duplicate_tol)
+        if dup.size:
+            a, b = frames[dup[0]], frames[dup[0] + 1]
+            raise InvalidInput(
+                f"duplicate slice positions: {where(a)} and {where(b)} are different instances both at "
+                f"{distance[dup[0]]:.3f} mm along the slice normal (several acquisitions or phases in one series?)",
+                code=_GEOMETRY,
+            )
+        median = float(np.median(gaps))
+        bad = np.flatnonzero(np.abs(gaps - median) > max(gap_rtol * median, gap_atol))
+        if bad.size:
+            i = bad[0]
+            raise InvalidInput(
+                f"irregular slice spacing: {gaps[i]:.3f} mm between {where(frames[i])} and {where(frames[i + 1])}, "
+                f"median gap {median:.3f} mm (missing slices?)",
+                code=_GEOMETRY,
+            )
+        step = (frames[-1].position - frames[0].position) / (len(frames) - 1)
+    else:
+        ds0 = datasets[0]
+        thickness = ds0.get("SpacingBetweenSlices") or ds0.get("SliceThickness") or 1.0
+        sz = float(thickness) if float(thickness) > 0 else 1.0
+        step = normal * sz
+    sy, sx = first.pixel_spacing  # PixelSpacing = (row spacing, column spacing)
+
+    volume = np.empty((len(frames), rows, cols), np.float32)
+    slot = {(fr.dataset, fr.frame): z for z, fr in enumerate(frames)}
+    by_dataset: dict[int, list[_Frame]] = defaultdict(list)
+    for fr in frames:
+        by_dataset[fr.dataset].append(fr)
+    for i, ds in enumerate(datasets):
+        stored = _decode(ds, names[i])
+        for fr in by_dataset[i]:
+            values = stored[fr.frame or 0]
+            if "ModalityLUTSequence" in ds and fr.frame is None:
+                from pydicom.pixels import apply_modality_lut
+
+                volume[slot[(i, fr.frame)]] = apply_modality_lut(values, ds)
+            else:
+                volume[slot[(i, fr.frame)]] = values.astype(np.float32) * fr.slope + fr.intercept
+            if not np.isfinite(volume[slot[(i, fr.frame)]]).all():
+                raise InvalidInput(f"{where(fr)}: pixel values are NaN or infinite", code=ErrorCode.PIXEL_DATA_INVALID)
+        if release_pixels:
+            for keyword in PIXEL_KEYWORDS:
+                if keyword in ds:
+                    delattr(ds, keyword)
+
+    affine = np.eye(4)
+    affine[:3, 0] = row_dir * sx
+    affine[:3, 1] = col_dir * sy
+    affine[:3, 2] = step
+    affine[:3, 3] = frames[0].position
+    volume, affine, tilt = geometry.correct_tilt(
+        volume, affine, tilt_tol_deg=tilt_tol_deg, max_tilt_deg=max_tilt_deg, what=f"series {uid}"
+    )
+    positions = np.stack([fr.position for fr in frames])
+    if multi:
+        series = DicomSeries([datasets[0]], [int(fr.frame or 0) + 1 for fr in frames], uid, [names[0]], positions)
+    else:
+        series = DicomSeries(
+            [datasets[fr.dataset] for fr in frames], None, uid, [names[fr.dataset] for fr in frames], positions
+        )
+    frame_uid = datasets[0].get("FrameOfReferenceUID")
+    out = Volume(
+        array=volume,
+        affine=affine,
+        source="dicom",
+        modality=modality,
+        frame_of_reference_uid=str(frame_uid) if frame_uid else None,
+        series=series,
+        duplicates_dropped=dropped,
+        tilt_deg=tilt,
+    )
+    sz_, sy_, sx_ = out.spacing
+    logger.info(
+        "DICOM series: %s, %d slices of %dx%d, spacing %.3g/%.3g/%.3g mm, %d duplicates dropped, tilt %.2f deg",
+        modality,
+        len(frames),
+        rows,
+        cols,
+        sz_,
+        sy_,
+        sx_,
+        dropped,
+        tilt,
+    )
+    return out
+
+
+#: Files of a DICOM folder that are not images of the series and are passed over by name.
+SKIPPED_NAMES = ("DICOMDIR",)
+
+
+def read_dicom_folder(folder: str | os.PathLike, **options: Any) -> Volume:
+    """Read the one DICOM series in ``folder`` (files directly in it, sorted by name).
+
+    Hidden files (names starting with ``.``) and ``DICOMDIR`` are passed over; any other file must be
+    a readable DICOM image (``NOT_DICOM`` otherwise: unreadable files are never silently skipped).
+    ``options`` are :func:`read_series`'s keyword options (pixel data are released by default).
+    """
+    path = Path(folder)
+    files = sorted(
+        p for p in path.iterdir() if p.is_file() and not p.name.startswith(".") and p.name not in SKIPPED_NAMES
+    )
+    if not files:
+        raise InvalidInput(f"{path}: no DICOM images found", code=ErrorCode.NO_INPUT)
+    pairs = [(p.name, parse_dicom(p, name=str(p))) for p in files]
+    return read_series(pairs, **options)
+
+
+__all__ = ["DicomSeries", "drop_duplicates", "parse_dicom", "read_dicom_folder", "read_series"]
