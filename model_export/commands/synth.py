@@ -27,7 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--size", type=int, help="in-plane pixels Y = X, >= 128 (default 192; full-size lung v5: 512, 256 for CPU runs)"
     )
     parser.add_argument(
-        "--slices", type=int, help="axial slices (default lung 32, cochlea 24; full-size lung v5: 80-160 drawn per case)"
+        "--slices",
+        type=int,
+        help="axial slices (default lung 32, cochlea 24; full-size lung v5: 80-160 drawn per case)",
     )
     parser.add_argument(
         "--version",

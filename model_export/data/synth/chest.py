@@ -43,8 +43,8 @@ from model_export.data.synth.common import (
 from model_export.data.synth.lung import (
     DENSITIES,
     DENSITY_P,
-    POSITIONS,
     POSITION_P,
+    POSITIONS,
     SHAPE_P,
     SHAPES,
     SLICE_MM,
@@ -131,7 +131,7 @@ def _place(
         lo, hi = radius * 0.15, radius * 0.7
     else:
         lo, hi = radius + 3.0, np.inf
-    cand = np.argwhere((depth[:: 2, :: 4, :: 4] > lo) & (depth[:: 2, :: 4, :: 4] < hi)) * np.array([2, 4, 4])
+    cand = np.argwhere((depth[::2, ::4, ::4] > lo) & (depth[::2, ::4, ::4] < hi)) * np.array([2, 4, 4])
     if not len(cand):
         return None
     for _ in range(60):
@@ -254,15 +254,29 @@ def make_case(rng: np.random.Generator, *, size: int = 512, slices: int | None =
             d = _z_biased_direction(rng, 1.0)
             d[2] = abs(d[2]) * side
             _trace_vessel(
-                rng, hilum + rng.normal(0, 4, 3), d / np.linalg.norm(d), log_uniform(rng, 1.5, 4.0), lo, hi,
-                wiggle=0.06, branch_p=0.04, out=vessels,
+                rng,
+                hilum + rng.normal(0, 4, 3),
+                d / np.linalg.norm(d),
+                log_uniform(rng, 1.5, 4.0),
+                lo,
+                hi,
+                wiggle=0.06,
+                branch_p=0.04,
+                out=vessels,
             )
         for _ in range(int(rng.integers(1, 3))):
             d = _z_biased_direction(rng, 1.0)
             d[2] = abs(d[2]) * side
             _trace_vessel(
-                rng, hilum, d / np.linalg.norm(d), log_uniform(rng, 2.0, 4.0), lo, hi,
-                wiggle=0.04, branch_p=0.02, out=bronchi,
+                rng,
+                hilum,
+                d / np.linalg.norm(d),
+                log_uniform(rng, 2.0, 4.0),
+                lo,
+                hi,
+                wiggle=0.04,
+                branch_p=0.02,
+                out=bronchi,
             )
     for nod in drawn:
         if nod["position"] != "juxta-vascular":
@@ -275,9 +289,7 @@ def make_case(rng: np.random.Generator, *, size: int = 512, slices: int | None =
         start = nod["centre"] + off * (nod["radius"] + r_v * rng.uniform(-0.6, 0.4))
         _trace_vessel(rng, start, d, r_v, lo, hi, wiggle=0.03, branch_p=0.0, out=vessels)
     t_wall = rng.uniform(0.4, 1.0)
-    wall, lumen, ves = paint_tubes(
-        shape, spacing, [[(p, r + t_wall) for p, r in bronchi], bronchi, vessels], edge=px
-    )
+    wall, lumen, ves = paint_tubes(shape, spacing, [[(p, r + t_wall) for p, r in bronchi], bronchi, vessels], edge=px)
     if bronchi:
         blend(img, wall * lung_occ, rng.uniform(-120, 30))
         blend(img, lumen * lung_occ, -1000.0)

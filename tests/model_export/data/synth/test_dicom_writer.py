@@ -18,7 +18,9 @@ CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 
 @pytest.fixture(scope="module")
 def dicom_set(tmp_path_factory) -> Path:
-    return generate("lung", tmp_path_factory.mktemp("dcm"), num_cases=3, seed=5, size=128, slices=10, dicom=True, version=4)
+    return generate(
+        "lung", tmp_path_factory.mktemp("dcm"), num_cases=3, seed=5, size=128, slices=10, dicom=True, version=4
+    )
 
 
 def _series(folder: Path) -> list[pydicom.Dataset]:
