@@ -247,34 +247,40 @@ class ProposalSettings:
                 raise ValueError(f"{name} must be >= {low}, got {getattr(self, name)!r}")
 
 
-def merge_detections(
-    detections: Sequence[tuple[np.ndarray, np.ndarray]],
+def select_detections(
+    scores: np.ndarray,
+    boxes: np.ndarray,
     settings: ProposalSettings,
     *,
     height: Optional[int] = None,
     width: Optional[int] = None,
-) -> list[Candidate]:
-    """All steps: per-slice detector outputs ``(scores (N, C), boxes (N, 4))`` of slices 0..Z-1 to candidates.
+) -> list[np.ndarray]:
+    """Step 1 on one slice with ``settings``: per class, (K, 5) rows ``[x1, y1, x2, y2, score]``.
+
+    Meant to run as each slice's detector outputs arrive, so that only the few kept boxes are held
+    (a stride-1 detection level gives H x W x A anchors per slice).
+    """
+    return select_slice_boxes(
+        scores,
+        boxes,
+        score_threshold=settings.score_threshold,
+        nms_iou=settings.nms_iou,
+        max_per_slice=settings.max_per_slice,
+        height=height,
+        width=width,
+    )
+
+
+def link_candidates(selected: Sequence[Sequence[np.ndarray]], settings: ProposalSettings) -> list[Candidate]:
+    """Steps 2-4: the per-slice selections (slices 0..Z-1, per class) to 3D candidates.
 
     Returns:
         Candidates of all classes by descending score (at most ``max_candidates`` per class).
     """
-    selected = [
-        select_slice_boxes(
-            scores,
-            boxes,
-            score_threshold=settings.score_threshold,
-            nms_iou=settings.nms_iou,
-            max_per_slice=settings.max_per_slice,
-            height=height,
-            width=width,
-        )
-        for scores, boxes in detections
-    ]
-    num_classes = len(selected[0]) if selected else 0
+    num_classes = max((len(rows) for rows in selected), default=0)
     out: list[Candidate] = []
     for c in range(num_classes):
-        per_slice = [(z, rows[c]) for z, rows in enumerate(selected) if len(rows[c])]
+        per_slice = [(z, rows[c]) for z, rows in enumerate(selected) if len(rows) > c and len(rows[c])]
         linked = link_slices(
             per_slice,
             label=c + 1,
@@ -287,15 +293,33 @@ def merge_detections(
     return out
 
 
+def merge_detections(
+    detections: Sequence[tuple[np.ndarray, np.ndarray]],
+    settings: ProposalSettings,
+    *,
+    height: Optional[int] = None,
+    width: Optional[int] = None,
+) -> list[Candidate]:
+    """All steps: per-slice detector outputs ``(scores (N, C), boxes (N, 4))`` of slices 0..Z-1 to candidates.
+
+    Returns:
+        Candidates of all classes by descending score (at most ``max_candidates`` per class).
+    """
+    selected = [select_detections(scores, boxes, settings, height=height, width=width) for scores, boxes in detections]
+    return link_candidates(selected, settings)
+
+
 __all__ = [
     "Candidate",
     "ProposalSettings",
     "ScoredBox",
     "box3d_iou",
     "box_iou",
+    "link_candidates",
     "link_slices",
     "merge_detections",
     "nms",
     "nms_3d",
+    "select_detections",
     "select_slice_boxes",
 ]

@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
 from model_export.card import InputSpec
-from msdn_core.proposals import Candidate, ProposalSettings, merge_detections
+from msdn_core.proposals import Candidate, ProposalSettings, link_candidates, select_detections
 from service.boxes import SliceBox
 from service.model import ModelRuntime, RunStats
 
@@ -86,17 +86,21 @@ def segment_slices(
     volume: np.ndarray,
     *,
     want_detections: bool = False,
+    select: Optional[Callable[[np.ndarray, np.ndarray], Any]] = None,
     score_volume: Optional[np.ndarray] = None,
     check: Optional[Callable[[], None]] = None,
-) -> tuple[np.ndarray, RunStats, Optional[list[tuple[np.ndarray, np.ndarray]]]]:
+) -> tuple[np.ndarray, RunStats, Optional[list[Any]]]:
     """Whole-slice labels of a (Z, Y, X) volume.
 
     Args:
+        want_detections: also return the detector's outputs of each slice.
+        select: applied to each slice's (scores (N, C), boxes (N, 4)) as it arrives; its result is
+            kept instead of the raw outputs (which are large: N anchors per slice).
         score_volume: when given, a (Z, Y, X) uint8 array filled with round(255 x (1 - p_background)).
 
     Returns:
-        labels (Z, Y, X) uint8, run stats, and with ``want_detections`` the detector's (scores (N, C),
-        boxes (N, 4)) of each slice.
+        labels (Z, Y, X) uint8, run stats, and with ``want_detections`` per slice the detector's
+        (scores, boxes), or what ``select`` made of them.
     """
     spec = runtime.card.input
     depth, height, width = volume.shape
@@ -118,7 +122,8 @@ def segment_slices(
             score_volume[start : start + probs.shape[0]] = np.clip(np.rint(fg * 255.0), 0, 255).astype(np.uint8)
         if detections is not None and runtime.detection_outputs:
             scores, boxes = (outputs[n] for n in runtime.detection_outputs)
-            detections.extend(zip(scores, boxes, strict=True))
+            for slice_scores, slice_boxes in zip(scores, boxes, strict=True):
+                detections.append((slice_scores, slice_boxes) if select is None else select(slice_scores, slice_boxes))
 
     stats = runtime.run_batched(depth, make_batch, consume, check=check)
     return labels, stats, detections
@@ -240,9 +245,13 @@ def segment_volume_array(
     if mode == "proposals":
         if not runtime.has_detection:
             raise ValueError("mode 'proposals' needs a model with detection outputs; this one has none")
-        _, stats, detections = segment_slices(runtime, volume, want_detections=True, check=check)
-        depth, height, width = volume.shape
-        candidates = merge_detections(detections or [], proposal, height=height, width=width)
+        _, height, width = volume.shape
+
+        def select(scores: np.ndarray, det_boxes: np.ndarray) -> list[np.ndarray]:
+            return select_detections(scores, det_boxes, proposal, height=height, width=width)
+
+        _, stats, selected = segment_slices(runtime, volume, want_detections=True, select=select, check=check)
+        candidates = link_candidates(selected or [], proposal)
         found, grown = candidate_slice_boxes(candidates, volume.shape, box_margin=box_margin, z_margin=z_margin)
         out = InferenceOutput(
             np.zeros(volume.shape, np.uint8), "proposals", found, stats, candidates=candidates, candidate_boxes=grown
