@@ -192,7 +192,7 @@ class SeriesResult:
     series_hd95_mm: Optional[float]
     fp_components: int
     seconds: float
-    cpu_seconds: float = 0.0
+    cpu_seconds: Optional[float] = None
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready record (the resumable cache of ``evaluate_full_series``)."""
@@ -230,7 +230,7 @@ class SeriesResult:
             series_hd95_mm=data["series_hd95_mm"],
             fp_components=data["fp_components"],
             seconds=data["seconds"],
-            cpu_seconds=data.get("cpu_seconds", 0.0),
+            cpu_seconds=data.get("cpu_seconds"),
         )
 
 
@@ -410,6 +410,7 @@ def evaluate_full_series(
     settings: Any = None,
     threads: int = 0,
     cache: Optional[str | Path] = None,
+    shared_pass: bool = True,
 ) -> dict[str, Any]:
     """Run and score every case in every mode (module docstring).
 
@@ -421,6 +422,9 @@ def evaluate_full_series(
         threads: ONNX Runtime intra-op threads (0: its default).
         cache: a JSON-lines file of finished (series, mode) results; results of the same model (by
             SHA-256) found there are reused, new ones appended (a stopped run resumes).
+        shared_pass: with both ``slices`` and ``proposals``, take the slices answer from the
+            proposals run's whole-slice pass (``segment_image(with_slices=True)``: the same model
+            outputs, one run instead of two); its CPU seconds are then not measured (None).
 
     Returns:
         ``{"model": ..., "modes": {mode: summary}, "per_nodule": rows, "per_series": rows}``.
@@ -448,6 +452,7 @@ def evaluate_full_series(
             logger.info("%s: %d series results of this model already there", cache, len(done))
         cache.parent.mkdir(parents=True, exist_ok=True)
     per_mode: dict[str, list[SeriesResult]] = {m: [] for m in modes}
+    share = shared_pass and "slices" in modes and "proposals" in modes
     for i, case in enumerate(cases):
         if all((case.id, m) in done for m in modes):
             for m in modes:
@@ -456,15 +461,26 @@ def evaluate_full_series(
         image = read_image(case.image)
         mask = read_volume(case.mask, dtype=np.int16).array
         instances, nodules = reference_nodules(mask, image.spacing, case.meta)
+        shared: Optional[tuple[Any, float, float]] = None  # proposals run with its slices answer
         for mode in modes:
             if (case.id, mode) in done:
                 per_mode[mode].append(done[(case.id, mode)])
                 continue
             boxes = prompt_boxes(instances) if mode == "boxes" else None
+            cpu: Optional[float]
             if mode == "boxes" and not boxes:
                 # nothing to prompt: an empty answer, as a user with no box would get
                 result = _empty_result(image, runtime)
                 seconds = cpu = 0.0
+            elif share and mode in ("slices", "proposals"):
+                if shared is None:
+                    t0, c0 = time.perf_counter(), time.process_time()
+                    run = segment_image(image, runtime, settings, mode="proposals", with_slices=True)
+                    shared = (run, time.perf_counter() - t0, time.process_time() - c0)
+                if mode == "proposals":
+                    result, seconds, cpu = shared
+                else:
+                    result, seconds, cpu = shared[0].slices, shared[0].slices.timings["total_s"], None
             else:
                 t0, c0 = time.perf_counter(), time.process_time()
                 result = segment_image(image, runtime, settings, mode=mode, boxes=boxes)

@@ -72,6 +72,7 @@ class InferenceOutput:
     candidates: list[Candidate] = field(default_factory=list)  # proposals: the 3D candidates
     candidate_boxes: list[list[float]] = field(default_factory=list)  # their segmented 3D boxes
     score_volume: Optional[np.ndarray] = None  # slices: (Z, Y, X) uint8 foreground probability x 255
+    slices: Optional["InferenceOutput"] = None  # proposals with ``with_slices``: the whole-slice pass's result
 
 
 def _background(volume: np.ndarray, spec: InputSpec) -> float:
@@ -213,6 +214,7 @@ def segment_volume_array(
     proposal: ProposalSettings = ProposalSettings(),
     box_margin: float = 4.0,
     z_margin: int = 1,
+    with_slices: bool = False,
     check: Optional[Callable[[], None]] = None,
 ) -> InferenceOutput:
     """Segment a (Z, Y, X) volume in stored units.
@@ -225,6 +227,8 @@ def segment_volume_array(
         boxes: request boxes (mode ``boxes``/``auto``).
         proposal: how detector boxes become 3D candidates (``msdn_core.proposals``).
         box_margin, z_margin: growth of a candidate's box before it is segmented (pixels, slices).
+        with_slices: proposals mode: also keep the whole-slice labels of the detector's pass as
+            ``out.slices`` (the ``slices`` mode answer, from the same model run; for evaluation).
         check: called between batches (deadline).
 
     Raises:
@@ -250,11 +254,27 @@ def segment_volume_array(
         def select(scores: np.ndarray, det_boxes: np.ndarray) -> list[np.ndarray]:
             return select_detections(scores, det_boxes, proposal, height=height, width=width)
 
-        _, stats, selected = segment_slices(runtime, volume, want_detections=True, select=select, check=check)
+        slice_scores = np.zeros(volume.shape, np.uint8) if with_slices else None
+        slice_labels, stats, selected = segment_slices(
+            runtime, volume, want_detections=True, select=select, score_volume=slice_scores, check=check
+        )
+        whole = (
+            InferenceOutput(
+                slice_labels, "slices", [], RunStats(stats.calls, stats.items, stats.seconds), score_volume=slice_scores
+            )
+            if with_slices
+            else None
+        )
         candidates = link_candidates(selected or [], proposal)
         found, grown = candidate_slice_boxes(candidates, volume.shape, box_margin=box_margin, z_margin=z_margin)
         out = InferenceOutput(
-            np.zeros(volume.shape, np.uint8), "proposals", found, stats, candidates=candidates, candidate_boxes=grown
+            np.zeros(volume.shape, np.uint8),
+            "proposals",
+            found,
+            stats,
+            candidates=candidates,
+            candidate_boxes=grown,
+            slices=whole,
         )
         if found:
             labels, crop_stats = segment_boxes(runtime, volume, found, check=check)

@@ -186,3 +186,9 @@ def test_a_stopped_run_resumes_from_its_cache(tmp_path):
     assert again["per_series"][0] == first["per_series"][0]  # the cached record, timings included
     fresh = evaluate_full_series(model, cases, threads=1)
     assert strip_private(again)["modes"]["proposals"]["groups"] == strip_private(fresh)["modes"]["proposals"]["groups"]
+    # slices answers from the proposals run's pass score as separate slices runs do
+    separate = evaluate_full_series(model, cases, threads=1, shared_pass=False)
+    for mode in ("slices", "proposals"):
+        assert strip_private(separate)["modes"][mode]["groups"] == strip_private(fresh)["modes"][mode]["groups"]
+    assert all(r["cpu_seconds"] is None for r in fresh["per_series"] if r["mode"] == "slices")
+    assert all(r["cpu_seconds"] is not None for r in separate["per_series"])
