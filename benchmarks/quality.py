@@ -88,6 +88,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--int8", choices=("auto", "yes", "no"), default="auto", help="also the int8 variant")
     parser.add_argument("--int8-modes", default="proposals", help="modes run with the int8 variant")
     parser.add_argument(
+        "--separate-slices",
+        action="store_true",
+        help="run slices mode on its own instead of taking it from the proposals run's whole-slice pass",
+    )
+    parser.add_argument(
         "--cache",
         type=Path,
         default=None,
@@ -107,7 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     for precision, (path, modes) in variants.items():
         logger.info("%s: %s on %d series, modes %s", precision, path, len(cases), modes)
         cache = args.cache or (args.out / "series.jsonl")
-        reports[precision] = evaluate_full_series(path, cases, modes=modes, threads=args.threads, cache=cache)
+        reports[precision] = evaluate_full_series(
+            path, cases, modes=modes, threads=args.threads, cache=cache, shared_pass=not args.separate_slices
+        )
     machine = {
         "cpus": os.cpu_count(),
         "processor": platform.processor() or platform.machine(),
