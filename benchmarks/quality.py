@@ -88,6 +88,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--int8", choices=("auto", "yes", "no"), default="auto", help="also the int8 variant")
     parser.add_argument("--int8-modes", default="proposals", help="modes run with the int8 variant")
     parser.add_argument(
+        "--froc-threshold",
+        type=float,
+        default=0.05,
+        help="lowest detection score made a proposal, to trace the FROC (the operating point stays the "
+        "service default MSDN_PROPOSAL_SCORE_THRESHOLD; default 0.05)",
+    )
+    parser.add_argument(
         "--separate-slices",
         action="store_true",
         help="run slices mode on its own instead of taking it from the proposals run's whole-slice pass",
@@ -113,7 +120,13 @@ def main(argv: list[str] | None = None) -> int:
         logger.info("%s: %s on %d series, modes %s", precision, path, len(cases), modes)
         cache = args.cache or (args.out / "series.jsonl")
         reports[precision] = evaluate_full_series(
-            path, cases, modes=modes, threads=args.threads, cache=cache, shared_pass=not args.separate_slices
+            path,
+            cases,
+            modes=modes,
+            threads=args.threads,
+            cache=cache,
+            shared_pass=not args.separate_slices,
+            froc_threshold=args.froc_threshold,
         )
     machine = {
         "cpus": os.cpu_count(),

@@ -242,22 +242,44 @@ def score_series(
     nodules: Sequence[Nodule],
     spacing: Sequence[float],
     seconds: float,
+    *,
+    operating_threshold: float = 0.0,
 ) -> SeriesResult:
-    """Score one pipeline result (``service.pipeline.SegmentationResult``) against the reference."""
+    """Score one pipeline result (``service.pipeline.SegmentationResult``) against the reference.
+
+    All components are candidates of the FROC; the operating point keeps the components scoring at
+    least ``operating_threshold`` (a component without score counts as 1): its false-positive
+    components, the nodules it detects with their Dice / HD95 / volume error, and its whole-series Dice.
+    """
     from service.evaluation import overlap
 
     comps = result.components
-    candidates = [
-        (1.0 if c["score"] is None else float(c["score"]), (c["centre"][2], c["centre"][1], c["centre"][0]))
-        for c in comps
-    ]
-    match = match_candidates(candidates, instances, nodules=[n.id for n in nodules])
-    # components hitting no nodule, at the operating point
-    fp_components = len(match.false_positives)
-    pred = result.labels > 0
+    scores = [1.0 if c["score"] is None else float(c["score"]) for c in comps]
+    centres = [(c["centre"][2], c["centre"][1], c["centre"][0]) for c in comps]
+    match = match_candidates(zip(scores, centres, strict=True), instances, nodules=[n.id for n in nodules])
+    kept = [k for k, sc in enumerate(scores) if sc >= operating_threshold]
+    op_match = match_candidates([(scores[k], centres[k]) for k in kept], instances, nodules=[n.id for n in nodules])
+    fp_components = len(op_match.false_positives)
+    # the operating point's mask: the labels of the kept components (matched by box and size)
+    comp_lab, _ = label_components(result.labels > 0)
+    keys = {(tuple(comps[k]["box"]), int(comps[k]["voxels"])) for k in kept}
+    keep_ids = []
+    if len(kept) == len(comps):
+        pred = comp_lab > 0
+    else:
+        from scipy import ndimage
+
+        for lab_id, window in enumerate(ndimage.find_objects(comp_lab), start=1):
+            if window is None:
+                continue
+            zs, ys, xs = window
+            box = (xs.start, ys.start, zs.start, xs.stop, ys.stop, zs.stop)
+            if (box, int(np.count_nonzero(comp_lab[window] == lab_id))) in keys:
+                keep_ids.append(lab_id)
+        pred = np.isin(comp_lab, keep_ids)
     ref = instances > 0
     series = overlap(pred, ref, spacing) if (pred.any() or ref.any()) else {"dice": None, "hd95_mm": None}
-    comp_lab, _ = label_components(pred)
+    op_lab = np.where(pred, comp_lab, 0)
     voxel_mm3 = float(np.prod(spacing))
     per_nodule = []
     for n in nodules:
@@ -268,20 +290,20 @@ def score_series(
             "diameter_mm": n.diameter_mm,
             "size_bin": n.size_bin,
             "position": n.position,
-            "detected": n.id in match.hits,
+            "detected": n.id in op_match.hits,
             "score": match.hits.get(n.id),
         }
         if row["detected"]:
-            ids = np.unique(comp_lab[gt])
+            ids = np.unique(op_lab[gt])
             ids = ids[ids > 0]
-            mine = np.isin(comp_lab, ids) if ids.size else np.zeros_like(gt)
+            mine = np.isin(op_lab, ids) if ids.size else np.zeros_like(gt)
             win = _window(gt | mine)
-            scores = overlap(mine[win], gt[win], spacing)
+            seg = overlap(mine[win], gt[win], spacing)
             pred_mm3 = float(mine.sum()) * voxel_mm3
             ref_mm3 = float(gt.sum()) * voxel_mm3
             row.update(
-                dice=scores["dice"],
-                hd95_mm=scores["hd95_mm"],
+                dice=seg["dice"],
+                hd95_mm=seg["hd95_mm"],
                 volume_error_pct=100.0 * (pred_mm3 - ref_mm3) / ref_mm3,
             )
         per_nodule.append(row)
@@ -411,6 +433,7 @@ def evaluate_full_series(
     threads: int = 0,
     cache: Optional[str | Path] = None,
     shared_pass: bool = True,
+    froc_threshold: Optional[float] = 0.05,
 ) -> dict[str, Any]:
     """Run and score every case in every mode (module docstring).
 
@@ -425,6 +448,11 @@ def evaluate_full_series(
         shared_pass: with both ``slices`` and ``proposals``, take the slices answer from the
             proposals run's whole-slice pass (``segment_image(with_slices=True)``: the same model
             outputs, one run instead of two); its CPU seconds are then not measured (None).
+        froc_threshold: proposals are made down to this detection score, so the FROC is traced
+            below the operating point; the operating-point numbers (FP components per scan,
+            detected nodules and their Dice, whole-series Dice) keep the components scoring at
+            least ``settings.proposal_score_threshold`` (the service default). None: run at the
+            operating threshold only.
 
     Returns:
         ``{"model": ..., "modes": {mode: summary}, "per_nodule": rows, "per_series": rows}``.
@@ -435,6 +463,9 @@ def evaluate_full_series(
     from service.settings import Settings
 
     settings = settings or Settings(_env_file=None, model_path=Path(model_path))
+    operating = {"proposals": settings.proposal_score_threshold}
+    if froc_threshold is not None:  # the run goes lower, to trace the FROC below the operating point
+        settings = settings.model_copy(update={"proposal_score_threshold": float(froc_threshold)})
     runtime = ModelRuntime.load(
         model_path, providers=["CPUExecutionProvider"], intra_op_threads=threads, batch_size=settings.batch_size
     )
@@ -485,7 +516,16 @@ def evaluate_full_series(
                 t0, c0 = time.perf_counter(), time.process_time()
                 result = segment_image(image, runtime, settings, mode=mode, boxes=boxes)
                 seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
-            scored = score_series(case.id, mode, result, instances, nodules, image.spacing, seconds)
+            scored = score_series(
+                case.id,
+                mode,
+                result,
+                instances,
+                nodules,
+                image.spacing,
+                seconds,
+                operating_threshold=operating.get(mode, 0.0),
+            )
             scored.cpu_seconds = cpu
             per_mode[mode].append(scored)
             if cache is not None:
@@ -528,6 +568,8 @@ def evaluate_full_series(
             )
         },
         "threads": threads,
+        "operating_threshold": operating,
+        "froc_threshold": froc_threshold,
         "modes": summaries,
         "per_nodule": [dict(row, mode=m) for m in modes for r in per_mode[m] for row in r.per_nodule],
         "per_series": [

@@ -30,6 +30,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--limit", type=int, default=None, help="--full-series: first N series only")
     parser.add_argument("--threads", type=int, default=0, help="--full-series: ONNX Runtime intra-op threads")
+    parser.add_argument(
+        "--froc-threshold",
+        type=float,
+        default=0.05,
+        help="--full-series: lowest detection score made a proposal (FROC); the operating point stays the default",
+    )
     parser.add_argument("--split", choices=("train", "val", "test"), default="test")
     parser.add_argument("--region", choices=("target", "full"), default="target")
     parser.add_argument("--margin", type=int, default=8, help="in-plane margin around the target (pixels)")
@@ -87,7 +93,9 @@ def run_full_series(args: argparse.Namespace) -> int:
         return 2
     try:
         cases = load_cases(args.manifest, split=args.split, limit=args.limit)
-        report = evaluate_full_series(args.model, cases, modes=modes, threads=args.threads)
+        report = evaluate_full_series(
+            args.model, cases, modes=modes, threads=args.threads, froc_threshold=args.froc_threshold
+        )
     except (ValueError, OSError) as exc:
         sys.stderr.write(f"msdn evaluate: error: {exc}\n")
         return 2

@@ -68,9 +68,9 @@ def test_score_series_by_hand():
     labels = np.zeros(inst.shape, np.uint8)
     labels[1:3, 1:3, 1:4] = 1  # 12 voxels over nodule 1 (8 of them in it)
     labels[3, 5, 5] = 1  # a false positive
-    comps = [
-        {"score": 0.8, "centre": [2.0, 1.5, 1.5]},  # x, y, z -> voxel (z 2, y 2, x 2): in nodule 1
-        {"score": 0.4, "centre": [5.0, 5.0, 3.0]},
+    comps = [  # as msdn_core.postprocess lists them
+        {"score": 0.8, "centre": [2.0, 1.5, 1.5], "box": [1, 1, 1, 4, 3, 3], "voxels": 12},  # in nodule 1
+        {"score": 0.4, "centre": [5.0, 5.0, 3.0], "box": [5, 5, 3, 6, 6, 4], "voxels": 1},
     ]
     nodules = reference_nodules(inst > 0, (1.0, 1.0, 1.0))[1]
     result = SimpleNamespace(labels=labels, components=comps)
@@ -82,6 +82,12 @@ def test_score_series_by_hand():
     assert not second["detected"] and "dice" not in second
     # whole series: 8 shared voxels, 13 predicted, 12 reference
     assert out.series_dice == pytest.approx(16 / 25)
+    # operating point 0.5: the 0.4 component stays a FROC candidate but leaves the answer
+    op = score_series("c", "proposals", result, inst, nodules, (1.0, 1.0, 1.0), 1.5, operating_threshold=0.5)
+    assert op.match.false_positives == [0.4] and op.fp_components == 0
+    assert op.series_dice == pytest.approx(16 / 24) and op.per_nodule[0]["dice"] == pytest.approx(0.8)
+    high = score_series("c", "proposals", result, inst, nodules, (1.0, 1.0, 1.0), 1.5, operating_threshold=0.9)
+    assert high.match.hits == {1: 0.8} and not high.per_nodule[0]["detected"] and high.series_dice == 0.0
 
 
 def write_case(root: Path, cid: str, hu: np.ndarray, mask: np.ndarray) -> None:
