@@ -90,9 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--froc-threshold",
         type=float,
-        default=0.05,
+        default=0.01,
         help="lowest detection score made a proposal, to trace the FROC (the operating point stays the "
-        "service default MSDN_PROPOSAL_SCORE_THRESHOLD; default 0.05)",
+        "service default MSDN_PROPOSAL_SCORE_THRESHOLD; default 0.01)",
     )
     parser.add_argument(
         "--separate-slices",

@@ -433,7 +433,7 @@ def evaluate_full_series(
     threads: int = 0,
     cache: Optional[str | Path] = None,
     shared_pass: bool = True,
-    froc_threshold: Optional[float] = 0.05,
+    froc_threshold: Optional[float] = 0.01,
 ) -> dict[str, Any]:
     """Run and score every case in every mode (module docstring).
 

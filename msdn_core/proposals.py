@@ -6,8 +6,8 @@ candidate (:func:`link_slices`), and overlapping candidates are reduced by a 3D 
 (:func:`nms_3d`). Steps, per class:
 
 1. **Threshold + 2D NMS per slice** (:func:`select_slice_boxes`): boxes scoring at least
-   ``score_threshold`` are kept, then greedy NMS at ``nms_iou`` (a box overlapping a better kept
-   box by IoU > ``nms_iou`` is dropped), then the ``max_per_slice`` best.
+   ``score_threshold`` are kept (the best 1000 of them), then greedy NMS at ``nms_iou`` (a box
+   overlapping a better kept box by IoU > ``nms_iou`` is dropped) until ``max_per_slice`` are kept.
 2. **Linking across slices** (:func:`link_slices`): slices are visited in order. Each box of slice z
    (best score first) extends the open track whose box on slice ``z - 1 - g`` (a gap of
    ``g <= max_gap`` slices with no box is allowed) overlaps it most with IoU >= ``link_iou``; a track
@@ -43,18 +43,19 @@ def box_iou(a: Sequence[float], b: np.ndarray) -> np.ndarray:
     return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
 
 
-def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> list[int]:
+def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float, max_keep: Optional[int] = None) -> list[int]:
     """Greedy 2D non-maximum suppression; indices of the kept boxes, best first.
 
     Args:
         boxes: (N, 4) [x1, y1, x2, y2].
         scores: (N,).
         iou_threshold: a box overlapping a kept one by IoU > this is dropped.
+        max_keep: stop once this many are kept (the same first ones as without it).
     """
     boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
     order = np.argsort(-np.asarray(scores, np.float64), kind="stable")
     keep: list[int] = []
-    while order.size:
+    while order.size and (max_keep is None or len(keep) < max_keep):
         i = int(order[0])
         keep.append(i)
         rest = order[1:]
@@ -130,13 +131,15 @@ def select_slice_boxes(
     max_per_slice: int,
     height: Optional[int] = None,
     width: Optional[int] = None,
+    pre_nms_top: int = 1000,
 ) -> list[np.ndarray]:
-    """Step 1 on one slice: per class, the indices of the boxes kept (best first).
+    """Step 1 on one slice: per class, the boxes kept (best first).
 
     Args:
         scores: (N, C) class scores in [0, 1].
         boxes: (N, 4) boxes [x1, y1, x2, y2] in pixels.
         score_threshold, nms_iou, max_per_slice: see the module docstring.
+        pre_nms_top: only the best this many boxes above the threshold enter the NMS.
         height, width: when given, boxes are clipped to the image first and empty ones dropped.
 
     Returns:
@@ -154,7 +157,10 @@ def select_slice_boxes(
             b[:, [1, 3]] = np.clip(b[:, [1, 3]], 0, height)
         valid = (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])
         b, s = b[valid], s[valid]
-        keep = nms(b, s, nms_iou)[:max_per_slice]
+        if s.size > pre_nms_top:  # the best pre_nms_top only (a stride-1 level has H x W x A anchors)
+            top = np.argpartition(-s, pre_nms_top - 1)[:pre_nms_top]
+            b, s = b[top], s[top]
+        keep = nms(b, s, nms_iou, max_keep=max_per_slice)
         out.append(np.concatenate([b[keep], s[keep, None]], axis=1) if keep else np.zeros((0, 5)))
     return out
 

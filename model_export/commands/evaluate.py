@@ -33,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--froc-threshold",
         type=float,
-        default=0.05,
+        default=0.01,
         help="--full-series: lowest detection score made a proposal (FROC); the operating point stays the default",
     )
     parser.add_argument("--split", choices=("train", "val", "test"), default="test")

@@ -32,6 +32,20 @@ def test_nms_by_hand():
     # box 3 (best) vs 0: IoU 50/100 = 0.5 > 0.3 -> 0 dropped; 1 vs 3: inter 9*4=36, union 50+100-36 -> 0.32 dropped
     assert nms(boxes, scores, 0.3) == [3, 2]
     assert nms(boxes, scores, 0.9) == [3, 0, 1, 2]
+    assert nms(boxes, scores, 0.9, max_keep=2) == [3, 0]
+
+
+def test_only_the_best_boxes_enter_the_nms():
+    rng = np.random.default_rng(0)
+    scores = rng.uniform(0.1, 0.2, (5000, 1))
+    scores[1234, 0] = 0.9
+    boxes = np.tile([10.0, 10.0, 20.0, 20.0], (5000, 1)) + rng.uniform(-3, 3, (5000, 4))
+    [rows] = select_slice_boxes(scores, boxes, score_threshold=0.1, nms_iou=0.3, max_per_slice=3, pre_nms_top=10)
+    # the 10 best of 5000 overlapping boxes enter; the first kept is the 0.9 one
+    assert len(rows) <= 3 and rows[0, 4] == 0.9
+    np.testing.assert_allclose(rows[0, :4], boxes[1234])
+    best10 = np.sort(scores[:, 0])[-10:]
+    assert set(rows[:, 4]) <= set(best10)
 
 
 def test_select_slice_boxes_thresholds_clips_and_orders():
