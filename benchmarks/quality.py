@@ -95,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
         "service default MSDN_PROPOSAL_SCORE_THRESHOLD; default 0.01)",
     )
     parser.add_argument(
+        "--max-candidates", type=int, default=20, help="3D candidates segmented per series (default 20)"
+    )
+    parser.add_argument(
         "--separate-slices",
         action="store_true",
         help="run slices mode on its own instead of taking it from the proposals run's whole-slice pass",
@@ -127,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
             cache=cache,
             shared_pass=not args.separate_slices,
             froc_threshold=args.froc_threshold,
+            max_candidates=args.max_candidates,
         )
     machine = {
         "cpus": os.cpu_count(),

@@ -434,6 +434,7 @@ def evaluate_full_series(
     cache: Optional[str | Path] = None,
     shared_pass: bool = True,
     froc_threshold: Optional[float] = 0.01,
+    max_candidates: Optional[int] = 20,
 ) -> dict[str, Any]:
     """Run and score every case in every mode (module docstring).
 
@@ -453,6 +454,9 @@ def evaluate_full_series(
             detected nodules and their Dice, whole-series Dice) keep the components scoring at
             least ``settings.proposal_score_threshold`` (the service default). None: run at the
             operating threshold only.
+        max_candidates: 3D candidates segmented per series (``MSDN_MAX_CANDIDATES``; 20 is enough
+            for a FROC up to 8 FP per scan with up to 4 nodules, and bounds the crops a low
+            threshold makes); None keeps the setting.
 
     Returns:
         ``{"model": ..., "modes": {mode: summary}, "per_nodule": rows, "per_series": rows}``.
@@ -466,6 +470,8 @@ def evaluate_full_series(
     operating = {"proposals": settings.proposal_score_threshold}
     if froc_threshold is not None:  # the run goes lower, to trace the FROC below the operating point
         settings = settings.model_copy(update={"proposal_score_threshold": float(froc_threshold)})
+    if max_candidates is not None:
+        settings = settings.model_copy(update={"max_candidates": int(max_candidates)})
     runtime = ModelRuntime.load(
         model_path, providers=["CPUExecutionProvider"], intra_op_threads=threads, batch_size=settings.batch_size
     )
