@@ -602,7 +602,7 @@ def _progress(mode: str, r: SeriesResult) -> str:
 
 def _empty_result(image, runtime):
     from service.model import RunStats
-    from service.pipeline import SegmentationResult
+    from service.result import SegmentationResult
 
     return SegmentationResult(
         image=image,

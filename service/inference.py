@@ -3,12 +3,13 @@
 * Whole slices: each (Y, X) slice is padded at the bottom/right to the model's size multiple, slices
   are run in batches, the label is the argmax channel, the padding is cut off again.
 * Boxes: as in training, a crop of the model's patch size (grown to a size multiple when a box is
-  larger) is centred on each box; crops of one size are batched; the crop's labels are pasted back
+  larger) is placed by the one crop policy (``msdn_core.crop``: centred on the box, then shifted to
+  lie inside the image); crops of one size are batched; the crop's labels are pasted back
   inside the box only (with a box label, only that class). Where boxes overlap, a pixel keeps the
   first foreground label it gets.
 * Proposals: a whole-slice pass gives the detector's boxes of every slice, which
-  ``msdn_core.proposals.merge_detections`` turns into 3D candidates (score threshold and 2D NMS per
-  slice, linking across adjacent slices, 3D NMS). Each candidate's union box, grown by
+  ``msdn_core.proposals`` turns into 3D candidates (score threshold and 2D NMS per slice as each
+  batch arrives, linking across adjacent slices, 3D NMS). Each candidate's union box, grown by
   ``box_margin`` pixels in-plane and ``z_margin`` slices, is segmented slice by slice as request
   boxes are (with the candidate's class as label and its score).
 
@@ -21,24 +22,15 @@ of the image take the lowest value of the volume (after clipping).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
-from model_export.card import InputSpec
+from msdn_core.crop import Window
 from msdn_core.proposals import Candidate, ProposalSettings, link_candidates, select_detections
 from service.boxes import SliceBox
 from service.model import ModelRuntime, RunStats
-
-
-def normalise(values: np.ndarray, spec: InputSpec) -> np.ndarray:
-    """Stored units -> network input per the card: clip, then (x - mean) / std, float32."""
-    out = np.asarray(values, np.float32)
-    if spec.clip is not None:
-        out = np.clip(out, spec.clip[0], spec.clip[1])
-    return ((out - np.float32(spec.mean)) / np.float32(spec.std)).astype(np.float32, copy=False)
 
 
 def argmax_labels(probs: np.ndarray) -> np.ndarray:
@@ -57,10 +49,6 @@ def argmax_labels(probs: np.ndarray) -> np.ndarray:
     return labels
 
 
-def round_up(value: int, multiple: int) -> int:
-    return math.ceil(value / multiple) * multiple
-
-
 @dataclass
 class InferenceOutput:
     """Labels of a volume and how they were obtained."""
@@ -73,13 +61,6 @@ class InferenceOutput:
     candidate_boxes: list[list[float]] = field(default_factory=list)  # their segmented 3D boxes
     score_volume: Optional[np.ndarray] = None  # slices: (Z, Y, X) uint8 foreground probability x 255
     slices: Optional["InferenceOutput"] = None  # proposals with ``with_slices``: the whole-slice pass's result
-
-
-def _background(volume: np.ndarray, spec: InputSpec) -> float:
-    low = float(volume.min()) if volume.size else 0.0
-    if spec.clip is not None:
-        low = min(max(low, spec.clip[0]), spec.clip[1])
-    return low
 
 
 def segment_slices(
@@ -104,22 +85,20 @@ def segment_slices(
         (scores, boxes), or what ``select`` made of them.
     """
     spec = runtime.card.input
-    depth, height, width = volume.shape
-    ph, pw = round_up(height, spec.size_multiple), round_up(width, spec.size_multiple)
-    pad_value = _background(volume, spec)
+    depth = volume.shape[0]
+    pad_value = spec.pad_value(volume)
     labels = np.zeros(volume.shape, np.uint8)
-    detections: Optional[list[tuple[np.ndarray, np.ndarray]]] = [] if want_detections else None
+    detections: Optional[list[Any]] = [] if want_detections else None
 
     def make_batch(start: int, stop: int) -> np.ndarray:
-        batch = np.full((stop - start, 1, ph, pw), pad_value, np.float32)
-        batch[:, 0, :height, :width] = volume[start:stop]
-        return normalise(batch, spec)
+        padded, _ = spec.pad_to_multiple(np.asarray(volume[start:stop], np.float32), pad_value)
+        return spec.normalise(padded)[:, None]
 
     def consume(start: int, outputs: dict[str, np.ndarray]) -> None:
         probs = outputs[runtime.segmentation_output]
-        labels[start : start + probs.shape[0]] = argmax_labels(probs[:, :, :height, :width])
+        labels[start : start + probs.shape[0]] = spec.unpad(argmax_labels(probs), volume.shape[1:])
         if score_volume is not None:
-            fg = 1.0 - probs[:, 0, :height, :width]
+            fg = spec.unpad(1.0 - probs[:, 0], volume.shape[1:])
             score_volume[start : start + probs.shape[0]] = np.clip(np.rint(fg * 255.0), 0, 255).astype(np.uint8)
         if detections is not None and runtime.detection_outputs:
             scores, boxes = (outputs[n] for n in runtime.detection_outputs)
@@ -128,10 +107,6 @@ def segment_slices(
 
     stats = runtime.run_batched(depth, make_batch, consume, check=check)
     return labels, stats, detections
-
-
-def _crop_origin(center: float, size: int) -> int:
-    return math.floor(center - size / 2.0 + 0.5)
 
 
 def segment_boxes(
@@ -144,28 +119,22 @@ def segment_boxes(
     """Labels from box-centred crops pasted back inside each box (module docstring)."""
     spec = runtime.card.input
     _, height, width = volume.shape
-    patch_h, patch_w = (int(v) for v in spec.patch_size)
-    pad_value = _background(volume, spec)
+    pad_value = spec.pad_value(volume)
     labels = np.zeros(volume.shape, np.uint8)
     total = RunStats()
     # Crop geometry per box, grouped by crop size so each group is batched.
     groups: dict[tuple[int, int], list[tuple[SliceBox, int, int]]] = {}
     for box in boxes:
-        ch = max(patch_h, round_up(math.ceil(box.y2 - box.y1), spec.size_multiple))
-        cw = max(patch_w, round_up(math.ceil(box.x2 - box.x1), spec.size_multiple))
-        y0 = _crop_origin((box.y1 + box.y2) / 2.0, ch)
-        x0 = _crop_origin((box.x1 + box.x2) / 2.0, cw)
-        groups.setdefault((ch, cw), []).append((box, y0, x0))
+        window = spec.crop_window(box.xyxy, (height, width))  # the one crop policy (msdn_core.crop)
+        groups.setdefault((window.height, window.width), []).append((box, window.y0, window.x0))
 
     for (ch, cw), items in groups.items():
 
         def make_batch(start: int, stop: int, items=items, ch=ch, cw=cw) -> np.ndarray:
-            batch = np.full((stop - start, 1, ch, cw), pad_value, np.float32)
+            batch = np.empty((stop - start, 1, ch, cw), np.float32)
             for b, (box, y0, x0) in enumerate(items[start:stop]):
-                ys, ye = max(y0, 0), min(y0 + ch, height)
-                xs, xe = max(x0, 0), min(x0 + cw, width)
-                batch[b, 0, ys - y0 : ye - y0, xs - x0 : xe - x0] = volume[box.slice, ys:ye, xs:xe]
-            return normalise(batch, spec)
+                batch[b, 0] = Window(y0, x0, ch, cw).extract(volume[box.slice], pad_value)
+            return spec.normalise(batch)
 
         def consume(start: int, outputs: dict[str, np.ndarray], items=items) -> None:
             crop_labels = argmax_labels(outputs[runtime.segmentation_output])
