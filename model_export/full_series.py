@@ -251,7 +251,7 @@ def score_series(
     least ``operating_threshold`` (a component without score counts as 1): its false-positive
     components, the nodules it detects with their Dice / HD95 / volume error, and its whole-series Dice.
     """
-    from service.evaluation import overlap
+    from msdn_core.metrics import overlap
 
     comps = result.components
     scores = [1.0 if c["score"] is None else float(c["score"]) for c in comps]
