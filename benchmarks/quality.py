@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         "service default MSDN_PROPOSAL_SCORE_THRESHOLD; default 0.01)",
     )
     parser.add_argument(
-        "--max-candidates", type=int, default=20, help="3D candidates segmented per series (default 20)"
+        "--max-candidates", type=int, default=10, help="3D candidates segmented per series (default 10)"
     )
     parser.add_argument(
         "--separate-slices",
