@@ -2,7 +2,8 @@
 
 Target-centred crops (``validation.crop_dice``) never show the model the rest of the chest, so a
 model selected on them can be useless on a whole series (issue 9). This pass segments whole axial
-slices (padded to a multiple of 16 with the case's lowest value) of every strong validation case:
+slices (padded to a multiple of 16 with the case's lowest value, ``msdn_core.crop.pad_to_multiple``)
+of every strong validation case:
 
 * every slice that holds foreground, evenly subsampled to at most ``max_fg_slices`` per case;
 * plus ``negative_slices`` slices without foreground, evenly spaced over the case's other slices
@@ -27,9 +28,10 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from model_export.data.sampling import Normalization
 from model_export.nets import SIZE_MULTIPLE, SegmentationModel
 from model_export.training.step import autocast
+from msdn_core.card import Normalization
+from msdn_core.crop import pad_to_multiple, unpad
 
 
 def pick_slices(fg: np.ndarray, *, max_fg_slices: int, negative_slices: int) -> list[int]:
@@ -41,14 +43,6 @@ def pick_slices(fg: np.ndarray, *, max_fg_slices: int, negative_slices: int) -> 
     if len(neg) > negative_slices:
         neg = neg[np.round(np.linspace(0, len(neg) - 1, negative_slices)).astype(int)] if negative_slices else neg[:0]
     return sorted(set(pos.tolist()) | set(neg.tolist()))
-
-
-def _pad(image: np.ndarray, fill: float) -> np.ndarray:
-    h, w = image.shape
-    ph, pw = -h % SIZE_MULTIPLE, -w % SIZE_MULTIPLE
-    if not (ph or pw):
-        return image
-    return np.pad(image, ((0, ph), (0, pw)), constant_values=fill)
 
 
 @torch.no_grad()
@@ -81,15 +75,15 @@ def series_scores(
             fg = vol.mask.reshape(vol.mask.shape[0], -1).any(axis=1)
             zs = pick_slices(fg, max_fg_slices=max_fg_slices, negative_slices=negative_slices)
             n_slices += len(zs)
-            _, h, w = vol.image.shape
             inter = pred_sum = ref_sum = 0
             fp = 0
             for start in range(0, len(zs), batch_size):
                 chunk = zs[start : start + batch_size]
-                x = np.stack([normalization.apply(_pad(vol.image[z], vol.fill)) for z in chunk])[:, None]
+                x, shape = pad_to_multiple(vol.image[chunk], SIZE_MULTIPLE, vol.fill)
+                x = normalization.apply(x)[:, None]
                 with autocast(device, amp):
-                    probs = module.segment(torch.from_numpy(x).to(device))
-                pred = probs.argmax(dim=1).cpu().numpy()[:, :h, :w] > 0
+                    probs = module.segment(torch.from_numpy(np.ascontiguousarray(x)).to(device))
+                pred = unpad(probs.argmax(dim=1).cpu().numpy(), shape) > 0
                 for row, z in enumerate(chunk):
                     ref = vol.mask[z] > 0
                     p = pred[row]

@@ -12,7 +12,6 @@ import torch
 from model_export.checkpoint import load_checkpoint, read_checkpoint
 from model_export.data.manifest import Case, load_manifest
 from model_export.data.sampling import (
-    Normalization,
     PatchDataset,
     component_boxes,
     hard_negative_centres,
@@ -27,6 +26,7 @@ from model_export.training import TrainConfig, train
 from model_export.training.series_validation import pick_slices, series_scores
 from model_export.training.step import LossOptions, batch_loss
 from model_export.training.trainer import CompositionBatchSampler
+from msdn_core.card import Normalization
 from tests.model_export.tiny_data import write_tiny_dataset
 
 TINY = {"base_channels": 4, "head_channels": 8, "head_convs": 1}
@@ -174,7 +174,8 @@ def _write(root, name, image, mask):
 def test_hard_negatives_sit_on_target_like_structures_away_from_targets(tmp_path):
     image = np.full((4, 64, 64), -850.0, np.float32)
     mask = np.zeros((4, 64, 64), np.uint8)
-    image[:, 10:16, 10:16] = 40.0  # the target
+    image[:, 10:16, 10:13] = 40.0  # the target: half solid, half ground-glass
+    image[:, 10:16, 13:16] = -600.0
     mask[:, 10:16, 10:16] = 1
     image[:, 44:47, 50:53] = 40.0  # a vessel-like blob of the same density, far away
     image[:, :, 62:] = 40.0  # a wide wall of the same density: its surroundings are not dark
@@ -182,7 +183,7 @@ def test_hard_negatives_sit_on_target_like_structures_away_from_targets(tmp_path
     target = _write(tmp_path, "t", image, mask)
     free = _write(tmp_path, "f", np.full_like(image, -850.0), empty)
     vol = load_volume(target)
-    centres = hard_negative_centres(vol, (30.0, 50.0))
+    centres = hard_negative_centres(vol, (-600.0, 40.0))
     assert len(centres)
     assert np.all((np.abs(centres[:, 1] - 45) <= 2) & (np.abs(centres[:, 2] - 51) <= 2))
     ds = PatchDataset(
@@ -194,7 +195,7 @@ def test_hard_negatives_sit_on_target_like_structures_away_from_targets(tmp_path
         noise_std=0.0,
         away_cases="all",
     )
-    assert ds.target_range == (40.0, 40.0)
+    assert ds.target_range == (-600.0, 40.0)
     seen = set()
     for epoch in range(6):
         ds.set_epoch(epoch)
@@ -212,7 +213,8 @@ def test_hard_negatives_sit_on_target_like_structures_away_from_targets(tmp_path
 def test_pick_slices():
     fg = np.zeros(20, bool)
     fg[5:15] = True
-    assert pick_slices(fg, max_fg_slices=3, negative_slices=2) == [0, 5, 10, 14, 19]
+    # foreground 5..14 -> positions 0, 4.5, 9 of it (numpy rounds 4.5 to 4): slices 5, 9, 14; negatives: first, last
+    assert pick_slices(fg, max_fg_slices=3, negative_slices=2) == [0, 5, 9, 14, 19]
     assert pick_slices(np.zeros(4, bool), max_fg_slices=3, negative_slices=8) == [0, 1, 2, 3]
 
 
@@ -239,11 +241,12 @@ def test_series_scores_by_hand(tmp_path):
     out = series_scores(
         _Threshold(), vols, Normalization(), device=torch.device("cpu"), negative_slices=1, fp_penalty=0.1
     )
-    # case a: slices 2, 3 (foreground) + slice 0 (one negative) -> Dice 2*32 / (48 + 32), one FP blob
-    assert out["per_case"]["a"] == {"dice": pytest.approx(64 / 80), "fp": 1}
+    # case a: slices 2, 3 (foreground) + slice 0 (one negative): predicted 32 + 16 + 4 (the blob on slice 0)
+    # voxels -> Dice 2*32 / (52 + 32), one FP component
+    assert out["per_case"]["a"] == {"dice": pytest.approx(64 / 84), "fp": 1}
     # case b: no foreground; one negative slice (0) -> no prediction there
     assert math.isnan(out["per_case"]["b"]["dice"]) and out["per_case"]["b"]["fp"] == 0
-    assert out["score"] == pytest.approx(0.8 - 0.1 * 0.5) and out["slices"] == 4
+    assert out["score"] == pytest.approx(64 / 84 - 0.1 * 0.5) and out["slices"] == 4
 
 
 # -- the trainer with every option, recorded in the checkpoint ----------------------------------------
