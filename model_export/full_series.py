@@ -709,8 +709,9 @@ def plot_froc(report: dict[str, Any], path: str | Path, *, title: str = "") -> P
     fig, ax = plt.subplots(figsize=(6, 4.2), dpi=120)
     for m, s in report["modes"].items():
         curve: FROC = s["_curves"]["all"]
-        fp = np.maximum(curve.fp_per_scan, 1e-3)
-        ax.step(fp, curve.sensitivity, where="post", label=f"{m} (CPM {curve.cpm():.3f})")
+        fp = np.append(np.maximum(curve.fp_per_scan, 1e-3), 16.0)  # held to the right edge
+        sens = np.append(curve.sensitivity, curve.sensitivity[-1])
+        ax.step(fp, sens, where="post", label=f"{m} (CPM {curve.cpm():.3f})")
     ax.set_xscale("log")
     ax.set_xlim(0.1, 16)
     ax.set_ylim(0, 1.02)
@@ -719,7 +720,7 @@ def plot_froc(report: dict[str, Any], path: str | Path, *, title: str = "") -> P
     ax.set_xlabel("false positives per scan")
     ax.set_ylabel("sensitivity")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(loc="lower right")
+    ax.legend(loc="upper left")
     if title:
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
