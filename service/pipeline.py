@@ -1,6 +1,7 @@
 """The segmentation pipeline, reusable outside ``POST /segment`` (e.g. by a PACS router). Torch-free.
 
-    datasets --series_volume--> Volume --inference--> labels --evaluation--> SegmentationResult
+    datasets --series_volume--> Volume --inference--> labels --postprocess--> components
+      --evaluation--> SegmentationResult
     SegmentationResult --render--> JSON (metrics, components, RLE mask) | NIfTI | DICOM SEG
 
 Entry points:
@@ -35,13 +36,14 @@ from typing import Optional, Sequence
 import numpy as np
 from pydicom.dataset import Dataset
 
+from msdn_core.postprocess import CandidateBox, postprocess
 from msdn_core.reference import labels_from_seg, match_reference
 from msdn_core.volume import Volume
 from service.boxes import SliceBox, parse_boxes
 from service.concurrency import Deadline
 from service.errors import ErrorCode, InvalidInput
 from service.evaluation import evaluate
-from service.inference import segment_volume_array
+from service.inference import InferenceOutput, segment_volume_array
 from service.io.dicom import series_volume
 from service.model import ModelRuntime
 from service.result import SegmentationResult
@@ -69,6 +71,7 @@ def segment_image(
     reference: Optional[Volume | np.ndarray | Dataset] = None,
     deadline: Optional[Deadline] = None,
     read_s: float = 0.0,
+    with_slices: bool = False,
 ) -> SegmentationResult:
     """Segment an ``Volume``.
 
@@ -81,6 +84,8 @@ def segment_image(
         reference: labels (Z, Y, X) or a DICOM SEG dataset; adds ``metrics``.
         deadline: checked between model batches.
         read_s: time already spent reading the input (reported in ``timings``).
+        with_slices: proposals mode: also return the whole-slice answer of the detector's pass as
+            ``result.slices`` (one model run for both; used by the whole-series benchmark).
     """
     t0 = time.perf_counter()
     card = runtime.card
@@ -120,17 +125,34 @@ def segment_image(
         image.array,
         mode=mode,
         boxes=parsed,
-        score_threshold=settings.proposal_score_threshold,
-        nms_iou=settings.proposal_nms_iou,
-        max_proposals=settings.max_proposals_per_slice,
+        proposal=settings.proposal_settings(),
+        box_margin=settings.proposal_box_margin,
+        z_margin=settings.proposal_z_margin,
+        with_slices=with_slices,
         check=deadline.check if deadline is not None else None,
     )
-    metrics = (
-        evaluate(out.labels, ref_labels, spacing=image.spacing, class_names=class_names)
-        if ref_labels is not None
-        else None
-    )
+    t_model = time.perf_counter()
+    found, metrics = _finish(out, image, settings, class_names, ref_labels)
     total = read_s + time.perf_counter() - t0
+    slices_result = None
+    if out.slices is not None:
+        # the whole-slice answer of the same model run: its model time, plus its own post-processing
+        t1 = time.perf_counter()
+        s_found, s_metrics = _finish(out.slices, image, settings, class_names, ref_labels)
+        s_total = read_s + out.slices.stats.seconds + (t_model - t0 - out.stats.seconds) + time.perf_counter() - t1
+        slices_result = SegmentationResult(
+            image=image,
+            labels=out.slices.labels,
+            mode="slices",
+            boxes=[],
+            components=s_found,
+            metrics=s_metrics,
+            run=out.slices.stats,
+            timings={"read_s": read_s, "total_s": s_total},
+            card=card,
+            model_sha256=runtime.sha256,
+            provider=runtime.provider,
+        )
     logger.info(
         "segmented %s volume %s in %s mode: %d model calls, %.3f s inference, %.3f s total",
         image.source,
@@ -145,13 +167,41 @@ def segment_image(
         labels=out.labels,
         mode=out.mode,
         boxes=out.boxes,
+        components=found,
         metrics=metrics,
         run=out.stats,
         timings={"read_s": read_s, "total_s": total},
         card=card,
         model_sha256=runtime.sha256,
         provider=runtime.provider,
+        slices=slices_result,
     )
+
+
+def _finish(
+    out: InferenceOutput, image: Volume, settings: Settings, class_names: list[str], ref_labels: Optional[np.ndarray]
+) -> tuple[list[dict], Optional[dict]]:
+    """Post-process ``out.labels`` in place (``msdn_core.postprocess``); its components and metrics."""
+    labels, found = postprocess(
+        out.labels,
+        spacing=image.spacing,
+        class_names=class_names,
+        min_volume_mm3=settings.min_component_mm3,
+        candidate_boxes=[
+            CandidateBox(c.label, tuple(b), c.score)  # type: ignore[arg-type]
+            for c, b in zip(out.candidates, out.candidate_boxes, strict=True)
+        ],
+        keep_overlapping=settings.keep_candidate_components and out.mode == "proposals",
+        score_volume=out.score_volume,
+        score_scale=1.0 / 255.0,
+    )
+    out.labels = labels
+    metrics = (
+        evaluate(out.labels, ref_labels, spacing=image.spacing, class_names=class_names)
+        if ref_labels is not None
+        else None
+    )
+    return found, metrics
 
 
 def segment_datasets(
@@ -165,6 +215,7 @@ def segment_datasets(
     reference: Optional[Volume | np.ndarray | Dataset] = None,
     deadline: Optional[Deadline] = None,
     read_s: float = 0.0,
+    with_slices: bool = False,
 ) -> SegmentationResult:
     """Segment one DICOM series given as pydicom datasets (or (name, dataset) pairs).
 
@@ -184,6 +235,7 @@ def segment_datasets(
         reference=reference,
         deadline=deadline,
         read_s=time.perf_counter() - t0,
+        with_slices=with_slices,
     )
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Literal, Optional
+from typing import TYPE_CHECKING, Annotated, Literal, Optional
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -17,6 +17,9 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 OutputFormat = Literal["json", "nifti", "dicom-seg"]
 #: ``MSDN_PRECISION`` values (see ``service.providers``).
 Precision = Literal["auto", "fp32", "fp16"]
+
+if TYPE_CHECKING:
+    from msdn_core.proposals import ProposalSettings
 
 _CommaList = Annotated[list[str], NoDecode]
 
@@ -95,8 +98,31 @@ class Settings(BaseSettings):
     # Outputs and detection
     default_format: OutputFormat = Field("json", description="answer format when neither 'format' nor Accept picks one")
     proposal_score_threshold: float = Field(0.5, ge=0, le=1, description="lowest detector score used as a proposal")
-    proposal_nms_iou: float = Field(0.3, gt=0, le=1, description="IoU above which overlapping proposals are merged")
-    max_proposals_per_slice: int = Field(20, ge=1, description="most detector proposals used per slice")
+    proposal_nms_iou: float = Field(
+        0.3, gt=0, le=1, description="2D NMS per slice: a box overlapping a better one by more IoU is dropped"
+    )
+    max_proposals_per_slice: int = Field(20, ge=1, description="most detector boxes kept per slice and class")
+    proposal_link_iou: float = Field(
+        0.2, ge=0, le=1, description="least IoU of boxes on nearby slices to link them into one 3D candidate"
+    )
+    proposal_max_gap: int = Field(1, ge=0, description="slices without a box a 3D candidate may skip")
+    proposal_min_slices: int = Field(1, ge=1, description="fewest slice boxes of a 3D candidate")
+    proposal_nms_iou_3d: float = Field(
+        0.2, ge=0, le=1, description="3D NMS: a candidate overlapping a better one by more 3D IoU is dropped"
+    )
+    max_candidates: int = Field(50, ge=1, description="most 3D candidates segmented per class")
+    proposal_box_margin: float = Field(
+        4.0, ge=0, description="pixels added on each side of a candidate's box before it is segmented"
+    )
+    proposal_z_margin: int = Field(
+        1, ge=0, description="slices added above and below a candidate before it is segmented"
+    )
+    min_component_mm3: float = Field(
+        5.0, ge=0, description="connected components smaller than this (mm^3) are removed from the answer"
+    )
+    keep_candidate_components: bool = Field(
+        True, description="proposals mode: remove components that overlap no 3D candidate box"
+    )
 
     # HTTP front (the header/connection limits are applied by ``msdn serve``; the body deadline and
     # the header count by the app itself)
@@ -151,6 +177,21 @@ class Settings(BaseSettings):
     def auth_enabled(self) -> bool:
         """Whether requests need an API key."""
         return bool(self.api_keys)
+
+    def proposal_settings(self) -> "ProposalSettings":
+        """The ``MSDN_PROPOSAL_*`` settings as ``msdn_core.proposals.ProposalSettings``."""
+        from msdn_core.proposals import ProposalSettings
+
+        return ProposalSettings(
+            score_threshold=self.proposal_score_threshold,
+            nms_iou=self.proposal_nms_iou,
+            max_per_slice=self.max_proposals_per_slice,
+            link_iou=self.proposal_link_iou,
+            max_gap=self.proposal_max_gap,
+            min_slices=self.proposal_min_slices,
+            nms_iou_3d=self.proposal_nms_iou_3d,
+            max_candidates=self.max_candidates,
+        )
 
     def modality_allowed(self, modality: Optional[str]) -> bool:
         """Whether a DICOM series of ``modality`` may be segmented."""
