@@ -31,6 +31,7 @@ from service.routes import docs, health, segment
 from service.routes import metrics as metrics_routes
 from service.routes import model as model_routes
 from service.settings import Settings, get_settings
+from service.shutdown import ShutdownMiddleware
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +78,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         version=str(runtime.card.version),
         sha256=runtime.sha256,
         provider=runtime.provider,
+        precision=runtime.precision,
     )
     limiter = InferenceLimiter(
         max_concurrent=settings.max_concurrent_inferences,
@@ -130,6 +132,7 @@ def create_app(
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    app.add_middleware(ShutdownMiddleware, retry_after_s=settings.retry_after_s)  # outermost: sees cancellations
     app.include_router(health.router)
     for router in (segment.router, model_routes.router, metrics_routes.router, docs.router):
         app.include_router(router, dependencies=[RequireApiKey])
