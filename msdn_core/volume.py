@@ -30,6 +30,8 @@ class Volume:
         header: the NIfTI header of NIfTI input (reused to write an answer on the same grid).
         duplicates_dropped: instances sent more than once (same SOP Instance UID, same content) and dropped.
         tilt_deg: gantry tilt corrected by resampling (0.0 when none).
+        decoded: the slice indices whose values were read, when a reader decoded only some
+            (:func:`msdn_core.readers.dicom.read_series` ``slices``); the others are zero. None: all.
     """
 
     array: np.ndarray
@@ -41,6 +43,7 @@ class Volume:
     header: Any = field(default=None, repr=False)
     duplicates_dropped: int = 0
     tilt_deg: float = 0.0
+    decoded: Optional[np.ndarray] = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.array.ndim != 3:

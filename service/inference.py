@@ -64,8 +64,10 @@ class InferenceOutput:
     stats: RunStats = field(default_factory=RunStats)
 
 
-def _background(volume: np.ndarray, spec: InputSpec) -> float:
-    low = float(volume.min()) if volume.size else 0.0
+def _background(volume: np.ndarray, spec: InputSpec, decoded: Optional[np.ndarray] = None) -> float:
+    """The padding value: the lowest value of the (decoded slices of the) volume, clipped as the card says."""
+    values = volume if decoded is None else volume[np.asarray(decoded, np.int64)]
+    low = float(values.min()) if values.size else 0.0
     if spec.clip is not None:
         low = min(max(low, spec.clip[0]), spec.clip[1])
     return low
@@ -117,12 +119,17 @@ def segment_boxes(
     boxes: Sequence[SliceBox],
     *,
     check: Optional[Callable[[], None]] = None,
+    decoded: Optional[np.ndarray] = None,
 ) -> tuple[np.ndarray, RunStats]:
-    """Labels from box-centred crops pasted back inside each box (module docstring)."""
+    """Labels from box-centred crops pasted back inside each box (module docstring).
+
+    ``decoded``: the slices that hold values (the others were never read); the padding value is
+    taken over them.
+    """
     spec = runtime.card.input
     _, height, width = volume.shape
     patch_h, patch_w = (int(v) for v in spec.patch_size)
-    pad_value = _background(volume, spec)
+    pad_value = _background(volume, spec, decoded)
     labels = np.zeros(volume.shape, np.uint8)
     total = RunStats()
     # Crop geometry per box, grouped by crop size so each group is batched.
@@ -169,6 +176,7 @@ def segment_volume_array(
     nms_iou: float = 0.3,
     max_proposals: int = 20,
     check: Optional[Callable[[], None]] = None,
+    decoded: Optional[np.ndarray] = None,
 ) -> InferenceOutput:
     """Segment a (Z, Y, X) volume in stored units.
 
@@ -180,6 +188,8 @@ def segment_volume_array(
         boxes: request boxes (mode ``boxes``/``auto``).
         score_threshold, nms_iou, max_proposals: proposal selection.
         check: called between batches (deadline).
+        decoded: slice indices that were read when the reader decoded only some (box mode); the
+            other modes need every slice.
 
     Raises:
         ValueError: mode ``boxes`` without boxes, ``proposals`` for a model without detection, or an
@@ -190,8 +200,10 @@ def segment_volume_array(
     if mode == "boxes":
         if not boxes:
             raise ValueError("mode 'boxes' needs the 'boxes' field")
-        labels, stats = segment_boxes(runtime, volume, boxes, check=check)
+        labels, stats = segment_boxes(runtime, volume, boxes, check=check, decoded=decoded)
         return InferenceOutput(labels, "boxes", list(boxes), stats)
+    if decoded is not None:
+        raise ValueError(f"mode {mode!r} needs every slice, but only {len(decoded)} were decoded")
     if mode == "slices":
         labels, stats, _ = segment_slices(runtime, volume, check=check)
         return InferenceOutput(labels, "slices", [], stats)

@@ -126,6 +126,7 @@ class ModelRuntime:
         batch_size: int,
         precision: Optional[str] = None,
         io_binding: bool = False,
+        precision_reason: str = "",
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
@@ -136,6 +137,7 @@ class ModelRuntime:
         self.requested_providers = requested_providers
         self.batch_size = batch_size
         self.precision = precision or card.precision
+        self.precision_reason = precision_reason
         self.io_binding = bool(io_binding)
         self.warm = False
         outputs = card.outputs or {}
@@ -155,6 +157,7 @@ class ModelRuntime:
         providers: Sequence[str] = ("auto",),
         precision: str = "auto",
         fp16_max_dice_loss: float = 0.5,
+        int8_max_dice_loss: float = 0.5,
         tensorrt_cache_dir: Optional[str | os.PathLike] = None,
         io_binding: bool = True,
         intra_op_threads: int = 0,
@@ -170,6 +173,7 @@ class ModelRuntime:
             providers: ``MSDN_PROVIDERS`` (``service.providers``).
             precision: ``auto``, ``fp32`` or ``fp16``.
             fp16_max_dice_loss: largest recorded fp16 Dice loss (points) for ``auto`` to serve fp16.
+            int8_max_dice_loss: the same for the int8 variant ``<stem>.int8.onnx`` on the CPU.
             tensorrt_cache_dir: TensorRT engine cache (default: a folder in the temp dir).
             io_binding: bind inputs/outputs through ONNX Runtime on a GPU provider.
             intra_op_threads, inter_op_threads: ONNX Runtime threads (0: its default).
@@ -191,14 +195,21 @@ class ModelRuntime:
         fp16_loss = None
         if choice.on_gpu and fp16_path.is_file() and precision != "fp32":
             fp16_loss = read_card(fp16_path)[0].variant_dice_loss
+        int8_path = variant_path(model_path, "int8")
+        int8_loss = None
+        if not choice.on_gpu and int8_path.is_file() and precision != "fp32":
+            int8_loss = read_card(int8_path)[0].variant_dice_loss
         chosen = choose_precision(
             choice.kind,
             precision,
             fp16_file_exists=fp16_path.is_file(),
             fp16_dice_loss=fp16_loss,
             max_dice_loss=fp16_max_dice_loss,
+            int8_file_exists=int8_path.is_file(),
+            int8_dice_loss=int8_loss,
+            int8_max_dice_loss=int8_max_dice_loss,
         )
-        serve_path = fp16_path if chosen.use_fp16_file else model_path
+        serve_path = fp16_path if chosen.use_fp16_file else int8_path if chosen.use_int8_file else model_path
         sha = file_sha256(serve_path)
         try:
             proto = load_onnx(serve_path)  # clear errors for empty, truncated or non-ONNX files
@@ -246,7 +257,8 @@ class ModelRuntime:
             sha256=sha,
             requested_providers=[p if isinstance(p, str) else p[0] for p in requested],
             batch_size=batch_size,
-            precision=chosen.precision if choice.on_gpu else card.precision,
+            precision=chosen.precision if choice.on_gpu or chosen.use_int8_file else card.precision,
+            precision_reason=chosen.reason,
             io_binding=io_binding and choice.on_gpu,
         )
         logger.info(
@@ -270,6 +282,7 @@ class ModelRuntime:
             providers=settings.providers,
             precision=settings.precision,
             fp16_max_dice_loss=settings.fp16_max_dice_loss,
+            int8_max_dice_loss=settings.int8_max_dice_loss,
             tensorrt_cache_dir=settings.tensorrt_cache_dir,
             io_binding=settings.io_binding,
             intra_op_threads=settings.intra_op_threads,
@@ -409,6 +422,8 @@ class ModelRuntime:
             "outputs": card.outputs,
             "detection": self.has_detection,
             "precision": self.precision,
+            "precision_reason": self.precision_reason,
+            "variant_dice_loss": card.variant_dice_loss,
             "opset": card.opset,
             "validation_dice": card.validation_dice,
             "provider": self.provider,

@@ -152,6 +152,7 @@ def segment_image(
         nms_iou=settings.proposal_nms_iou,
         max_proposals=settings.max_proposals_per_slice,
         check=deadline.check if deadline is not None else None,
+        decoded=image.decoded,
     )
     metrics = (
         evaluate(out.labels, ref_labels, spacing=image.spacing, class_names=class_names)
@@ -200,7 +201,18 @@ def segment_datasets(
     ``read_s`` is time already spent getting the datasets (added to the reported read time).
     """
     t0 = time.perf_counter() - read_s
-    image = series_volume(datasets, settings=settings, series_uid=series_uid)
+    slices = None
+    if mode in ("auto", "boxes") and boxes is not None and (not isinstance(boxes, str) or boxes.strip()):
+        # Box mode reads only the slices its boxes touch (each box's crop lies on its own slice).
+        class_names = [c.name for c in runtime.card.classes]
+
+        def slices(shape: tuple[int, int, int]) -> Optional[list[int]]:
+            nonlocal boxes
+            if isinstance(boxes, str):
+                boxes = parse_boxes(boxes, shape=shape, class_names=class_names, max_boxes=settings.max_boxes)
+            return sorted({b.slice for b in boxes}) if boxes else None
+
+    image = series_volume(datasets, settings=settings, series_uid=series_uid, slices=slices)
     if deadline is not None:
         deadline.check()
     return segment_image(

@@ -16,7 +16,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 #: Output formats of ``POST /segment``.
 OutputFormat = Literal["json", "nifti", "dicom-seg"]
 #: ``MSDN_PRECISION`` values (see ``service.providers``).
-Precision = Literal["auto", "fp32", "fp16"]
+Precision = Literal["auto", "fp32", "fp16", "int8"]
 
 _CommaList = Annotated[list[str], NoDecode]
 
@@ -47,6 +47,9 @@ class Settings(BaseSettings):
         ),
     )
     fp16_max_dice_loss: float = Field(0.5, ge=0, description="largest fp16 Dice loss (points) 'auto' accepts")
+    int8_max_dice_loss: float = Field(
+        0.5, ge=0, description="largest int8 Dice loss (points, recorded in its card) 'auto' accepts on the CPU"
+    )
     tensorrt_cache_dir: Optional[Path] = Field(
         None, description="TensorRT engine and timing cache folder (a volume; default: a temp folder)"
     )

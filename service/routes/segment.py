@@ -93,11 +93,11 @@ def _run(
     t0 = time.perf_counter()
     ref = read_reference_file(reference[1], name=reference[0], settings=settings) if reference else None
     if dicom:
-        files = expand_files(dicom, settings=settings)
         items = []
-        for name, fh in files:
-            items.append((name, parse_dicom(fh, name=name)))
-            fh.close()  # pydicom holds its own copy: free the upload buffer now, not at the end
+        for name, fh in expand_files(dicom, settings=settings):
+            # Headers now; pixel data stay in the upload (on disk past 1 MiB) until the reader
+            # decodes the slices the request needs, and it closes each file once decoded.
+            items.append((name, parse_dicom(fh, name=name, defer_pixels=True)))
             deadline.check()
         result = segment_datasets(
             items,

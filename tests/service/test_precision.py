@@ -1,0 +1,102 @@
+"""MSDN_PRECISION on the CPU: the int8 variant ``<model>.int8.onnx`` is served by default when its card
+records a Dice loss within MSDN_INT8_MAX_DICE_LOSS, fp32 otherwise; /v1/model says which and why.
+Real quantisation (onnxruntime.quantization), real ONNX Runtime sessions."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from fastapi.testclient import TestClient
+
+from model_export.export.calibration import PatchSet
+from model_export.export.variants import _record_dice_loss, make_int8
+from service.errors import ModelLoadError
+from service.main import create_app
+from service.model import ModelRuntime
+from service.providers import choose_precision
+from tests.service.helpers import make_settings
+from tests.support.onnx_models import conv_model
+
+
+@pytest.mark.parametrize(
+    ("requested", "exists", "loss", "expected", "int8_file"),
+    [
+        ("auto", True, 0.2, "int8", True),  # within the 0.5 budget
+        ("auto", True, 0.5, "int8", True),  # at the budget
+        ("auto", True, 0.51, "fp32", False),  # over it
+        ("auto", True, None, "fp32", False),  # loss not recorded: never served by default
+        ("auto", False, None, "fp32", False),  # no variant
+        ("int8", True, 3.0, "int8", True),  # asked for: served, the reason gives the loss
+        ("fp32", True, 0.1, "fp32", False),
+    ],
+)
+def test_cpu_precision_choice(requested, exists, loss, expected, int8_file):
+    choice = choose_precision(
+        "cpu",
+        requested,
+        fp16_file_exists=False,
+        fp16_dice_loss=None,
+        max_dice_loss=0.5,
+        int8_file_exists=exists,
+        int8_dice_loss=loss,
+        int8_max_dice_loss=0.5,
+    )
+    assert (choice.precision, choice.use_int8_file, choice.use_fp16_file) == (expected, int8_file, False)
+    if loss is not None and requested != "fp32":
+        assert f"{loss:.2f} Dice points" in choice.reason
+
+
+def test_int8_refusals():
+    with pytest.raises(ModelLoadError, match="needs the int8 variant"):
+        choose_precision(
+            "cpu", "int8", fp16_file_exists=False, fp16_dice_loss=None, max_dice_loss=0.5, int8_file_exists=False
+        )
+    with pytest.raises(ModelLoadError, match="int8 is for the CPU"):
+        choose_precision("cuda", "int8", fp16_file_exists=True, fp16_dice_loss=0.1, max_dice_loss=0.5)
+
+
+@pytest.fixture(scope="module")
+def fp32_and_int8(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("int8")
+    model = folder / "m.onnx"
+    conv_model(model, channels=8, layers=2, patch_size=(32, 32))
+    calibration = PatchSet(np.random.default_rng(0).normal(0.0, 1.0, (8, 1, 32, 32)).astype(np.float32))
+    return model, make_int8(model, calibration)
+
+
+def test_auto_serves_int8_on_the_cpu_only_with_a_recorded_loss_in_budget(fp32_and_int8):
+    model, int8 = fp32_and_int8
+    assert int8.name == "m.int8.onnx"
+    # Written by make_int8 without a measurement: not served by default.
+    runtime = ModelRuntime.load(model, providers=["cpu"])
+    assert (runtime.precision, runtime.path) == ("fp32", model)
+    _record_dice_loss(int8, 0.2)
+    runtime = ModelRuntime.load(model, providers=["cpu"])
+    assert (runtime.precision, runtime.path) == ("int8", int8)
+    assert runtime.card.precision == "int8" and runtime.card.variant_dice_loss == pytest.approx(0.2)
+    # The int8 graph really is quantised (QDQ nodes), and answers like fp32.
+    assert any(n.op_type == "QuantizeLinear" for n in onnx.load(str(int8)).graph.node)
+    x = np.random.default_rng(1).normal(-300.0, 400.0, (2, 1, 48, 64)).astype(np.float32)
+    x = (np.clip(x, -1000, 1000) + 500.0) / 500.0
+    fp32 = ModelRuntime.load(model, providers=["cpu"], precision="fp32")
+    assert fp32.precision == "fp32" and fp32.path == model
+    agree = (runtime.run(x)["probabilities"].argmax(1) == fp32.run(x)["probabilities"].argmax(1)).mean()
+    assert agree > 0.95
+    # A tighter budget than the recorded loss: fp32.
+    assert ModelRuntime.load(model, providers=["cpu"], int8_max_dice_loss=0.1).precision == "fp32"
+
+
+def test_v1_model_reports_the_int8_precision_and_its_loss(fp32_and_int8):
+    model, int8 = fp32_and_int8
+    _record_dice_loss(int8, 0.2)
+    settings = make_settings(model, providers=["cpu"])
+    assert settings.precision == "auto"
+    runtime = ModelRuntime.from_settings(settings)
+    with TestClient(create_app(settings, routers=[], runtime=runtime)) as client:
+        info = client.get("/v1/model").json()
+    assert (info["precision"], info["file"]) == ("int8", "m.int8.onnx")
+    assert info["variant_dice_loss"] == pytest.approx(0.2)
+    assert "within the 0.5 allowed" in info["precision_reason"]
+    fp32 = ModelRuntime.from_settings(make_settings(model, providers=["cpu"], precision="fp32")).describe()
+    assert (fp32["precision"], fp32["file"], fp32["variant_dice_loss"]) == ("fp32", "m.onnx", None)
