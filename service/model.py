@@ -11,9 +11,11 @@ inputs in batches of ``batch_size``, through IO binding on a GPU. Torch-free.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
@@ -88,6 +90,16 @@ def read_card(
     return card, sidecar[1] if sidecar is not None else None
 
 
+@functools.lru_cache(maxsize=1)
+def _shrink_options() -> Any:
+    """RunOptions asking ONNX Runtime to shrink the CPU memory arena after the run."""
+    import onnxruntime as ort
+
+    options = ort.RunOptions()
+    options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+    return options
+
+
 @dataclass
 class RunStats:
     """What one ``run_batched`` call cost."""
@@ -138,6 +150,10 @@ class ModelRuntime:
         self.batch_size = batch_size
         self.precision = precision or card.precision
         self.precision_reason = precision_reason
+        #: make the next batch in a helper thread while ONNX Runtime runs the current one
+        self.overlap = True
+        #: return the CPU arena's growth to the system after the last batch of each run_batched
+        self.shrink_arena = True
         self.io_binding = bool(io_binding)
         self.warm = False
         outputs = card.outputs or {}
@@ -277,7 +293,7 @@ class ModelRuntime:
     @classmethod
     def from_settings(cls, settings: "Settings") -> "ModelRuntime":
         """``load`` with the ``MSDN_*`` settings (model, providers, precision, threads, batch, arena, SHA)."""
-        return cls.load(
+        runtime = cls.load(
             settings.model_path,
             providers=settings.providers,
             precision=settings.precision,
@@ -291,6 +307,9 @@ class ModelRuntime:
             verify_sha256=settings.verify_sha256,
             cpu_mem_arena=settings.cpu_mem_arena,
         )
+        runtime.overlap = settings.overlap_batches
+        runtime.shrink_arena = settings.arena_shrinkage
+        return runtime
 
     def _check_graph(self) -> None:
         inputs = {i.name: i for i in self.session.get_inputs()}
@@ -331,16 +350,22 @@ class ModelRuntime:
         """``cuda`` when the work runs on a GPU provider, else ``cpu``."""
         return "cuda" if self.provider in (CUDA, TENSORRT) else "cpu"
 
-    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        """One ONNX Runtime call on (B, C, H, W) float32; returns the named outputs (host arrays)."""
+    def run(self, batch: np.ndarray, *, shrink: bool = False) -> dict[str, np.ndarray]:
+        """One ONNX Runtime call on (B, C, H, W) float32; returns the named outputs (host arrays).
+
+        ``shrink``: after the call, return the CPU arena's unused growth to the system.
+        """
         names = [self.segmentation_output, *(self.detection_outputs or ())]
         x = np.ascontiguousarray(batch, dtype=np.float32)
+        options = _shrink_options() if shrink else None
         if self.io_binding:
-            return self.run_bound(x, names)
-        values = self.session.run(names, {self.input_name: x})
+            return self.run_bound(x, names, run_options=options)
+        values = self.session.run(names, {self.input_name: x}, options)
         return dict(zip(names, values, strict=True))
 
-    def run_bound(self, x: np.ndarray, names: Sequence[str], *, device: Optional[str] = None) -> dict[str, np.ndarray]:
+    def run_bound(
+        self, x: np.ndarray, names: Sequence[str], *, device: Optional[str] = None, run_options: Any = None
+    ) -> dict[str, np.ndarray]:
         """``run`` through IO binding: the batch is copied to ``device`` once, the outputs are
         allocated there by ONNX Runtime and copied back once (no per-call staging in the session).
 
@@ -348,6 +373,7 @@ class ModelRuntime:
             x: (B, C, H, W) float32, contiguous.
             names: output names.
             device: ``cuda`` or ``cpu`` (default: where the provider runs).
+            run_options: ``onnxruntime.RunOptions`` of the call.
         """
         device = device or self.device
         binding = self.session.io_binding()
@@ -359,7 +385,7 @@ class ModelRuntime:
             binding.bind_ortvalue_input(self.input_name, ort.OrtValue.ortvalue_from_numpy(x, device, 0))
         for name in names:
             binding.bind_output(name, device, 0)
-        self.session.run_with_iobinding(binding)
+        self.session.run_with_iobinding(binding, run_options)
         return dict(zip(names, binding.copy_outputs_to_cpu(), strict=True))
 
     def run_batched(
@@ -372,6 +398,12 @@ class ModelRuntime:
     ) -> RunStats:
         """Run ``count`` items in batches of ``batch_size``.
 
+        With ``overlap`` (the default) the next batch is made (decoded slices cropped, padded,
+        normalised) in a helper thread while ONNX Runtime runs the current one; outputs are consumed
+        in this thread, in order. With ``shrink_arena`` the last batch's run returns the CPU arena's
+        growth to the system (``memory.enable_memory_arena_shrinkage``), so a large request does not
+        leave its peak behind.
+
         Args:
             count: number of items.
             make_batch: ``(start, stop) -> (stop - start, C, H, W)`` float32 input.
@@ -379,17 +411,37 @@ class ModelRuntime:
             check: called before each batch (raises to stop, e.g. on a deadline).
         """
         stats = RunStats()
-        for start in range(0, count, self.batch_size):
+        starts = list(range(0, count, self.batch_size))
+        if not starts:
+            return stats
+
+        def make(start: int) -> np.ndarray:
+            return make_batch(start, min(count, start + self.batch_size))
+
+        pool = ThreadPoolExecutor(1, thread_name_prefix="msdn-batch") if self.overlap and len(starts) > 1 else None
+        try:
             if check is not None:
                 check()
-            stop = min(count, start + self.batch_size)
-            batch = make_batch(start, stop)
-            t0 = time.perf_counter()
-            outputs = self.run(batch)
-            stats.seconds += time.perf_counter() - t0
-            stats.calls += 1
-            stats.items += stop - start
-            consume(start, outputs)
+            pending: Any = make(starts[0])
+            for i, start in enumerate(starts):
+                batch = pending.result() if isinstance(pending, Future) else pending
+                last = i == len(starts) - 1
+                if not last:
+                    if check is not None:
+                        check()
+                    pending = pool.submit(make, starts[i + 1]) if pool is not None else None
+                t0 = time.perf_counter()
+                outputs = self.run(batch, shrink=last and self.shrink_arena)
+                stats.seconds += time.perf_counter() - t0
+                stats.calls += 1
+                stats.items += batch.shape[0]
+                del batch
+                consume(start, outputs)
+                if not last and pool is None:
+                    pending = make(starts[i + 1])
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
         return stats
 
     def warmup(self) -> float:

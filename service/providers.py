@@ -311,7 +311,9 @@ def _cpu_precision(requested: str, exists: bool, loss: Optional[float], budget: 
     if requested == "int8":
         return PrecisionChoice("int8", f"MSDN_PRECISION=int8 (int8 loss {recorded})", use_int8_file=True)
     if loss is not None and loss <= budget:
-        return PrecisionChoice("int8", f"int8 variant loses {recorded}, within the {budget:g} allowed", use_int8_file=True)
+        return PrecisionChoice(
+            "int8", f"int8 variant loses {recorded}, within the {budget:g} allowed", use_int8_file=True
+        )
     return PrecisionChoice("fp32", f"int8 variant loss {recorded} (budget {budget:g}): serving fp32")
 
 

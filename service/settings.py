@@ -57,6 +57,13 @@ class Settings(BaseSettings):
     intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads (0: runtime default)")
     inter_op_threads: int = Field(0, ge=0, description="ONNX Runtime inter-op threads (0: runtime default)")
     batch_size: int = Field(8, ge=1, description="slices or patches per ONNX Runtime call")
+    overlap_batches: bool = Field(
+        True, description="make the next batch (crop, pad, normalise) in a thread while ONNX Runtime runs the current"
+    )
+    arena_shrinkage: bool = Field(
+        True,
+        description="after each request's last batch, return ONNX Runtime's CPU arena growth to the system",
+    )
     cpu_mem_arena: bool = Field(
         True, description="ONNX Runtime's CPU memory arena: faster, but keeps its peak memory (off: less RSS)"
     )

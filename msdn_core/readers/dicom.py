@@ -361,7 +361,9 @@ def read_series(
     slices: Optional[Callable[[tuple[int, int, int]], Optional[Sequence[int]]]] = None,
     compact: bool = False,
 ) -> Volume:
-    """Assemble one series of ``items`` into a (Z, Y, X) :class:`Volume` in modality units (float32, or int16 with ``compact``).
+    """Assemble one series of ``items`` into a (Z, Y, X) :class:`Volume` in modality units.
+
+    Values are float32, or int16 with ``compact`` where they are integers that fit.
 
     Args:
         items: datasets, or (name, dataset) pairs (names appear in error messages).
@@ -529,7 +531,9 @@ def read_series(
                 else:
                     volume[z] = values.astype(np.float32) * fr.slope + fr.intercept
                 if volume.dtype.kind == "f" and not np.isfinite(volume[z]).all():
-                    raise InvalidInput(f"{where(fr)}: pixel values are NaN or infinite", code=ErrorCode.PIXEL_DATA_INVALID)
+                    raise InvalidInput(
+                        f"{where(fr)}: pixel values are NaN or infinite", code=ErrorCode.PIXEL_DATA_INVALID
+                    )
             del stored
         if release_pixels:
             _release(ds)

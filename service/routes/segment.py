@@ -9,6 +9,7 @@ from typing import Annotated, BinaryIO, Literal, Optional
 
 from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import Response
+from starlette.background import BackgroundTask
 
 from service.concurrency import Deadline
 from service.deps import LimiterDep, MetricsDep, RuntimeDep, SettingsDep
@@ -17,6 +18,7 @@ from service.io.dicom import parse_dicom
 from service.io.reference import read_reference_file
 from service.io.upload import expand_files
 from service.io.volume import read_volume
+from service.memory import release
 from service.model import ModelRuntime
 from service.outputs.report import SegmentResponse
 from service.pipeline import MEDIA_TYPES, SegmentationResult, render, segment_datasets, segment_image
@@ -252,4 +254,6 @@ async def segment(
     logger.info("segment %s: done in %.3f s", request_id, result.timings["total_s"])
     media_type, filename = MEDIA_TYPES[fmt]
     headers = {} if fmt == "json" else {"Content-Disposition": f'attachment; filename="{filename}"'}
-    return Response(content=body, media_type=media_type, headers=headers)
+    del result
+    # After the answer is sent: give the request's freed buffers back to the system.
+    return Response(content=body, media_type=media_type, headers=headers, background=BackgroundTask(release))
