@@ -120,7 +120,7 @@ int main(int argc, char **argv) {
     printf("%s %d %d %.6f %.3f\n", mode ? "int8" : "fp32", LANES, HAVE_VNNI, dt, ops / dt / 1e9);
     return 0;
 }
-"""
+"""  # noqa: E501
 
 # AVX2 horizontal sum used by the non-VNNI int8 path (defined before use).
 SOURCE = SOURCE.replace(
@@ -238,7 +238,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     for kind in ("fp32", "int8"):
         p = measure(kind, threads=args.threads, seconds=args.seconds)
         print(f"{kind}: {p.gops:.1f} G{'FLOP' if kind == 'fp32' else 'OP'}/s ({p.how})")
-    print(f"load average {load:.2f} on {os.cpu_count()} cores{' (BUSY: not the machine alone)' if busy(0, load) else ''}")
+    print(
+        f"load average {load:.2f} on {os.cpu_count()} cores{' (BUSY: not the machine alone)' if busy(0, load) else ''}"
+    )
     return 0
 
 

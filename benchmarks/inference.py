@@ -16,10 +16,10 @@ rows with the same thread count (``benchmarks/cpu_peak.py``: an fp32 FMA micro-k
 rows, the int8 dot-product kernel, VNNI where the CPU has it, for the int8 rows); each row gives the
 1-minute load average over its timing and is marked BUSY when other work competes for the cores
 (``--refuse-busy`` leaves such rows out). On CUDA "vs matmul" divides the rate by a 2048x2048 fp32
-matrix product (fp16 for the fp16 rows) timed just before the case's rows, in the same process. On CUDA "vs fp16 peak" divides the rate
-by the GPU's dense fp16 tensor-core peak (``--peak-tflops``, else looked up from the GPU's name in
-``FP16_DENSE_PEAK_TFLOPS``). TensorRT rows build one engine per case (static profile, cached in
-``--trt-cache``); a TensorRT provider that cannot load gives a row saying why.
+matrix product (fp16 for the fp16 rows) timed just before the case's rows, in the same process, and
+"vs fp16 peak" divides the rate by the GPU's dense fp16 tensor-core peak (``--peak-tflops``, else
+looked up from the GPU's name in ``FP16_DENSE_PEAK_TFLOPS``). TensorRT rows build one engine per case
+(static profile, cached in ``--trt-cache``); a TensorRT provider that cannot load gives a row saying why.
 
 Prints a Markdown table (and writes it to ``--output``).
 """

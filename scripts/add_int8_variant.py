@@ -1,6 +1,6 @@
 """Write the int8 variant of an exported fp32 model next to it, with its measured Dice loss in its card.
 
-    PYTHONPATH=. python scripts/add_int8_variant.py models/default.onnx --manifest build/default-model/data/manifest.json
+    PYTHONPATH=. python scripts/add_int8_variant.py models/default.onnx --manifest data/manifest.json
 
 For a model whose checkpoint is gone (``msdn export --int8`` needs the checkpoint): calibration on
 ``--max-calibration`` training patches of the manifest, Dice against fp32 on its validation patches,

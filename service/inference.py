@@ -26,12 +26,20 @@ from service.boxes import SliceBox, proposals
 from service.model import ModelRuntime, RunStats
 
 
-def normalise(values: np.ndarray, spec: InputSpec) -> np.ndarray:
-    """Stored units -> network input per the card: clip, then (x - mean) / std, float32."""
-    out = np.asarray(values, np.float32)
+def normalise(values: np.ndarray, spec: InputSpec, *, out: Optional[np.ndarray] = None) -> np.ndarray:
+    """Stored units -> network input per the card: clip, then (x - mean) / std, float32.
+
+    ``out``: a float32 array of ``values``' shape to write into (``values`` itself for in place).
+    """
+    x = np.asarray(values, np.float32)
+    if out is None:
+        out = np.empty(x.shape, np.float32)
     if spec.clip is not None:
-        out = np.clip(out, spec.clip[0], spec.clip[1])
-    return ((out - np.float32(spec.mean)) / np.float32(spec.std)).astype(np.float32, copy=False)
+        np.clip(x, spec.clip[0], spec.clip[1], out=out)
+        x = out
+    np.subtract(x, np.float32(spec.mean), out=out)
+    np.divide(out, np.float32(spec.std), out=out)
+    return out
 
 
 def argmax_labels(probs: np.ndarray) -> np.ndarray:
@@ -79,8 +87,14 @@ def segment_slices(
     *,
     want_detections: bool = False,
     check: Optional[Callable[[], None]] = None,
+    load: Optional[Callable[[int, int], np.ndarray]] = None,
 ) -> tuple[np.ndarray, RunStats, Optional[list[tuple[np.ndarray, np.ndarray]]]]:
     """Whole-slice labels of a (Z, Y, X) volume.
+
+    ``load(start, stop)``, for a volume decoded on demand (:meth:`msdn_core.volume.Volume.load`),
+    returns the array with those slices decoded: each batch's slices are decoded when the batch is
+    made, in the runtime's helper thread while the model runs the previous batch. Slices that need
+    padding take the lowest value of the whole volume, so then everything is decoded first.
 
     Returns:
         labels (Z, Y, X) uint8, run stats, and with ``want_detections`` the detector's (scores (N, C),
@@ -89,14 +103,19 @@ def segment_slices(
     spec = runtime.card.input
     depth, height, width = volume.shape
     ph, pw = round_up(height, spec.size_multiple), round_up(width, spec.size_multiple)
-    pad_value = _background(volume, spec)
+    padded = (ph, pw) != (height, width)
+    if load is not None and padded:
+        volume, load = load(0, depth), None
+    pad_value = _background(volume, spec) if padded else 0.0
     labels = np.zeros(volume.shape, np.uint8)
     detections: Optional[list[tuple[np.ndarray, np.ndarray]]] = [] if want_detections else None
 
     def make_batch(start: int, stop: int) -> np.ndarray:
-        batch = np.full((stop - start, 1, ph, pw), pad_value, np.float32)
-        batch[:, 0, :height, :width] = volume[start:stop]
-        return normalise(batch, spec)
+        source = load(start, stop) if load is not None else volume
+        shape = (stop - start, 1, ph, pw)
+        batch = np.full(shape, pad_value, np.float32) if padded else np.empty(shape, np.float32)
+        batch[:, 0, :height, :width] = source[start:stop]
+        return normalise(batch, spec, out=batch)
 
     def consume(start: int, outputs: dict[str, np.ndarray]) -> None:
         probs = outputs[runtime.segmentation_output]
@@ -149,7 +168,7 @@ def segment_boxes(
                 ys, ye = max(y0, 0), min(y0 + ch, height)
                 xs, xe = max(x0, 0), min(x0 + cw, width)
                 batch[b, 0, ys - y0 : ye - y0, xs - x0 : xe - x0] = volume[box.slice, ys:ye, xs:xe]
-            return normalise(batch, spec)
+            return normalise(batch, spec, out=batch)
 
         def consume(start: int, outputs: dict[str, np.ndarray], items=items) -> None:
             crop_labels = argmax_labels(outputs[runtime.segmentation_output])
@@ -177,6 +196,7 @@ def segment_volume_array(
     max_proposals: int = 20,
     check: Optional[Callable[[], None]] = None,
     decoded: Optional[np.ndarray] = None,
+    load: Optional[Callable[[int, int], np.ndarray]] = None,
 ) -> InferenceOutput:
     """Segment a (Z, Y, X) volume in stored units.
 
@@ -190,6 +210,8 @@ def segment_volume_array(
         check: called between batches (deadline).
         decoded: slice indices that were read when the reader decoded only some (box mode); the
             other modes need every slice.
+        load: for a volume decoded on demand, ``(start, stop) -> array`` with those slices decoded
+            (whole slices are then decoded batch by batch, overlapping the model's runs).
 
     Raises:
         ValueError: mode ``boxes`` without boxes, ``proposals`` for a model without detection, or an
@@ -197,6 +219,8 @@ def segment_volume_array(
     """
     if mode == "auto":
         mode = "boxes" if boxes else ("proposals" if runtime.has_detection else "slices")
+    if load is not None and mode not in ("slices", "proposals"):
+        volume, load = load(0, volume.shape[0]), None
     if mode == "boxes":
         if not boxes:
             raise ValueError("mode 'boxes' needs the 'boxes' field")
@@ -205,12 +229,14 @@ def segment_volume_array(
     if decoded is not None:
         raise ValueError(f"mode {mode!r} needs every slice, but only {len(decoded)} were decoded")
     if mode == "slices":
-        labels, stats, _ = segment_slices(runtime, volume, check=check)
+        labels, stats, _ = segment_slices(runtime, volume, check=check, load=load)
         return InferenceOutput(labels, "slices", [], stats)
     if mode == "proposals":
         if not runtime.has_detection:
             raise ValueError("mode 'proposals' needs a model with detection outputs; this one has none")
-        _, stats, detections = segment_slices(runtime, volume, want_detections=True, check=check)
+        _, stats, detections = segment_slices(runtime, volume, want_detections=True, check=check, load=load)
+        if load is not None:
+            volume = load(0, volume.shape[0])  # all decoded by now; the array of the final dtype
         found: list[SliceBox] = []
         for z, (scores, det_boxes) in enumerate(detections or []):
             found += proposals(

@@ -153,6 +153,7 @@ def segment_image(
         max_proposals=settings.max_proposals_per_slice,
         check=deadline.check if deadline is not None else None,
         decoded=image.decoded,
+        load=image.load if image.loader is not None else None,
     )
     metrics = (
         evaluate(out.labels, ref_labels, spacing=image.spacing, class_names=class_names)
@@ -212,7 +213,8 @@ def segment_datasets(
                 boxes = parse_boxes(boxes, shape=shape, class_names=class_names, max_boxes=settings.max_boxes)
             return sorted({b.slice for b in boxes}) if boxes else None
 
-    image = series_volume(datasets, settings=settings, series_uid=series_uid, slices=slices)
+    # Whole slices: decoded batch by batch while the model runs (Volume.load); boxes: the touched slices now.
+    image = series_volume(datasets, settings=settings, series_uid=series_uid, slices=slices, lazy=slices is None)
     if deadline is not None:
         deadline.check()
     return segment_image(

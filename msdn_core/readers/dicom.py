@@ -319,6 +319,80 @@ def _decode(ds: Dataset, name: str) -> np.ndarray:
     return arr
 
 
+class _SliceDecoder:
+    """Decodes slices of a sorted series into one (Z, Y, X) array, on demand, each instance once."""
+
+    def __init__(
+        self,
+        datasets: list[Dataset],
+        names: list[str],
+        frames: list[_Frame],
+        needed: np.ndarray,
+        dtype: Any,
+        *,
+        where: Callable[[_Frame], str],
+        release_pixels: bool,
+    ) -> None:
+        self.datasets, self.names, self.frames, self.needed = datasets, names, frames, needed
+        self.where, self.release_pixels = where, release_pixels
+        rows, cols = int(datasets[0].Rows), int(datasets[0].Columns)
+        # np.zeros: pages of slices never decoded are never touched (no memory for them).
+        self.volume = np.zeros((len(frames), rows, cols), dtype)
+        self.done = np.zeros(len(frames), bool)
+        self.left: dict[int, int] = defaultdict(int)  # slices still to decode per instance
+        for z, fr in enumerate(frames):
+            self.left[fr.dataset] += int(needed[z])
+        self.target: Optional[Volume] = None
+        if release_pixels:  # instances none of whose slices are needed: released now
+            for i, ds in enumerate(datasets):
+                if not self.left[i]:
+                    _release(ds)
+
+    def attach(self, volume: Volume) -> None:
+        """Decode into ``volume`` on its :meth:`Volume.load` calls."""
+        self.target = volume
+        volume.loader = self.decode
+
+    def decode(self, start: int, stop: int) -> np.ndarray:
+        """Decode the needed, not yet decoded slices in [start, stop); returns the volume array."""
+        todo = [z for z in range(max(start, 0), min(stop, len(self.frames))) if self.needed[z] and not self.done[z]]
+        by_dataset: dict[int, list[int]] = defaultdict(list)
+        for z in todo:
+            by_dataset[self.frames[z].dataset].append(z)
+        info16 = np.iinfo(np.int16)
+        for i, zs in by_dataset.items():
+            ds = self.datasets[i]
+            stored = _decode(ds, self.names[i])
+            for z in zs:
+                fr = self.frames[z]
+                values = stored[fr.frame or 0]
+                if "ModalityLUTSequence" in ds and fr.frame is None:
+                    from pydicom.pixels import apply_modality_lut
+
+                    self.volume[z] = apply_modality_lut(values, ds)
+                elif self.volume.dtype == np.int16:
+                    out = values.astype(np.int32) * int(fr.slope) + int(fr.intercept)
+                    if out.size and (out.min() < info16.min or out.max() > info16.max):
+                        self.volume = self.volume.astype(np.float32)  # beyond int16: float32 from here on
+                    self.volume[z] = out
+                else:
+                    self.volume[z] = values.astype(np.float32) * fr.slope + fr.intercept
+                if self.volume.dtype.kind == "f" and not np.isfinite(self.volume[z]).all():
+                    raise InvalidInput(
+                        f"{self.where(fr)}: pixel values are NaN or infinite", code=ErrorCode.PIXEL_DATA_INVALID
+                    )
+                self.done[z] = True
+                self.left[i] -= 1
+            del stored
+            if self.release_pixels and self.left[i] <= 0:
+                _release(ds)
+        if self.target is not None:
+            self.target.array = self.volume
+            if self.done[self.needed].all():
+                self.target.loader = None
+        return self.volume
+
+
 def _release(ds: Dataset) -> None:
     """Delete the pixel data of ``ds``; with a deferred-read source, read what else is deferred and close it."""
     for keyword in PIXEL_KEYWORDS:
@@ -360,6 +434,7 @@ def read_series(
     release_pixels: bool = True,
     slices: Optional[Callable[[tuple[int, int, int]], Optional[Sequence[int]]]] = None,
     compact: bool = False,
+    lazy: bool = False,
 ) -> Volume:
     """Assemble one series of ``items`` into a (Z, Y, X) :class:`Volume` in modality units.
 
@@ -382,6 +457,10 @@ def read_series(
         compact: keep integer modality values as int16 when the rescale is integer and the values
             fit (half the memory of float32; the model input is normalised to float32 batch by
             batch); float32 otherwise.
+        lazy: decode on demand: the returned volume's array is zero until :meth:`Volume.load` asks
+            for slices (the service decodes the next batch while the model runs the current one;
+            decoding errors are raised then). Gantry-tilted series and multi-frame instances are
+            decoded at once.
 
     Raises:
         InvalidInput, LimitExceeded: the message says which file and what; ``code`` is the ErrorCode.
@@ -502,46 +581,21 @@ def read_series(
         "PixelData" in ds and "ModalityLUTSequence" not in ds and int(ds.get("BitsAllocated", 16) or 16) <= 16
         for ds in datasets
     ) and all(float(fr.slope).is_integer() and float(fr.intercept).is_integer() for fr in frames)
-    dtype = np.int16 if compact and integer else np.float32
-    # np.zeros: pages of slices never decoded are never touched (no memory for them).
-    volume = np.zeros((depth, rows, cols), dtype)
-    slot = {(fr.dataset, fr.frame): z for z, fr in enumerate(frames)}
-    by_dataset: dict[int, list[_Frame]] = defaultdict(list)
-    for fr in frames:
-        by_dataset[fr.dataset].append(fr)
-    info16 = np.iinfo(np.int16)
-    for i, ds in enumerate(datasets):
-        todo = [fr for fr in by_dataset[i] if needed[slot[(i, fr.frame)]]]
-        if todo:
-            stored = _decode(ds, names[i])
-            for fr in todo:
-                z = slot[(i, fr.frame)]
-                values = stored[fr.frame or 0]
-                if "ModalityLUTSequence" in ds and fr.frame is None:
-                    from pydicom.pixels import apply_modality_lut
-
-                    volume[z] = apply_modality_lut(values, ds)
-                elif volume.dtype == np.int16:
-                    out = values.astype(np.int32) * int(fr.slope) + int(fr.intercept)
-                    if out.size and (out.min() < info16.min or out.max() > info16.max):
-                        volume = volume.astype(np.float32)  # values beyond int16: float32 from here on
-                        volume[z] = out
-                    else:
-                        volume[z] = out
-                else:
-                    volume[z] = values.astype(np.float32) * fr.slope + fr.intercept
-                if volume.dtype.kind == "f" and not np.isfinite(volume[z]).all():
-                    raise InvalidInput(
-                        f"{where(fr)}: pixel values are NaN or infinite", code=ErrorCode.PIXEL_DATA_INVALID
-                    )
-            del stored
-        if release_pixels:
-            _release(ds)
-
-    if volume.dtype != np.float32 and len(frames) > 1 and geometry.tilt_deg(normal, step) > tilt_tol_deg:
-        volume = volume.astype(np.float32)  # resampled: interpolated values are not integers
+    tilted = len(frames) > 1 and geometry.tilt_deg(normal, step) > tilt_tol_deg
+    decoder = _SliceDecoder(
+        datasets,
+        names,
+        frames,
+        needed,
+        np.int16 if compact and integer and not tilted else np.float32,
+        where=where,
+        release_pixels=release_pixels,
+    )
+    on_demand = lazy and not tilted and not multi
+    if not on_demand:
+        decoder.decode(0, depth)
     volume, affine, tilt = geometry.correct_tilt(
-        volume, affine, tilt_tol_deg=tilt_tol_deg, max_tilt_deg=max_tilt_deg, what=f"series {uid}"
+        decoder.volume, affine, tilt_tol_deg=tilt_tol_deg, max_tilt_deg=max_tilt_deg, what=f"series {uid}"
     )
     positions = np.stack([fr.position for fr in frames])
     if multi:
@@ -562,6 +616,8 @@ def read_series(
         tilt_deg=tilt,
         decoded=None if needed.all() else np.flatnonzero(needed),
     )
+    if on_demand:
+        decoder.attach(out)
     sz_, sy_, sx_ = out.spacing
     logger.info(
         "DICOM series: %s, %d slices of %dx%d, spacing %.3g/%.3g/%.3g mm, %d duplicates dropped, tilt %.2f deg",

@@ -23,11 +23,13 @@ def series_volume(
     settings: Settings,
     series_uid: Optional[str] = None,
     slices: Optional[Callable[[tuple[int, int, int]], Optional[Sequence[int]]]] = None,
+    lazy: bool = False,
 ) -> Volume:
     """One series of ``items`` as a (Z, Y, X) :class:`Volume` (:func:`msdn_core.readers.dicom.read_series`).
 
     Values are int16 when the modality values are integers that fit (CT in HU), else float32;
-    ``slices`` (called with the shape) limits decoding to the slices a request needs.
+    ``slices`` (called with the shape) limits decoding to the slices a request needs; with ``lazy``
+    the pixel data are decoded on demand (:meth:`msdn_core.volume.Volume.load`).
     """
     return read_series(
         items,
@@ -39,4 +41,5 @@ def series_volume(
         max_tilt_deg=settings.max_gantry_tilt_deg,
         slices=slices,
         compact=True,
+        lazy=lazy,
     )

@@ -352,3 +352,18 @@ def test_whole_series_with_deferred_reads_equals_the_plain_read():
     lazy = series_volume([(n, ds) for n, ds, _ in _deferred(datasets)], compact=True)
     assert lazy.decoded is None and lazy.array.dtype == np.int16
     np.testing.assert_array_equal(lazy.array, plain.array)
+
+
+def test_lazy_read_decodes_slices_when_asked_and_releases_each_instance():
+    hu = phantom((5, 128, 128), seed=6)
+    datasets = ct_series(hu)
+    plain = series_volume([(f"s{i}.dcm", parse_dicom(to_bytes(ds), name="x")) for i, ds in enumerate(datasets)])
+    items = _deferred(datasets)
+    lazy = series_volume([(n, ds) for n, ds, _ in items], compact=True, lazy=True)
+    assert lazy.loader is not None and not lazy.array.any()  # nothing decoded yet
+    first = lazy.load(0, 2)
+    np.testing.assert_array_equal(first[:2], plain.array[:2])
+    assert not first[2:].any()
+    assert [source.closed for _, _, source in items] == [True, True, False, False, False]
+    np.testing.assert_array_equal(lazy.load(), plain.array)
+    assert lazy.loader is None and all(source.closed for _, _, source in items)
