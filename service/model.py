@@ -41,6 +41,7 @@ from service.providers import (
     TensorrtOptions,
     check_available,
     choose_precision,
+    cpu_has_vnni,
     cuda_usable,
     parse_providers,
     session_providers,
@@ -174,6 +175,7 @@ class ModelRuntime:
         precision: str = "auto",
         fp16_max_dice_loss: float = 0.5,
         int8_max_dice_loss: float = 0.5,
+        int8_needs_vnni: bool = True,
         tensorrt_cache_dir: Optional[str | os.PathLike] = None,
         io_binding: bool = True,
         intra_op_threads: int = 0,
@@ -190,6 +192,7 @@ class ModelRuntime:
             precision: ``auto``, ``fp32`` or ``fp16``.
             fp16_max_dice_loss: largest recorded fp16 Dice loss (points) for ``auto`` to serve fp16.
             int8_max_dice_loss: the same for the int8 variant ``<stem>.int8.onnx`` on the CPU.
+            int8_needs_vnni: ``auto`` serves int8 only on a CPU with VNNI (where it is faster).
             tensorrt_cache_dir: TensorRT engine cache (default: a folder in the temp dir).
             io_binding: bind inputs/outputs through ONNX Runtime on a GPU provider.
             intra_op_threads, inter_op_threads: ONNX Runtime threads (0: its default).
@@ -224,6 +227,7 @@ class ModelRuntime:
             int8_file_exists=int8_path.is_file(),
             int8_dice_loss=int8_loss,
             int8_max_dice_loss=int8_max_dice_loss,
+            int8_fast=cpu_has_vnni() or not int8_needs_vnni,
         )
         serve_path = fp16_path if chosen.use_fp16_file else int8_path if chosen.use_int8_file else model_path
         sha = file_sha256(serve_path)
@@ -299,6 +303,7 @@ class ModelRuntime:
             precision=settings.precision,
             fp16_max_dice_loss=settings.fp16_max_dice_loss,
             int8_max_dice_loss=settings.int8_max_dice_loss,
+            int8_needs_vnni=settings.int8_needs_vnni,
             tensorrt_cache_dir=settings.tensorrt_cache_dir,
             io_binding=settings.io_binding,
             intra_op_threads=settings.intra_op_threads,

@@ -21,7 +21,9 @@ TensorRT fp16 is the engine's build flag on the fp32 graph, on unless the same r
 is over budget (or ``MSDN_PRECISION=fp32``). The CPU serves the int8 static-QDQ variant
 ``<model>.int8.onnx`` (``msdn export --int8``, about twice as fast as fp32 on CPUs with VNNI) when
 ``MSDN_PRECISION=auto`` and its card records a Dice loss against fp32 within
-``MSDN_INT8_MAX_DICE_LOSS`` (or always with ``MSDN_PRECISION=int8``), else fp32.
+``MSDN_INT8_MAX_DICE_LOSS`` and the CPU has VNNI (``avx512_vnni`` / ``avx_vnni``: without it ONNX
+Runtime's int8 kernels are slower than fp32, measured 0.8x on an AVX2-only EPYC; ``MSDN_INT8_NEEDS_VNNI``),
+or always with ``MSDN_PRECISION=int8``; else fp32.
 
 The CUDA libraries come from the ``nvidia-*`` wheels of ``onnxruntime-gpu[cuda,cudnn]`` (CUDA 13,
 cuDNN 9), loaded with ``onnxruntime.preload_dlls()``; TensorRT's from the ``tensorrt-cu13-libs`` wheel
@@ -180,6 +182,23 @@ def cuda_usable() -> bool:
     return cuda_unavailable_reason() is None
 
 
+#: CPU flags (``/proc/cpuinfo``) of the int8 dot-product instructions ONNX Runtime's int8 kernels use.
+VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_vnni() -> bool:
+    """Whether this CPU has VNNI (or AMX) int8 dot products (Linux ``/proc/cpuinfo`` flags)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    return any(flag in line.split() for flag in VNNI_FLAGS)
+    except OSError:
+        pass
+    return False
+
+
 def parse_providers(requested: Sequence[str]) -> ProviderChoice:
     """Normalise ``MSDN_PROVIDERS`` (module docstring) without checking what loads (``auto`` -> cuda,
     not explicit).
@@ -249,6 +268,7 @@ def choose_precision(
     int8_file_exists: bool = False,
     int8_dice_loss: Optional[float] = None,
     int8_max_dice_loss: float = 0.5,
+    int8_fast: bool = True,
 ) -> PrecisionChoice:
     """The precision for provider ``kind`` (module docstring).
 
@@ -260,6 +280,7 @@ def choose_precision(
         max_dice_loss: ``MSDN_FP16_MAX_DICE_LOSS``.
         int8_file_exists, int8_dice_loss, int8_max_dice_loss: the same for the int8 variant
             ``<model>.int8.onnx`` on the CPU (``MSDN_INT8_MAX_DICE_LOSS``).
+        int8_fast: int8 is faster than fp32 on this CPU (VNNI); ``auto`` serves int8 only then.
 
     Raises:
         ModelLoadError: ``fp16`` asked for where it cannot be served.
@@ -273,7 +294,7 @@ def choose_precision(
             raise ModelLoadError(
                 "MSDN_PRECISION=fp16 needs MSDN_PROVIDERS=cuda or tensorrt; the CPU serves fp32 or int8"
             )
-        return _cpu_precision(requested, int8_file_exists, int8_dice_loss, int8_max_dice_loss)
+        return _cpu_precision(requested, int8_file_exists, int8_dice_loss, int8_max_dice_loss, int8_fast)
     if requested == "int8":
         raise ModelLoadError("MSDN_PRECISION=int8 is for the CPU (MSDN_PROVIDERS=cpu); GPUs serve fp16 or fp32")
     if requested == "fp32":
@@ -298,7 +319,9 @@ def choose_precision(
     return PrecisionChoice("fp32", f"fp16 variant loss {recorded} (budget {max_dice_loss:g}): serving fp32")
 
 
-def _cpu_precision(requested: str, exists: bool, loss: Optional[float], budget: float) -> PrecisionChoice:
+def _cpu_precision(
+    requested: str, exists: bool, loss: Optional[float], budget: float, fast: bool = True
+) -> PrecisionChoice:
     recorded = "not recorded" if loss is None else f"{loss:.2f} Dice points"
     if requested == "fp32":
         return PrecisionChoice("fp32", "MSDN_PRECISION=fp32")
@@ -310,6 +333,12 @@ def _cpu_precision(requested: str, exists: bool, loss: Optional[float], budget: 
         return PrecisionChoice("fp32", "no int8 variant next to the model")
     if requested == "int8":
         return PrecisionChoice("int8", f"MSDN_PRECISION=int8 (int8 loss {recorded})", use_int8_file=True)
+    if loss is not None and loss <= budget and not fast:
+        return PrecisionChoice(
+            "fp32",
+            f"int8 variant loses {recorded}, within the {budget:g} allowed, but this CPU has no VNNI, where int8 "
+            "is slower than fp32 (MSDN_PRECISION=int8 serves it anyway)",
+        )
     if loss is not None and loss <= budget:
         return PrecisionChoice(
             "int8", f"int8 variant loses {recorded}, within the {budget:g} allowed", use_int8_file=True
@@ -374,6 +403,7 @@ __all__ = [
     "TensorrtOptions",
     "check_available",
     "choose_precision",
+    "cpu_has_vnni",
     "cuda_unavailable_reason",
     "cuda_usable",
     "parse_providers",

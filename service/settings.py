@@ -42,13 +42,17 @@ class Settings(BaseSettings):
     precision: Precision = Field(
         "auto",
         description=(
-            "fp32, fp16 or auto (on CUDA the <model>.fp16.onnx variant when its card records a Dice loss within "
-            "MSDN_FP16_MAX_DICE_LOSS; TensorRT fp16 unless that loss is over it; CPU fp32)"
+            "fp32, fp16, int8 or auto (on CUDA the <model>.fp16.onnx variant when its card records a Dice loss within "
+            "MSDN_FP16_MAX_DICE_LOSS; TensorRT fp16 unless that loss is over it; on the CPU the <model>.int8.onnx "
+            "variant when its recorded loss is within MSDN_INT8_MAX_DICE_LOSS and the CPU has VNNI, else fp32)"
         ),
     )
     fp16_max_dice_loss: float = Field(0.5, ge=0, description="largest fp16 Dice loss (points) 'auto' accepts")
     int8_max_dice_loss: float = Field(
         0.5, ge=0, description="largest int8 Dice loss (points, recorded in its card) 'auto' accepts on the CPU"
+    )
+    int8_needs_vnni: bool = Field(
+        True, description="'auto' serves int8 only on a CPU with VNNI int8 dot products (without, int8 is slower)"
     )
     tensorrt_cache_dir: Optional[Path] = Field(
         None, description="TensorRT engine and timing cache folder (a volume; default: a temp folder)"

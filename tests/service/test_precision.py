@@ -1,6 +1,7 @@
 """MSDN_PRECISION on the CPU: the int8 variant ``<model>.int8.onnx`` is served by default when its card
-records a Dice loss within MSDN_INT8_MAX_DICE_LOSS, fp32 otherwise; /v1/model says which and why.
-Real quantisation (onnxruntime.quantization), real ONNX Runtime sessions."""
+records a Dice loss within MSDN_INT8_MAX_DICE_LOSS and the CPU has VNNI (MSDN_INT8_NEEDS_VNNI), fp32
+otherwise; /v1/model says which and why. Real quantisation (onnxruntime.quantization), real ONNX
+Runtime sessions; the VNNI requirement is switched off where a test needs int8 on any CPU."""
 
 from __future__ import annotations
 
@@ -14,24 +15,25 @@ from model_export.export.variants import _record_dice_loss, make_int8
 from service.errors import ModelLoadError
 from service.main import create_app
 from service.model import ModelRuntime
-from service.providers import choose_precision
+from service.providers import choose_precision, cpu_has_vnni
 from tests.service.helpers import make_settings
 from tests.support.onnx_models import conv_model
 
 
 @pytest.mark.parametrize(
-    ("requested", "exists", "loss", "expected", "int8_file"),
+    ("requested", "exists", "loss", "fast", "expected", "int8_file"),
     [
-        ("auto", True, 0.2, "int8", True),  # within the 0.5 budget
-        ("auto", True, 0.5, "int8", True),  # at the budget
-        ("auto", True, 0.51, "fp32", False),  # over it
-        ("auto", True, None, "fp32", False),  # loss not recorded: never served by default
-        ("auto", False, None, "fp32", False),  # no variant
-        ("int8", True, 3.0, "int8", True),  # asked for: served, the reason gives the loss
-        ("fp32", True, 0.1, "fp32", False),
+        ("auto", True, 0.2, True, "int8", True),  # within the 0.5 budget, on a VNNI CPU
+        ("auto", True, 0.5, True, "int8", True),  # at the budget
+        ("auto", True, 0.2, False, "fp32", False),  # no VNNI: int8 would be slower than fp32
+        ("auto", True, 0.51, True, "fp32", False),  # over the budget
+        ("auto", True, None, True, "fp32", False),  # loss not recorded: never served by default
+        ("auto", False, None, True, "fp32", False),  # no variant
+        ("int8", True, 3.0, False, "int8", True),  # asked for: served, the reason gives the loss
+        ("fp32", True, 0.1, True, "fp32", False),
     ],
 )
-def test_cpu_precision_choice(requested, exists, loss, expected, int8_file):
+def test_cpu_precision_choice(requested, exists, loss, fast, expected, int8_file):
     choice = choose_precision(
         "cpu",
         requested,
@@ -41,6 +43,7 @@ def test_cpu_precision_choice(requested, exists, loss, expected, int8_file):
         int8_file_exists=exists,
         int8_dice_loss=loss,
         int8_max_dice_loss=0.5,
+        int8_fast=fast,
     )
     assert (choice.precision, choice.use_int8_file, choice.use_fp16_file) == (expected, int8_file, False)
     if loss is not None and requested != "fp32":
@@ -69,11 +72,13 @@ def test_auto_serves_int8_on_the_cpu_only_with_a_recorded_loss_in_budget(fp32_an
     model, int8 = fp32_and_int8
     assert int8.name == "m.int8.onnx"
     # Written by make_int8 without a measurement: not served by default.
-    runtime = ModelRuntime.load(model, providers=["cpu"])
+    runtime = ModelRuntime.load(model, providers=["cpu"], int8_needs_vnni=False)
     assert (runtime.precision, runtime.path) == ("fp32", model)
     _record_dice_loss(int8, 0.2)
-    runtime = ModelRuntime.load(model, providers=["cpu"])
+    runtime = ModelRuntime.load(model, providers=["cpu"], int8_needs_vnni=False)
     assert (runtime.precision, runtime.path) == ("int8", int8)
+    default = ModelRuntime.load(model, providers=["cpu"])  # VNNI required (the default)
+    assert default.precision == ("int8" if cpu_has_vnni() else "fp32"), default.precision_reason
     assert runtime.card.precision == "int8" and runtime.card.variant_dice_loss == pytest.approx(0.2)
     # The int8 graph really is quantised (QDQ nodes), and answers like fp32.
     assert any(n.op_type == "QuantizeLinear" for n in onnx.load(str(int8)).graph.node)
@@ -84,13 +89,15 @@ def test_auto_serves_int8_on_the_cpu_only_with_a_recorded_loss_in_budget(fp32_an
     agree = (runtime.run(x)["probabilities"].argmax(1) == fp32.run(x)["probabilities"].argmax(1)).mean()
     assert agree > 0.95
     # A tighter budget than the recorded loss: fp32.
-    assert ModelRuntime.load(model, providers=["cpu"], int8_max_dice_loss=0.1).precision == "fp32"
+    assert (
+        ModelRuntime.load(model, providers=["cpu"], int8_max_dice_loss=0.1, int8_needs_vnni=False).precision == "fp32"
+    )
 
 
 def test_v1_model_reports_the_int8_precision_and_its_loss(fp32_and_int8):
     model, int8 = fp32_and_int8
     _record_dice_loss(int8, 0.2)
-    settings = make_settings(model, providers=["cpu"])
+    settings = make_settings(model, providers=["cpu"], int8_needs_vnni=False)
     assert settings.precision == "auto"
     runtime = ModelRuntime.from_settings(settings)
     with TestClient(create_app(settings, routers=[], runtime=runtime)) as client:
@@ -100,3 +107,8 @@ def test_v1_model_reports_the_int8_precision_and_its_loss(fp32_and_int8):
     assert "within the 0.5 allowed" in info["precision_reason"]
     fp32 = ModelRuntime.from_settings(make_settings(model, providers=["cpu"], precision="fp32")).describe()
     assert (fp32["precision"], fp32["file"], fp32["variant_dice_loss"]) == ("fp32", "m.onnx", None)
+
+
+def test_vnni_detection_reads_the_cpu_flags():
+    flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split()
+    assert cpu_has_vnni() == any(f in flags for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
