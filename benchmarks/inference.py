@@ -241,7 +241,7 @@ def main(argv=None) -> int:
     peak = None
     header = "| preset | model | input BxHxW | backend | median ms | ms / patch | GFLOP | GFLOP/s | matmul GFLOP/s | vs matmul |"  # noqa: E501
     if device == "cpu":
-        header = "| preset | model | input BxHxW | backend | median ms | ms / patch | GFLOP | GFLOP/s | peak GFLOP/s | vs peak | load | busy |"  # noqa: E501
+        header = "| preset | model | input BxHxW | backend | median ms | ms / patch | GFLOP | GFLOP/s | peak G(FL)OP/s | vs peak | load | busy |"  # noqa: E501
         peak_threads = args.threads or os.cpu_count() or 1
         for kind in ("fp32", "int8"):
             print(f"{kind} peak reference: {cpu_peak.measure(kind, threads=peak_threads).how}")
