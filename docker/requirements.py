@@ -5,13 +5,17 @@
 
 The argument replaces the ``onnxruntime-gpu`` requirement of pyproject.toml (its version bound is
 kept); versions are pinned by the constraints file given to pip next to this list. Reads
-``pyproject.toml`` in the current directory. Standard library only (runs on the bare base image).
+``pyproject.toml`` in the current directory. Standard library only (runs on the bare base image;
+Python 3.10 falls back to pip's vendored TOML reader).
 """
 
 import re
 import sys
 
-import tomllib
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10 (e.g. a GPU host's system Python): pip's vendored copy
+    from pip._vendor import tomli as tomllib
 
 
 def requirements(onnxruntime: str, pyproject: str = "pyproject.toml") -> list[str]:

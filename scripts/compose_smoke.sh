@@ -70,10 +70,11 @@ net_snapshot() {  # net_snapshot FILE: the network state dockerd changes
 restore_network() {
   local before=$LOG_DIR/net-before.txt
   [ -f "$before" ] || return 0
-  # Bridges and veths dockerd made (docker0, br-<id> of compose networks) that were not there before.
+  # Bridges dockerd made (docker0, br-<id> of compose networks) that were not there before; their
+  # veths went with the containers (other veths on the machine are not ours to touch).
   local link
   for link in $(ip -o link show | awk -F': ' '{print $2}' | sed 's/@.*//'); do
-    if ! grep -qx "## link $link" "$before" && [[ $link == docker0 || $link == br-* || $link == veth* ]]; then
+    if ! grep -qx "## link $link" "$before" && [[ $link == docker0 || $link == br-* ]]; then
       ip link delete "$link" 2>/dev/null || true
     fi
   done
@@ -308,6 +309,8 @@ python3 -c 'import json, sys; assert len(json.load(open(sys.argv[1]))) == 1' "$L
 log "/v1/pacs/segment: SEG series $seg_series stored in the compose Orthanc"
 stamp "PACS segment + SEG in Orthanc" "$t"
 
+compose logs --no-color > "$LOG_DIR/compose.log" 2>&1 || true
+grep -qE "INFO service\.model: model .+ loaded from /models/" "$LOG_DIR/compose.log" || fail "the service's own log lines are not in the container log"
 t=$(date +%s)
 compose down -v --remove-orphans > "$LOG_DIR/down.log" 2>&1 || { cat "$LOG_DIR/down.log"; fail "docker-compose down -v"; }
 COMPOSE_UP=0

@@ -9,7 +9,7 @@
 # still run; the exit status is 1 when any failed):
 #   1. nvidia-smi: GPU, driver (>= 580 for the CUDA 13 wheels of docker/constraints-gpu.txt);
 #   2. a venv with the GPU image's pinned set (onnxruntime-gpu[cuda,cudnn], the nvidia-* wheels), the
-#      export tools and pytest; PyTorch is reused from the system Python when it sees the GPU
+#      export and training tools (onnxscript, onnx-ir, MONAI) and pytest; PyTorch is reused from the system Python when it sees the GPU
 #      (--system-site-packages), else installed (torch <= 2.13.0); TensorRT 10 (tensorrt-cu13-libs,
 #      the libnvinfer.so.10 this ONNX Runtime links) is tried and left out when it cannot be had;
 #   3. scripts/check_gpu_libs.py: the CUDA provider resolves every library but the driver;
@@ -100,7 +100,7 @@ install_env() {
   local pip=("$venv/bin/python" -m pip install -q --disable-pip-version-check "${pip_src[@]}")
   "$venv/bin/python" -c 'import torch' 2> /dev/null || "${pip[@]}" "torch<=2.13.0" || return 1
   "${pip[@]}" -r <(python3 docker/requirements.py "onnxruntime-gpu[cuda,cudnn]") -c docker/constraints-gpu.txt \
-    "onnxscript>=0.1" "onnx-ir>=0.1" "pytest>=8.0" "pytest-timeout>=2.2" "httpx>=0.27" || return 1
+    "onnxscript>=0.1" "onnx-ir>=0.1" "monai>=1.4" "tqdm>=4.60" "pytest>=8.0" "pytest-timeout>=2.2" "httpx>=0.27" || return 1
   "${pip[@]}" "tensorrt-cu13-libs==10.16.1.11" > "$WORK/tensorrt-install.log" 2>&1 \
     || log "TensorRT 10 not installable here (see $WORK/tensorrt-install.log): TensorRT rows will say so"
   echo "$venv/bin/python" > "$WORK/python"
