@@ -47,8 +47,7 @@ import onnxruntime as ort
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model_export.card import CARD_KEY, ModelCard
-from service.inference import normalise
+from msdn_core.onnx_model import read_card
 from tests.support.dicom_series import ct_series, series_files
 from tests.support.live_server import ROOT, free_port, stop_server
 from tests.support.onnx_models import conv_model
@@ -90,18 +89,13 @@ def make_boxes(slices: int, count: int, seed: int = 1) -> list[dict]:
     return out
 
 
-def read_card(path: Path) -> ModelCard:
-    meta = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).get_modelmeta().custom_metadata_map
-    return ModelCard.from_json(meta[CARD_KEY])
-
-
 class RawRunner:
     """The model in this process, fed exactly what the service feeds it."""
 
     def __init__(self, path: Path, batch_size: int) -> None:
         options = ort.SessionOptions()
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        self.card = read_card(path)
+        self.card, _ = read_card(path)
         self.batch = batch_size
 
     def run(self, inputs: np.ndarray) -> float:
@@ -115,17 +109,16 @@ class RawRunner:
         out = np.empty((len(boxes), 1, ph, pw), np.float32)
         for i, b in enumerate(boxes):
             x1, y1, x2, y2 = b["box"]
-            y0 = int(np.floor((y1 + y2) / 2 - ph / 2 + 0.5))
-            x0 = int(np.floor((x1 + x2) / 2 - pw / 2 + 0.5))
-            out[i, 0] = vol[b["slice"], y0 : y0 + ph, x0 : x0 + pw]
-        return normalise(out, self.card.input)
+            window = self.card.input.crop_window([x1, y1, x2, y2], vol.shape, grow=False)
+            out[i, 0] = window.extract(vol[b["slice"]], float(vol.min()))
+        return self.card.input.normalise(out)
 
     def slices(self, vol: np.ndarray) -> np.ndarray:
         m = self.card.input.size_multiple
         h, w = -(-vol.shape[1] // m) * m, -(-vol.shape[2] // m) * m
         out = np.full((vol.shape[0], 1, h, w), vol.min(), np.float32)
         out[:, 0, : vol.shape[1], : vol.shape[2]] = vol
-        return normalise(out, self.card.input)
+        return self.card.input.normalise(out)
 
 
 def post(url: str, upload: tuple[bytes, dict]) -> tuple[float, dict]:

@@ -11,10 +11,10 @@ from typing import Any, Optional
 import torch
 
 from model_export import __version__
-from model_export.card import ClassInfo, InputSpec, ModelCard
-from model_export.digest import file_sha256  # noqa: F401  (re-exported: checkpoint digests)
 from model_export.nets import SegmentationModel, build_from_config
 from model_export.nets.config import SIZE_MULTIPLE, NetConfig
+from msdn_core.card import ClassInfo, InputSpec, ModelCard
+from msdn_core.digest import file_sha256  # noqa: F401  (re-exported: checkpoint digests)
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ def save_checkpoint(
         path: destination file (written atomically).
         model: a model of the family (has ``config``).
         classes: class names for label values 1..C (default ``class_1``...).
-        normalization: ``{"mean", "std", "clip"}`` of the training images (see ``model_export.card``).
+        normalization: ``{"mean", "std", "clip"}`` of the training images (see ``msdn_core.card``).
         patch_size: training patch (H, W).
         training: free-form training metadata (data set, splits, epochs, seed...).
         validation_dice: mean validation Dice of these weights.

@@ -3,27 +3,27 @@
 What is measured (``region``):
 
 - ``target`` (default, the paper's setting): the region of interest is the 3D bounding box of the
-  ground-truth target grown by ``margin`` pixels in-plane and ``z_margin`` slices, at least the
-  training patch size in-plane (rounded up to a multiple of 16, centred on the target, padded with
-  the image's lowest value when the image is smaller). The model segments every slice of that
+  ground-truth target grown by ``margin`` pixels in-plane and ``z_margin`` slices; in-plane it is the
+  window the one crop policy (``msdn_core.crop``, as training and serving) gives for that box: at
+  least the training patch size, grown to a multiple of 16 for larger targets, centred on the target
+  then shifted to lie inside the image (padded with the image's lowest value only when the image is
+  smaller). The model segments every slice of that
   region; the metrics compare prediction and ground truth inside it. This matches training on
   target-centred patches: the model is told roughly where the target is, as in the paper.
 - ``full``: every whole slice of the volume (padded to a multiple of 16). This also counts false
   positives anywhere in the body; models trained only on target-centred patches do poorly here,
   which is what ``--away-fraction`` in training is for.
 
-Metrics (MONAI, on 3D one-hot volumes, background excluded): Dice ``2|P&G| / (|P|+|G|)``, IoU
-``|P&G| / |P|+|G|-|P&G|``, HD95 the 95th percentile of the symmetric surface distances in mm
-(voxel spacing taken from the image). A class absent from both prediction and truth gives NaN Dice
-and IoU (left out of means); an empty prediction of a present class gives Dice 0 and HD95 ``inf``
-(reported, left out of the HD95 mean and counted in ``hd95_missing``).
+Metrics: ``msdn_core.metrics`` (Dice, IoU, HD95 in mm with the image's voxel spacing, background
+excluded), with its convention for empty masks: a class absent from both prediction and truth gives
+``None`` Dice, IoU and HD95 (left out of means); an empty prediction of a present class (or the
+reverse) gives Dice 0 and HD95 ``None`` (left out of the HD95 mean and counted in ``hd95_missing``).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,17 +32,15 @@ import numpy as np
 import torch
 
 from model_export.data.manifest import Case
-from model_export.data.sampling import Normalization
 from model_export.data.volumes import read_volume
 from model_export.nets import SIZE_MULTIPLE, SegmentationModel
+from msdn_core.card import Normalization
+from msdn_core.crop import Window, crop_window, pad_to_multiple
+from msdn_core.metrics import class_scores
 
 logger = logging.getLogger(__name__)
 
 REGIONS = ("target", "full")
-
-
-def _round_up(n: int, m: int = SIZE_MULTIPLE) -> int:
-    return int(math.ceil(n / m) * m)
 
 
 def target_region(
@@ -61,25 +59,21 @@ def target_region(
     if not nz[0].size:
         raise ValueError("the ground-truth mask is empty: no target region")
     z0, z1 = max(int(nz[0].min()) - z_margin, 0), min(int(nz[0].max()) + 1 + z_margin, mask.shape[0])
-    out = [slice(z0, z1)]
-    for axis in (1, 2):
-        lo, hi = int(nz[axis].min()) - margin, int(nz[axis].max()) + 1 + margin
-        size = _round_up(max(hi - lo, patch_size))
-        start = (lo + hi) // 2 - size // 2
-        out.append(slice(start, start + size))
-    return tuple(out)  # type: ignore[return-value]
+    box = [
+        int(nz[2].min()) - margin,
+        int(nz[1].min()) - margin,
+        int(nz[2].max()) + 1 + margin,
+        int(nz[1].max()) + 1 + margin,
+    ]
+    window = crop_window(box, mask.shape, (patch_size, patch_size), size_multiple=SIZE_MULTIPLE)
+    return slice(z0, z1), window.rows, window.cols
 
 
 def crop_region(volume: np.ndarray, region: tuple[slice, slice, slice], fill: float) -> np.ndarray:
     """``volume[region]`` where parts outside the volume are ``fill``."""
     zs, ys, xs = region
-    out = np.full((zs.stop - zs.start, ys.stop - ys.start, xs.stop - xs.start), fill, dtype=volume.dtype)
-    _, h, w = volume.shape
-    y0, y1 = max(ys.start, 0), min(ys.stop, h)
-    x0, x1 = max(xs.start, 0), min(xs.stop, w)
-    if y1 > y0 and x1 > x0:
-        out[:, y0 - ys.start : y1 - ys.start, x0 - xs.start : x1 - xs.start] = volume[zs, y0:y1, x0:x1]
-    return out
+    window = Window(ys.start, xs.start, ys.stop - ys.start, xs.stop - xs.start)
+    return window.extract(volume[zs], fill)
 
 
 @torch.no_grad()
@@ -97,11 +91,8 @@ def predict_slices(
     """
     model.eval()
     z, h, w = image.shape
-    ph, pw = _round_up(h), _round_up(w)
-    x = normalization.apply(image)
     fill = float(normalization.apply(np.array([image.min()]))[0])
-    if (ph, pw) != (h, w):
-        x = np.pad(x, ((0, 0), (0, ph - h), (0, pw - w)), constant_values=fill)
+    x, _ = pad_to_multiple(normalization.apply(image), SIZE_MULTIPLE, fill)
     out = np.zeros((z, h, w), dtype=np.uint8)
     for s in range(0, z, batch_size):
         batch = torch.from_numpy(np.ascontiguousarray(x[s : s + batch_size]))[:, None].to(device)
@@ -112,32 +103,9 @@ def predict_slices(
 
 def segmentation_metrics(
     pred: np.ndarray, truth: np.ndarray, num_classes: int, spacing: Sequence[float]
-) -> dict[str, list[float]]:
-    """Dice, IoU and HD95 (mm) per class 1..C between two (Z, Y, X) label volumes (MONAI metrics)."""
-    from monai.metrics import compute_dice, compute_hausdorff_distance, compute_iou
-
-    def onehot(a: np.ndarray) -> torch.Tensor:
-        t = torch.from_numpy(a.astype(np.int64))
-        return torch.nn.functional.one_hot(t, num_classes + 1).permute(3, 0, 1, 2)[None].float()
-
-    p, g = onehot(pred), onehot(truth)
-    dice = compute_dice(p, g, include_background=False, ignore_empty=True)[0]
-    iou = compute_iou(p, g, include_background=False, ignore_empty=True)[0]
-    hd = []
-    for c in range(1, num_classes + 1):
-        has_p, has_g = bool(p[0, c].any()), bool(g[0, c].any())
-        if not has_g and not has_p:
-            hd.append(math.nan)
-        elif has_p != has_g:
-            hd.append(math.inf)
-        else:
-            with warnings.catch_warnings():  # MONAI deprecation noise from its own internals
-                warnings.simplefilter("ignore", FutureWarning)
-                value = compute_hausdorff_distance(
-                    p[:, [0, c]], g[:, [0, c]], include_background=False, percentile=95, spacing=list(spacing)
-                )
-            hd.append(float(value[0, 0]))
-    return {"dice": [float(v) for v in dice], "iou": [float(v) for v in iou], "hd95": hd}
+) -> dict[str, list[float | None]]:
+    """Dice, IoU and HD95 (mm) per class 1..C between two (Z, Y, X) label volumes (``msdn_core.metrics``)."""
+    return class_scores(pred, truth, num_classes, spacing)
 
 
 @dataclass
@@ -149,10 +117,10 @@ class EvaluationResult:
     cases: list[dict[str, Any]] = field(default_factory=list)
 
     def mean(self, metric: str) -> list[float]:
-        """Mean of ``metric`` per class over cases (NaN and inf values left out)."""
+        """Mean of ``metric`` per class over cases (``None`` values left out; NaN when none is left)."""
         out = []
         for c in range(len(self.classes)):
-            vals = [r[metric][c] for r in self.cases if math.isfinite(r[metric][c])]
+            vals = [r[metric][c] for r in self.cases if r[metric][c] is not None]
             out.append(float(np.mean(vals)) if vals else math.nan)
         return out
 
@@ -173,7 +141,8 @@ class EvaluationResult:
             "iou": dict(zip(self.classes, self.mean("iou"), strict=True)),
             "hd95_mm": dict(zip(self.classes, self.mean("hd95"), strict=True)),
             "hd95_missing": {
-                n: sum(1 for r in self.cases if r["hd95"][c] == math.inf) for c, n in enumerate(self.classes)
+                n: sum(1 for r in self.cases if r["hd95"][c] is None and r["dice"][c] is not None)
+                for c, n in enumerate(self.classes)
             },
             "cases": self.cases,
         }
@@ -237,7 +206,7 @@ def evaluate_checkpoint(
     return evaluate_cases(
         model,
         cases,
-        Normalization.from_dict(card.input.__dict__),
+        card.input.normalization,
         classes=[c.name for c in sorted(card.classes, key=lambda c: c.value)],
         region=region,
         patch_size=int(max(card.input.patch_size)),
@@ -246,6 +215,10 @@ def evaluate_checkpoint(
         device=device,
         batch_size=batch_size,
     )
+
+
+def _cell(value: float | None, digits: int) -> str:
+    return f"{'-':>18}" if value is None else f"{value:18.{digits}f}"
 
 
 def format_result(result: EvaluationResult, *, per_case: bool = True) -> str:
@@ -258,7 +231,8 @@ def format_result(result: EvaluationResult, *, per_case: bool = True) -> str:
         lines.append(header)
         for r in result.cases:
             cells = "".join(
-                f"{r['dice'][c]:18.4f}{r['iou'][c]:18.4f}{r['hd95'][c]:18.2f}" for c in range(len(result.classes))
+                _cell(r["dice"][c], 4) + _cell(r["iou"][c], 4) + _cell(r["hd95"][c], 2)
+                for c in range(len(result.classes))
             )
             lines.append(str(r["case_id"]).ljust(16) + cells)
     for c, name in enumerate(result.classes):

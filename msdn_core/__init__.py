@@ -4,3 +4,5 @@ One owner per concept: the error vocabulary (:mod:`msdn_core.errors`), and, as t
 card and input spec, geometry and the volume type, the readers, boxes, the crop policy and metrics.
 Nothing here imports torch, MONAI, FastAPI, ``model_export`` or ``service``.
 """
+
+__version__ = "0.1.0"

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from model_export.export.calibration import load_manifest_patches  # noqa: E402
 from model_export.export.variants import MAX_INT8_DICE_LOSS, VariantError, build_variants  # noqa: E402
-from model_export.onnx_model import card_from_model, load_onnx  # noqa: E402
+from msdn_core.onnx_model import card_from_model, load_onnx  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

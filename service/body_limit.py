@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import LimitExceeded
+from service.errors import ErrorCode, LimitExceeded, error_body
 
 
 class _TooLarge(Exception):
@@ -26,13 +26,13 @@ class BodyLimitMiddleware:
     def _error(self, size: str) -> LimitExceeded:
         return LimitExceeded(
             f"request body of {size} bytes is over the limit of {self.max_bytes} (MSDN_MAX_UPLOAD_BYTES)",
-            code="upload_too_large",
+            code=ErrorCode.UPLOAD_TOO_LARGE,
         )
 
     async def _answer(self, error: LimitExceeded, scope: Scope, receive: Receive, send: Send) -> None:
         from fastapi.responses import JSONResponse
 
-        response = JSONResponse(error.body(), status_code=error.status_code, headers={"Connection": "close"})
+        response = JSONResponse(error_body(error), status_code=error.status, headers={"Connection": "close"})
         await response(scope, receive, send)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -1,4 +1,9 @@
-"""Domain errors and the one place that maps them to HTTP answers.
+"""The one place that maps errors to HTTP answers.
+
+Domain errors are ``msdn_core.errors.MsdnError`` subclasses (re-exported here): the answer's status is
+``exc.code.status`` (``ErrorCode.status``). The HTTP layer's own errors (auth, overload, time limit)
+are :class:`ServiceError`, an ``MsdnError`` with headers. PACS client errors reach the answers as
+``ErrorCode.PACS_*`` codes (:data:`PACS_CODES`).
 
 Every error answer has the JSON body ``{"code": ..., "message": ..., "detail": ...}`` (``ErrorBody``):
 ``code`` is a stable machine-readable name, ``message`` says in words what was wrong, ``detail`` is
@@ -16,9 +21,54 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from msdn_core.errors import MsdnError
+from msdn_core.errors import (
+    ErrorCode,
+    InconsistentGeometry,
+    InvalidBoxes,
+    InvalidInput,
+    InvalidVolume,
+    LimitExceeded,
+    MixedSeries,
+    ModalityNotAllowed,
+    MsdnError,
+    NoPixelData,
+    NotDicom,
+    ReferenceMismatch,
+    UnsafeZip,
+    UnsupportedTransferSyntax,
+)
 
 logger = logging.getLogger(__name__)
+
+_C4XX = ErrorCode.INVALID_REQUEST
+
+__all__ = [
+    "ErrorBody",
+    "ErrorCode",
+    "InconsistentGeometry",
+    "InvalidBoxes",
+    "InvalidInput",
+    "InvalidVolume",
+    "LimitExceeded",
+    "MixedSeries",
+    "ModalityNotAllowed",
+    "ModelLoadError",
+    "MsdnError",
+    "NoPixelData",
+    "NotAcceptable",
+    "NotDicom",
+    "NotReady",
+    "Overloaded",
+    "ReferenceMismatch",
+    "RequestTimeout",
+    "ServiceError",
+    "Unauthorized",
+    "UnsafeZip",
+    "UnsupportedTransferSyntax",
+    "error_body",
+    "install_error_handlers",
+    "pacs_code",
+]
 
 
 class ErrorBody(BaseModel):
@@ -29,94 +79,27 @@ class ErrorBody(BaseModel):
     detail: Optional[Any] = None
 
 
-class ServiceError(Exception):
-    """Base of the domain errors; ``status_code`` and ``code`` pick the answer."""
-
-    status_code: int = 400
-    code: str = "bad_request"
+class ServiceError(MsdnError):
+    """An error of the HTTP layer (auth, overload, time limit): an :class:`MsdnError` with HTTP headers."""
 
     def __init__(
         self,
         message: str,
         *,
-        code: Optional[str] = None,
+        code: ErrorCode | str | None = None,
         detail: Any = None,
         headers: Optional[dict[str, str]] = None,
     ) -> None:
-        super().__init__(message)
-        self.message = message
-        if code is not None:
-            self.code = code
-        self.detail = detail
+        super().__init__(message, code=code, detail=detail)
         self.headers = headers or {}
-
-    def body(self) -> dict[str, Any]:
-        """The JSON body of the answer."""
-        return ErrorBody(code=self.code, message=self.message, detail=self.detail).model_dump()
-
-
-class InvalidInput(ServiceError):
-    """The request is well-formed HTTP but its content cannot be used (422)."""
-
-    status_code = 422
-    code = "invalid_input"
-
-
-class NotDicom(InvalidInput):
-    code = "not_dicom"
-
-
-class NoPixelData(InvalidInput):
-    code = "no_pixel_data"
-
-
-class UnsupportedTransferSyntax(InvalidInput):
-    code = "unsupported_transfer_syntax"
-
-
-class MixedSeries(InvalidInput):
-    code = "mixed_series"
-
-
-class InconsistentGeometry(InvalidInput):
-    code = "inconsistent_geometry"
-
-
-class ModalityNotAllowed(InvalidInput):
-    code = "modality_not_allowed"
-
-
-class InvalidBoxes(InvalidInput):
-    code = "invalid_boxes"
-
-
-class ReferenceMismatch(InvalidInput):
-    code = "reference_mismatch"
-
-
-class InvalidVolume(InvalidInput):
-    code = "invalid_volume"
-
-
-class UnsafeZip(InvalidInput):
-    code = "unsafe_zip"
-
-
-class LimitExceeded(ServiceError):
-    """An upload or volume over a configured limit (413)."""
-
-    status_code = 413
-    code = "limit_exceeded"
 
 
 class NotAcceptable(ServiceError):
-    status_code = 406
-    code = "not_acceptable"
+    code = ErrorCode.NOT_ACCEPTABLE
 
 
 class Unauthorized(ServiceError):
-    status_code = 401
-    code = "unauthorized"
+    code = ErrorCode.UNAUTHORIZED
 
     def __init__(self, message: str = "a valid API key is required (Authorization: Bearer KEY or X-API-Key: KEY)"):
         super().__init__(message, headers={"WWW-Authenticate": 'Bearer realm="msdn"'})
@@ -125,69 +108,102 @@ class Unauthorized(ServiceError):
 class Overloaded(ServiceError):
     """All inference slots and the waiting room are full (503 with Retry-After)."""
 
-    status_code = 503
-    code = "overloaded"
+    code = ErrorCode.OVERLOADED
 
     def __init__(self, message: str, *, retry_after_s: int):
         super().__init__(message, headers={"Retry-After": str(int(retry_after_s))})
 
 
 class NotReady(ServiceError):
-    status_code = 503
-    code = "not_ready"
+    code = ErrorCode.NOT_READY
 
 
 class RequestTimeout(ServiceError):
     """Processing ran past the configured request time (504)."""
 
-    status_code = 504
-    code = "timeout"
+    code = ErrorCode.TIMEOUT
 
 
 class ModelLoadError(RuntimeError):
     """The model cannot be served (raised at start-up, never answered to a client)."""
 
 
-def _service_error(_: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, ServiceError)
-    # The code only: messages name uploaded files, and file names can carry patient identifiers.
-    log = logger.warning if exc.status_code >= 500 else logger.info
-    log("answered %d %s", exc.status_code, exc.code)
-    return JSONResponse(exc.body(), status_code=exc.status_code, headers=exc.headers)
+#: The PACS clients' errors (``service.pacs.errors``, by class name: no import of the PACS package here).
+PACS_CODES: dict[str, ErrorCode] = {
+    "PacsNotConfiguredError": ErrorCode.PACS_NOT_CONFIGURED,
+    "PacsUnreachableError": ErrorCode.PACS_UNAVAILABLE,
+    "PacsTimeoutError": ErrorCode.PACS_TIMEOUT,
+    "AssociationRejectedError": ErrorCode.PACS_REFUSED,
+    "PacsAuthError": ErrorCode.PACS_REFUSED,
+    "AssociationAbortedError": ErrorCode.PACS_ERROR,
+    "PacsOperationError": ErrorCode.PACS_ERROR,
+    "SeriesNotFoundError": ErrorCode.SERIES_NOT_FOUND,
+    "SeriesTooLargeError": ErrorCode.SERIES_TOO_LARGE,
+    "PacsError": ErrorCode.PACS_ERROR,
+}
+#: Codes of plain HTTP errors (Starlette's own 404/405, ``HTTPException`` raised by routes) by status.
+HTTP_CODES: dict[int, ErrorCode] = {
+    401: ErrorCode.UNAUTHORIZED,
+    404: ErrorCode.NOT_FOUND,
+    405: ErrorCode.METHOD_NOT_ALLOWED,
+    406: ErrorCode.NOT_ACCEPTABLE,
+    413: ErrorCode.LIMIT_EXCEEDED,
+    422: ErrorCode.INVALID_REQUEST,
+    500: ErrorCode.INTERNAL_ERROR,
+    503: ErrorCode.NOT_READY,
+    504: ErrorCode.TIMEOUT,
+}
+
+
+def error_body(exc: MsdnError) -> dict[str, Any]:
+    """The JSON body of the answer to ``exc``."""
+    return ErrorBody(code=exc.code.value, message=exc.message, detail=exc.detail).model_dump()
+
+
+def pacs_code(exc: BaseException) -> Optional[ErrorCode]:
+    """The code of a PACS client error (by its most specific known class), None for other errors."""
+    for cls in type(exc).__mro__:
+        if cls.__name__ in PACS_CODES:
+            return PACS_CODES[cls.__name__]
+    return None
 
 
 def _msdn_error(_: Request, exc: Exception) -> JSONResponse:
-    """A core error (readers, geometry, references): its ErrorCode picks the status."""
     assert isinstance(exc, MsdnError)
+    # The code only: messages name uploaded files, and file names can carry patient identifiers.
     log = logger.warning if exc.status >= 500 else logger.info
     log("answered %d %s", exc.status, exc.code.value)
-    body = ErrorBody(code=exc.code.value, message=exc.message, detail=exc.detail)
-    return JSONResponse(body.model_dump(), status_code=exc.status)
+    return JSONResponse(error_body(exc), status_code=exc.status, headers=getattr(exc, "headers", None) or None)
 
 
 def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     errors = [{k: v for k, v in e.items() if k in ("loc", "msg", "type")} for e in exc.errors()]
     parts = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors]
-    body = ErrorBody(code="invalid_request", message="; ".join(parts) or "invalid request", detail=errors)
+    body = ErrorBody(code=ErrorCode.INVALID_REQUEST.value, message="; ".join(parts) or "invalid request", detail=errors)
     return JSONResponse(body.model_dump(), status_code=422)
 
 
 def _http_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
-    body = ErrorBody(code=f"http_{exc.status_code}", message=str(exc.detail))
+    cause = exc.__cause__
+    code = pacs_code(cause) if cause is not None else None  # the PACS routes raise HTTPException from PacsError
+    if code is None and isinstance(cause, MsdnError):
+        code = cause.code
+    if code is None:
+        code = HTTP_CODES.get(exc.status_code, ErrorCode.INTERNAL_ERROR if exc.status_code >= 500 else _C4XX)
+    body = ErrorBody(code=code.value, message=str(exc.detail))
     return JSONResponse(body.model_dump(), status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
 
 def _unexpected_error(_: Request, exc: Exception) -> JSONResponse:
     logger.error("internal error: %s", type(exc).__name__, exc_info=exc)
-    body = ErrorBody(code="internal_error", message="internal error; the server log has the details")
+    body = ErrorBody(code=ErrorCode.INTERNAL_ERROR.value, message="internal error; the server log has the details")
     return JSONResponse(body.model_dump(), status_code=500)
 
 
 def install_error_handlers(app: FastAPI) -> None:
     """Register the mapping of domain, validation and HTTP errors to JSON ``ErrorBody`` answers."""
-    app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(MsdnError, _msdn_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)

@@ -1,35 +1,18 @@
-"""Segmentation metrics against a reference mask, and per-class summaries of a label volume.
+"""Scores of a segmentation against a reference, and per-class summaries of a label volume.
 
-Definitions (per class c, on the boolean masks P = (pred == c), R = (ref == c)):
-
-* Dice = 2|P and R| / (|P| + |R|); IoU = |P and R| / |P or R|.
-* HD95 (mm): surfaces are the mask voxels with a 6-connected neighbour outside the mask (3D); the
-  distance from each surface voxel of one mask to the nearest surface voxel of the other is
-  measured with the voxel spacing (``scipy.ndimage.distance_transform_edt``); HD95 is the larger of
-  the two directed 95th percentiles (as MONAI's ``compute_hausdorff_distance(percentile=95)``).
-* A class empty in both masks has no Dice/IoU/HD95 (``None``) and is left out of the mean; empty in
-  exactly one gives Dice = IoU = 0 and HD95 = ``None`` (infinite).
-* "overall" scores foreground (label > 0) against foreground; "mean_dice" averages the classes.
-* Volumes in mL = voxels x sz x sy x sx / 1000.
+The metrics and their convention for empty masks are those of ``msdn_core.metrics`` (one module for
+training and serving). "overall" scores foreground (label > 0) against foreground; "mean_dice"
+averages the classes that have a Dice.
 """
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Sequence
 
 import numpy as np
 from scipy import ndimage
 
-
-def _bounding_window(mask: np.ndarray, margin: int = 0) -> Optional[tuple[slice, ...]]:
-    """Slices of the bounding box of a mask's non-zero voxels (plus ``margin``), or None when empty."""
-    window = []
-    for axis in range(mask.ndim):
-        hits = np.flatnonzero(mask.any(axis=tuple(j for j in range(mask.ndim) if j != axis)))
-        if not hits.size:
-            return None
-        window.append(slice(max(int(hits[0]) - margin, 0), int(hits[-1]) + 1 + margin))
-    return tuple(window)
+from msdn_core.metrics import bounding_window, mean, overlap, voxel_ml
 
 
 def _counts(labels: np.ndarray, num_classes: int) -> list[int]:
@@ -42,43 +25,6 @@ def _counts(labels: np.ndarray, num_classes: int) -> list[int]:
     return [int(labels.size) - sum(counts), *counts]
 
 
-def _crop_to_union(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Both masks cut to the bounding box of their union, with a one-voxel margin."""
-    window = _bounding_window(a | b, margin=1)
-    assert window is not None
-    return a[window], b[window]
-
-
-def _surface(mask: np.ndarray) -> np.ndarray:
-    eroded = ndimage.binary_erosion(mask, structure=ndimage.generate_binary_structure(mask.ndim, 1), border_value=0)
-    return mask & ~eroded
-
-
-def hd95(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float]) -> Optional[float]:
-    """95th-percentile symmetric Hausdorff distance in mm; ``None`` when either mask is empty."""
-    pred, ref = pred.astype(bool), ref.astype(bool)
-    if not pred.any() or not ref.any():
-        return None
-    pred, ref = _crop_to_union(pred, ref)
-    sp, sr = _surface(pred), _surface(ref)
-    to_ref = ndimage.distance_transform_edt(~sr, sampling=spacing)
-    to_pred = ndimage.distance_transform_edt(~sp, sampling=spacing)
-    return float(max(np.percentile(to_ref[sp], 95), np.percentile(to_pred[sr], 95)))
-
-
-def overlap(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float]) -> dict[str, Optional[float]]:
-    """Dice, IoU and HD95 of two boolean masks (module docstring for empty masks)."""
-    p, r = int(pred.sum()), int(ref.sum())
-    if p == 0 and r == 0:
-        return {"dice": None, "iou": None, "hd95_mm": None}
-    inter = int(np.logical_and(pred, ref).sum())
-    return {
-        "dice": 2.0 * inter / (p + r),
-        "iou": inter / (p + r - inter),
-        "hd95_mm": hd95(pred, ref, spacing),
-    }
-
-
 def evaluate(pred: np.ndarray, ref: np.ndarray, *, spacing: Sequence[float], class_names: Sequence[str]) -> dict:
     """Per-class and overall scores of label volumes ``pred`` against ``ref`` (same shape).
 
@@ -88,7 +34,7 @@ def evaluate(pred: np.ndarray, ref: np.ndarray, *, spacing: Sequence[float], cla
     """
     if pred.shape != ref.shape:
         raise ValueError(f"pred {pred.shape} and ref {ref.shape} differ in shape")
-    voxel_ml = float(np.prod(spacing)) / 1000.0
+    ml = voxel_ml(spacing)
     pred_counts = _counts(pred, len(class_names))
     ref_counts = _counts(ref, len(class_names))
     classes = []
@@ -99,26 +45,25 @@ def evaluate(pred: np.ndarray, ref: np.ndarray, *, spacing: Sequence[float], cla
                 "value": value,
                 "name": name,
                 **scores,
-                "volume_ml": float(pred_counts[value]) * voxel_ml,
-                "reference_volume_ml": float(ref_counts[value]) * voxel_ml,
+                "volume_ml": float(pred_counts[value]) * ml,
+                "reference_volume_ml": float(ref_counts[value]) * ml,
             }
         )
     fg_pred, fg_ref = pred > 0, ref > 0
     overall = {
         **overlap(fg_pred, fg_ref, spacing),
-        "volume_ml": float(fg_pred.sum()) * voxel_ml,
-        "reference_volume_ml": float(fg_ref.sum()) * voxel_ml,
+        "volume_ml": float(fg_pred.sum()) * ml,
+        "reference_volume_ml": float(fg_ref.sum()) * ml,
     }
-    dices = [c["dice"] for c in classes if c["dice"] is not None]
-    return {"classes": classes, "overall": overall, "mean_dice": float(np.mean(dices)) if dices else None}
+    return {"classes": classes, "overall": overall, "mean_dice": mean([c["dice"] for c in classes])}
 
 
 def class_summary(labels: np.ndarray, *, spacing: Sequence[float], class_names: Sequence[str]) -> list[dict]:
     """Voxel count and volume (mL) of each class."""
     counts = _counts(labels, len(class_names))
-    voxel_ml = float(np.prod(spacing)) / 1000.0
+    ml = voxel_ml(spacing)
     return [
-        {"value": v, "name": n, "voxels": int(counts[v]), "volume_ml": float(counts[v]) * voxel_ml}
+        {"value": v, "name": n, "voxels": int(counts[v]), "volume_ml": float(counts[v]) * ml}
         for v, n in enumerate(class_names, start=1)
     ]
 
@@ -139,10 +84,10 @@ def components(
     Each has its class, voxel count, volume (mL) and 3D box ``[x1, y1, z1, x2, y2, z2]`` in the
     continuous pixel convention (``stop`` = last index + 1). Returns (components, truncated).
     """
-    voxel_ml = float(np.prod(spacing)) / 1000.0
+    ml = voxel_ml(spacing)
     structure = ndimage.generate_binary_structure(3, 3)
     found: list[dict] = []
-    window = _bounding_window(labels)
+    window = bounding_window(labels)
     if window is None:
         return found, False
     labels = labels[window]  # the components lie in the foreground's bounding box
@@ -162,7 +107,7 @@ def components(
                     "class_value": value,
                     "class_name": name,
                     "voxels": size,
-                    "volume_ml": size * voxel_ml,
+                    "volume_ml": size * ml,
                     "box": [xs.start, ys.start, zs.start, xs.stop, ys.stop, zs.stop],
                 }
             )

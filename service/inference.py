@@ -3,43 +3,27 @@
 * Whole slices: each (Y, X) slice is padded at the bottom/right to the model's size multiple, slices
   are run in batches, the label is the argmax channel, the padding is cut off again.
 * Boxes: as in training, a crop of the model's patch size (grown to a size multiple when a box is
-  larger) is centred on each box; crops of one size are batched; the crop's labels are pasted back
+  larger) is placed by the one crop policy (``msdn_core.crop``: centred on the box, then shifted to
+  lie inside the image); crops of one size are batched; the crop's labels are pasted back
   inside the box only (with a box label, only that class). Where boxes overlap, a pixel keeps the
   first foreground label it gets.
 * Proposals: a whole-slice pass gives the detector's boxes (score threshold, per-class NMS), which
   are then segmented as boxes with their class as label.
 
 Inputs are normalised as the model card says (clip, then (x - mean) / std); padding and the outside
-of the image take the lowest value of the volume (after clipping).
+of the image take the lowest value of the volume (after clipping; in box mode, of the slices read).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from model_export.card import InputSpec
+from msdn_core.crop import Window
 from service.boxes import SliceBox, proposals
 from service.model import ModelRuntime, RunStats
-
-
-def normalise(values: np.ndarray, spec: InputSpec, *, out: Optional[np.ndarray] = None) -> np.ndarray:
-    """Stored units -> network input per the card: clip, then (x - mean) / std, float32.
-
-    ``out``: a float32 array of ``values``' shape to write into (``values`` itself for in place).
-    """
-    x = np.asarray(values, np.float32)
-    if out is None:
-        out = np.empty(x.shape, np.float32)
-    if spec.clip is not None:
-        np.clip(x, spec.clip[0], spec.clip[1], out=out)
-        x = out
-    np.subtract(x, np.float32(spec.mean), out=out)
-    np.divide(out, np.float32(spec.std), out=out)
-    return out
 
 
 def argmax_labels(probs: np.ndarray) -> np.ndarray:
@@ -58,10 +42,6 @@ def argmax_labels(probs: np.ndarray) -> np.ndarray:
     return labels
 
 
-def round_up(value: int, multiple: int) -> int:
-    return math.ceil(value / multiple) * multiple
-
-
 @dataclass
 class InferenceOutput:
     """Labels of a volume and how they were obtained."""
@@ -70,15 +50,6 @@ class InferenceOutput:
     mode: str
     boxes: list[SliceBox] = field(default_factory=list)
     stats: RunStats = field(default_factory=RunStats)
-
-
-def _background(volume: np.ndarray, spec: InputSpec, decoded: Optional[np.ndarray] = None) -> float:
-    """The padding value: the lowest value of the (decoded slices of the) volume, clipped as the card says."""
-    values = volume if decoded is None else volume[np.asarray(decoded, np.int64)]
-    low = float(values.min()) if values.size else 0.0
-    if spec.clip is not None:
-        low = min(max(low, spec.clip[0]), spec.clip[1])
-    return low
 
 
 def segment_slices(
@@ -102,34 +73,27 @@ def segment_slices(
     """
     spec = runtime.card.input
     depth, height, width = volume.shape
-    ph, pw = round_up(height, spec.size_multiple), round_up(width, spec.size_multiple)
-    padded = (ph, pw) != (height, width)
-    if load is not None and padded:
+    needs_padding = bool(height % spec.size_multiple or width % spec.size_multiple)
+    if load is not None and needs_padding:
         volume, load = load(0, depth), None
-    pad_value = _background(volume, spec) if padded else 0.0
+    pad_value = spec.pad_value(volume) if needs_padding else 0.0  # unused without padding
     labels = np.zeros(volume.shape, np.uint8)
     detections: Optional[list[tuple[np.ndarray, np.ndarray]]] = [] if want_detections else None
 
     def make_batch(start: int, stop: int) -> np.ndarray:
         source = load(start, stop) if load is not None else volume
-        shape = (stop - start, 1, ph, pw)
-        batch = np.full(shape, pad_value, np.float32) if padded else np.empty(shape, np.float32)
-        batch[:, 0, :height, :width] = source[start:stop]
-        return normalise(batch, spec, out=batch)
+        padded, _ = spec.pad_to_multiple(np.asarray(source[start:stop], np.float32), pad_value)
+        return spec.normalise(padded)[:, None]
 
     def consume(start: int, outputs: dict[str, np.ndarray]) -> None:
         probs = outputs[runtime.segmentation_output]
-        labels[start : start + probs.shape[0]] = argmax_labels(probs[:, :, :height, :width])
+        labels[start : start + probs.shape[0]] = spec.unpad(argmax_labels(probs), volume.shape[1:])
         if detections is not None and runtime.detection_outputs:
             scores, boxes = (outputs[n] for n in runtime.detection_outputs)
             detections.extend(zip(scores, boxes, strict=True))
 
     stats = runtime.run_batched(depth, make_batch, consume, check=check)
     return labels, stats, detections
-
-
-def _crop_origin(center: float, size: int) -> int:
-    return math.floor(center - size / 2.0 + 0.5)
 
 
 def segment_boxes(
@@ -142,33 +106,27 @@ def segment_boxes(
 ) -> tuple[np.ndarray, RunStats]:
     """Labels from box-centred crops pasted back inside each box (module docstring).
 
-    ``decoded``: the slices that hold values (the others were never read); the padding value is
-    taken over them.
+    ``decoded``: the slices that hold values when the reader decoded only those (box mode reads the
+    slices its boxes touch); the padding value is their lowest value.
     """
     spec = runtime.card.input
     _, height, width = volume.shape
-    patch_h, patch_w = (int(v) for v in spec.patch_size)
-    pad_value = _background(volume, spec, decoded)
+    pad_value = spec.pad_value(volume if decoded is None else volume[np.asarray(decoded, np.int64)])
     labels = np.zeros(volume.shape, np.uint8)
     total = RunStats()
     # Crop geometry per box, grouped by crop size so each group is batched.
     groups: dict[tuple[int, int], list[tuple[SliceBox, int, int]]] = {}
     for box in boxes:
-        ch = max(patch_h, round_up(math.ceil(box.y2 - box.y1), spec.size_multiple))
-        cw = max(patch_w, round_up(math.ceil(box.x2 - box.x1), spec.size_multiple))
-        y0 = _crop_origin((box.y1 + box.y2) / 2.0, ch)
-        x0 = _crop_origin((box.x1 + box.x2) / 2.0, cw)
-        groups.setdefault((ch, cw), []).append((box, y0, x0))
+        window = spec.crop_window(box.xyxy, (height, width))  # the one crop policy (msdn_core.crop)
+        groups.setdefault((window.height, window.width), []).append((box, window.y0, window.x0))
 
     for (ch, cw), items in groups.items():
 
         def make_batch(start: int, stop: int, items=items, ch=ch, cw=cw) -> np.ndarray:
-            batch = np.full((stop - start, 1, ch, cw), pad_value, np.float32)
+            batch = np.empty((stop - start, 1, ch, cw), np.float32)
             for b, (box, y0, x0) in enumerate(items[start:stop]):
-                ys, ye = max(y0, 0), min(y0 + ch, height)
-                xs, xe = max(x0, 0), min(x0 + cw, width)
-                batch[b, 0, ys - y0 : ye - y0, xs - x0 : xe - x0] = volume[box.slice, ys:ye, xs:xe]
-            return normalise(batch, spec, out=batch)
+                batch[b, 0] = Window(y0, x0, ch, cw).extract(volume[box.slice], pad_value)
+            return spec.normalise(batch)
 
         def consume(start: int, outputs: dict[str, np.ndarray], items=items) -> None:
             crop_labels = argmax_labels(outputs[runtime.segmentation_output])

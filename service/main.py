@@ -20,11 +20,12 @@ from typing import AsyncIterator, Optional, Sequence
 import anyio
 from fastapi import APIRouter, FastAPI
 
-from model_export import __version__
+from msdn_core import __version__
 from service.auth import RequireApiKey
 from service.body_limit import BodyLimitMiddleware
 from service.concurrency import InferenceLimiter
 from service.errors import install_error_handlers
+from service.logs import configure_logging
 from service.metrics import MetricsMiddleware, ServiceMetrics
 from service.model import ModelRuntime
 from service.routes import docs, health, segment
@@ -111,6 +112,7 @@ def create_app(
         runtime: an already loaded model (default: loaded from ``settings`` at start-up).
     """
     settings = settings or get_settings()
+    configure_logging(settings.log_level)
     extra = {}
     if "form_limits" in inspect.signature(FastAPI).parameters:  # FastAPI >= 0.16x; older: 1000 parts
         # Room for every DICOM part plus volume/reference; the route answers 413 past MSDN_MAX_FILES.

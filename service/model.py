@@ -22,17 +22,10 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 import numpy as np
 
-from model_export.card import CARD_KEY, ModelCard
-from model_export.digest import file_sha256
-from model_export.onnx_model import (
-    GRAPH_SHA256_KEY,
-    ModelFileError,
-    graph_sha256,
-    load_onnx,
-    read_sidecar_with_sha,
-    sidecar_path,
-    variant_path,
-)
+from msdn_core import onnx_model
+from msdn_core.card import ModelCard
+from msdn_core.digest import file_sha256
+from msdn_core.onnx_model import GRAPH_SHA256_KEY, ModelFileError, graph_sha256, load_onnx, variant_path
 from service.errors import ModelLoadError
 from service.providers import (
     CPU,
@@ -58,37 +51,11 @@ __all__ = ["CPU", "CUDA", "TENSORRT", "ModelRuntime", "RunStats", "cuda_usable",
 def read_card(
     model_path: str | os.PathLike, metadata: Optional[dict[str, str]] = None
 ) -> tuple[ModelCard, Optional[str]]:
-    """The model card of an ONNX file and the SHA-256 its sidecar expects (or None).
-
-    The card embedded in ``metadata_props[CARD_KEY]`` is authoritative; a model without one is served
-    from its sidecar ``<model>.card.json`` when present (see ``model_export.onnx_model``).
-
-    Args:
-        model_path: the ``.onnx`` file.
-        metadata: its ``metadata_props`` when already read; read with ``onnx`` otherwise.
-
-    Raises:
-        ModelLoadError: unreadable file, no card anywhere, or an unreadable card.
-    """
-    path = Path(model_path)
+    """``msdn_core.onnx_model.read_card`` with its failures as ``ModelLoadError``."""
     try:
-        sidecar = read_sidecar_with_sha(path) if sidecar_path(path).is_file() else None
-        if metadata is None:
-            metadata = {p.key: p.value for p in load_onnx(path).metadata_props}
-        if CARD_KEY in metadata:
-            try:
-                card = ModelCard.from_json(metadata[CARD_KEY])
-            except ValueError as exc:
-                raise ModelFileError(f"{path} metadata {CARD_KEY!r}: {exc}") from exc
-        elif sidecar is not None:
-            card = sidecar[0]
-        else:
-            raise ModelFileError(
-                f"{path} carries no model card (metadata {CARD_KEY!r}) and has no sidecar {sidecar_path(path).name}"
-            )
+        return onnx_model.read_card(model_path, metadata)
     except ModelFileError as exc:
         raise ModelLoadError(str(exc)) from exc
-    return card, sidecar[1] if sidecar is not None else None
 
 
 @functools.lru_cache(maxsize=1)

@@ -23,29 +23,28 @@ app's limiter, which bounds concurrency and applies the request time limit::
         lambda deadline: segment_datasets(datasets, runtime, settings, deadline=deadline))
     seg = build_seg(result)                      # highdicom Segmentation referencing the series
 
-Errors are ``service.errors.ServiceError`` subclasses; the app's handler turns them into 4xx JSON.
+Errors are ``msdn_core.errors.MsdnError`` subclasses; ``service.errors`` turns them into 4xx JSON.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import numpy as np
 from pydicom.dataset import Dataset
 
-from model_export.card import ModelCard
 from msdn_core.reference import labels_from_seg, match_reference
 from msdn_core.volume import Volume
 from service.boxes import SliceBox, parse_boxes
 from service.concurrency import Deadline
-from service.errors import InvalidInput
+from service.errors import ErrorCode, InvalidInput
 from service.evaluation import evaluate
 from service.inference import segment_volume_array
 from service.io.dicom import series_volume
-from service.model import ModelRuntime, RunStats
+from service.model import ModelRuntime
+from service.result import SegmentationResult
 from service.settings import OutputFormat, Settings
 
 logger = logging.getLogger(__name__)
@@ -58,33 +57,6 @@ MEDIA_TYPES: dict[str, tuple[str, str]] = {
     "nifti": ("application/gzip", "mask.nii.gz"),
     "dicom-seg": ("application/dicom", "segmentation.dcm"),
 }
-
-
-@dataclass
-class SegmentationResult:
-    """A segmented volume and what produced it.
-
-    Attributes:
-        image: the input volume (geometry, DICOM sources).
-        labels: (Z, Y, X) uint8 class labels.
-        mode: ``slices``, ``boxes`` or ``proposals``.
-        boxes: the request boxes or detector proposals that were segmented.
-        metrics: scores against the reference (``service.evaluation.evaluate``), or None.
-        run: model calls and their time.
-        timings: ``read_s`` (decode), ``total_s`` (whole pipeline).
-        card, model_sha256, provider: the model that ran.
-    """
-
-    image: Volume
-    labels: np.ndarray
-    mode: str
-    boxes: list[SliceBox]
-    metrics: Optional[dict]
-    run: RunStats
-    timings: dict[str, float]
-    card: ModelCard
-    model_sha256: str
-    provider: str
 
 
 def segment_image(
@@ -114,21 +86,21 @@ def segment_image(
     card = runtime.card
     class_names = [c.name for c in card.classes]
     if mode not in MODES:
-        raise InvalidInput(f"mode must be one of {list(MODES)}, got {mode!r}", code="invalid_mode")
+        raise InvalidInput(f"mode must be one of {list(MODES)}, got {mode!r}", code=ErrorCode.INVALID_MODE)
     parsed = (
         parse_boxes(boxes, shape=image.shape, class_names=class_names, max_boxes=settings.max_boxes)
         if boxes is None or isinstance(boxes, str)
         else list(boxes)
     )
     if mode == "boxes" and not parsed:
-        raise InvalidInput("mode 'boxes' needs a non-empty 'boxes' field", code="invalid_mode")
+        raise InvalidInput("mode 'boxes' needs a non-empty 'boxes' field", code=ErrorCode.INVALID_MODE)
     if mode == "proposals" and not runtime.has_detection:
         raise InvalidInput(
-            "mode 'proposals' needs a model with detection outputs; this model has none", code="invalid_mode"
+            "mode 'proposals' needs a model with detection outputs; this model has none", code=ErrorCode.INVALID_MODE
         )
     if mode in ("slices", "proposals") and parsed:
         raise InvalidInput(
-            f"mode {mode!r} does not use boxes; leave out 'boxes' or use mode 'boxes'", code="invalid_mode"
+            f"mode {mode!r} does not use boxes; leave out 'boxes' or use mode 'boxes'", code=ErrorCode.INVALID_MODE
         )
     ref_labels = None
     if reference is not None:
@@ -242,10 +214,10 @@ def render(result: SegmentationResult, fmt: OutputFormat, settings: Settings) ->
         body = nifti_bytes(result.labels, result.image)
     elif fmt == "dicom-seg":
         if result.image.series is None:
-            raise InvalidInput("a DICOM SEG answer needs DICOM input", code="format_needs_dicom")
+            raise InvalidInput("a DICOM SEG answer needs DICOM input", code=ErrorCode.FORMAT_NEEDS_DICOM)
         from service.outputs.dicom_seg import seg_bytes
 
         body = seg_bytes(result)
     else:  # pragma: no cover - OutputFormat is a closed set
-        raise InvalidInput(f"unknown format {fmt!r}", code="invalid_format")
+        raise InvalidInput(f"unknown format {fmt!r}", code=ErrorCode.INVALID_FORMAT)
     return body, media_type, filename

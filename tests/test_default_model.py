@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from model_export.digest import file_sha256
-from model_export.onnx_model import SIDECAR_SHA_KEY, read_model_card, sidecar_path
+from msdn_core.digest import file_sha256
+from msdn_core.onnx_model import SIDECAR_SHA_KEY, read_model_card, sidecar_path
 from service.main import create_app
 from service.outputs.rle import decode
 from tests.service.helpers import make_settings

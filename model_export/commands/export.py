@@ -87,9 +87,10 @@ def run(args: argparse.Namespace) -> int:
                 calibration = load_npz(args.calibration_npz, description=f"{args.calibration_npz.name}")
             elif args.manifest:
                 from model_export.checkpoint import read_checkpoint
+                from msdn_core.card import ModelCard
 
-                spec = read_checkpoint(args.checkpoint)["card"]["input"]
-                common = {"normalization": spec, "patch_size": int(spec["patch_size"][0])}
+                spec = ModelCard.from_dict(read_checkpoint(args.checkpoint)["card"]).input
+                common = {"normalization": spec.normalization.to_dict(), "patch_size": int(spec.patch_size[0])}
                 calibration = load_manifest_patches(args.manifest, limit=args.max_calibration, **common)
                 if not args.validation_npz:
                     validation = load_manifest_patches(args.manifest, split="val", limit=args.max_calibration, **common)

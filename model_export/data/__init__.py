@@ -18,7 +18,8 @@ def load_patches(
     """Deterministic target-centred ``(image (1, H, W) float32, label (H, W) int64)`` patches.
 
     Used to calibrate and validate quantised exports (``msdn export --int8 --manifest``). Patches are
-    the centred validation-style crops of the split's strong cases, spread evenly over the data set.
+    the centred validation-style crops of the split's strong cases (placed by the one crop policy,
+    ``msdn_core.crop``), spread evenly over the data set.
 
     Args:
         manifest: data set manifest.
@@ -34,7 +35,8 @@ def load_patches(
     import numpy as np
 
     from model_export.data.manifest import load_manifest
-    from model_export.data.sampling import Normalization, PatchDataset, compute_normalization
+    from model_export.data.sampling import PatchDataset, compute_normalization
+    from msdn_core.card import Normalization
 
     cases = [c for c in load_manifest(manifest).split(split) if c.strong]
     if not cases:

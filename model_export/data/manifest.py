@@ -19,8 +19,10 @@ A manifest is a JSON file; relative paths are resolved against its folder::
 
 ``image`` is a NIfTI file or a folder with one DICOM series; ``mask`` a NIfTI label volume with
 integers ``0..C`` on the image grid. A case with a mask is strong; a case with only ``boxes`` is weak.
-2D boxes are ``[x1, y1, x2, y2]`` on slice ``slice`` (continuous pixel coordinates, x2/y2 exclusive);
-3D boxes ``[x1, y1, z1, x2, y2, z2]`` are expanded to every slice z1 <= z < z2. ``split`` is
+Boxes are in the one box dialect of ``msdn_core.boxes`` (the service's ``boxes`` field): 2D boxes
+``[x1, y1, x2, y2]`` on slice ``slice`` (continuous pixel coordinates, x2/y2 exclusive); 3D boxes
+``"box": [x1, y1, z1, x2, y2, z2]`` (or ``"box3d"``) are expanded to every slice z1 <= z < z2; a box
+without ``label`` is class 1. ``split`` is
 ``train``, ``val`` or ``test``.
 """
 
@@ -34,21 +36,15 @@ from typing import Any, Optional
 
 import numpy as np
 
+from msdn_core.boxes import SliceBox, parse_boxes
+from msdn_core.errors import InvalidBoxes
+
 SPLITS = ("train", "val", "test")
 MANIFEST_FORMAT_VERSION = 1
 
 
 class ManifestError(ValueError):
     """The manifest or one of its cases is invalid; the message names the case."""
-
-
-@dataclass(frozen=True)
-class SliceBox:
-    """A 2D box ``[x1, y1, x2, y2]`` (pixels) on axial slice ``z`` with class ``label`` (1..C)."""
-
-    z: int
-    box: tuple[float, float, float, float]
-    label: int = 1
 
 
 @dataclass
@@ -118,40 +114,18 @@ def boxes_from_mask(mask: np.ndarray) -> list[SliceBox]:
                 continue
             comps, _ = ndimage.label(sl == value)
             for ys, xs in ndimage.find_objects(comps):
-                out.append(SliceBox(z, (float(xs.start), float(ys.start), float(xs.stop), float(ys.stop)), int(value)))
+                out.append(SliceBox(z, xs.start, ys.start, xs.stop, ys.stop, int(value), source="mask"))
     return out
 
 
-def _parse_boxes(case_id: str, raw: Any, num_classes: int) -> list[SliceBox]:
+def _parse_boxes(case_id: str, raw: Any, class_names: list[str]) -> list[SliceBox]:
+    """The case's boxes in the one box dialect (``msdn_core.boxes``); a box without label is class 1."""
     if not isinstance(raw, list):
         raise ManifestError(f"case {case_id}: 'boxes' must be a list")
-    out: list[SliceBox] = []
-    for i, b in enumerate(raw):
-        where = f"case {case_id}, box {i}"
-        if not isinstance(b, dict):
-            raise ManifestError(f"{where}: must be an object")
-        label = b.get("label", 1)
-        if isinstance(label, bool) or not isinstance(label, int) or not 1 <= label <= num_classes:
-            raise ManifestError(f"{where}: label {label!r} is not a class value in 1..{num_classes}")
-        if "box3d" in b:
-            v = b["box3d"]
-            if not (isinstance(v, list) and len(v) == 6 and all(isinstance(x, (int, float)) for x in v)):
-                raise ManifestError(f"{where}: box3d must be [x1, y1, z1, x2, y2, z2]")
-            x1, y1, z1, x2, y2, z2 = v
-            if not (x2 > x1 and y2 > y1 and z2 > z1):
-                raise ManifestError(f"{where}: box3d {v} is empty")
-            flat = (float(x1), float(y1), float(x2), float(y2))
-            out += [SliceBox(z, flat, label) for z in range(int(np.floor(z1)), int(np.ceil(z2)))]
-        else:
-            v, z = b.get("box"), b.get("slice")
-            if not (isinstance(v, list) and len(v) == 4 and all(isinstance(x, (int, float)) for x in v)):
-                raise ManifestError(f"{where}: box must be [x1, y1, x2, y2]")
-            if isinstance(z, bool) or not isinstance(z, int) or z < 0:
-                raise ManifestError(f"{where}: slice must be a non-negative integer, got {z!r}")
-            if not (v[2] > v[0] and v[3] > v[1]):
-                raise ManifestError(f"{where}: box {v} is empty (need x2 > x1 and y2 > y1)")
-            out.append(SliceBox(z, tuple(float(x) for x in v), label))  # type: ignore[arg-type]
-    return out
+    try:
+        return parse_boxes(raw, class_names=class_names, default_label=1, source="manifest")
+    except InvalidBoxes as exc:
+        raise ManifestError(f"case {case_id}: {exc}") from None
 
 
 def parse_manifest(data: dict[str, Any], *, root: Path, path: Optional[Path] = None) -> Manifest:
@@ -181,7 +155,9 @@ def parse_manifest(data: dict[str, Any], *, root: Path, path: Optional[Path] = N
         if not rc.get("image"):
             raise ManifestError(f"case {cid}: missing 'image'")
         mask = root / rc["mask"] if rc.get("mask") else None
-        boxes = _parse_boxes(cid, rc.get("boxes", []), len(classes))
+        boxes = _parse_boxes(
+            cid, rc.get("boxes", []), [str(c["name"]) for c in sorted(classes, key=lambda c: c["value"])]
+        )
         if mask is None and not boxes:
             raise ManifestError(f"case {cid}: needs a 'mask' (strong) or 'boxes' (weak)")
         cases.append(Case(cid, split, root / rc["image"], mask, boxes))

@@ -4,8 +4,10 @@ Each item is one axial slice of one case, cropped to a ``patch_size`` window cen
 connected component of the mask for a strong case, a box of the manifest for a weak case. The centre
 is moved by a random jitter (at most ``jitter * patch`` pixels along each axis) but the target box is
 kept inside the window whenever it fits. Slices smaller than the patch are padded with the case's
-lowest intensity (air in CT). Then come random horizontal and vertical flips, normalisation by the
-training set's statistics (``Normalization``) and additive Gaussian noise.
+lowest intensity (air in CT). The window is placed by the one crop policy (``msdn_core.crop``), the
+jitter being an offset of its centre applied before the policy's clamp. Then come random horizontal
+and vertical flips, normalisation by the training set's statistics (``msdn_core.card.Normalization``)
+and additive Gaussian noise.
 
 With ``away_fraction > 0`` that fraction of items is replaced by a window at a uniformly random
 position of a uniformly random slice of the same case ("away" patches), meant to show the model the
@@ -41,52 +43,10 @@ from torch.utils.data import Dataset
 
 from model_export.data.manifest import Case
 from model_export.data.volumes import read_volume
+from msdn_core.card import Normalization
+from msdn_core.crop import Window, window_origin
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Normalization:
-    """Image normalisation: clip to ``clip`` (when set), then ``(x - mean) / std``.
-
-    Stored in checkpoints and model cards as ``{"mean", "std", "clip"}`` (see ``model_export.card``).
-    """
-
-    mean: float = 0.0
-    std: float = 1.0
-    clip: tuple[float, float] | None = None
-
-    def __post_init__(self) -> None:
-        if not (math.isfinite(self.std) and self.std > 0):
-            raise ValueError(f"std must be a positive finite number, got {self.std!r}")
-        if not math.isfinite(self.mean):
-            raise ValueError(f"mean must be finite, got {self.mean!r}")
-        if self.clip is not None:
-            clip = tuple(float(v) for v in self.clip)
-            if len(clip) != 2 or clip[0] >= clip[1]:
-                raise ValueError(f"clip must be (low, high) with low < high, got {self.clip!r}")
-            object.__setattr__(self, "clip", clip)
-
-    def apply(self, x: np.ndarray) -> np.ndarray:
-        """Normalised float32 copy of ``x`` (any shape)."""
-        x = np.asarray(x, dtype=np.float32)
-        if self.clip is not None:
-            x = np.clip(x, self.clip[0], self.clip[1])
-        return ((x - np.float32(self.mean)) / np.float32(self.std)).astype(np.float32, copy=False)
-
-    def to_dict(self) -> dict[str, Any]:
-        """``{"mean", "std", "clip"}`` for ``save_checkpoint(normalization=...)``."""
-        return {
-            "mean": float(self.mean),
-            "std": float(self.std),
-            "clip": None if self.clip is None else list(self.clip),
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Normalization:
-        """Inverse of ``to_dict`` (also accepts a model card's ``input`` dict)."""
-        clip = data.get("clip")
-        return cls(float(data["mean"]), float(data["std"]), None if clip is None else tuple(clip))
 
 
 def compute_normalization(
@@ -134,27 +94,6 @@ def _pair(name: str, value: int | Sequence[int]) -> tuple[int, int]:
     if len(pair) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in pair):
         raise ValueError(f"{name} must be a positive int or (H, W), got {value!r}")
     return pair  # type: ignore[return-value]
-
-
-def extract_window(array: np.ndarray, y0: int, x0: int, height: int, width: int, fill: float) -> np.ndarray:
-    """The (height, width) window of a 2D array whose top-left pixel is (y0, x0); outside is ``fill``."""
-    out = np.full((height, width), fill, dtype=array.dtype)
-    h, w = array.shape
-    ys, ye = max(y0, 0), min(y0 + height, h)
-    xs, xe = max(x0, 0), min(x0 + width, w)
-    if ye > ys and xe > xs:
-        out[ys - y0 : ye - y0, xs - x0 : xe - x0] = array[ys:ye, xs:xe]
-    return out
-
-
-def _origin(lo_box: float, hi_box: float, size: int, patch: int, centre: float) -> int:
-    """Window origin along one axis: near ``centre - patch/2``, inside the image when it is larger than the
-    patch, and containing [lo_box, hi_box) whenever that fits."""
-    lo, hi = min(0, size - patch), max(0, size - patch)
-    b_lo, b_hi = math.ceil(hi_box) - patch, math.floor(lo_box)
-    if b_lo <= b_hi:  # the box fits in the patch: keep it inside (also when that means padding)
-        lo, hi = (max(lo, b_lo), min(hi, b_hi)) if max(lo, b_lo) <= min(hi, b_hi) else (b_lo, b_hi)
-    return min(max(round(centre - patch / 2), lo), hi)
 
 
 def component_boxes(label: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -298,12 +237,13 @@ class PatchDataset(Dataset):
             box = boxes[int(rng.integers(len(boxes)))]
         else:
             box = np.array([boxes[:, 0].min(), boxes[:, 1].min(), boxes[:, 2].max(), boxes[:, 3].max()])
-        cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+        dx = dy = 0.0
         if self.augment and self.jitter > 0:
-            cx += rng.uniform(-1, 1) * self.jitter * pw
-            cy += rng.uniform(-1, 1) * self.jitter * ph
-        y0 = _origin(box[1], box[3], h, ph, cy)
-        x0 = _origin(box[0], box[2], w, pw, cx)
+            dx = rng.uniform(-1, 1) * self.jitter * pw
+            dy = rng.uniform(-1, 1) * self.jitter * ph
+        # The one crop policy (msdn_core.crop), the jitter an offset applied before its clamp.
+        y0 = window_origin(box[1], box[3], size=h, window=ph, offset=dy)
+        x0 = window_origin(box[0], box[2], size=w, window=pw, offset=dx)
         return z, y0, x0
 
     def __getitem__(self, index: int) -> dict[str, Any]:
@@ -313,10 +253,11 @@ class PatchDataset(Dataset):
         rng = np.random.default_rng([self.seed, self.epoch, index])
         away = self.augment and self.away_fraction > 0 and rng.random() < self.away_fraction
         z, y0, x0 = self._window(vol, z, rng, away)
-        image = extract_window(vol.image[z], y0, x0, ph, pw, vol.fill)
+        window = Window(y0, x0, ph, pw)
+        image = window.extract(vol.image[z], vol.fill)
         strong = vol.mask is not None
         if strong:
-            label = extract_window(vol.mask[z], y0, x0, ph, pw, 0).astype(np.int64)
+            label = window.extract(vol.mask[z], 0).astype(np.int64)
         else:
             label = np.zeros((ph, pw), dtype=np.int64)
             boxes, labels = vol.targets.get(z, (np.zeros((0, 4), np.float32), np.zeros((0,), np.int64)))

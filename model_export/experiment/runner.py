@@ -78,7 +78,6 @@ def append_result(path: Path, row: dict[str, Any]) -> None:
 def run_cell(cell: Cell, task: TaskSpec, config: ExperimentConfig, run_dir: str) -> dict[str, Any]:
     """Train and test one run; returns its result row. Runs in a worker process."""
     from model_export.data.manifest import load_manifest
-    from model_export.data.sampling import Normalization
     from model_export.evaluation import evaluate_cases
     from model_export.training import TrainConfig
     from model_export.training.trainer import Trainer
@@ -124,9 +123,7 @@ def run_cell(cell: Cell, task: TaskSpec, config: ExperimentConfig, run_dir: str)
     from model_export.checkpoint import load_checkpoint
 
     model, card, _ = load_checkpoint(result.best_path, device=trainer.device)
-    res = evaluate_cases(
-        model, test_cases, Normalization.from_dict(card.input.__dict__), device=trainer.device, **eval_opts
-    )
+    res = evaluate_cases(model, test_cases, card.input.normalization, device=trainer.device, **eval_opts)
     Path(run_dir, "test_metrics.json").write_text(json.dumps(res.summary(), indent=1, default=str))
     last = Path(result.last_path)
     if last.is_file():

@@ -3,7 +3,7 @@
 >>> from model_export.export import export_checkpoint
 >>> result = export_checkpoint("runs/msdn/best.pt", "model.onnx")  # doctest: +SKIP
 
-Imports PyTorch; the torch-free reader of exported files is ``model_export.onnx_model``.
+Imports PyTorch; the torch-free reader of exported files is ``msdn_core.onnx_model``.
 """
 
 from model_export.export.onnx_export import (

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from onnxruntime.quantization import CalibrationDataReader
 
-from model_export.card import INPUT_NAME
+from msdn_core.card import INPUT_NAME
 
 #: Divisor of H and W the exported graphs accept.
 SIZE_MULTIPLE = 16

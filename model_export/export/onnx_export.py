@@ -31,11 +31,11 @@ import numpy as np
 import onnx
 import torch
 
-from model_export.card import INPUT_NAME, OUTPUT_NAME, ModelCard
 from model_export.checkpoint import file_sha256, load_checkpoint
 from model_export.export.graphs import DET_BOXES_NAME, DET_SCORES_NAME, export_graph
 from model_export.nets import SIZE_MULTIPLE, SegmentationModel
-from model_export.onnx_model import embed_card, sidecar_path, write_sidecar
+from msdn_core.card import INPUT_NAME, OUTPUT_NAME, ModelCard
+from msdn_core.onnx_model import embed_card, sidecar_path, write_sidecar
 
 logger = logging.getLogger(__name__)
 

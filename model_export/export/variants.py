@@ -32,16 +32,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from model_export.card import ModelCard
 from model_export.export.calibration import CalibrationReader, PatchSet, dice_points
-from model_export.onnx_model import (
-    card_from_model,
-    embed_card,
-    load_onnx,
-    sidecar_path,
-    variant_path,
-    write_sidecar,
-)
+from msdn_core.card import ModelCard
+from msdn_core.onnx_model import card_from_model, embed_card, load_onnx, sidecar_path, variant_path, write_sidecar
 
 logger = logging.getLogger(__name__)
 

@@ -80,6 +80,19 @@ class SegmentationModel(nn.Module):
 
     def segmentation_path(self) -> nn.Module:
         """The export/serving graph: (B, C_in, H, W) -> (B, C+1, H, W) probabilities, sharing parameters."""
-        from model_export.nets.unet import SegmentationPath
-
         return SegmentationPath(self)
+
+
+class SegmentationPath(nn.Module):
+    """Wraps a model of the family so that ``forward(x)`` returns only the segmentation probabilities.
+
+    Shares (does not copy) the wrapped model's parameters; this is what gets exported and served.
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C_in, H, W) -> (B, C+1, H, W) class probabilities (softmax over channels)."""
+        return self.model.segment(x)

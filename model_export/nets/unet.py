@@ -160,18 +160,3 @@ class UNet(SegmentationModel):
         """
         x = select(x, seg_mask)
         return {"segmentation": self.segment(x) if x.shape[0] else None}
-
-
-class SegmentationPath(nn.Module):
-    """Wraps a model of the family so that ``forward(x)`` returns only the segmentation probabilities.
-
-    Shares (does not copy) the wrapped model's parameters; this is what gets exported and served.
-    """
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C_in, H, W) -> (B, C+1, H, W) class probabilities (softmax over channels)."""
-        return self.model.segment(x)

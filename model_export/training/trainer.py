@@ -35,12 +35,13 @@ from torch.utils.data import DataLoader, Sampler
 
 from model_export.checkpoint import read_checkpoint, save_checkpoint
 from model_export.data.manifest import Case, Manifest
-from model_export.data.sampling import Normalization, PatchDataset, collate_patches, compute_normalization
+from model_export.data.sampling import PatchDataset, collate_patches, compute_normalization
 from model_export.nets import SegmentationModel, build_model
 from model_export.training import distributed as dist_utils
 from model_export.training.config import TrainConfig
 from model_export.training.step import batch_loss
 from model_export.training.validation import crop_dice
+from msdn_core.card import Normalization
 
 logger = logging.getLogger(__name__)
 

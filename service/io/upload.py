@@ -20,7 +20,7 @@ import zipfile
 from pathlib import PurePosixPath, PureWindowsPath
 from typing import BinaryIO, Iterable, Iterator
 
-from service.errors import InvalidInput, LimitExceeded, UnsafeZip
+from service.errors import ErrorCode, InvalidInput, LimitExceeded, UnsafeZip
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ def zip_members(data: BinaryIO, *, name: str, settings: Settings) -> Iterator[tu
     try:
         archive = zipfile.ZipFile(data)
     except (zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise InvalidInput(f"{name}: not a readable zip archive ({exc})", code="invalid_zip") from None
+        raise InvalidInput(f"{name}: not a readable zip archive ({exc})", code=ErrorCode.INVALID_ZIP) from None
     with archive:
         infos = archive.infolist()
         for info in infos:
@@ -70,24 +70,24 @@ def zip_members(data: BinaryIO, *, name: str, settings: Settings) -> Iterator[tu
             if _unsafe_name(member):
                 raise UnsafeZip(
                     f"{name}: member {member!r} points outside the archive (absolute path or '..')",
-                    code="zip_path_traversal",
+                    code=ErrorCode.ZIP_PATH_TRAVERSAL,
                 )
             if stat.S_ISLNK(info.external_attr >> 16):
-                raise UnsafeZip(f"{name}: member {member!r} is a symbolic link", code="zip_symlink")
+                raise UnsafeZip(f"{name}: member {member!r} is a symbolic link", code=ErrorCode.ZIP_SYMLINK)
             if info.flag_bits & 0x1:
-                raise UnsafeZip(f"{name}: member {member!r} is encrypted", code="zip_encrypted")
+                raise UnsafeZip(f"{name}: member {member!r} is encrypted", code=ErrorCode.ZIP_ENCRYPTED)
         wanted = [info for info in infos if not _skipped(info.filename)]
         if len(wanted) > settings.max_files:
             raise LimitExceeded(
                 f"{name}: {len(wanted)} files is over the limit of {settings.max_files} (MSDN_MAX_FILES)",
-                code="too_many_files",
+                code=ErrorCode.TOO_MANY_FILES,
             )
         total = sum(info.file_size for info in wanted)
         if total > settings.max_zip_uncompressed_bytes:
             raise LimitExceeded(
                 f"{name}: {total} bytes uncompressed is over the limit of {settings.max_zip_uncompressed_bytes} "
                 "(MSDN_MAX_ZIP_UNCOMPRESSED_BYTES)",
-                code="zip_too_large",
+                code=ErrorCode.ZIP_TOO_LARGE,
             )
         for info in wanted:
             ratio = info.file_size / max(info.compress_size, 1)
@@ -95,7 +95,7 @@ def zip_members(data: BinaryIO, *, name: str, settings: Settings) -> Iterator[tu
                 raise LimitExceeded(
                     f"{name}: member {info.filename!r} expands {ratio:.0f}-fold, over the limit of "
                     f"{settings.max_zip_ratio:g} (MSDN_MAX_ZIP_RATIO)",
-                    code="zip_ratio",
+                    code=ErrorCode.ZIP_RATIO,
                 )
         for info in wanted:
             try:
@@ -104,7 +104,7 @@ def zip_members(data: BinaryIO, *, name: str, settings: Settings) -> Iterator[tu
                     content = fh.read()
             except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as exc:
                 raise InvalidInput(
-                    f"{name}: member {info.filename!r} cannot be read ({exc})", code="invalid_zip"
+                    f"{name}: member {info.filename!r} cannot be read ({exc})", code=ErrorCode.INVALID_ZIP
                 ) from None
             yield info.filename, content
 
@@ -133,6 +133,6 @@ def expand_files(files: Iterable[tuple[str, BinaryIO]], *, settings: Settings) -
         if len(out) > settings.max_files:
             raise LimitExceeded(
                 f"{len(out)} files is over the limit of {settings.max_files} (MSDN_MAX_FILES)",
-                code="too_many_files",
+                code=ErrorCode.TOO_MANY_FILES,
             )
     return out

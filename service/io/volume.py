@@ -14,6 +14,7 @@ from typing import BinaryIO, Optional
 
 import numpy as np
 
+from msdn_core.errors import ErrorCode
 from msdn_core.readers import decompress, sniff
 from msdn_core.readers.nifti import read_nifti_bytes
 from msdn_core.readers.npy import read_npy_array, read_npy_bytes
@@ -32,9 +33,11 @@ def parse_spacing(text: Optional[str]) -> Optional[tuple[float, float, float]]:
         values = json.loads(raw) if raw.startswith("[") else [float(v) for v in raw.replace(" ", ",").split(",") if v]
         values = [float(v) for v in values]
     except (ValueError, TypeError, json.JSONDecodeError):
-        raise InvalidInput(f"spacing must be 'sz,sy,sx' in mm, got {text!r}", code="invalid_spacing") from None
+        raise InvalidInput(f"spacing must be 'sz,sy,sx' in mm, got {text!r}", code=ErrorCode.INVALID_SPACING) from None
     if len(values) != 3 or not all(math.isfinite(v) and v > 0 for v in values):
-        raise InvalidInput(f"spacing must be 3 positive numbers 'sz,sy,sx' (mm), got {text!r}", code="invalid_spacing")
+        raise InvalidInput(
+            f"spacing must be 3 positive numbers 'sz,sy,sx' (mm), got {text!r}", code=ErrorCode.INVALID_SPACING
+        )
     return (values[0], values[1], values[2])
 
 
@@ -73,7 +76,7 @@ def read_volume(fh: BinaryIO, *, name: str, spacing: Optional[str], settings: Se
     if sniff(data) == "npy":
         if given is None:
             raise InvalidInput(
-                f"{name}: a .npy volume needs the 'spacing' field 'sz,sy,sx' in mm", code="spacing_required"
+                f"{name}: a .npy volume needs the 'spacing' field 'sz,sy,sx' in mm", code=ErrorCode.SPACING_REQUIRED
             )
         image = read_npy_bytes(data, name=name, spacing=given, **limits)
     else:
@@ -83,7 +86,7 @@ def read_volume(fh: BinaryIO, *, name: str, spacing: Optional[str], settings: Se
         if given is not None:
             raise InvalidInput(
                 f"{name}: {image.source.upper()} carries its own voxel size; leave out the 'spacing' field",
-                code="invalid_spacing",
+                code=ErrorCode.INVALID_SPACING,
             )
     array = image.array.astype(np.float32, copy=False)
     if not np.all(np.isfinite(array)):

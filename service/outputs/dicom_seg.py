@@ -16,7 +16,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 if TYPE_CHECKING:
-    from service.pipeline import SegmentationResult
+    from service.result import SegmentationResult
 
 SERIES_NUMBER = 900
 CODING_SCHEME = "99MSDN"
@@ -33,7 +33,7 @@ def build_seg(result: "SegmentationResult") -> Dataset:
     from pydicom.sr.coding import Code
     from pydicom.uid import generate_uid
 
-    from model_export import __version__
+    from msdn_core import __version__
 
     series = result.image.series
     if series is None:

@@ -10,7 +10,7 @@ from service.evaluation import class_summary, components
 from service.outputs import rle
 
 if TYPE_CHECKING:
-    from service.pipeline import SegmentationResult
+    from service.result import SegmentationResult
 
 
 class RLEMask(BaseModel):

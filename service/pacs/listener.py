@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pydicom import Dataset
 
 from service.pacs.base import PacsClient, sort_instances
-from service.pacs.dimse import STATUS_OUT_OF_RESOURCES, STATUS_SUCCESS
+from service.pacs.storage import STATUS_OUT_OF_RESOURCES, STATUS_SUCCESS
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Our DICOM Storage SCP: receives C-STORE requests (C-MOVE results, or series pushed to us).
 
 Instances of a series some retrieve is waiting for go to that retrieve's
-:class:`~service.pacs.dimse.SeriesCollector`; any other instance goes to ``on_unexpected`` (the push
+:class:`~service.pacs.storage.SeriesCollector`; any other instance goes to ``on_unexpected`` (the push
 listener) or is refused when there is none.
 """
 
@@ -17,7 +17,8 @@ from pynetdicom import AE, evt
 from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification
 
-from service.pacs.dimse import (
+from service.pacs.settings import PacsSettings
+from service.pacs.storage import (
     COMPRESSED_TRANSFER_SYNTAXES,
     NATIVE_TRANSFER_SYNTAXES,
     STATUS_OUT_OF_RESOURCES,
@@ -25,7 +26,6 @@ from service.pacs.dimse import (
     SeriesCollector,
     dataset_from_store_event,
 )
-from service.pacs.settings import PacsSettings
 
 logger = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from starlette.background import BackgroundTask
 
 from service.concurrency import Deadline
 from service.deps import LimiterDep, MetricsDep, RuntimeDep, SettingsDep
-from service.errors import ErrorBody, InvalidInput, LimitExceeded, NotAcceptable, Overloaded, RequestTimeout
+from service.errors import ErrorBody, ErrorCode, InvalidInput, LimitExceeded, NotAcceptable, Overloaded, RequestTimeout
 from service.io.dicom import parse_dicom
 from service.io.reference import read_reference_file
 from service.io.upload import expand_files
@@ -208,14 +208,18 @@ async def segment(
     if len(dicom_files) > settings.max_files:
         raise LimitExceeded(
             f"{len(dicom_files)} files is over the limit of {settings.max_files} (MSDN_MAX_FILES)",
-            code="too_many_files",
+            code=ErrorCode.TOO_MANY_FILES,
         )
     if bool(dicom_files) == (volume is not None):
-        raise InvalidInput("send either 'dicom' files or one 'volume' file, not both or neither", code="no_input")
+        raise InvalidInput(
+            "send either 'dicom' files or one 'volume' file, not both or neither", code=ErrorCode.NO_INPUT
+        )
     if fmt == "dicom-seg" and not dicom_files:
-        raise InvalidInput("a DICOM SEG answer needs DICOM input; ask for json or nifti", code="format_needs_dicom")
+        raise InvalidInput(
+            "a DICOM SEG answer needs DICOM input; ask for json or nifti", code=ErrorCode.FORMAT_NEEDS_DICOM
+        )
     if volume is None and spacing:
-        raise InvalidInput("'spacing' is for .npy volumes; DICOM carries its own", code="invalid_spacing")
+        raise InvalidInput("'spacing' is for .npy volumes; DICOM carries its own", code=ErrorCode.INVALID_SPACING)
 
     request_id = uuid.uuid4().hex[:12]
     logger.info(

@@ -12,7 +12,6 @@ import torch
 from model_export.checkpoint import save_checkpoint
 from model_export.cli import main
 from model_export.data.manifest import load_manifest
-from model_export.data.sampling import Normalization
 from model_export.evaluation import (
     EvaluationResult,
     crop_region,
@@ -22,6 +21,7 @@ from model_export.evaluation import (
     target_region,
 )
 from model_export.nets import build_model
+from msdn_core.card import Normalization
 from tests.model_export.tiny_data import write_tiny_dataset
 
 
@@ -49,7 +49,7 @@ def test_hd95_in_millimetres():
     same = segmentation_metrics(truth, truth, 1, (2.0, 0.7, 0.5))
     assert same["dice"][0] == 1.0 and same["hd95"][0] == 0.0
     empty = segmentation_metrics(np.zeros_like(truth), truth, 1, (1.0, 1.0, 1.0))
-    assert empty["dice"][0] == 0.0 and empty["hd95"][0] == math.inf
+    assert empty["dice"][0] == 0.0 and empty["hd95"][0] is None  # msdn_core.metrics: empty in one
 
 
 def test_two_classes_and_absent_class():
@@ -57,7 +57,7 @@ def test_two_classes_and_absent_class():
     truth[0, :4, :4] = 1
     pred = truth.copy()
     m = segmentation_metrics(pred, truth, 2, (1, 1, 1))
-    assert m["dice"][0] == 1.0 and math.isnan(m["dice"][1]) and math.isnan(m["hd95"][1])
+    assert m["dice"][0] == 1.0 and m["dice"][1] is None and m["hd95"][1] is None  # empty in both
     r = EvaluationResult(["a", "b"], "full", [{"case_id": "x", **m}])
     assert r.mean("dice")[0] == 1.0 and math.isnan(r.mean("dice")[1]) and r.mean_dice == 1.0
 
@@ -69,9 +69,13 @@ def test_target_region():
     assert (zs.start, zs.stop) == (2, 8)
     assert ys.stop - ys.start == 32 and xs.stop - xs.start == 32
     assert ys.start <= 20 and ys.stop >= 30 and xs.start <= 5 and xs.stop >= 9
-    assert xs.start < 0  # extends beyond the volume: read with padding
+    assert xs.start == 0  # the crop policy: centred on the target, then shifted inside the image
     crop = crop_region(mask, (zs, ys, xs), 0)
     assert crop.shape == (6, 32, 32) and crop.sum() == mask.sum()
+    narrow = np.zeros((10, 50, 20), np.uint8)
+    narrow[4:6, 20:30, 5:9] = 1
+    _, _, xs = target_region(narrow, patch_size=32, margin=4, z_margin=2)
+    assert (xs.start, xs.stop) == (-9, 23)  # narrower than the patch: centred on the target (7), image inside
     with pytest.raises(ValueError, match="empty"):
         target_region(np.zeros((2, 4, 4)))
 

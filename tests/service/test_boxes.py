@@ -57,7 +57,7 @@ def test_empty_and_wrapped_forms():
         ('[{"slice": 0, "box": [0, 0, "a", 1]}]', r"boxes\[0\]\.box\[2\] must be a finite number"),
         ('[{"box": [0, 0, 1, 1]}]', "needs 'slice'"),
         ('[{"slice": 4, "box": [0, 0, 1, 1]}]', "outside the volume's 4 slices"),
-        ('[{"slice": 1.5, "box": [0, 0, 1, 1]}]', "slice must be an integer"),
+        ('[{"slice": 1.5, "box": [0, 0, 1, 1]}]', "slice must be a non-negative integer"),
         ('[{"slice": 0, "box": [5, 0, 5, 1]}]', "x1 < x2"),
         ('[{"slice": 0, "box": [0, 0, 31, 1]}]', "outside the 30 x 20"),
         ('[{"slice": 0, "box": [-1, 0, 3, 1]}]', "outside the 30 x 20"),

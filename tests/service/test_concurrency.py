@@ -45,7 +45,7 @@ def test_full_slots_and_waiting_room_give_503_with_retry_after():
         assert (lim.running, lim.waiting) == (1, 1)
         with pytest.raises(Overloaded) as err:
             await lim.run(lambda d: "third")
-        assert err.value.headers["Retry-After"] == "7" and err.value.status_code == 503
+        assert err.value.headers["Retry-After"] == "7" and err.value.status == 503
         release.set()
         assert await first is True and await second == "second"
         assert (lim.running, lim.waiting) == (0, 0)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from service.evaluation import class_summary, components, evaluate, hd95, overlap
+from msdn_core.metrics import hd95, overlap
+from service.evaluation import class_summary, components, evaluate
 
 
 def test_dice_iou_by_hand():

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from service.boxes import SliceBox
-from service.inference import argmax_labels, normalise, segment_boxes, segment_slices, segment_volume_array
+from service.inference import argmax_labels, segment_boxes, segment_slices, segment_volume_array
 from service.model import ModelRuntime
 from tests.service.helpers import CLIP_2C, THRESHOLD_HU, THRESHOLDS_2C
 from tests.support.dicom_series import phantom
@@ -30,7 +30,7 @@ def rtdet(model_det):
 
 def test_normalise_clips_then_standardises(rt2):
     x = np.array([-5000.0, -200.0, 400.0, 5000.0])
-    np.testing.assert_allclose(normalise(x, rt2.card.input), [(-1000 + 200) / 300, 0.0, 2.0, (1000 + 200) / 300])
+    np.testing.assert_allclose(rt2.card.input.normalise(x), [(-1000 + 200) / 300, 0.0, 2.0, (1000 + 200) / 300])
 
 
 def test_argmax_labels_equals_numpy_argmax_including_ties():

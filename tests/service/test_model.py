@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 import pytest
 
-from model_export.card import CARD_KEY
+from msdn_core.card import CARD_KEY
 from service.errors import ModelLoadError
 from service.model import CPU, ModelRuntime, cuda_usable, file_sha256, read_card
 from tests.support.onnx_models import threshold_model

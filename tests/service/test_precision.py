@@ -10,8 +10,6 @@ import onnx
 import pytest
 from fastapi.testclient import TestClient
 
-from model_export.export.calibration import PatchSet
-from model_export.export.variants import _record_dice_loss, make_int8
 from service.errors import ModelLoadError
 from service.main import create_app
 from service.model import ModelRuntime
@@ -59,8 +57,22 @@ def test_int8_refusals():
         choose_precision("cuda", "int8", fp16_file_exists=True, fp16_dice_loss=0.1, max_dice_loss=0.5)
 
 
+def _variants():
+    """``model_export``'s variant tools (the training side: skipped where it is not installed)."""
+    pytest.importorskip("torch", reason="int8 variants are made by model_export (the training stack)")
+    from model_export.export.calibration import PatchSet
+    from model_export.export.variants import _record_dice_loss, make_int8
+
+    return PatchSet, _record_dice_loss, make_int8
+
+
+def _record_dice_loss(path, loss):
+    _variants()[1](path, loss)
+
+
 @pytest.fixture(scope="module")
 def fp32_and_int8(tmp_path_factory):
+    PatchSet, _, make_int8 = _variants()
     folder = tmp_path_factory.mktemp("int8")
     model = folder / "m.onnx"
     conv_model(model, channels=8, layers=2, patch_size=(32, 32))

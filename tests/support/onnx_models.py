@@ -1,6 +1,6 @@
 """Real ONNX graphs for tests and benchmarks, built with ``onnx.helper`` (no PyTorch).
 
-They follow the export contract (``model_export.card``): input ``image`` (B, 1, H, W) float32 with
+They follow the export contract (``msdn_core.card``): input ``image`` (B, 1, H, W) float32 with
 dynamic batch/height/width, output ``probabilities`` (B, C+1, H, W) softmax, the card JSON in
 ``metadata_props[CARD_KEY]``; detecting models add ``det_scores`` (B, N, C) and ``det_boxes`` (B, N, 4).
 
@@ -27,7 +27,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from model_export.card import CARD_KEY, INPUT_NAME, OUTPUT_NAME, ClassInfo, InputSpec, ModelCard
+from msdn_core.card import CARD_KEY, INPUT_NAME, OUTPUT_NAME, ClassInfo, InputSpec, ModelCard
 
 OPSET = 17
 

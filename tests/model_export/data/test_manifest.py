@@ -63,7 +63,7 @@ def test_valid_manifest_loads_with_paths_resolved(files: Path):
     strong, weak = m.cases
     assert strong.strong and not weak.strong
     assert strong.image == files / "img.nii.gz" and strong.mask == files / "mask.nii.gz"
-    assert weak.boxes == [SliceBox(1, (3.0, 2.0, 7.0, 5.0), 2)]
+    assert weak.boxes == [SliceBox(1, 3.0, 2.0, 7.0, 5.0, 2)]
     with pytest.raises(ValueError, match="split must be one of"):
         m.split("training")
 
@@ -174,40 +174,41 @@ def test_box_outside_image(files: Path, box: dict, where: str):
 
 def test_box_on_border_is_inside(files: Path):
     m = load_manifest(_write(files, [_weak([{"slice": 3, "box": [0, 0, 10, 8]}])]))
-    assert m.cases[0].boxes[0] == SliceBox(3, (0.0, 0.0, 10.0, 8.0), 1)
+    assert m.cases[0].boxes[0] == SliceBox(3, 0.0, 0.0, 10.0, 8.0, 1)
 
 
 @pytest.mark.parametrize(
     ("box", "message"),
     [
-        ({"slice": 0, "box": [4, 2, 4, 5]}, r"box 0: box \[4, 2, 4, 5\] is empty"),
-        ({"slice": 0, "box": [4, 5, 6, 5]}, r"box 0: box \[4, 5, 6, 5\] is empty"),
-        ({"slice": 0, "box": [6, 2, 4, 5]}, r"box 0: box \[6, 2, 4, 5\] is empty"),
-        ({"box3d": [1, 1, 2, 3, 3, 2]}, r"box 0: box3d \[1, 1, 2, 3, 3, 2\] is empty"),
-        ({"slice": 0, "box": [1, 2, 3]}, r"box 0: box must be \[x1, y1, x2, y2\]"),
-        ({"slice": 0, "box": [1, 2, 3, "4"]}, r"box 0: box must be \[x1, y1, x2, y2\]"),
-        ({"box3d": [1, 1, 2, 3, 3]}, r"box 0: box3d must be \[x1, y1, z1, x2, y2, z2\]"),
-        ({"slice": -1, "box": [1, 1, 3, 3]}, "box 0: slice must be a non-negative integer, got -1"),
-        ({"slice": 1.5, "box": [1, 1, 3, 3]}, "box 0: slice must be a non-negative integer, got 1.5"),
-        ({"box": [1, 1, 3, 3]}, "box 0: slice must be a non-negative integer, got None"),
-        ("[1, 1, 3, 3]", "box 0: must be an object"),
+        ({"slice": 0, "box": [4, 2, 4, 5]}, r"boxes\[0\]: need x1 < x2 and y1 < y2, got \[4.0, 2.0, 4.0, 5.0\]"),
+        ({"slice": 0, "box": [4, 5, 6, 5]}, r"boxes\[0\]: need x1 < x2 and y1 < y2"),
+        ({"slice": 0, "box": [6, 2, 4, 5]}, r"boxes\[0\]: need x1 < x2 and y1 < y2"),
+        ({"box3d": [1, 1, 2, 3, 3, 2]}, r"boxes\[0\]: z range \[2, 2\] must satisfy 0 <= z1 < z2"),
+        ({"slice": 0, "box": [1, 2, 3]}, r"boxes\[0\].box must be \[x1, y1, x2, y2\]"),
+        ({"slice": 0, "box": [1, 2, 3, "4"]}, r"boxes\[0\].box\[3\] must be a finite number, got '4'"),
+        ({"box3d": [1, 1, 2, 3, 3]}, r"boxes\[0\].box must be \[x1, y1, x2, y2\] \(with 'slice'\) or \[x1, y1, z1"),
+        ({"slice": -1, "box": [1, 1, 3, 3]}, r"boxes\[0\].slice must be a non-negative integer, got -1"),
+        ({"slice": 1.5, "box": [1, 1, 3, 3]}, r"boxes\[0\].slice must be a non-negative integer, got 1.5"),
+        ({"box": [1, 1, 3, 3]}, r"boxes\[0\]: a 2D box needs 'slice'"),
+        ("[1, 1, 3, 3]", r"boxes\[0\] must be an object"),
     ],
 )
 def test_malformed_or_empty_box(tmp_path: Path, box, message: str):
-    with pytest.raises(ManifestError, match=f"case w1, {message}"):
+    with pytest.raises(ManifestError, match=f"case w1: {message}"):
         load_manifest(_write(tmp_path, [_weak([box])]), check_files=False)
 
 
-@pytest.mark.parametrize("label", [0, 3, -1, "1", True, 1.0])
+@pytest.mark.parametrize("label", [0, 3, -1, True, 1.0])
 def test_box_label_outside_classes(tmp_path: Path, label):
     box = {"slice": 0, "box": [1, 1, 3, 3], "label": label}
-    with pytest.raises(ManifestError, match=rf"case w1, box 0: label {label!r} is not a class value in 1..2"):
+    message = rf"case w1: boxes\[0\]: label must be a class value 1..2 or a class name, got {label!r}"
+    with pytest.raises(ManifestError, match=message):
         load_manifest(_write(tmp_path, [_weak([box])]), check_files=False)
 
 
 def test_box3d_expands_to_every_covered_slice(tmp_path: Path):
     m = load_manifest(_write(tmp_path, [_weak([{"box3d": [1, 2, 1, 5, 6, 3.5], "label": 2}])]), check_files=False)
-    assert m.cases[0].boxes == [SliceBox(z, (1, 2, 5, 6), 2) for z in (1, 2, 3)]
+    assert m.cases[0].boxes == [SliceBox(z, 1, 2, 5, 6, 2) for z in (1, 2, 3)]
     m = load_manifest(_write(tmp_path, [_weak([{"box3d": [0, 0, 0.5, 1, 1, 1.5]}])]), check_files=False)
     assert [b.z for b in m.cases[0].boxes] == [0, 1]
 
@@ -246,10 +247,10 @@ def test_boxes_from_mask_hand_values():
     mask[1, 2:4, 2] = 1
     boxes = boxes_from_mask(mask)
     assert sorted(boxes, key=lambda b: (b.z, b.label, b.box)) == [
-        SliceBox(0, (0.0, 0.0, 1.0, 1.0), 1),
-        SliceBox(0, (10.0, 5.0, 21.0, 8.0), 1),
-        SliceBox(1, (2.0, 2.0, 3.0, 4.0), 1),
-        SliceBox(1, (22.0, 9.0, 25.0, 12.0), 2),
+        SliceBox(0, 0.0, 0.0, 1.0, 1.0, 1),
+        SliceBox(0, 10.0, 5.0, 21.0, 8.0, 1),
+        SliceBox(1, 2.0, 2.0, 3.0, 4.0, 1),
+        SliceBox(1, 22.0, 9.0, 25.0, 12.0, 2),
     ]
     assert boxes_from_mask(np.zeros((2, 4, 4), np.uint8)) == []
 
@@ -265,10 +266,10 @@ def test_as_weak_derives_boxes_from_the_mask(files: Path):
     weak = case.as_weak()
     assert not weak.strong and weak.mask is None and case.strong
     assert sorted(weak.boxes, key=lambda b: b.z) == [
-        SliceBox(1, (3.0, 2.0, 7.0, 5.0), 1),
-        SliceBox(2, (8.0, 0.0, 10.0, 2.0), 2),
+        SliceBox(1, 3.0, 2.0, 7.0, 5.0, 1),
+        SliceBox(2, 8.0, 0.0, 10.0, 2.0, 2),
     ]
-    given = [SliceBox(0, (1.0, 1.0, 2.0, 2.0), 1)]
+    given = [SliceBox(0, 1.0, 1.0, 2.0, 2.0, 1)]
     assert Case("c2", "train", files / "img.nii.gz", files / "mask.nii.gz", given).as_weak().boxes == given
 
 

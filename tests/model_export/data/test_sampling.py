@@ -44,7 +44,7 @@ def test_manifest_errors_name_the_problem(tmp_path):
         "duplicate id": [{"id": "a", "split": "train", "image": "img.nii.gz", "mask": "mask.nii.gz"}] * 2,
         "split must be one of": [{"id": "a", "split": "training", "image": "img.nii.gz", "mask": "mask.nii.gz"}],
         "needs a 'mask'": [{"id": "a", "split": "train", "image": "img.nii.gz"}],
-        "is empty": [
+        "need x1 < x2 and y1 < y2": [
             {"id": "a", "split": "train", "image": "img.nii.gz", "boxes": [{"slice": 0, "box": [5, 5, 5, 9]}]}
         ],
         "outside the image": [

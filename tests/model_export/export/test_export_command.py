@@ -10,7 +10,7 @@ import pytest
 from model_export.checkpoint import file_sha256
 from model_export.cli import main
 from model_export.export.calibration import PatchSet, save_npz
-from model_export.onnx_model import read_model_card
+from msdn_core.onnx_model import read_model_card
 
 
 @pytest.fixture(scope="module")

@@ -11,12 +11,12 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from model_export.card import CARD_KEY
 from model_export.checkpoint import file_sha256, load_checkpoint
 from model_export.export import ParityError, check_parity, export_model
 from model_export.export.onnx_export import default_sizes
 from model_export.nets import MODEL_NAMES
-from model_export.onnx_model import read_model_card, read_sidecar
+from msdn_core.card import CARD_KEY
+from msdn_core.onnx_model import read_model_card, read_sidecar
 
 ATOL = 1e-4
 
@@ -154,7 +154,7 @@ def test_bad_arguments_are_named(checkpoints, tmp_path):
 
 
 def test_truncated_export_gives_a_clear_error(exported, tmp_path):
-    from model_export.onnx_model import ModelFileError, open_session
+    from msdn_core.onnx_model import ModelFileError, open_session
 
     result, _ = exported("msdn")
     data = result.path.read_bytes()

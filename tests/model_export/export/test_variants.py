@@ -18,7 +18,7 @@ from model_export.export.variants import (
     make_int8,
     variant_path,
 )
-from model_export.onnx_model import read_model_card, read_sidecar
+from msdn_core.onnx_model import read_model_card, read_sidecar
 
 
 @pytest.fixture(scope="module")

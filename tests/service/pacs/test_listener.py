@@ -13,9 +13,9 @@ from fastapi.testclient import TestClient
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
-from service.pacs.dimse import STATUS_OUT_OF_RESOURCES, STATUS_SUCCESS
 from service.pacs.listener import SeriesAssembler
 from service.pacs.scp import StorageReceiver
+from service.pacs.storage import STATUS_OUT_OF_RESOURCES, STATUS_SUCCESS
 from tests.service.pacs.test_router import make_app
 from tests.service.pacs.threshold_pipeline import sort_by_position, threshold_mask
 

@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from model_export.card import ClassInfo, InputSpec, ModelCard
+from msdn_core.card import ClassInfo, InputSpec, ModelCard
 
 
 def _card():
@@ -38,5 +38,5 @@ def test_bad_cards(mutate, message):
 
 
 def test_card_module_does_not_import_torch():
-    code = "import sys, model_export.card; assert 'torch' not in sys.modules"
+    code = "import sys, msdn_core.card; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)

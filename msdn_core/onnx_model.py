@@ -27,8 +27,8 @@ from typing import Any
 import onnx
 from google.protobuf.message import DecodeError
 
-from model_export.card import CARD_KEY, ModelCard
-from model_export.digest import file_sha256
+from msdn_core.card import CARD_KEY, ModelCard
+from msdn_core.digest import file_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ def card_from_model(model: onnx.ModelProto, *, source: str = "model") -> ModelCa
     try:
         return ModelCard.from_json(props[CARD_KEY])
     except ValueError as exc:
-        raise ModelFileError(f"{source} has an invalid model card: {exc}") from exc
+        raise ModelFileError(f"{source} has an invalid model card (metadata {CARD_KEY!r}): {exc}") from exc
 
 
 def load_onnx(path: str | os.PathLike, *, load_weights: bool = True) -> onnx.ModelProto:
@@ -263,6 +263,38 @@ def read_sidecar_with_sha(path: str | os.PathLike) -> tuple[ModelCard, str | Non
         raise ModelFileError(f"{card_path} is not a valid model card: {exc}") from exc
 
 
+def read_card(path: str | os.PathLike, metadata: dict[str, str] | None = None) -> tuple[ModelCard, str | None]:
+    """THE model card reader: the card of an ONNX file and the SHA-256 its sidecar expects (or None).
+
+    The card embedded in ``metadata_props[CARD_KEY]`` is authoritative; a model without one is read
+    from its sidecar ``<model>.card.json`` when present. Checkpoints carry the same card
+    (``ModelCard.from_dict``); every other reader (service, export variants, benchmarks) calls this.
+
+    Args:
+        path: the ``.onnx`` file.
+        metadata: its ``metadata_props`` when already read; read with ``onnx`` otherwise.
+
+    Raises:
+        ModelFileError: unreadable file, no card anywhere, or an unreadable card.
+    """
+    path = Path(path)
+    sidecar = read_sidecar_with_sha(path) if sidecar_path(path).is_file() else None
+    if metadata is None:
+        metadata = {p.key: p.value for p in load_onnx(path, load_weights=False).metadata_props}
+    if CARD_KEY in metadata:
+        try:
+            card = ModelCard.from_json(metadata[CARD_KEY])
+        except ValueError as exc:
+            raise ModelFileError(f"{path} has an invalid model card (metadata {CARD_KEY!r}): {exc}") from exc
+    elif sidecar is not None:
+        card = sidecar[0]
+    else:
+        raise ModelFileError(
+            f"{path} carries no model card (metadata {CARD_KEY!r}) and has no sidecar {sidecar_path(path).name}"
+        )
+    return card, sidecar[1] if sidecar is not None else None
+
+
 def write_sidecar(model_path: str | os.PathLike, card: ModelCard) -> Path:
     """Write ``card`` as indented JSON to ``sidecar_path(model_path)``; returns that path.
 
@@ -356,6 +388,7 @@ __all__ = [
     "inspect_model",
     "load_onnx",
     "open_session",
+    "read_card",
     "read_model_card",
     "read_sidecar",
     "read_sidecar_with_sha",

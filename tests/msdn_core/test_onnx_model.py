@@ -15,8 +15,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from model_export.card import CARD_KEY, ClassInfo, InputSpec, ModelCard
-from model_export.onnx_model import (
+from msdn_core.card import CARD_KEY, ClassInfo, InputSpec, ModelCard
+from msdn_core.onnx_model import (
     ModelFileError,
     inspect_model,
     open_session,
@@ -69,7 +69,7 @@ def model_file(tmp_path):
 
 
 def test_module_does_not_import_torch():
-    code = "import sys, model_export.onnx_model; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import sys, msdn_core.onnx_model; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

@@ -1,0 +1,228 @@
+"""The model card: what a checkpoint and an exported ONNX model say about themselves.
+
+Torch-free, so the service can read it. In an ONNX file the card is stored as JSON under the
+``metadata_props`` key ``CARD_KEY`` (plus a few flat keys for tools that list metadata); the same JSON
+is written beside the model as ``<model>.card.json``.
+
+Normalisation contract (training, export and serving all follow it): an image in its stored units
+(Hounsfield units for CT) is clipped to ``input.clip`` when set, then mapped to
+``(x - input.mean) / input.std``; the network sees (B, channels, H, W) float32 with H and W multiples
+of ``input.size_multiple``. The segmentation output is (B, C+1, H, W) softmax probabilities; the label
+of a pixel is the argmax channel, channel 0 being background and channel k the class whose ``value``
+is k.
+
+:class:`Normalization` is the one implementation of that contract (training statistics, evaluation,
+calibration and serving all call it); :class:`InputSpec` adds the patch size and size multiple and
+carries the behaviour: ``normalise``, ``pad_to_multiple`` / ``unpad`` and ``crop_window`` (the one
+crop policy of :mod:`msdn_core.crop`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Optional
+
+import numpy as np
+
+from msdn_core import crop
+from msdn_core.crop import Window, crop_window
+
+CARD_KEY = "msdn.model_card"
+CARD_FORMAT_VERSION = 1
+#: Fixed tensor names of the exported graph.
+INPUT_NAME = "image"
+OUTPUT_NAME = "probabilities"
+
+
+@dataclass
+class ClassInfo:
+    """A segmentation class: its label value in masks (1..C) and its name."""
+
+    value: int
+    name: str
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """Image normalisation: clip to ``clip`` (when set), then ``(x - mean) / std``, float32.
+
+    Stored in checkpoints and model cards as ``{"mean", "std", "clip"}``.
+    """
+
+    mean: float = 0.0
+    std: float = 1.0
+    clip: Optional[tuple[float, float]] = None
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.std, (int, float)) and math.isfinite(self.std) and self.std > 0):
+            raise ValueError(f"std must be a positive finite number, got {self.std!r}")
+        if not (isinstance(self.mean, (int, float)) and math.isfinite(self.mean)):
+            raise ValueError(f"mean must be finite, got {self.mean!r}")
+        if self.clip is not None:
+            clip = tuple(float(v) for v in self.clip)
+            if len(clip) != 2 or clip[0] >= clip[1]:
+                raise ValueError(f"clip must be (low, high) with low < high, got {self.clip!r}")
+            object.__setattr__(self, "clip", clip)
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        """Normalised float32 copy of ``x`` (any shape, stored units)."""
+        x = np.asarray(x, dtype=np.float32)
+        if self.clip is not None:
+            x = np.clip(x, np.float32(self.clip[0]), np.float32(self.clip[1]))
+        return ((x - np.float32(self.mean)) / np.float32(self.std)).astype(np.float32, copy=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"mean", "std", "clip"}``."""
+        return {
+            "mean": float(self.mean),
+            "std": float(self.std),
+            "clip": None if self.clip is None else list(self.clip),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Normalization":
+        """Inverse of ``to_dict`` (also accepts a model card's ``input`` dict)."""
+        clip = data.get("clip")
+        return cls(float(data["mean"]), float(data["std"]), None if clip is None else tuple(clip))
+
+
+def pad_value(volume: np.ndarray, clip: Optional[Sequence[float]] = None) -> float:
+    """The fill of padding and of windows reaching outside the image: the volume's lowest value
+    (air in CT), clipped to ``clip`` when set (so it normalises like the image's own lowest value)."""
+    low = float(np.min(volume)) if np.size(volume) else 0.0
+    if clip is not None:
+        low = min(max(low, float(clip[0])), float(clip[1]))
+    return low
+
+
+@dataclass
+class InputSpec:
+    """How to turn an image into network input (see module docstring), with the behaviour."""
+
+    channels: int = 1
+    mean: float = 0.0
+    std: float = 1.0
+    clip: Optional[list[float]] = None
+    patch_size: list[int] = field(default_factory=lambda: [128, 128])
+    size_multiple: int = 16
+
+    def __post_init__(self) -> None:
+        if self.std <= 0:
+            raise ValueError(f"std must be > 0, got {self.std!r}")
+        if self.clip is not None and (len(self.clip) != 2 or self.clip[0] >= self.clip[1]):
+            raise ValueError(f"clip must be [low, high] with low < high, got {self.clip!r}")
+        if not isinstance(self.size_multiple, int) or self.size_multiple < 1:
+            raise ValueError(f"size_multiple must be a positive int, got {self.size_multiple!r}")
+        if len(self.patch_size) != 2 or any(int(v) < 1 for v in self.patch_size):
+            raise ValueError(f"patch_size must be [H, W] of positive ints, got {self.patch_size!r}")
+
+    @property
+    def normalization(self) -> Normalization:
+        """The normalisation part of the spec."""
+        return Normalization(float(self.mean), float(self.std), None if self.clip is None else tuple(self.clip))
+
+    def normalise(self, array: np.ndarray) -> np.ndarray:
+        """Stored units -> network input: clip, then (x - mean) / std, float32 (any shape)."""
+        return self.normalization.apply(array)
+
+    def pad_value(self, volume: np.ndarray) -> float:
+        """Fill for padding and outside-image crop pixels of ``volume`` (see :func:`pad_value`)."""
+        return pad_value(volume, self.clip)
+
+    def pad_to_multiple(self, array: np.ndarray, fill: float) -> tuple[np.ndarray, tuple[int, int]]:
+        """Pad (..., H, W) at the bottom and right to multiples of ``size_multiple`` with ``fill``.
+
+        Returns:
+            the padded array and the original (H, W) for :meth:`unpad`.
+        """
+        return crop.pad_to_multiple(array, self.size_multiple, fill)
+
+    @staticmethod
+    def unpad(array: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+        """Cut (..., H', W') back to the (H, W) that :meth:`pad_to_multiple` returned."""
+        return crop.unpad(array, shape)
+
+    def crop_window(
+        self,
+        box: Sequence[float],
+        image_shape: Sequence[int],
+        *,
+        grow: bool = True,
+        offset: Sequence[float] = (0.0, 0.0),
+    ) -> Window:
+        """Where the patch for ``box`` [x1, y1, x2, y2] goes on an (H, W) image: :mod:`msdn_core.crop`."""
+        return crop_window(
+            box, image_shape, self.patch_size, size_multiple=self.size_multiple, grow=grow, offset=offset
+        )
+
+
+@dataclass
+class ModelCard:
+    """Self-description of a model; stored in checkpoints and ONNX files."""
+
+    name: str
+    method: str
+    classes: list[ClassInfo]
+    input: InputSpec
+    version: str = "0.1.0"
+    architecture: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
+    validation_dice: Optional[float] = None
+    checkpoint_sha256: Optional[str] = None
+    export_date: Optional[str] = None
+    opset: Optional[int] = None
+    precision: str = "fp32"
+    #: Dice points this variant (fp16 / int8) loses against its fp32 export on the validation patches
+    #: (``build_variants``); None for fp32 or when not measured. The service serves fp16 on CUDA / int8
+    #: on the CPU only when it is recorded and within ``MSDN_FP16_MAX_DICE_LOSS`` / ``MSDN_INT8_MAX_DICE_LOSS``.
+    variant_dice_loss: Optional[float] = None
+    outputs: dict[str, Any] = field(default_factory=lambda: {"segmentation": OUTPUT_NAME})
+    input_name: str = INPUT_NAME
+    format_version: int = CARD_FORMAT_VERSION
+
+    @property
+    def num_classes(self) -> int:
+        """Foreground classes C."""
+        return len(self.classes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly dict."""
+        return asdict(self)
+
+    def to_json(self) -> str:
+        """Compact JSON."""
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelCard":
+        """Parse a card; raises ``ValueError`` naming what is missing or wrong."""
+        if not isinstance(data, dict):
+            raise ValueError("model card must be a JSON object")
+        version = data.get("format_version", CARD_FORMAT_VERSION)
+        if version != CARD_FORMAT_VERSION:
+            raise ValueError(f"unsupported model card format_version {version!r} (expected {CARD_FORMAT_VERSION})")
+        missing = [k for k in ("name", "method", "classes", "input") if k not in data]
+        if missing:
+            raise ValueError(f"model card is missing {missing}")
+        try:
+            classes = [ClassInfo(int(c["value"]), str(c["name"])) for c in data["classes"]]
+            spec = InputSpec(**data["input"])
+            rest = {k: v for k, v in data.items() if k not in ("classes", "input")}
+            card = cls(classes=classes, input=spec, **rest)
+        except (TypeError, KeyError) as exc:
+            raise ValueError(f"malformed model card: {exc}") from exc
+        if sorted(c.value for c in classes) != list(range(1, len(classes) + 1)):
+            raise ValueError(f"class values must be 1..C, got {[c.value for c in classes]}")
+        return card
+
+    @classmethod
+    def from_json(cls, text: str) -> "ModelCard":
+        """Parse ``to_json`` output."""
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"model card is not valid JSON: {exc}") from exc
+        return cls.from_dict(data)
