@@ -183,15 +183,29 @@ class ModelRuntime:
             fp16_loss = read_card(fp16_path)[0].variant_dice_loss
         int8_path = variant_path(model_path, "int8")
         int8_loss = None
-        if not choice.on_gpu and int8_path.is_file() and precision != "fp32":
-            int8_loss = read_card(int8_path)[0].variant_dice_loss
+        int8_exists = int8_path.is_file()
+        if not choice.on_gpu and int8_exists and precision != "fp32":
+            int8_card = read_card(int8_path)[0]
+            source = read_card(model_path)[0].checkpoint_sha256
+            if source and int8_card.checkpoint_sha256 != source:
+                # A variant left over from another model (the fp32 file was replaced): never served.
+                logger.warning(
+                    "%s is not from the checkpoint of %s (checkpoint %s, not %s); ignoring it",
+                    int8_path.name,
+                    model_path.name,
+                    (int8_card.checkpoint_sha256 or "?")[:12],
+                    source[:12],
+                )
+                int8_exists = False
+            else:
+                int8_loss = int8_card.variant_dice_loss
         chosen = choose_precision(
             choice.kind,
             precision,
             fp16_file_exists=fp16_path.is_file(),
             fp16_dice_loss=fp16_loss,
             max_dice_loss=fp16_max_dice_loss,
-            int8_file_exists=int8_path.is_file(),
+            int8_file_exists=int8_exists,
             int8_dice_loss=int8_loss,
             int8_max_dice_loss=int8_max_dice_loss,
             int8_fast=cpu_has_vnni() or not int8_needs_vnni,

@@ -124,3 +124,25 @@ def test_v1_model_reports_the_int8_precision_and_its_loss(fp32_and_int8):
 def test_vnni_detection_reads_the_cpu_flags():
     flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split()
     assert cpu_has_vnni() == any(f in flags for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
+
+
+def test_an_int8_file_of_another_model_is_never_served(tmp_path, caplog):
+    """A stale ``<model>.int8.onnx`` (the fp32 model replaced, e.g. retrained) is ignored, with a warning."""
+    PatchSet, record, make_int8 = _variants()
+    model = tmp_path / "m.onnx"
+    conv_model(model, channels=8, layers=2, patch_size=(32, 32))
+    int8 = make_int8(model, PatchSet(np.random.default_rng(0).normal(0.0, 1.0, (8, 1, 32, 32)).astype(np.float32)))
+    record(int8, 0.1)
+    assert ModelRuntime.load(model, providers=["cpu"], int8_needs_vnni=False).precision == "int8"
+    # A new fp32 model (another checkpoint) under the same name, the old int8 file still next to it.
+    conv_model(model, channels=8, layers=2, patch_size=(32, 32), seed=1)
+    from msdn_core.onnx_model import card_from_model, embed_card, load_onnx
+
+    proto = load_onnx(model)
+    card = card_from_model(proto, source=str(model))
+    card.checkpoint_sha256 = "f" * 64
+    embed_card(proto, card)
+    onnx.save_model(proto, str(model))
+    runtime = ModelRuntime.load(model, providers=["cpu"], int8_needs_vnni=False)
+    assert (runtime.precision, runtime.path) == ("fp32", model)
+    assert "m.int8.onnx is not from the checkpoint of m.onnx" in caplog.text
