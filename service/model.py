@@ -262,6 +262,8 @@ class ModelRuntime:
             precision_reason=chosen.reason,
             io_binding=io_binding and choice.on_gpu,
         )
+        # Only the CPU provider's arena is shrunk (ONNX Runtime refuses the option without an arena).
+        runtime.shrink_arena = bool(cpu_mem_arena) and choice.kind == "cpu"
         logger.info(
             "model %s %s loaded from %s (sha256 %s..., provider %s, %s: %s%s)",
             card.name,
@@ -294,7 +296,7 @@ class ModelRuntime:
             cpu_mem_arena=settings.cpu_mem_arena,
         )
         runtime.overlap = settings.overlap_batches
-        runtime.shrink_arena = settings.arena_shrinkage
+        runtime.shrink_arena = runtime.shrink_arena and settings.arena_shrinkage
         return runtime
 
     def _check_graph(self) -> None:

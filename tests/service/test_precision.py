@@ -146,3 +146,17 @@ def test_an_int8_file_of_another_model_is_never_served(tmp_path, caplog):
     runtime = ModelRuntime.load(model, providers=["cpu"], int8_needs_vnni=False)
     assert (runtime.precision, runtime.path) == ("fp32", model)
     assert "m.int8.onnx is not from the checkpoint of m.onnx" in caplog.text
+
+
+@pytest.mark.parametrize("arena", [True, False])
+def test_batches_run_with_and_without_the_cpu_arena(fp32_and_int8, arena):
+    """Arena shrinkage applies to the CPU arena only; without an arena the runs go through unchanged."""
+    model, _ = fp32_and_int8
+    runtime = ModelRuntime.load(model, providers=["cpu"], precision="fp32", cpu_mem_arena=arena, batch_size=3)
+    assert runtime.shrink_arena is arena and runtime.overlap
+    x = np.random.default_rng(4).normal(0.0, 1.0, (7, 1, 32, 32)).astype(np.float32)
+    got: dict[int, np.ndarray] = {}
+    stats = runtime.run_batched(7, lambda a, b: x[a:b], lambda start, out: got.update({start: out["probabilities"]}))
+    assert (stats.calls, stats.items, sorted(got)) == (3, 7, [0, 3, 6])
+    whole = runtime.run(x)["probabilities"]
+    np.testing.assert_allclose(np.concatenate([got[k] for k in sorted(got)]), whole, atol=1e-6)
