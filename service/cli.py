@@ -43,6 +43,26 @@ def settings_from_args(args: argparse.Namespace):
     return Settings(**{k: v for k, v in overrides.items() if v is not None})
 
 
+def uvicorn_options(settings) -> dict:
+    """uvicorn settings from ``Settings``: address, the HTTP front's limits and timeouts."""
+    from service.http_protocol import guarded_protocol
+
+    return {
+        "host": settings.host,
+        "port": settings.port,
+        "log_level": settings.log_level.lower(),
+        "http": guarded_protocol(settings.header_timeout_s),
+        "h11_max_incomplete_event_size": settings.max_header_bytes,
+        "timeout_keep_alive": settings.keep_alive_s,
+        "limit_concurrency": settings.max_connections,
+        "proxy_headers": True,
+        "server_header": False,
+        # SIGTERM (docker stop): stop accepting, let running requests finish this long, then cut them
+        # (service.shutdown answers those 503).
+        "timeout_graceful_shutdown": settings.shutdown_timeout_s,
+    }
+
+
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -64,14 +84,5 @@ def run(args: argparse.Namespace) -> int:
         settings.port,
         "on" if settings.auth_enabled else "off",
     )
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level.lower(),
-        # SIGTERM (docker stop): stop accepting, let running requests finish this long, then cut them.
-        timeout_graceful_shutdown=settings.shutdown_timeout_s,
-        proxy_headers=True,
-        server_header=False,
-    )
+    uvicorn.run(app, **uvicorn_options(settings))
     return 0

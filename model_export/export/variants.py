@@ -34,7 +34,14 @@ import onnx
 
 from model_export.export.calibration import CalibrationReader, PatchSet, dice_points
 from msdn_core.card import ModelCard
-from msdn_core.onnx_model import card_from_model, embed_card, load_onnx, sidecar_path, variant_path, write_sidecar
+from msdn_core.onnx_model import (
+    card_from_model,
+    embed_card,
+    load_onnx,
+    sidecar_path,
+    variant_path,
+    write_sidecar,
+)
 
 logger = logging.getLogger(__name__)
 

@@ -136,7 +136,14 @@ def test_runs_msdn_serve_as_non_root_with_healthcheck_and_defaults():
         users = re.findall(r"^USER (\S+)", body, re.MULTILINE)
         assert users and users[-1] not in ("root", "0", "0:0"), stage
         assert re.search(r"^HEALTHCHECK .*\n?.*/healthz", body, re.MULTILINE), stage
-        for variable in ("MSDN_HOST", "MSDN_PORT", "MSDN_MODEL_PATH", "MSDN_PROVIDERS", "MSDN_PACS_PROTOCOL"):
+        for variable in (
+            "MSDN_HOST",
+            "MSDN_PORT",
+            "MSDN_MODEL_PATH",
+            "MSDN_PROVIDERS",
+            "MSDN_PACS_PROTOCOL",
+            "MSDN_DATA_DIR",
+        ):
             assert re.search(rf"^\s+{variable}=", body, re.MULTILINE), (stage, variable)
         assert '\nENTRYPOINT ["msdn", "serve"]' in body, stage
         # The default model path is what models/ ships, with its card.
