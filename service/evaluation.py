@@ -16,8 +16,13 @@ from msdn_core.metrics import mean, overlap, voxel_ml
 
 
 def _counts(labels: np.ndarray, num_classes: int) -> list[int]:
-    """Voxels of each label 0..C."""
-    return [int(np.count_nonzero(labels == v)) for v in range(num_classes + 1)]
+    """Voxels of each label 0..C (labels 1..C counted in the slices holding any; 0 is the rest)."""
+    if labels.ndim == 0 or labels.size == 0:
+        return [int(np.count_nonzero(labels == v)) for v in range(num_classes + 1)]
+    occupied = labels.reshape(labels.shape[0], -1).any(axis=1)
+    fg = labels[occupied]
+    counts = [int(np.count_nonzero(fg == v)) for v in range(1, num_classes + 1)]
+    return [int(labels.size) - sum(counts), *counts]
 
 
 def evaluate(pred: np.ndarray, ref: np.ndarray, *, spacing: Sequence[float], class_names: Sequence[str]) -> dict:

@@ -17,7 +17,7 @@ Whole-slice mode also keeps the foreground probability (1 - background, quantise
 ``InferenceOutput.score_volume``: the score of a component found without a detector.
 
 Inputs are normalised as the model card says (clip, then (x - mean) / std); padding and the outside
-of the image take the lowest value of the volume (after clipping).
+of the image take the lowest value of the volume (after clipping; in box mode, of the slices read).
 """
 
 from __future__ import annotations
@@ -71,27 +71,38 @@ def segment_slices(
     select: Optional[Callable[[np.ndarray, np.ndarray], Any]] = None,
     score_volume: Optional[np.ndarray] = None,
     check: Optional[Callable[[], None]] = None,
+    load: Optional[Callable[[int, int], np.ndarray]] = None,
 ) -> tuple[np.ndarray, RunStats, Optional[list[Any]]]:
     """Whole-slice labels of a (Z, Y, X) volume.
+
+    ``load(start, stop)``, for a volume decoded on demand (:meth:`msdn_core.volume.Volume.load`),
+    returns the array with those slices decoded: each batch's slices are decoded when the batch is
+    made, in the runtime's helper thread while the model runs the previous batch. Slices that need
+    padding take the lowest value of the whole volume, so then everything is decoded first.
 
     Args:
         want_detections: also return the detector's outputs of each slice.
         select: applied to each slice's (scores (N, C), boxes (N, 4)) as it arrives; its result is
             kept instead of the raw outputs (which are large: N anchors per slice).
         score_volume: when given, a (Z, Y, X) uint8 array filled with round(255 x (1 - p_background)).
+        load: see above.
 
     Returns:
         labels (Z, Y, X) uint8, run stats, and with ``want_detections`` per slice the detector's
         (scores, boxes), or what ``select`` made of them.
     """
     spec = runtime.card.input
-    depth = volume.shape[0]
-    pad_value = spec.pad_value(volume)
+    depth, height, width = volume.shape
+    needs_padding = bool(height % spec.size_multiple or width % spec.size_multiple)
+    if load is not None and needs_padding:
+        volume, load = load(0, depth), None
+    pad_value = spec.pad_value(volume) if needs_padding else 0.0  # unused without padding
     labels = np.zeros(volume.shape, np.uint8)
     detections: Optional[list[Any]] = [] if want_detections else None
 
     def make_batch(start: int, stop: int) -> np.ndarray:
-        padded, _ = spec.pad_to_multiple(np.asarray(volume[start:stop], np.float32), pad_value)
+        source = load(start, stop) if load is not None else volume
+        padded, _ = spec.pad_to_multiple(np.asarray(source[start:stop], np.float32), pad_value)
         return spec.normalise(padded)[:, None]
 
     def consume(start: int, outputs: dict[str, np.ndarray]) -> None:
@@ -115,11 +126,16 @@ def segment_boxes(
     boxes: Sequence[SliceBox],
     *,
     check: Optional[Callable[[], None]] = None,
+    decoded: Optional[np.ndarray] = None,
 ) -> tuple[np.ndarray, RunStats]:
-    """Labels from box-centred crops pasted back inside each box (module docstring)."""
+    """Labels from box-centred crops pasted back inside each box (module docstring).
+
+    ``decoded``: the slices that hold values when the reader decoded only those (box mode reads the
+    slices its boxes touch); the padding value is their lowest value.
+    """
     spec = runtime.card.input
     _, height, width = volume.shape
-    pad_value = spec.pad_value(volume)
+    pad_value = spec.pad_value(volume if decoded is None else volume[np.asarray(decoded, np.int64)])
     labels = np.zeros(volume.shape, np.uint8)
     total = RunStats()
     # Crop geometry per box, grouped by crop size so each group is batched.
@@ -185,6 +201,8 @@ def segment_volume_array(
     z_margin: int = 1,
     with_slices: bool = False,
     check: Optional[Callable[[], None]] = None,
+    decoded: Optional[np.ndarray] = None,
+    load: Optional[Callable[[int, int], np.ndarray]] = None,
 ) -> InferenceOutput:
     """Segment a (Z, Y, X) volume in stored units.
 
@@ -199,6 +217,10 @@ def segment_volume_array(
         with_slices: proposals mode: also keep the whole-slice labels of the detector's pass as
             ``out.slices`` (the ``slices`` mode answer, from the same model run; for evaluation).
         check: called between batches (deadline).
+        decoded: slice indices that were read when the reader decoded only some (box mode); the
+            other modes need every slice.
+        load: for a volume decoded on demand, ``(start, stop) -> array`` with those slices decoded
+            (whole slices are then decoded batch by batch, overlapping the model's runs).
 
     Raises:
         ValueError: mode ``boxes`` without boxes, ``proposals`` for a model without detection, or an
@@ -206,14 +228,18 @@ def segment_volume_array(
     """
     if mode == "auto":
         mode = "boxes" if boxes else ("proposals" if runtime.has_detection else "slices")
+    if load is not None and mode not in ("slices", "proposals"):
+        volume, load = load(0, volume.shape[0]), None
     if mode == "boxes":
         if not boxes:
             raise ValueError("mode 'boxes' needs the 'boxes' field")
-        labels, stats = segment_boxes(runtime, volume, boxes, check=check)
+        labels, stats = segment_boxes(runtime, volume, boxes, check=check, decoded=decoded)
         return InferenceOutput(labels, "boxes", list(boxes), stats)
+    if decoded is not None:
+        raise ValueError(f"mode {mode!r} needs every slice, but only {len(decoded)} were decoded")
     if mode == "slices":
         scores = np.zeros(volume.shape, np.uint8)
-        labels, stats, _ = segment_slices(runtime, volume, score_volume=scores, check=check)
+        labels, stats, _ = segment_slices(runtime, volume, score_volume=scores, check=check, load=load)
         return InferenceOutput(labels, "slices", [], stats, score_volume=scores)
     if mode == "proposals":
         if not runtime.has_detection:
@@ -225,8 +251,10 @@ def segment_volume_array(
 
         slice_scores = np.zeros(volume.shape, np.uint8) if with_slices else None
         slice_labels, stats, selected = segment_slices(
-            runtime, volume, want_detections=True, select=select, score_volume=slice_scores, check=check
+            runtime, volume, want_detections=True, select=select, score_volume=slice_scores, check=check, load=load
         )
+        if load is not None:
+            volume = load(0, volume.shape[0])  # all decoded by now; the array of the final dtype
         whole = (
             InferenceOutput(
                 slice_labels, "slices", [], RunStats(stats.calls, stats.items, stats.seconds), score_volume=slice_scores

@@ -130,6 +130,8 @@ def segment_image(
         z_margin=settings.proposal_z_margin,
         with_slices=with_slices,
         check=deadline.check if deadline is not None else None,
+        decoded=image.decoded,
+        load=image.load if image.loader is not None else None,
     )
     t_model = time.perf_counter()
     found, metrics = _finish(out, image, settings, class_names, ref_labels)
@@ -223,7 +225,19 @@ def segment_datasets(
     ``read_s`` is time already spent getting the datasets (added to the reported read time).
     """
     t0 = time.perf_counter() - read_s
-    image = series_volume(datasets, settings=settings, series_uid=series_uid)
+    slices = None
+    if mode in ("auto", "boxes") and boxes is not None and (not isinstance(boxes, str) or boxes.strip()):
+        # Box mode reads only the slices its boxes touch (each box's crop lies on its own slice).
+        class_names = [c.name for c in runtime.card.classes]
+
+        def slices(shape: tuple[int, int, int]) -> Optional[list[int]]:
+            nonlocal boxes
+            if isinstance(boxes, str):
+                boxes = parse_boxes(boxes, shape=shape, class_names=class_names, max_boxes=settings.max_boxes)
+            return sorted({b.slice for b in boxes}) if boxes else None
+
+    # Whole slices: decoded batch by batch while the model runs (Volume.load); boxes: the touched slices now.
+    image = series_volume(datasets, settings=settings, series_uid=series_uid, slices=slices, lazy=slices is None)
     if deadline is not None:
         deadline.check()
     return segment_image(

@@ -16,7 +16,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 #: Output formats of ``POST /segment``.
 OutputFormat = Literal["json", "nifti", "dicom-seg"]
 #: ``MSDN_PRECISION`` values (see ``service.providers``).
-Precision = Literal["auto", "fp32", "fp16"]
+Precision = Literal["auto", "fp32", "fp16", "int8"]
 
 if TYPE_CHECKING:
     from msdn_core.proposals import ProposalSettings
@@ -45,11 +45,18 @@ class Settings(BaseSettings):
     precision: Precision = Field(
         "auto",
         description=(
-            "fp32, fp16 or auto (on CUDA the <model>.fp16.onnx variant when its card records a Dice loss within "
-            "MSDN_FP16_MAX_DICE_LOSS; TensorRT fp16 unless that loss is over it; CPU fp32)"
+            "fp32, fp16, int8 or auto (on CUDA the <model>.fp16.onnx variant when its card records a Dice loss within "
+            "MSDN_FP16_MAX_DICE_LOSS; TensorRT fp16 unless that loss is over it; on the CPU the <model>.int8.onnx "
+            "variant when its recorded loss is within MSDN_INT8_MAX_DICE_LOSS and the CPU has VNNI, else fp32)"
         ),
     )
     fp16_max_dice_loss: float = Field(0.5, ge=0, description="largest fp16 Dice loss (points) 'auto' accepts")
+    int8_max_dice_loss: float = Field(
+        0.5, ge=0, description="largest int8 Dice loss (points, recorded in its card) 'auto' accepts on the CPU"
+    )
+    int8_needs_vnni: bool = Field(
+        True, description="'auto' serves int8 only on a CPU with VNNI int8 dot products (without, int8 is slower)"
+    )
     tensorrt_cache_dir: Optional[Path] = Field(
         None, description="TensorRT engine and timing cache folder (a volume; default: a temp folder)"
     )
@@ -57,6 +64,13 @@ class Settings(BaseSettings):
     intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads (0: runtime default)")
     inter_op_threads: int = Field(0, ge=0, description="ONNX Runtime inter-op threads (0: runtime default)")
     batch_size: int = Field(8, ge=1, description="slices or patches per ONNX Runtime call")
+    overlap_batches: bool = Field(
+        True, description="make the next batch (crop, pad, normalise) in a thread while ONNX Runtime runs the current"
+    )
+    arena_shrinkage: bool = Field(
+        True,
+        description="after each request's last batch, return ONNX Runtime's CPU arena growth to the system",
+    )
     cpu_mem_arena: bool = Field(
         True, description="ONNX Runtime's CPU memory arena: faster, but keeps its peak memory (off: less RSS)"
     )

@@ -9,6 +9,7 @@ from typing import Annotated, BinaryIO, Literal, Optional
 
 from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import Response
+from starlette.background import BackgroundTask
 
 from service.concurrency import Deadline
 from service.deps import LimiterDep, MetricsDep, RuntimeDep, SettingsDep
@@ -17,6 +18,7 @@ from service.io.dicom import parse_dicom
 from service.io.reference import read_reference_file
 from service.io.upload import expand_files
 from service.io.volume import read_volume
+from service.memory import release
 from service.model import ModelRuntime
 from service.outputs.report import SegmentResponse
 from service.pipeline import MEDIA_TYPES, SegmentationResult, render, segment_datasets, segment_image
@@ -93,11 +95,11 @@ def _run(
     t0 = time.perf_counter()
     ref = read_reference_file(reference[1], name=reference[0], settings=settings) if reference else None
     if dicom:
-        files = expand_files(dicom, settings=settings)
         items = []
-        for name, fh in files:
-            items.append((name, parse_dicom(fh, name=name)))
-            fh.close()  # pydicom holds its own copy: free the upload buffer now, not at the end
+        for name, fh in expand_files(dicom, settings=settings):
+            # Headers now; pixel data stay in the upload (on disk past 1 MiB) until the reader
+            # decodes the slices the request needs, and it closes each file once decoded.
+            items.append((name, parse_dicom(fh, name=name, defer_pixels=True)))
             deadline.check()
         result = segment_datasets(
             items,
@@ -256,4 +258,6 @@ async def segment(
     logger.info("segment %s: done in %.3f s", request_id, result.timings["total_s"])
     media_type, filename = MEDIA_TYPES[fmt]
     headers = {} if fmt == "json" else {"Content-Disposition": f'attachment; filename="{filename}"'}
-    return Response(content=body, media_type=media_type, headers=headers)
+    del result
+    # After the answer is sent: give the request's freed buffers back to the system.
+    return Response(content=body, media_type=media_type, headers=headers, background=BackgroundTask(release))
