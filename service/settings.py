@@ -14,7 +14,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 #: Output formats of ``POST /segment``.
-OutputFormat = Literal["json", "nifti", "dicom-seg"]
+OutputFormat = Literal["json", "nifti", "dicom-seg", "png"]
 
 _CommaList = Annotated[list[str], NoDecode]
 
@@ -80,6 +80,16 @@ class Settings(BaseSettings):
     proposal_score_threshold: float = Field(0.5, ge=0, le=1, description="lowest detector score used as a proposal")
     proposal_nms_iou: float = Field(0.3, gt=0, le=1, description="IoU above which overlapping proposals are merged")
     max_proposals_per_slice: int = Field(20, ge=1, description="most detector proposals used per slice")
+
+    # Durable state
+    data_dir: Path = Field(
+        Path("msdn-data"), description="job records (SQLite) and files of background jobs (PACS push, SEG retries)"
+    )
+
+    # HTTP jobs (``/v1/jobs``)
+    max_queued_jobs: int = Field(16, ge=1, description="HTTP jobs queued or running at once; more are answered 503")
+    job_workers: int = Field(1, ge=1, description="HTTP jobs run at once (each one inference)")
+    job_ttl_s: float = Field(86400.0, gt=0, description="finished HTTP jobs and their results are deleted after this")
 
     # Server (used by ``msdn serve``)
     host: str = Field("127.0.0.1", description="address uvicorn binds to")
