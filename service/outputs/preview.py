@@ -10,8 +10,9 @@ Layout (pixels, origin top-left)::
 
 A contour pixel is a mask pixel of the class with a 4-neighbour outside the class (or outside the
 image); it is painted in the class colour on every scaled pixel, so the picture is checkable pixel
-by pixel against the mask (``PreviewLayout`` says where each tile lies). Drawn with matplotlib's
-Agg backend (no display), placed with ``figimage`` so nothing is resampled. Torch-free.
+by pixel against the mask (``PreviewLayout`` says where each tile lies). The montage is built as an
+array and written as is (nothing resampled); the legend is drawn with matplotlib's Agg canvas (no
+display, no pyplot). Torch-free.
 """
 
 from __future__ import annotations
@@ -135,11 +136,6 @@ def render_preview(
         raise ValueError(f"columns must be >= 1, got {columns}")
     if tile_px < 1:
         raise ValueError(f"tile_px must be >= 1, got {tile_px}")
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    from matplotlib.figure import Figure
-
     image = result.image.array
     labels = result.labels
     num_classes = result.card.num_classes
@@ -163,16 +159,29 @@ def render_preview(
         montage[r * th : (r + 1) * th, c * tw : (c + 1) * tw] = tile
         tiles.append(Tile(z=z, x0=c * tw, y0=r * th, scale=scale))
 
+    picture = np.concatenate([montage, _legend(lines, width, legend_h)], axis=0)
+    buf = io.BytesIO()
+    from matplotlib.image import imsave
+
+    imsave(buf, picture, format="png")
+    return buf.getvalue(), PreviewLayout(tiles=tuple(tiles), width=width, height=height)
+
+
+def _legend(lines: list[str], width: int, height: int) -> np.ndarray:
+    """(height, width, 3) uint8: the legend text on black (matplotlib Agg)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(width / DPI, height / DPI), dpi=DPI, facecolor="black")
-    fig.figimage(montage, xo=0, yo=legend_h, origin="upper")
+    canvas = FigureCanvasAgg(fig)
     for i, text in enumerate(lines):
         colour = "white" if i == 0 else tuple(v / 255 for v in class_colour(i))
-        fig.text(
-            4 / width, (legend_h - LEGEND_PX_PER_LINE * (i + 1)) / height, text, color=colour, fontsize=9, va="bottom"
-        )
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI, facecolor="black")
-    return buf.getvalue(), PreviewLayout(tiles=tuple(tiles), width=width, height=height)
+        fig.text(4 / width, 1 - LEGEND_PX_PER_LINE * (i + 1) / height, text, color=colour, fontsize=9, va="bottom")
+    canvas.draw()
+    rgba = np.asarray(canvas.buffer_rgba())[:height, :width, :3]
+    out = np.zeros((height, width, 3), dtype=np.uint8)
+    out[: rgba.shape[0], : rgba.shape[1]] = rgba
+    return out
 
 
 def preview_png(result: "SegmentationResult", **options) -> bytes:
