@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import multiprocessing
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -107,7 +108,13 @@ def summary_row(study: Study, report: dict, seconds: float) -> dict[str, Any]:
 _STATE: dict[str, Any] = {}
 
 
+def _key(options: BatchOptions) -> tuple:
+    return (options.url, options.api_key, str(options.model), options.threads, tuple(sorted(options.settings.items())))
+
+
 def _init_worker(options: BatchOptions) -> None:
+    _STATE.clear()
+    _STATE["key"] = _key(options)
     if options.url:
         from service.batch.client import Client
 
@@ -134,7 +141,7 @@ def _bodies(study: Study, options: BatchOptions, formats: list[str]) -> dict[str
 
 def run_study(study: Study, options: BatchOptions) -> dict[str, Any]:
     """Segment one study and write its outputs; the summary row (``error_code`` set on failure)."""
-    if not _STATE:
+    if _STATE.get("key") != _key(options):
         _init_worker(options)
     study_dir = options.out / study.name
     t0 = time.perf_counter()
@@ -200,7 +207,11 @@ def run_batch(studies: list[Study], options: BatchOptions, *, workers: int = 1, 
                 rows[study.name] = run_study(study, options)
                 bar.update()
         else:
-            with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker, initargs=(options,)) as pool:
+            # spawn, not fork: a forked ONNX Runtime (thread pools) can deadlock in the child
+            context = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(
+                max_workers=workers, mp_context=context, initializer=_init_worker, initargs=(options,)
+            ) as pool:
                 futures = {pool.submit(run_study, s, options): s for s in todo}
                 for future in as_completed(futures):
                     study = futures[future]
