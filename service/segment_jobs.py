@@ -36,6 +36,7 @@ logger = logging.getLogger(__name__)
 KIND = "http-segment"
 CANCELLED = "cancelled"
 ACTIVE = (JobState.QUEUED, JobState.RUNNING)
+PROGRESS_EVERY_S = 0.5
 
 
 def public_state(job: Job) -> str:
@@ -88,6 +89,7 @@ class SegmentJobs:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._progress_at: dict[str, float] = {}
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -185,7 +187,12 @@ class SegmentJobs:
         return self.store.job_dir(job.id) / "result" / MEDIA_TYPES[fmt][1]
 
     def report_progress(self, job_id: str, batches: int) -> None:
-        """Called between model batches: slices done (whole-slice runs: batches times the batch size)."""
+        """Called between model batches: slices done (whole-slice runs: batches times the batch size),
+        written at most every ``PROGRESS_EVERY_S`` (each write is an fsync'd SQLite commit)."""
+        now = time.monotonic()
+        if now - self._progress_at.get(job_id, 0.0) < PROGRESS_EVERY_S:
+            return
+        self._progress_at[job_id] = now
         job = self.store.get(job_id)
         if job is None:
             return
@@ -290,6 +297,7 @@ class SegmentJobs:
             },
         )
         remove_tree(folder / "inputs")
+        self._progress_at.pop(job.id, None)
         logger.info("job %s: done in %.2f s", job.id, time.time() - t0)
 
     def _fail(self, job: Job, code: str, message: str, t0: float) -> None:
