@@ -231,7 +231,11 @@ async def job_result(
     "/v1/jobs/{job_id}",
     summary="cancel a queued or running job; delete a finished one",
     response_model=JobStatus,
-    responses={200: {"description": "cancelled (running jobs stop at their next model batch)"}, 204: {}, **_ID_ERRORS},
+    responses={
+        200: {"description": "cancelled (a running job stops at its next model batch)"},
+        204: {"description": "a finished job deleted"},
+        **_ID_ERRORS,
+    },
 )
 async def delete_job(job_id: str, request: Request, runtime: RuntimeDep, settings: SettingsDep) -> Response:
     jobs = get_jobs(request, runtime, settings)
