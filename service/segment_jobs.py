@@ -151,8 +151,9 @@ class SegmentJobs:
         if reference is not None:
             write_durable(folder / "reference", reference[1])
             names["reference"] = reference[0]
-        job = self.store.update(job.id, state=JobState.QUEUED, info={"inputs": names})
-        assert job is not None
+        job = self.store.transition(job.id, [JobState.RECEIVING], JobState.QUEUED, info={"inputs": names})
+        if job is None:  # deleted while its inputs were written
+            raise MsdnError("the job was deleted while its inputs were stored", code=ErrorCode.NOT_FOUND)
         logger.info("job %s: queued (%d file(s))", job.id, len(dicom) or 1)
         self._wake.set()
         return job
@@ -315,7 +316,7 @@ class SegmentJobs:
         """Delete finished jobs older than ``job_ttl_s``; how many were deleted."""
         now = time.time() if now is None else now
         count = 0
-        for job in self.store.list(kinds=[KIND], states=[JobState.DONE, JobState.FAILED], limit=1000):
+        for job in self.store.list(kinds=[KIND], states=[JobState.DONE, JobState.FAILED], limit=100000):
             if now - job.updated_at > self.settings.job_ttl_s:
                 remove_tree(self.store.job_dir(job.id))
                 self.store.delete(job.id)
