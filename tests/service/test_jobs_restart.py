@@ -69,7 +69,8 @@ def test_job_survives_a_killed_server(model_1c, tmp_path):
         assert status["progress"]["slices_done"] == status["progress"]["slices_total"] == 800
         body = httpx.get(f"{url}{location}/result", timeout=30).json()
         np.testing.assert_array_equal(decode(body["mask"]), expected_labels(hu, (THRESHOLD_HU,)))
-        assert "queued again after a restart" in (tmp_path / "second.log").read_text()
+        if state == "running":  # a job killed while queued simply stays queued
+            assert "queued again after a restart" in (tmp_path / "second.log").read_text()
 
         # the CLI's --url client sends the same work to this server
         study = tmp_path / "vol.npy"
