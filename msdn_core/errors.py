@@ -15,11 +15,13 @@ from typing import Any
 class ErrorCode(str, enum.Enum):
     """Stable machine-readable error codes. ``value`` is the wire name, :attr:`status` the HTTP status."""
 
-    # 401 / 403 / 404 / 406
+    # 401 / 403 / 404 / 405 / 406 / 408 / 431
     UNAUTHORIZED = "unauthorized"
     NOT_FOUND = "not_found"
     NOT_ACCEPTABLE = "not_acceptable"
     METHOD_NOT_ALLOWED = "method_not_allowed"
+    BODY_TIMEOUT = "body_timeout"
+    HEADERS_TOO_LARGE = "headers_too_large"
     # 413: over a configured limit
     LIMIT_EXCEEDED = "limit_exceeded"
     UPLOAD_TOO_LARGE = "upload_too_large"
@@ -72,6 +74,7 @@ class ErrorCode(str, enum.Enum):
     OVERLOADED = "overloaded"
     NOT_READY = "not_ready"
     TIMEOUT = "timeout"
+    PACS_BUSY = "pacs_busy"
 
     @property
     def status(self) -> int:
@@ -87,6 +90,8 @@ _STATUS: dict[ErrorCode, int] = {
     _C.NOT_ACCEPTABLE: 406,
     _C.JOB_NOT_DONE: 409,
     _C.METHOD_NOT_ALLOWED: 405,
+    _C.BODY_TIMEOUT: 408,
+    _C.HEADERS_TOO_LARGE: 431,
     **{
         c: 413
         for c in (
@@ -110,6 +115,7 @@ _STATUS: dict[ErrorCode, int] = {
     _C.OVERLOADED: 503,
     _C.NOT_READY: 503,
     _C.TIMEOUT: 504,
+    _C.PACS_BUSY: 503,
 }
 for _code in ErrorCode:
     _STATUS.setdefault(_code, 422)
@@ -201,6 +207,8 @@ DESCRIPTIONS: dict[ErrorCode, str] = {
     _C.NOT_FOUND: "no such route or resource",
     _C.NOT_ACCEPTABLE: "the `Accept` header asks for a format the service cannot give",
     _C.METHOD_NOT_ALLOWED: "the route does not take this HTTP method",
+    _C.BODY_TIMEOUT: "the request body did not arrive within `MSDN_BODY_TIMEOUT_S`",
+    _C.HEADERS_TOO_LARGE: "more request headers than `MSDN_MAX_HEADER_COUNT` or bytes than `MSDN_MAX_HEADER_BYTES`",
     _C.LIMIT_EXCEEDED: "over a configured limit",
     _C.UPLOAD_TOO_LARGE: "request body over `MSDN_MAX_UPLOAD_BYTES`",
     _C.TOO_MANY_FILES: "more files than `MSDN_MAX_FILES`",
@@ -251,6 +259,7 @@ DESCRIPTIONS: dict[ErrorCode, str] = {
     _C.OVERLOADED: "all inference slots and the queue are full (with `Retry-After`)",
     _C.NOT_READY: "no model loaded yet, or no pipeline",
     _C.TIMEOUT: "processing ran past `MSDN_REQUEST_TIMEOUT_S`",
+    _C.PACS_BUSY: "the PACS answered 429 / 503, or all PACS workers are busy (with `Retry-After`)",
 }
 
 

@@ -41,6 +41,23 @@ def settings_from_args(args: argparse.Namespace):
     return Settings(**{k: v for k, v in overrides.items() if v is not None})
 
 
+def uvicorn_options(settings) -> dict:
+    """uvicorn settings from ``Settings``: address, the HTTP front's limits and timeouts."""
+    from service.http_protocol import guarded_protocol
+
+    return {
+        "host": settings.host,
+        "port": settings.port,
+        "log_level": settings.log_level.lower(),
+        "http": guarded_protocol(settings.header_timeout_s),
+        "h11_max_incomplete_event_size": settings.max_header_bytes,
+        "timeout_keep_alive": settings.keep_alive_s,
+        "limit_concurrency": settings.max_connections,
+        "proxy_headers": True,
+        "server_header": False,
+    }
+
+
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -62,5 +79,5 @@ def run(args: argparse.Namespace) -> int:
         settings.port,
         "on" if settings.auth_enabled else "off",
     )
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower())
+    uvicorn.run(app, **uvicorn_options(settings))
     return 0

@@ -87,9 +87,14 @@ class InferenceLimiter:
             f"the service is busy ({why}); retry in {self.retry_after_s} s", retry_after_s=self.retry_after_s
         )
 
-    async def _acquire(self) -> None:
+    def admit(self) -> None:
+        """Raise ``Overloaded`` now when a new job could not even wait (check before costly work,
+        such as downloading a series; ``run`` checks again)."""
         if self._running + self._waiting >= self.max_concurrent + self.max_queued:
             raise self._overloaded(f"{self._running} running, {self._waiting} waiting")
+
+    async def _acquire(self) -> None:
+        self.admit()
         self._waiting += 1
         self._changed()
         try:

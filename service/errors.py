@@ -135,7 +135,7 @@ PACS_CODES: dict[str, ErrorCode] = {
     "PacsTimeoutError": ErrorCode.PACS_TIMEOUT,
     "AssociationRejectedError": ErrorCode.PACS_REFUSED,
     "PacsAuthError": ErrorCode.PACS_REFUSED,
-    "AssociationAbortedError": ErrorCode.PACS_ERROR,
+    "AssociationAbortedError": ErrorCode.PACS_UNAVAILABLE,
     "PacsOperationError": ErrorCode.PACS_ERROR,
     "SeriesNotFoundError": ErrorCode.SERIES_NOT_FOUND,
     "SeriesTooLargeError": ErrorCode.SERIES_TOO_LARGE,
@@ -161,7 +161,11 @@ def error_body(exc: MsdnError) -> dict[str, Any]:
 
 
 def pacs_code(exc: BaseException) -> Optional[ErrorCode]:
-    """The code of a PACS client error (by its most specific known class), None for other errors."""
+    """The code of a PACS client error (its own ``error_code``, else by its most specific known class),
+    None for other errors."""
+    own = getattr(exc, "error_code", None)
+    if isinstance(own, ErrorCode):
+        return own
     for cls in type(exc).__mro__:
         if cls.__name__ in PACS_CODES:
             return PACS_CODES[cls.__name__]
@@ -186,6 +190,11 @@ def _validation_error(_: Request, exc: Exception) -> JSONResponse:
 
 def _http_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    detail = exc.detail
+    if isinstance(detail, dict) and isinstance(detail.get("code"), str) and "message" in detail:
+        # A route that chose its code and detail (the PACS routes: detail.job_id of a kept SEG...).
+        body = ErrorBody(code=detail["code"], message=str(detail["message"]), detail=detail.get("detail"))
+        return JSONResponse(body.model_dump(), status_code=exc.status_code, headers=getattr(exc, "headers", None))
     cause = exc.__cause__
     code = pacs_code(cause) if cause is not None else None  # the PACS routes raise HTTPException from PacsError
     if code is None and isinstance(cause, MsdnError):

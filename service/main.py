@@ -21,7 +21,7 @@ import anyio
 from fastapi import APIRouter, FastAPI
 
 from msdn_core import __version__
-from service.auth import RequireApiKey
+from service.auth import ApiKeyMiddleware, RequireApiKey
 from service.body_limit import BodyLimitMiddleware
 from service.concurrency import InferenceLimiter
 from service.errors import install_error_handlers
@@ -139,7 +139,15 @@ def create_app(
     app.state.ready = False
     app.state.jobs = None
     install_error_handlers(app)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes)
+    # Outermost first on the way in: metrics, API key (before the body is read), body/header limits.
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=settings.max_upload_bytes,
+        body_timeout_s=settings.body_timeout_s,
+        max_header_count=settings.max_header_count,
+        max_header_bytes=settings.max_header_bytes,
+    )
+    app.add_middleware(ApiKeyMiddleware, keys=lambda: app.state.settings.api_keys)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     app.include_router(health.router)
     for router in (segment.router, jobs.router, model_routes.router, metrics_routes.router, docs.router):

@@ -81,6 +81,25 @@ class Settings(BaseSettings):
     proposal_nms_iou: float = Field(0.3, gt=0, le=1, description="IoU above which overlapping proposals are merged")
     max_proposals_per_slice: int = Field(20, ge=1, description="most detector proposals used per slice")
 
+    # HTTP front (the header/connection limits are applied by ``msdn serve``; the body deadline and
+    # the header count by the app itself)
+    max_header_bytes: int = Field(
+        64 * 1024, ge=1024, description="most bytes of request headers; more: 431 (or the connection dropped)"
+    )
+    max_header_count: int = Field(100, ge=1, description="most request headers; more is answered 431")
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="a connection must send complete request headers within this time (msdn serve)"
+    )
+    keep_alive_s: float = Field(
+        5.0, gt=0, description="an idle keep-alive connection is closed after this (msdn serve)"
+    )
+    body_timeout_s: float = Field(
+        300.0, gt=0, description="the whole request body must arrive within this time, else 408 body_timeout"
+    )
+    max_connections: int = Field(
+        256, ge=1, description="open HTTP connections at once; more are answered 503 (msdn serve)"
+    )
+
     # Durable state
     data_dir: Path = Field(
         Path("msdn-data"), description="job records (SQLite) and files of background jobs (PACS push, SEG retries)"

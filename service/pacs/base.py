@@ -52,7 +52,7 @@ class StoreResult:
         """True when nothing was refused."""
         return not self.failed
 
-    def finish(self, protocol: str, peer: str, total: int) -> "StoreResult":
+    def finish(self, protocol: str, peer: str, total: int, *, dimse_status: int | None = None) -> "StoreResult":
         """Log the counts (UIDs only, never patient data) and raise when the PACS refused anything.
 
         Raises:
@@ -70,7 +70,8 @@ class StoreResult:
         if self.failed:
             raise StoreFailedError(
                 f"store: {peer} refused {len(self.failed)} of {total} instances "
-                f"(SOP Instance UIDs: {', '.join(self.failed[:5])})"
+                f"(SOP Instance UIDs: {', '.join(self.failed[:5])})",
+                dimse_status=dimse_status,
             )
         return self
 

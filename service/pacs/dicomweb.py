@@ -14,6 +14,7 @@ import requests
 from dicomweb_client.api import DICOMwebClient
 from pydicom import Dataset
 
+from service.jobs.backoff import parse_retry_after
 from service.pacs.base import SeriesInfo, StoreResult, StudyInfo, check_uid, pixel_bytes, sort_instances
 from service.pacs.errors import (
     PacsAuthError,
@@ -27,9 +28,6 @@ from service.pacs.errors import (
 from service.pacs.settings import PacsSettings
 
 logger = logging.getLogger(__name__)
-
-#: HTTP statuses dicomweb-client retries (with exponential back-off) before giving up.
-_RETRIED_STATUSES = (429, 503, 504)
 
 
 def _attr(item: dict, keyword_tag: str) -> str | None:
@@ -80,12 +78,9 @@ class DicomwebPacsClient:
             stow_url_prefix=settings.dicomweb_stow_prefix,
             timeout=(settings.connect_timeout_s, settings.network_timeout_s),
         )
-        self._client.set_http_retry_params(
-            retry=settings.dicomweb_max_attempts > 1,
-            max_attempts=settings.dicomweb_max_attempts,
-            wait_exponential_multiplier=200,
-            retriable_error_codes=_RETRIED_STATUSES,
-        )
+        # No retries inside dicomweb-client (they ignore Retry-After): callers retry with
+        # service.pacs.retry, which honours it and stays within their deadline.
+        self._client.set_http_retry_params(retry=False)
 
     @staticmethod
     def _build_session(settings: PacsSettings) -> requests.Session:
@@ -119,6 +114,9 @@ class DicomwebPacsClient:
             raise PacsUnreachableError(f"{action}: cannot connect to {self.describe()} ({_reason(exc)})") from exc
         except requests.exceptions.HTTPError as exc:
             status = exc.response.status_code if exc.response is not None else 0
+            retry_after = (
+                parse_retry_after(exc.response.headers.get("Retry-After")) if exc.response is not None else None
+            )
             if status in (401, 403):
                 raise PacsAuthError(
                     f"{action}: {self.describe()} refused our credentials (HTTP {status}); "
@@ -126,7 +124,12 @@ class DicomwebPacsClient:
                 ) from exc
             if status == 404 and not_found:
                 raise SeriesNotFoundError(f"{action}: {not_found} (HTTP 404 from {self.describe()})") from exc
-            raise PacsOperationError(f"{action}: {self.describe()} answered HTTP {status}") from exc
+            raise PacsOperationError(
+                f"{action}: {self.describe()} answered HTTP {status}"
+                + (f" (Retry-After {retry_after:g} s)" if retry_after is not None else ""),
+                http_status=status,
+                retry_after_s=retry_after,
+            ) from exc
         except requests.exceptions.RequestException as exc:
             raise PacsOperationError(f"{action}: request to {self.describe()} failed ({_reason(exc)})") from exc
 

@@ -34,6 +34,7 @@ from service.pacs.errors import (
     AssociationRejectedError,
     PacsAuthError,
     PacsError,
+    PacsNotConfiguredError,
     PacsOperationError,
     PacsTimeoutError,
     PacsUnreachableError,
@@ -381,7 +382,10 @@ class DimsePacsClient:
             self._check_retrieve_responses(action, responses, assoc, watch, collector)
 
     def _move(self, action: str, study_uid: str, series_uid: str, collector: SeriesCollector) -> None:
-        receiver = self._ensure_receiver()
+        try:
+            receiver = self._ensure_receiver()
+        except OSError as exc:  # our storage port is taken: nothing the PACS can do about it
+            raise PacsNotConfiguredError(f"{action}: C-MOVE needs our Storage SCP, which cannot listen: {exc}") from exc
         contexts = [(StudyRootQueryRetrieveInformationModelMove, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])]
         with receiver.expect(collector), self._associate(action, contexts) as (assoc, watch):
             responses = assoc.send_c_move(
@@ -447,6 +451,7 @@ class DimsePacsClient:
             contexts[(str(ds.SOPClassUID), ts)] = None
         action = "store"
         result = StoreResult()
+        failure: int | None = None
         with self._associate(action, [(sop, [ts]) for sop, ts in contexts]) as (assoc, watch):
             for ds in datasets:
                 uid = str(ds.SOPInstanceUID)
@@ -467,7 +472,8 @@ class DimsePacsClient:
                 else:
                     logger.warning("DIMSE store: %s refused with %s", uid, _status_text(code))
                     result.failed.append(uid)
-        return result.finish("DIMSE", self.describe(), len(datasets))
+                    failure = code
+        return result.finish("DIMSE", self.describe(), len(datasets), dimse_status=failure)
 
     def close(self) -> None:
         """Stop the Storage SCP if this client started it."""

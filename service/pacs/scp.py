@@ -32,8 +32,12 @@ logger = logging.getLogger(__name__)
 #: Refused: "Cannot understand" (no retrieve waits for it and no listener takes pushes).
 STATUS_NOT_EXPECTED = 0xC001
 
-#: Called with (dataset, encoded size in bytes, calling AE title); returns a C-STORE status.
-UnexpectedHandler = Callable[[Dataset, int, str], int]
+#: Refused: "Cannot understand" (the data set does not decode).
+STATUS_CANNOT_UNDERSTAND = 0xC000
+
+#: Called with (Part 10 bytes, dataset, calling AE title, association id); returns a C-STORE status
+#: (an int or a status Dataset with ErrorComment).
+UnexpectedHandler = Callable[[bytes, Dataset, str, int], "int | Dataset"]
 
 
 class StorageReceiver:
@@ -44,7 +48,14 @@ class StorageReceiver:
         host / port: where to listen (port 0 = any free port; see :attr:`port` after start).
         allowed_aes: calling AE titles accepted; empty = anyone.
         on_unexpected: where instances nobody waits for go (the push listener); refused when None.
-        acse_timeout_s / dimse_timeout_s / network_timeout_s: pynetdicom timeouts.
+        on_association_closed: called with the association id when one ends (the listener's series
+            complete only once no open association is sending them).
+        acse_timeout_s / dimse_timeout_s: pynetdicom timeouts.
+        network_timeout_s: an association idle this long is closed (A-ABORT).
+        max_associations: established associations at once; more are aborted right after the AE
+            title check (TCP connections that never associate do not count, and are closed after
+            ``acse_timeout_s``).
+        max_connections: TCP connections at once (pynetdicom's limit, checked before anything else).
     """
 
     def __init__(
@@ -55,10 +66,17 @@ class StorageReceiver:
         port: int = 11112,
         allowed_aes: Sequence[str] = (),
         on_unexpected: UnexpectedHandler | None = None,
+        on_association_closed: Callable[[int], None] | None = None,
         acse_timeout_s: float = 10.0,
         dimse_timeout_s: float = 60.0,
         network_timeout_s: float = 60.0,
+        max_associations: int = 16,
+        max_connections: int = 64,
     ) -> None:
+        if max_associations < 1 or max_connections < max_associations:
+            raise ValueError(
+                f"max_associations must be >= 1 and <= max_connections, got {max_associations}, {max_connections}"
+            )
         if not 0 <= port <= 65535:
             raise ValueError(f"port must be in 0..65535, got {port}")
         if not ae_title or len(ae_title) > 16:
@@ -68,7 +86,12 @@ class StorageReceiver:
         self.requested_port = port
         self.allowed_aes = list(allowed_aes)
         self.on_unexpected = on_unexpected
+        self.on_association_closed = on_association_closed
+        self.max_associations = max_associations
+        self.max_connections = max_connections
         self._timeouts = (acse_timeout_s, dimse_timeout_s, network_timeout_s)
+        self._established: set[int] = set()
+        self.aborted_over_limit = 0
         self._server = None
         self._ae: AE | None = None
         self._lock = threading.Lock()
@@ -76,7 +99,11 @@ class StorageReceiver:
 
     @classmethod
     def from_settings(
-        cls, settings: PacsSettings, *, on_unexpected: UnexpectedHandler | None = None
+        cls,
+        settings: PacsSettings,
+        *,
+        on_unexpected: UnexpectedHandler | None = None,
+        on_association_closed: Callable[[int], None] | None = None,
     ) -> StorageReceiver:
         """A receiver with our AE title, the storage host/port and the PACS as the only allowed peer."""
         return cls(
@@ -85,9 +112,12 @@ class StorageReceiver:
             port=settings.storage_port,
             allowed_aes=[settings.peer_ae_title] + list(settings.listener_allowed_aes),
             on_unexpected=on_unexpected,
+            on_association_closed=on_association_closed,
             acse_timeout_s=settings.acse_timeout_s,
             dimse_timeout_s=settings.dimse_timeout_s,
-            network_timeout_s=settings.network_timeout_s,
+            network_timeout_s=settings.listener_association_idle_s,
+            max_associations=settings.listener_max_associations,
+            max_connections=settings.listener_max_connections,
         )
 
     @property
@@ -108,13 +138,18 @@ class StorageReceiver:
         ae = AE(ae_title=self.ae_title)
         ae.acse_timeout, ae.dimse_timeout, ae.network_timeout = self._timeouts
         ae.require_called_aet = True
+        ae.maximum_associations = self.max_connections
         if self.allowed_aes:
             ae.require_calling_aet = self.allowed_aes
         syntaxes = list(NATIVE_TRANSFER_SYNTAXES) + list(COMPRESSED_TRANSFER_SYNTAXES)
         for context in AllStoragePresentationContexts:
             ae.add_supported_context(context.abstract_syntax, syntaxes)
         ae.add_supported_context(Verification)
-        handlers = [(evt.EVT_C_STORE, self._handle_store)]
+        handlers = [
+            (evt.EVT_C_STORE, self._handle_store),
+            (evt.EVT_ESTABLISHED, self._on_established),
+            (evt.EVT_CONN_CLOSE, self._on_closed),
+        ]
         try:
             self._server = ae.start_server((self.host, self.requested_port), block=False, evt_handlers=handlers)
         except OSError as exc:
@@ -147,9 +182,39 @@ class StorageReceiver:
                 if not waiting:
                     self._waiting.pop(collector.series_uid, None)
 
-    def _handle_store(self, event) -> int:
-        dataset, nbytes = dataset_from_store_event(event)
-        series_uid = str(dataset.get("SeriesInstanceUID", ""))
+    def _on_established(self, event) -> None:
+        key = id(event.assoc)
+        with self._lock:
+            over = len(self._established) >= self.max_associations
+            if not over:
+                self._established.add(key)
+        if over:
+            self.aborted_over_limit += 1
+            logger.warning(
+                "Storage SCP: %d associations open (MSDN_PACS_LISTENER_MAX_ASSOCIATIONS); aborted one from %s",
+                self.max_associations,
+                str(event.assoc.requestor.ae_title).strip(),
+            )
+            event.assoc.abort()
+
+    def _on_closed(self, event) -> None:
+        key = id(event.assoc)
+        with self._lock:
+            self._established.discard(key)
+        if self.on_association_closed is not None:
+            self.on_association_closed(key)
+
+    @property
+    def open_associations(self) -> int:
+        return len(self._established)
+
+    def _handle_store(self, event):
+        try:
+            dataset, nbytes = dataset_from_store_event(event)
+            series_uid = str(dataset.get("SeriesInstanceUID", ""))
+        except Exception as exc:  # noqa: BLE001 - a data set that does not decode
+            logger.warning("Storage SCP: refused an undecodable instance (%s)", type(exc).__name__)
+            return STATUS_CANNOT_UNDERSTAND
         with self._lock:
             collectors = list(self._waiting.get(series_uid, ()))
         if collectors:
@@ -158,7 +223,7 @@ class StorageReceiver:
         if self.on_unexpected is not None:
             calling = str(event.assoc.requestor.ae_title).strip()
             try:
-                return self.on_unexpected(dataset, nbytes, calling)
+                return self.on_unexpected(event.encoded_dataset(), dataset, calling, id(event.assoc))
             except Exception:  # a listener bug must not kill the association thread
                 logger.exception("listener failed on an instance of series %s", series_uid)
                 return 0xC002

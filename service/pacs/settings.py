@@ -6,10 +6,11 @@ has a safe default, and the PACS integration is off (``protocol="none"``) until 
 
 from __future__ import annotations
 
-from typing import Literal
+from pathlib import Path
+from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 #: A DICOM AE title: 1..16 characters of the default character repertoire, no backslash.
 _AE_TITLE_PATTERN = r"^[ -\[\]-~]{1,16}$"
@@ -23,7 +24,7 @@ class PacsSettings(BaseSettings):
     PACS routes (they answer 503).
     """
 
-    model_config = SettingsConfigDict(env_prefix="MSDN_PACS_", env_file=None, extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="MSDN_PACS_", env_file=None, extra="ignore", populate_by_name=True)
 
     protocol: Literal["none", "dicomweb", "dimse"] = "none"
 
@@ -77,10 +78,51 @@ class PacsSettings(BaseSettings):
     listener_series_idle_s: float = Field(
         default=5.0, gt=0, description="a pushed series is complete after this many quiet seconds"
     )
-    listener_allowed_aes: list[str] = Field(
-        default_factory=list, description="calling AE titles (besides peer_ae_title) allowed to push to us"
+    listener_allowed_aes: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="calling AE titles (besides peer_ae_title) allowed to push to us (JSON list or comma-separated)",
     )
     listener_send_result: bool = Field(default=True, description="C-STORE the SEG back to the peer")
+    listener_max_associations: int = Field(
+        default=16, ge=1, description="established associations at once on our Storage SCP (more are aborted)"
+    )
+    listener_max_connections: int = Field(
+        default=64, ge=1, description="TCP connections at once on our Storage SCP (before any AE title check)"
+    )
+    listener_association_idle_s: float = Field(
+        default=60.0, gt=0, description="an association of our Storage SCP idle this long is closed"
+    )
+    listener_max_pending_series: int = Field(default=16, ge=1, description="series being received at once")
+    listener_workers: int = Field(default=2, ge=1, description="PACS jobs processed at once")
+
+    # --- durable jobs (push listener and POST /v1/pacs/segment) ---------------------------------
+    data_dir: Path = Field(
+        default=Path("msdn-data"),
+        validation_alias=AliasChoices("MSDN_DATA_DIR", "data_dir"),
+        description="MSDN_DATA_DIR: job records (SQLite), spooled instances, SEGs waiting to be stored",
+    )
+    job_retry_initial_s: float = Field(default=2.0, gt=0, description="first delay before a store is retried")
+    job_retry_max_s: float = Field(default=300.0, gt=0, description="longest delay between two store attempts")
+    job_deadline_s: float = Field(
+        default=24 * 3600.0, ge=0, description="a SEG store is retried for this long, then the job fails (SEG kept)"
+    )
+
+    # --- PACS network I/O --------------------------------------------------------------------------
+    io_workers: int = Field(default=8, ge=1, description="PACS calls (fetch, store, query) running at once")
+    io_max_queued: int = Field(default=16, ge=0, description="PACS calls waiting for a worker; more answer 503")
+    io_deadline_s: float = Field(default=300.0, gt=0, description="overall time limit of one fetch or store")
+
+    @field_validator("listener_allowed_aes", mode="before")
+    @classmethod
+    def _split_aes(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                import json
+
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
 
     @field_validator("dicomweb_url")
     @classmethod

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from pydantic import BaseModel
 
 from service.deps import RuntimeDep
-from service.errors import ErrorBody
+from service.errors import ErrorBody, NotReady
 
 router = APIRouter(tags=["health"])
 
@@ -32,5 +32,11 @@ async def healthz() -> Health:
     summary="the model is loaded and warmed up",
     responses={503: {"model": ErrorBody, "description": "still starting"}},
 )
-async def readyz(runtime: RuntimeDep) -> Ready:
+async def readyz(request: Request, runtime: RuntimeDep) -> Ready:
+    """503 ``not_ready`` until the model is warm, and while a check in ``app.state.readiness_checks``
+    (callables returning a problem or None, e.g. the Storage SCP cannot bind its port) fails."""
+    for check in getattr(request.app.state, "readiness_checks", None) or ():
+        problem = check()
+        if problem:
+            raise NotReady(problem)
     return Ready(status="ready", model=f"{runtime.card.name} {runtime.card.version}", provider=runtime.provider)

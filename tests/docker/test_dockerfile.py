@@ -85,7 +85,7 @@ def test_runs_as_non_root_with_healthcheck_and_defaults():
     for variable in ("MSDN_HOST", "MSDN_PORT", "MSDN_MODEL_PATH", "MSDN_PACS_PROTOCOL"):
         assert re.search(rf"^\s+{variable}=", runtime, re.MULTILINE), variable
     assert "/models" in runtime
-    assert "service.main:app" in runtime
+    assert re.search(r"^CMD \[\"msdn\", \"serve\"\]", runtime, re.MULTILINE)  # uvicorn with the HTTP front limits
 
 
 def test_dockerignore_keeps_secrets_and_bulk_out():

@@ -127,3 +127,9 @@ def pacs_series(orthanc: OrthancServer) -> dict[str, TestSeries]:
             assert answer["Status"] in ("Success", "AlreadyStored"), answer
         series[name] = TestSeries(name, files)
     return series
+
+
+@pytest.fixture(autouse=True)
+def _private_data_dir(monkeypatch, tmp_path_factory):
+    """Every service test gets its own MSDN_DATA_DIR (job records, spool), never the working tree's."""
+    monkeypatch.setenv("MSDN_DATA_DIR", str(tmp_path_factory.mktemp("msdn-data")))

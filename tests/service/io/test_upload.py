@@ -105,3 +105,42 @@ def test_corrupt_zip(settings):
     with pytest.raises(InvalidInput) as err:
         list(zip_members(io.BytesIO(b"PK\x03\x04garbage"), name="bad.zip", settings=settings))
     assert err.value.code == "invalid_zip"
+
+
+def test_many_one_mib_members_of_zeros_are_a_bomb(settings):
+    """The measured attack: 1.1 MB of zip, 1000 members of 1 MiB zeros (each ~1000-fold)."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for i in range(50):
+            zf.writestr(f"m{i}.dcm", b"\0" * (1 << 20))
+    buffer.seek(0)
+    with pytest.raises(LimitExceeded) as err:
+        expand_files([("bomb.zip", buffer)], settings=settings)
+    assert err.value.code == "zip_ratio"
+
+
+def test_limits_count_all_zips_of_a_request(settings):
+    small = settings.model_copy(update={"max_zip_uncompressed_bytes": 3000, "max_zip_ratio": 1e6})
+    one = _zip({"a.dcm": b"a" * 2000})
+    two = _zip({"b.dcm": b"b" * 2000})
+    assert len(expand_files([("one.zip", _zip({"a.dcm": b"a" * 2000}))], settings=small)) == 1
+    with pytest.raises(LimitExceeded) as err:
+        expand_files([("one.zip", one), ("two.zip", two)], settings=small)
+    assert err.value.code == "zip_too_large"
+    few = settings.model_copy(update={"max_files": 3})
+    with pytest.raises(LimitExceeded) as err:
+        expand_files(
+            [("one.zip", _zip({"a": b"1", "b": b"2"})), ("two.zip", _zip({"c": b"3", "d": b"4"}))], settings=few
+        )
+    assert err.value.code == "too_many_files"
+
+
+def test_members_are_spooled_not_held_in_memory(settings):
+    from service.io.upload import SPOOL_MEMORY_BYTES
+
+    rng = __import__("numpy").random.default_rng(0)
+    big = rng.integers(0, 256, SPOOL_MEMORY_BYTES + 1000, dtype="uint8").tobytes()  # incompressible
+    files = expand_files([("s.zip", _zip({"big.dcm": big, "small.dcm": b"x"}))], settings=settings)
+    (_, big_fh), (_, small_fh) = files
+    assert big_fh._rolled and not small_fh._rolled  # the big member went to a temporary file
+    assert big_fh.read() == big and small_fh.read() == b"x"

@@ -69,8 +69,9 @@ def pacs_client(pacs_settings):
 
 
 @pytest.fixture(autouse=True)
-def _clean_pacs_environment(monkeypatch):
-    """Tests see only the MSDN_PACS_* variables they set themselves."""
+def _clean_pacs_environment(monkeypatch, tmp_path):
+    """Tests see only the MSDN_PACS_* variables they set themselves, and a fresh MSDN_DATA_DIR."""
     for name in list(os.environ):
         if name.startswith("MSDN_PACS_"):
             monkeypatch.delenv(name)
+    monkeypatch.setenv("MSDN_DATA_DIR", str(tmp_path / "msdn-data"))

@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
+from service.errors import install_error_handlers
 from service.pacs import create_pacs_client
 from service.pacs.router import get_pacs_client, router
 from tests.service.pacs.orthanc_server import free_port
@@ -22,6 +23,7 @@ pytestmark = pytest.mark.orthanc
 
 def make_app(client=None, pipeline=threshold_pipeline) -> FastAPI:
     app = FastAPI()
+    install_error_handlers(app)
     app.include_router(router)
     app.state.pacs_client = client
     app.state.series_pipeline = pipeline
@@ -98,7 +100,8 @@ def test_segment_unknown_series_is_404(api, pacs_series):
     ct5 = pacs_series["ct5"]
     response = api.post("/v1/pacs/segment", json={"study_uid": ct5.study_uid, "series_uid": "1.2.826.0.1.3680043.99.7"})
     assert response.status_code == 404
-    assert "1.2.826.0.1.3680043.99.7" in response.json()["detail"]
+    assert response.json()["code"] == "series_not_found"
+    assert "1.2.826.0.1.3680043.99.7" in response.json()["message"]
 
 
 @pytest.mark.parametrize(
@@ -107,6 +110,7 @@ def test_segment_unknown_series_is_404(api, pacs_series):
         ({"study_uid": "1.2.3", "series_uid": "1.2.3.x"}, "series_uid"),
         ({"study_uid": "1.2.3", "series_uid": "1.2.3", "format": "png"}, "format"),
         ({"series_uid": "1.2.3"}, "study_uid"),
+        ({"study_uid": "1.2.3", "series_uid": "1.2.3", "store_results": True}, "store_results"),  # misspelt
     ],
 )
 def test_segment_bad_request_is_422(api, body, field):
@@ -123,7 +127,7 @@ def test_segment_series_the_pipeline_refuses_is_422(pacs_client, pacs_series):
     with TestClient(make_app(pacs_client, pipeline=refuse)) as api:
         response = api.post("/v1/pacs/segment", json={"study_uid": ct5.study_uid, "series_uid": ct5.series_uid})
     assert response.status_code == 422
-    assert "no ImageOrientationPatient" in response.json()["detail"]
+    assert "no ImageOrientationPatient" in response.json()["message"]
 
 
 def test_no_pipeline_is_503(pacs_client, pacs_series):
@@ -131,7 +135,7 @@ def test_no_pipeline_is_503(pacs_client, pacs_series):
     with TestClient(make_app(pacs_client, pipeline=None)) as api:
         response = api.post("/v1/pacs/segment", json={"study_uid": ct5.study_uid, "series_uid": ct5.series_uid})
     assert response.status_code == 503
-    assert "pipeline" in response.json()["detail"]
+    assert "pipeline" in response.json()["message"]
 
 
 def test_unreachable_pacs_is_502(dimse_settings):
@@ -139,7 +143,8 @@ def test_unreachable_pacs_is_502(dimse_settings):
     with TestClient(make_app(client)) as api:
         response = api.get("/v1/pacs/echo")
     assert response.status_code == 502
-    assert "cannot connect" in response.json()["detail"]
+    assert response.json()["code"] == "pacs_unavailable"
+    assert "cannot connect" in response.json()["message"]
 
 
 def test_client_from_environment(monkeypatch, orthanc, pacs_series):
@@ -164,7 +169,8 @@ def test_pacs_not_configured_is_503(monkeypatch):
     with TestClient(make_app(None)) as api:
         response = api.get("/v1/pacs/echo")
     assert response.status_code == 503
-    assert "MSDN_PACS_PROTOCOL" in response.json()["detail"]
+    assert response.json()["code"] == "pacs_not_configured"
+    assert "MSDN_PACS_PROTOCOL" in response.json()["message"]
 
 
 def test_invalid_pacs_settings_stop_the_start(monkeypatch):
@@ -184,7 +190,7 @@ def test_settings_made_invalid_after_start_are_503(monkeypatch):
         monkeypatch.setenv("MSDN_PACS_PROTOCOL", "dicomweb")
         response = api.get("/v1/pacs/echo")
     assert response.status_code == 503
-    assert "MSDN_PACS_DICOMWEB_URL" in response.json()["detail"]
+    assert "MSDN_PACS_DICOMWEB_URL" in response.json()["message"]
 
 
 def test_dependency_override():
