@@ -1,20 +1,24 @@
 """Inference speed of the exported segmentation path: PyTorch eager vs ONNX Runtime fp32 / int8 (CPU),
-or PyTorch vs ONNX Runtime CUDA fp32 / fp16 with IO binding (``--device cuda``).
+or PyTorch eager vs ONNX Runtime CUDA fp32 / fp16 (IO binding) vs TensorRT fp16 (``--device cuda``).
 
     PYTHONPATH=. python benchmarks/inference.py                    # paper and small presets, CPU
     PYTHONPATH=. python benchmarks/inference.py --preset small --runs 20
-    PYTHONPATH=. python benchmarks/inference.py --device cuda      # on a GPU machine
+    PYTHONPATH=. python benchmarks/inference.py --device cuda --preset paper   # on a GPU machine
 
 For each preset a randomly initialised model is exported with ``export_model`` (parity-checked) and
-quantised with ``make_int8``. Weights do not change the speed, so the int8 calibration here uses random
-normal patches (``msdn export`` never does: it needs real patches). Cases: 128x128 at batch 1 and 8,
-512x512 at batch 1. Each timing is the median of ``--runs`` runs after ``--warmup`` runs. GFLOP counts
-the convolutions' multiply-adds (x2) of one forward pass at that shape (other ops are < 1%); GFLOP/s
-is that over the median time, and "vs matmul" divides it by the rate of a 2048x2048 fp32 matrix
-product (fp16 on CUDA for the fp16 row) timed just before the case's rows, in the same process: the
-machine's practical limit at that moment (the CPU here is shared, so it moves).
+quantised with ``make_int8`` (CPU) or converted with ``make_fp16`` (CUDA). Weights do not change the
+speed, so the int8 calibration here uses random normal patches (``msdn export`` never does: it needs
+real patches). Cases: 128x128 at batch 1 and 8, 512x512 at batch 1 (and at batch 32 on CUDA). Each
+timing is the median of ``--runs`` runs after ``--warmup`` runs. GFLOP counts the convolutions'
+multiply-adds (x2) of one forward pass at that shape (other ops are < 1%); GFLOP/s is that over the
+median time, and "vs matmul" divides it by the rate of a 2048x2048 fp32 matrix product (fp16 on CUDA
+for the fp16 rows) timed just before the case's rows, in the same process: the machine's practical
+limit at that moment (the CPU here is shared, so it moves). On CUDA "vs fp16 peak" divides the rate
+by the GPU's dense fp16 tensor-core peak (``--peak-tflops``, else looked up from the GPU's name in
+``FP16_DENSE_PEAK_TFLOPS``). TensorRT rows build one engine per case (static profile, cached in
+``--trt-cache``); a TensorRT provider that cannot load gives a row saying why.
 
-Prints a Markdown table.
+Prints a Markdown table (and writes it to ``--output``).
 """
 
 from __future__ import annotations
@@ -41,6 +45,19 @@ from model_export.export.variants import make_fp16, make_int8
 from model_export.nets import build_model
 
 CASES = [(1, 128, 128), (8, 128, 128), (1, 512, 512)]
+CUDA_CASES = [*CASES, (32, 512, 512)]
+#: Dense (no sparsity) fp16 tensor-core peak, TFLOP/s, by a substring of torch.cuda.get_device_name().
+FP16_DENSE_PEAK_TFLOPS = {
+    "H200": 989.4,
+    "H100 PCIe": 756.0,
+    "H100 NVL": 835.0,
+    "H100": 989.4,
+    "A100": 312.0,
+    "L40S": 362.1,
+    "L4": 121.0,
+    "A10": 125.0,
+    "T4": 65.0,
+}
 
 
 def median_ms(fn: Callable[[], object], runs: int, warmup: int, sync: Callable[[], None] = lambda: None) -> float:
@@ -98,7 +115,7 @@ def cpu_rows(model, paths, shape, runs, warmup, threads):
     return rows
 
 
-def cuda_rows(model, paths, shape, runs, warmup):
+def cuda_rows(model, paths, shape, runs, warmup, trt_cache=None):
     import onnxruntime as ort
 
     x = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
@@ -133,7 +150,57 @@ def cuda_rows(model, paths, shape, runs, warmup):
             session.run_with_iobinding(binding)
 
         rows.append((label, median_ms(run, runs, warmup, binding.synchronize_outputs), key))
+    if trt_cache is not None:
+        rows.append(tensorrt_row(paths["fp32"], x, runs, warmup, trt_cache))
     return rows
+
+
+def tensorrt_row(path, x, runs, warmup, cache):
+    """ORT TensorRT EP, fp16 engines, a static profile at ``x.shape``, IO binding; or why it cannot run."""
+    import onnxruntime as ort
+
+    from service.providers import tensorrt_unavailable_reason
+
+    label = "ORT TensorRT EP fp16, IO binding"
+    reason = tensorrt_unavailable_reason()
+    if reason is not None:
+        return (f"{label}: not run ({reason[:120]})", float("nan"), "fp16")
+    shape = "image:" + "x".join(str(d) for d in x.shape)
+    options = {
+        "trt_fp16_enable": True,
+        "trt_engine_cache_enable": True,
+        "trt_engine_cache_path": str(cache),
+        "trt_timing_cache_enable": True,
+        "trt_timing_cache_path": str(cache),
+        "trt_profile_min_shapes": shape,
+        "trt_profile_opt_shapes": shape,
+        "trt_profile_max_shapes": shape,
+        "trt_builder_optimization_level": 3,
+    }
+    session = ort.InferenceSession(
+        str(path), providers=[("TensorrtExecutionProvider", options), "CUDAExecutionProvider"]
+    )
+    if session.get_providers()[0] != "TensorrtExecutionProvider":
+        return (f"{label}: not run (session providers {session.get_providers()})", float("nan"), "fp16")
+    binding = session.io_binding()
+    binding.bind_ortvalue_input("image", ort.OrtValue.ortvalue_from_numpy(x, "cuda", 0))
+    binding.bind_output("probabilities", "cuda", 0)
+    return (
+        label,
+        median_ms(lambda: session.run_with_iobinding(binding), runs, warmup, binding.synchronize_outputs),
+        "fp16",
+    )
+
+
+def fp16_peak_tflops(explicit: float | None) -> tuple[float | None, str]:
+    """The GPU's dense fp16 peak (TFLOP/s) and its name."""
+    name = torch.cuda.get_device_name()
+    if explicit:
+        return explicit, name
+    for key, peak in FP16_DENSE_PEAK_TFLOPS.items():
+        if key in name:
+            return peak, name
+    return None, name
 
 
 def main(argv=None) -> int:
@@ -144,21 +211,38 @@ def main(argv=None) -> int:
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0, help="intra-op threads (0: library default)")
-    parser.add_argument("--cases", nargs="+", default=None, help="BxHxW cases (default 1x128x128 8x128x128 1x512x512)")
+    parser.add_argument(
+        "--cases",
+        nargs="+",
+        default=None,
+        help="BxHxW cases (default 1x128x128 8x128x128 1x512x512, +32x512x512 on CUDA)",
+    )
+    parser.add_argument("--peak-tflops", type=float, default=None, help="the GPU's dense fp16 peak (CUDA)")
+    parser.add_argument("--no-tensorrt", action="store_true", help="skip the TensorRT rows (CUDA)")
+    parser.add_argument("--trt-cache", default=None, help="TensorRT engine cache folder (default: a temp folder)")
+    parser.add_argument("--output", default=None, help="also write the Markdown table here")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     if args.runs < 10:
         parser.error("--runs must be >= 10")
-    cases = CASES if not args.cases else [tuple(int(v) for v in c.split("x")) for c in args.cases]
+    default_cases = CUDA_CASES if args.device == "cuda" else CASES
+    cases = default_cases if not args.cases else [tuple(int(v) for v in c.split("x")) for c in args.cases]
     if args.threads:
         torch.set_num_threads(args.threads)
     device = args.device
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, cpu count {os.cpu_count()}, device {device}")
-    lines = [
-        "| preset | model | input BxHxW | backend | median ms | ms / patch | GFLOP | GFLOP/s | matmul GFLOP/s | vs matmul |",  # noqa: E501
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-    ]
+    peak = None
+    header = "| preset | model | input BxHxW | backend | median ms | ms / patch | GFLOP | GFLOP/s | matmul GFLOP/s | vs matmul |"  # noqa: E501
+    if device == "cuda":
+        peak, gpu = fp16_peak_tflops(args.peak_tflops)
+        print(f"GPU {gpu}, dense fp16 peak {peak or 'unknown (--peak-tflops)'} TFLOP/s")
+        header += " TFLOP/s | vs fp16 peak |"
+    lines = [header, "|" + " --- |" * (header.count("|") - 1)]
     with tempfile.TemporaryDirectory(prefix="msdn-bench-") as tmp:
+        trt_cache = None
+        if device == "cuda" and not args.no_tensorrt:
+            trt_cache = Path(args.trt_cache or Path(tmp) / "trt")
+            trt_cache.mkdir(parents=True, exist_ok=True)
         for preset in args.preset:
             torch.manual_seed(0)
             ckpt = save_checkpoint(
@@ -182,18 +266,24 @@ def main(argv=None) -> int:
                 rows = (
                     cpu_rows(model, paths, shape, args.runs, args.warmup, args.threads)
                     if device == "cpu"
-                    else cuda_rows(model, paths, shape, args.runs, args.warmup)
+                    else cuda_rows(model, paths, shape, args.runs, args.warmup, trt_cache)
                 )
                 for label, ms, kind in rows:
                     rate = gflop / (ms / 1000)
                     ref = mm16 if kind == "fp16" and mm16 else mm32
-                    lines.append(
-                        f"| {preset} | {args.model} | {b}x{h}x{w} | {label} | {ms:.1f} | {ms / b:.1f} "
+                    line = (
+                        f"| {preset} | {args.model} | {b}x{h}x{w} | {label} | {ms:.2f} | {ms / b:.3f} "
                         f"| {gflop:.2f} | {rate:.1f} | {ref:.1f} | {rate / ref:.2f} |"
                     )
-                print(lines[-1], flush=True)
+                    if device == "cuda":
+                        vs_peak = f"{rate / 1000 / peak:.2f}" if peak else "-"
+                        line += f" {rate / 1000:.1f} | {vs_peak} |"
+                    lines.append(line)
+                    print(line, flush=True)
     print()
     print("\n".join(lines))
+    if args.output:
+        Path(args.output).write_text("\n".join(lines) + "\n", encoding="utf-8")
     return 0
 
 

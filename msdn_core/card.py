@@ -175,6 +175,10 @@ class ModelCard:
     export_date: Optional[str] = None
     opset: Optional[int] = None
     precision: str = "fp32"
+    #: Dice points this variant (fp16 / int8) loses against its fp32 export on the validation patches
+    #: (``build_variants``); None for fp32 or when not measured. The service serves fp16 on CUDA only
+    #: when it is recorded and within ``MSDN_FP16_MAX_DICE_LOSS``.
+    variant_dice_loss: Optional[float] = None
     outputs: dict[str, Any] = field(default_factory=lambda: {"segmentation": OUTPUT_NAME})
     input_name: str = INPUT_NAME
     format_version: int = CARD_FORMAT_VERSION

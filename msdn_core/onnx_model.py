@@ -46,6 +46,12 @@ class ModelFileError(ValueError):
     """An ONNX model file cannot be used; the message names the file and says why."""
 
 
+def variant_path(fp32_path: str | os.PathLike, precision: str) -> Path:
+    """``model.onnx`` -> ``model.fp16.onnx`` / ``model.int8.onnx`` (where ``msdn export`` writes variants)."""
+    p = Path(fp32_path)
+    return p.with_name(f"{p.stem}.{precision}{p.suffix or '.onnx'}")
+
+
 def sidecar_path(model_path: str | os.PathLike) -> Path:
     """``<name>.card.json`` next to ``<name>.onnx``."""
     return Path(model_path).with_suffix(".card.json")

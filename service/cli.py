@@ -16,7 +16,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="ONNX model (MSDN_MODEL_PATH; default models/default.onnx)")
     parser.add_argument("--host", help="bind address (MSDN_HOST; default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port (MSDN_PORT; default 8000)")
-    parser.add_argument("--providers", help="ONNX Runtime providers, comma-separated, or 'auto' (MSDN_PROVIDERS)")
+    parser.add_argument("--providers", help="auto, tensorrt, cuda or cpu (MSDN_PROVIDERS)")
+    parser.add_argument("--precision", choices=["auto", "fp32", "fp16"], help="MSDN_PRECISION")
     parser.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (MSDN_INTRA_OP_THREADS)")
     parser.add_argument("--max-concurrent", type=int, help="concurrent inferences (MSDN_MAX_CONCURRENT_INFERENCES)")
     parser.add_argument("--api-key", action="append", help="require this API key (repeatable; MSDN_API_KEYS)")
@@ -32,6 +33,7 @@ def settings_from_args(args: argparse.Namespace):
         "host": args.host,
         "port": args.port,
         "providers": args.providers,
+        "precision": getattr(args, "precision", None),
         "intra_op_threads": args.threads,
         "max_concurrent_inferences": args.max_concurrent,
         "api_keys": args.api_key,
@@ -55,6 +57,9 @@ def uvicorn_options(settings) -> dict:
         "limit_concurrency": settings.max_connections,
         "proxy_headers": True,
         "server_header": False,
+        # SIGTERM (docker stop): stop accepting, let running requests finish this long, then cut them
+        # (service.shutdown answers those 503).
+        "timeout_graceful_shutdown": settings.shutdown_timeout_s,
     }
 
 

@@ -34,6 +34,7 @@ from service.routes import metrics as metrics_routes
 from service.routes import model as model_routes
 from service.segment_jobs import SegmentJobs, store_exists
 from service.settings import Settings, get_settings
+from service.shutdown import ShutdownMiddleware
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +81,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         version=str(runtime.card.version),
         sha256=runtime.sha256,
         provider=runtime.provider,
+        precision=runtime.precision,
     )
     limiter = InferenceLimiter(
         max_concurrent=settings.max_concurrent_inferences,
@@ -149,6 +151,7 @@ def create_app(
     )
     app.add_middleware(ApiKeyMiddleware, keys=lambda: app.state.settings.api_keys)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    app.add_middleware(ShutdownMiddleware, retry_after_s=settings.retry_after_s)  # outermost: sees cancellations
     app.include_router(health.router)
     for router in (segment.router, jobs.router, model_routes.router, metrics_routes.router, docs.router):
         app.include_router(router, dependencies=[RequireApiKey])

@@ -10,7 +10,8 @@ Each app has its own registry (several apps in one process, as in tests, do not 
   and model inputs (slices or crops) run;
 * ``msdn_inferences_running`` / ``msdn_inferences_waiting``: the limiter's state;
 * ``msdn_rejected_total{reason}``: requests refused for load or time;
-* ``msdn_model_info{name, version, sha256, provider}`` = 1: what is served, and on which provider.
+* ``msdn_model_info{name, version, sha256, provider, precision}`` = 1: what is served, on which
+  provider and in which precision (the ones really in use, not the ones asked for).
 """
 
 from __future__ import annotations
@@ -57,11 +58,13 @@ class ServiceMetrics:
         self.running = Gauge("msdn_inferences_running", "segmentations running", registry=r)
         self.waiting = Gauge("msdn_inferences_waiting", "segmentations waiting for a slot", registry=r)
         self.rejected = Counter("msdn_rejected", "requests refused for load or time", ["reason"], registry=r)
-        self.model = Gauge("msdn_model_info", "served model", ["name", "version", "sha256", "provider"], registry=r)
+        self.model = Gauge(
+            "msdn_model_info", "served model", ["name", "version", "sha256", "provider", "precision"], registry=r
+        )
 
-    def set_model(self, *, name: str, version: str, sha256: str, provider: str) -> None:
+    def set_model(self, *, name: str, version: str, sha256: str, provider: str, precision: str) -> None:
         self.model.clear()
-        self.model.labels(name=name, version=version, sha256=sha256, provider=provider).set(1)
+        self.model.labels(name=name, version=version, sha256=sha256, provider=provider, precision=precision).set(1)
 
     def set_limiter(self, running: int, waiting: int) -> None:
         self.running.set(running)

@@ -2,14 +2,15 @@
 
 ``ModelRuntime.load(path)`` reads the card (from the ONNX ``metadata_props``, else from the sidecar
 ``<model>.card.json``), checks the graph checksum recorded at export and the file's SHA-256 against the
-sidecar's ``onnx_sha256`` when the sidecar carries one, picks execution providers (CUDA only when its
-libraries really load), checks the graph's inputs and outputs against the card, and can make a warm-up
-run. ``run_batched`` runs a stack of inputs in batches of ``batch_size``. Torch-free.
+sidecar's ``onnx_sha256`` when the sidecar carries one, picks the execution provider and precision
+(``service.providers``: an explicitly requested GPU provider must really load; fp16 on CUDA is the
+``<model>.fp16.onnx`` variant when its card records a Dice loss within budget), checks the graph's
+inputs and outputs against the card, and can make a warm-up run. ``run_batched`` runs a stack of
+inputs in batches of ``batch_size``, through IO binding on a GPU. Torch-free.
 """
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import time
@@ -22,16 +23,26 @@ import numpy as np
 from msdn_core import onnx_model
 from msdn_core.card import ModelCard
 from msdn_core.digest import file_sha256
-from msdn_core.onnx_model import GRAPH_SHA256_KEY, ModelFileError, graph_sha256, load_onnx
+from msdn_core.onnx_model import GRAPH_SHA256_KEY, ModelFileError, graph_sha256, load_onnx, variant_path
 from service.errors import ModelLoadError
+from service.providers import (
+    CPU,
+    CUDA,
+    TENSORRT,
+    TensorrtOptions,
+    check_available,
+    choose_precision,
+    cuda_usable,
+    parse_providers,
+    session_providers,
+)
 
 if TYPE_CHECKING:
     from service.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-CPU = "CPUExecutionProvider"
-CUDA = "CUDAExecutionProvider"
+__all__ = ["CPU", "CUDA", "TENSORRT", "ModelRuntime", "RunStats", "cuda_usable", "read_card"]
 
 
 def read_card(
@@ -42,59 +53,6 @@ def read_card(
         return onnx_model.read_card(model_path, metadata)
     except ModelFileError as exc:
         raise ModelLoadError(str(exc)) from exc
-
-
-def cuda_usable() -> bool:
-    """Whether ONNX Runtime's CUDA provider can really load here.
-
-    ``onnxruntime-gpu`` always lists ``CUDAExecutionProvider``; asking for it without a driver or
-    without the CUDA/cuDNN libraries only fills the log with load errors. So: the driver library must
-    load, and the provider library (which links CUDA, cuBLAS, cuDNN) must load, after
-    ``onnxruntime.preload_dlls()`` where the libraries come from the ``nvidia-*`` wheels.
-    """
-    import onnxruntime as ort
-
-    if CUDA not in ort.get_available_providers():
-        return False
-    try:
-        ctypes.CDLL("libcuda.so.1")
-    except OSError:
-        return False
-    provider_lib = Path(ort.__file__).parent / "capi" / "libonnxruntime_providers_cuda.so"
-    for attempt in range(2):
-        try:
-            ctypes.CDLL(str(provider_lib))
-            return True
-        except OSError as exc:
-            if attempt == 0 and hasattr(ort, "preload_dlls"):
-                try:
-                    ort.preload_dlls()
-                except Exception:  # noqa: BLE001 - best effort only
-                    return False
-            else:
-                logger.info("CUDA driver found but the CUDA provider cannot load (%s); using CPU", exc)
-    return False
-
-
-def resolve_providers(requested: Sequence[str]) -> list[str]:
-    """Execution providers to ask ONNX Runtime for.
-
-    ``["auto"]`` means CUDA when ``cuda_usable()``, then CPU. Explicit names are kept in order (CPU
-    is appended as the fallback); unknown names raise ``ModelLoadError``.
-    """
-    import onnxruntime as ort
-
-    names = [p for p in requested if p]
-    if not names or names == ["auto"]:
-        return [CUDA, CPU] if cuda_usable() else [CPU]
-    available = ort.get_available_providers()
-    unknown = [p for p in names if p not in available]
-    if unknown:
-        raise ModelLoadError(f"execution providers {unknown} are not available; this build offers {available}")
-    if CUDA in names and not cuda_usable():
-        logger.warning("CUDAExecutionProvider requested but CUDA cannot load here; using CPU")
-        names = [p for p in names if p != CUDA]
-    return names + ([CPU] if CPU not in names else [])
 
 
 @dataclass
@@ -116,7 +74,12 @@ class ModelRuntime:
     """An ONNX Runtime session plus the card that says how to feed it.
 
     Build with ``ModelRuntime.load``. Thread-safe: ONNX Runtime sessions accept concurrent ``run``
-    calls.
+    calls (each call binds its own inputs and outputs).
+
+    Attributes:
+        precision: the precision really served (``fp32``, ``fp16``: the fp16 variant file on CUDA or
+            fp16 engines on TensorRT; ``int8`` for an int8 file).
+        io_binding: inputs and outputs go through ONNX Runtime IO binding (on by default on a GPU).
     """
 
     def __init__(
@@ -128,6 +91,8 @@ class ModelRuntime:
         sha256: str,
         requested_providers: list[str],
         batch_size: int,
+        precision: Optional[str] = None,
+        io_binding: bool = False,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
@@ -137,6 +102,8 @@ class ModelRuntime:
         self.sha256 = sha256
         self.requested_providers = requested_providers
         self.batch_size = batch_size
+        self.precision = precision or card.precision
+        self.io_binding = bool(io_binding)
         self.warm = False
         outputs = card.outputs or {}
         self.input_name = card.input_name
@@ -153,6 +120,10 @@ class ModelRuntime:
         path: str | os.PathLike,
         *,
         providers: Sequence[str] = ("auto",),
+        precision: str = "auto",
+        fp16_max_dice_loss: float = 0.5,
+        tensorrt_cache_dir: Optional[str | os.PathLike] = None,
+        io_binding: bool = True,
         intra_op_threads: int = 0,
         inter_op_threads: int = 0,
         batch_size: int = 8,
@@ -161,57 +132,113 @@ class ModelRuntime:
     ) -> "ModelRuntime":
         """Open ``path`` with ONNX Runtime.
 
+        Args:
+            path: the fp32 (or only) export; its fp16 variant is ``<stem>.fp16.onnx`` next to it.
+            providers: ``MSDN_PROVIDERS`` (``service.providers``).
+            precision: ``auto``, ``fp32`` or ``fp16``.
+            fp16_max_dice_loss: largest recorded fp16 Dice loss (points) for ``auto`` to serve fp16.
+            tensorrt_cache_dir: TensorRT engine cache (default: a folder in the temp dir).
+            io_binding: bind inputs/outputs through ONNX Runtime on a GPU provider.
+            intra_op_threads, inter_op_threads: ONNX Runtime threads (0: its default).
+            batch_size: slices or patches per ``run``.
+            verify_sha256: refuse a file whose SHA-256 differs from its sidecar.
+            cpu_mem_arena: ONNX Runtime's CPU memory arena.
+
         Raises:
-            ModelLoadError: missing file, no card, SHA-256 mismatch, graph not matching its card,
-                unusable providers.
+            ModelLoadError: missing file, no card, SHA-256 mismatch, graph not matching its card, an
+                unknown provider, an explicitly requested GPU provider that cannot run here.
         """
         import onnxruntime as ort
 
         model_path = Path(path)
         if not model_path.is_file():
             raise ModelLoadError(f"model file {model_path} does not exist (set MSDN_MODEL_PATH or --model)")
-        sha = file_sha256(model_path)
+        choice = check_available(parse_providers(list(providers)))
+        fp16_path = variant_path(model_path, "fp16")
+        fp16_loss = None
+        if choice.on_gpu and fp16_path.is_file() and precision != "fp32":
+            fp16_loss = read_card(fp16_path)[0].variant_dice_loss
+        chosen = choose_precision(
+            choice.kind,
+            precision,
+            fp16_file_exists=fp16_path.is_file(),
+            fp16_dice_loss=fp16_loss,
+            max_dice_loss=fp16_max_dice_loss,
+        )
+        serve_path = fp16_path if chosen.use_fp16_file else model_path
+        sha = file_sha256(serve_path)
         try:
-            proto = load_onnx(model_path)  # clear errors for empty, truncated or non-ONNX files
+            proto = load_onnx(serve_path)  # clear errors for empty, truncated or non-ONNX files
         except ModelFileError as exc:
             raise ModelLoadError(str(exc)) from exc
         metadata = {p.key: p.value for p in proto.metadata_props}
         if GRAPH_SHA256_KEY in metadata and metadata[GRAPH_SHA256_KEY] != graph_sha256(proto):
-            raise ModelLoadError(f"{model_path} is corrupted: its graph does not match the checksum recorded at export")
+            raise ModelLoadError(f"{serve_path} is corrupted: its graph does not match the checksum recorded at export")
         del proto
-        chosen = resolve_providers(list(providers))
+        card, expected = read_card(serve_path, metadata)
+        if expected is not None and expected.lower() != sha:
+            message = f"{serve_path} has SHA-256 {sha} but its card expects {expected}"
+            if verify_sha256:
+                raise ModelLoadError(message)
+            logger.warning("%s (MSDN_VERIFY_SHA256 is off, serving anyway)", message)
+        trt = None
+        if choice.kind == "tensorrt":
+            trt = TensorrtOptions(
+                cache_dir=Path(tensorrt_cache_dir) if tensorrt_cache_dir else None,
+                fp16=chosen.precision == "fp16",
+                input_name=card.input_name,
+                channels=card.input.channels,
+                max_batch=batch_size,
+            )
         options = ort.SessionOptions()
         options.intra_op_num_threads = int(intra_op_threads)
         options.inter_op_num_threads = int(inter_op_threads)
         options.log_severity_level = 3
         options.enable_cpu_mem_arena = bool(cpu_mem_arena)
+        requested = session_providers(choice.kind, tensorrt=trt)
         try:
-            session = ort.InferenceSession(str(model_path), sess_options=options, providers=chosen)
+            session = ort.InferenceSession(str(serve_path), sess_options=options, providers=requested)
         except Exception as exc:  # ORT raises its own exception types
-            raise ModelLoadError(f"ONNX Runtime cannot load {model_path}: {exc}") from exc
-        card, expected = read_card(model_path, metadata)
-        if expected is not None and expected.lower() != sha:
-            message = f"{model_path} has SHA-256 {sha} but its card expects {expected}"
-            if verify_sha256:
-                raise ModelLoadError(message)
-            logger.warning("%s (MSDN_VERIFY_SHA256 is off, serving anyway)", message)
-        runtime = cls(session, card, path=model_path, sha256=sha, requested_providers=chosen, batch_size=batch_size)
+            raise ModelLoadError(f"ONNX Runtime cannot load {serve_path} on {choice.kind}: {exc}") from exc
+        in_use = session.get_providers()
+        if in_use[0] != choice.provider:
+            raise ModelLoadError(
+                f"ONNX Runtime did not start {choice.provider} for {serve_path} (it runs {in_use}); "
+                "its log says why (MSDN_LOG_LEVEL=debug)"
+            )
+        runtime = cls(
+            session,
+            card,
+            path=serve_path,
+            sha256=sha,
+            requested_providers=[p if isinstance(p, str) else p[0] for p in requested],
+            batch_size=batch_size,
+            precision=chosen.precision if choice.on_gpu else card.precision,
+            io_binding=io_binding and choice.on_gpu,
+        )
         logger.info(
-            "model %s %s loaded from %s (sha256 %s..., provider %s)",
+            "model %s %s loaded from %s (sha256 %s..., provider %s, %s: %s%s)",
             card.name,
             card.version,
-            model_path,
+            serve_path,
             sha[:12],
             runtime.provider,
+            runtime.precision,
+            chosen.reason,
+            ", IO binding" if runtime.io_binding else "",
         )
         return runtime
 
     @classmethod
     def from_settings(cls, settings: "Settings") -> "ModelRuntime":
-        """``load`` with the ``MSDN_*`` settings (model path, providers, threads, batch, arena, SHA check)."""
+        """``load`` with the ``MSDN_*`` settings (model, providers, precision, threads, batch, arena, SHA)."""
         return cls.load(
             settings.model_path,
             providers=settings.providers,
+            precision=settings.precision,
+            fp16_max_dice_loss=settings.fp16_max_dice_loss,
+            tensorrt_cache_dir=settings.tensorrt_cache_dir,
+            io_binding=settings.io_binding,
             intra_op_threads=settings.intra_op_threads,
             inter_op_threads=settings.inter_op_threads,
             batch_size=settings.batch_size,
@@ -253,11 +280,41 @@ class ModelRuntime:
     def num_classes(self) -> int:
         return self.card.num_classes
 
+    @property
+    def device(self) -> str:
+        """``cuda`` when the work runs on a GPU provider, else ``cpu``."""
+        return "cuda" if self.provider in (CUDA, TENSORRT) else "cpu"
+
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        """One ONNX Runtime call on (B, C, H, W) float32; returns the named outputs."""
+        """One ONNX Runtime call on (B, C, H, W) float32; returns the named outputs (host arrays)."""
         names = [self.segmentation_output, *(self.detection_outputs or ())]
-        values = self.session.run(names, {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)})
+        x = np.ascontiguousarray(batch, dtype=np.float32)
+        if self.io_binding:
+            return self.run_bound(x, names)
+        values = self.session.run(names, {self.input_name: x})
         return dict(zip(names, values, strict=True))
+
+    def run_bound(self, x: np.ndarray, names: Sequence[str], *, device: Optional[str] = None) -> dict[str, np.ndarray]:
+        """``run`` through IO binding: the batch is copied to ``device`` once, the outputs are
+        allocated there by ONNX Runtime and copied back once (no per-call staging in the session).
+
+        Args:
+            x: (B, C, H, W) float32, contiguous.
+            names: output names.
+            device: ``cuda`` or ``cpu`` (default: where the provider runs).
+        """
+        device = device or self.device
+        binding = self.session.io_binding()
+        if device == "cpu":
+            binding.bind_cpu_input(self.input_name, x)
+        else:
+            import onnxruntime as ort
+
+            binding.bind_ortvalue_input(self.input_name, ort.OrtValue.ortvalue_from_numpy(x, device, 0))
+        for name in names:
+            binding.bind_output(name, device, 0)
+        self.session.run_with_iobinding(binding)
+        return dict(zip(names, binding.copy_outputs_to_cpu(), strict=True))
 
     def run_batched(
         self,
@@ -318,10 +375,12 @@ class ModelRuntime:
             },
             "outputs": card.outputs,
             "detection": self.has_detection,
-            "precision": card.precision,
+            "precision": self.precision,
             "opset": card.opset,
             "validation_dice": card.validation_dice,
+            "provider": self.provider,
             "providers": self.providers,
+            "io_binding": self.io_binding,
             "sha256": self.sha256,
             "file": self.path.name,
             "card": card.to_dict(),

@@ -15,6 +15,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 #: Output formats of ``POST /segment``.
 OutputFormat = Literal["json", "nifti", "dicom-seg", "png"]
+#: ``MSDN_PRECISION`` values (see ``service.providers``).
+Precision = Literal["auto", "fp32", "fp16"]
 
 _CommaList = Annotated[list[str], NoDecode]
 
@@ -32,8 +34,23 @@ class Settings(BaseSettings):
     model_path: Path = Field(Path("models/default.onnx"), description="ONNX model file (card in its metadata)")
     providers: _CommaList = Field(
         default_factory=lambda: ["auto"],
-        description="ONNX Runtime execution providers in priority order, or 'auto' (CUDA when usable, else CPU)",
+        description=(
+            "execution provider: auto (CUDA when it really loads, else CPU), tensorrt, cuda or cpu; an explicitly "
+            "named GPU provider that cannot load fails start-up"
+        ),
     )
+    precision: Precision = Field(
+        "auto",
+        description=(
+            "fp32, fp16 or auto (on CUDA the <model>.fp16.onnx variant when its card records a Dice loss within "
+            "MSDN_FP16_MAX_DICE_LOSS; TensorRT fp16 unless that loss is over it; CPU fp32)"
+        ),
+    )
+    fp16_max_dice_loss: float = Field(0.5, ge=0, description="largest fp16 Dice loss (points) 'auto' accepts")
+    tensorrt_cache_dir: Optional[Path] = Field(
+        None, description="TensorRT engine and timing cache folder (a volume; default: a temp folder)"
+    )
+    io_binding: bool = Field(True, description="ONNX Runtime IO binding for the batches on a GPU provider")
     intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads (0: runtime default)")
     inter_op_threads: int = Field(0, ge=0, description="ONNX Runtime inter-op threads (0: runtime default)")
     batch_size: int = Field(8, ge=1, description="slices or patches per ONNX Runtime call")
@@ -114,6 +131,9 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="address uvicorn binds to")
     port: int = Field(8000, ge=0, le=65535, description="port uvicorn listens on")
     log_level: str = Field("info", description="logging level")
+    shutdown_timeout_s: float = Field(
+        60.0, gt=0, description="after SIGTERM, how long running requests may finish before they are cut"
+    )
 
     @field_validator("providers", "allowed_modalities", "api_keys", mode="before")
     @classmethod

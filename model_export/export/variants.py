@@ -34,7 +34,14 @@ import onnx
 
 from model_export.export.calibration import CalibrationReader, PatchSet, dice_points
 from msdn_core.card import ModelCard
-from msdn_core.onnx_model import card_from_model, embed_card, load_onnx, sidecar_path, write_sidecar
+from msdn_core.onnx_model import (
+    card_from_model,
+    embed_card,
+    load_onnx,
+    sidecar_path,
+    variant_path,
+    write_sidecar,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -52,12 +59,6 @@ class VariantError(RuntimeError):
     def __init__(self, message: str, report: VariantReport | None = None):
         super().__init__(message)
         self.report = report
-
-
-def variant_path(fp32_path: str | os.PathLike, precision: str) -> Path:
-    """``model.onnx`` -> ``model.fp16.onnx`` / ``model.int8.onnx``."""
-    p = Path(fp32_path)
-    return p.with_name(f"{p.stem}.{precision}{p.suffix or '.onnx'}")
 
 
 def _variant_card(card: ModelCard, precision: str) -> ModelCard:
@@ -78,6 +79,13 @@ def _save(model: onnx.ModelProto, dst: Path, card: ModelCard) -> Path:
         tmp.unlink(missing_ok=True)
     write_sidecar(dst, card)
     return dst
+
+
+def _record_dice_loss(path: Path, loss: float) -> None:
+    """Write the measured Dice loss into the variant's card (embedded and sidecar)."""
+    model = load_onnx(path)
+    card = card_from_model(model, source=str(path))
+    _save(model, path, dataclasses.replace(card, variant_dice_loss=round(float(loss), 4)))
 
 
 def _dedupe_and_sort(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -386,6 +394,8 @@ def build_variants(
     report = None
     if data is not None and paths:
         report = evaluate_variants(fp32_path, paths, data, batch_size=batch_size)
+        for precision, path in paths.items():
+            _record_dice_loss(path, report.loss(precision))
         if "int8" in paths:
             try:
                 check_int8(report, max_loss=max_int8_loss, force=force)

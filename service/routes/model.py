@@ -35,10 +35,12 @@ class ModelDescription(BaseModel):
     input: InputOut = Field(description="normalisation: clip, then (x - mean) / std; H, W multiples of size_multiple")
     outputs: dict[str, Any]
     detection: bool = Field(description="the model also proposes boxes (proposal mode)")
-    precision: str
+    precision: str = Field(description="precision really served (fp32, fp16: the fp16 variant or TensorRT fp16)")
     opset: Optional[int] = None
     validation_dice: Optional[float] = None
+    provider: str = Field(description="the execution provider doing the work")
     providers: list[str] = Field(description="ONNX Runtime execution providers in use, best first")
+    io_binding: bool = Field(description="inputs and outputs go through ONNX Runtime IO binding (GPU)")
     sha256: str = Field(description="SHA-256 of the ONNX file")
     file: str
     card: dict[str, Any] = Field(description="the full model card")

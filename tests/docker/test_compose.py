@@ -110,3 +110,60 @@ def test_pacs_settings_match_the_orthanc_config(compose, orthanc_config):
     orthanc_service = compose["services"]["orthanc"]
     assert any(v.endswith(":/etc/msdn-orthanc/orthanc.json:ro") for v in orthanc_service["volumes"])
     assert orthanc_service["command"] == ["/etc/msdn-orthanc/orthanc.json"]
+
+
+GPU_COMPOSE = ROOT / "docker-compose.gpu.yml"
+
+
+def test_model_path_is_one_setting_defaulting_to_what_models_ships(compose):
+    msdn = compose["services"]["msdn"]
+    env = _env(msdn)
+    assert re.fullmatch(r"\$\{MSDN_MODEL_PATH:-/models/[\w.-]+\.onnx\}", env["MSDN_MODEL_PATH"])
+    default = _substitute(env["MSDN_MODEL_PATH"], {})
+    volume = next(v for v in msdn["volumes"] if v.endswith(":/models:ro"))
+    host_dir = ROOT / _substitute(volume.rsplit(":", 2)[0], {}).removeprefix("./")
+    model = host_dir / Path(default).relative_to("/models")
+    assert model.is_file() and model.with_suffix(".card.json").is_file(), model
+    example = (ROOT / ".env.example").read_text()
+    assert f"MSDN_MODEL_PATH={default}" in example.splitlines()
+
+
+def test_service_environment_is_valid_settings(compose, monkeypatch):
+    """Every non-PACS MSDN_* variable of the compose file is a real setting and validates."""
+    from service.settings import Settings
+
+    env = _env(compose["services"]["msdn"])
+    variables = {"ORTHANC_PASSWORD": "pw", "MSDN_API_KEYS": '["k"]'}
+    fields = {f"MSDN_{name.upper()}" for name in Settings.model_fields}
+    ours = {k: _substitute(v, variables) for k, v in env.items() if k.startswith("MSDN_") and "_PACS_" not in k}
+    assert set(ours) <= fields, set(ours) - fields
+    settings = Settings(_env_file=None, **{k.removeprefix("MSDN_").lower(): v for k, v in ours.items()})
+    assert settings.providers == ["cpu"] and settings.api_keys == ["k"]
+    assert settings.shutdown_timeout_s == 60
+
+
+def _seconds(value: str) -> float:
+    match = re.fullmatch(r"(\d+)(s|m)", value)
+    return int(match.group(1)) * (60 if match.group(2) == "m" else 1)
+
+
+def test_failed_model_does_not_crash_loop_and_shutdown_is_graceful(compose):
+    msdn = compose["services"]["msdn"]
+    assert msdn["restart"].startswith("on-failure:")  # `msdn serve` exits 2 on a model that cannot load
+    shutdown = float(_substitute(_env(msdn)["MSDN_SHUTDOWN_TIMEOUT_S"], {}))
+    assert _seconds(msdn["stop_grace_period"]) > shutdown  # requests finish before Docker's SIGKILL
+    assert msdn["init"] is True
+    assert "deploy" not in msdn and "runtime" not in msdn  # the CPU default needs no NVIDIA toolkit
+    assert msdn["build"]["target"] == "runtime"
+
+
+def test_gpu_override_requests_the_device():
+    gpu = yaml.safe_load(GPU_COMPOSE.read_text())["services"]["msdn"]
+    assert gpu["build"]["target"] == "gpu"
+    devices = gpu["deploy"]["resources"]["reservations"]["devices"]
+    assert devices and devices[0]["capabilities"] == ["gpu"] and devices[0]["driver"] == "nvidia"
+    env = _env(gpu)
+    assert _substitute(env["MSDN_PROVIDERS"], {}) in ("cuda", "tensorrt", "auto")
+    assert env["CUDA_CACHE_PATH"].startswith("/cache/") and env["MSDN_TENSORRT_CACHE_DIR"].startswith("/cache/")
+    assert "msdn-cache:/cache" in gpu["volumes"]
+    assert "msdn-cache" in yaml.safe_load(GPU_COMPOSE.read_text())["volumes"]

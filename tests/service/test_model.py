@@ -11,7 +11,7 @@ import pytest
 
 from msdn_core.card import CARD_KEY
 from service.errors import ModelLoadError
-from service.model import CPU, ModelRuntime, cuda_usable, file_sha256, read_card, resolve_providers
+from service.model import CPU, ModelRuntime, cuda_usable, file_sha256, read_card
 from tests.support.onnx_models import threshold_model
 
 
@@ -74,13 +74,15 @@ def test_graph_must_match_its_card(tmp_path):
         ModelRuntime.load(path, providers=[CPU])
 
 
-def test_providers_on_this_machine():
-    # This CI box has no NVIDIA driver: CUDA must not be asked for even though onnxruntime-gpu lists it.
+def test_providers_on_this_machine(model_1c):
+    # This CI box has no NVIDIA driver: auto serves on the CPU even though onnxruntime-gpu lists CUDA,
+    # and an explicit CUDA request fails (tests/service/test_providers.py has the rest).
     assert not cuda_usable()
-    assert resolve_providers(["auto"]) == [CPU]
-    assert resolve_providers(["CUDAExecutionProvider"]) == [CPU]
-    with pytest.raises(ModelLoadError, match="not available"):
-        resolve_providers(["NoSuchExecutionProvider"])
+    assert ModelRuntime.load(model_1c, providers=["auto"]).providers == [CPU]
+    with pytest.raises(ModelLoadError, match="asks for cuda but it cannot run here"):
+        ModelRuntime.load(model_1c, providers=["CUDAExecutionProvider"])
+    with pytest.raises(ModelLoadError, match="unknown execution provider"):
+        ModelRuntime.load(model_1c, providers=["NoSuchExecutionProvider"])
 
 
 def test_run_batched_and_describe(model_1c):

@@ -62,6 +62,9 @@ def test_fp16_variant(trained, variants):
     assert (got.argmax(1) == ref.argmax(1)).mean() > 0.999
     score = variants.report.scores["fp16"]
     assert abs(variants.report.loss("fp16")) < 0.5 and score.argmax_agreement > 0.999
+    # The measured loss is recorded in the variant's card (embedded and sidecar) for the service to read.
+    assert card.variant_dice_loss == pytest.approx(variants.report.loss("fp16"), abs=1e-4)
+    assert read_model_card(trained["onnx"]).variant_dice_loss is None
 
 
 def test_int8_variant_is_static_qdq_and_close_to_fp32(trained, variants):
