@@ -5,7 +5,7 @@
 
 Each run is the whole command as a user starts it (a fresh ``python -m model_export.cli segment``
 process: imports, model load in every worker, reading, inference, SEG + JSON writing, summary.csv)
-on ``--studies`` copies of ``samples/lung_case`` (20 slices of 128 x 128) into a fresh output folder,
+on ``--studies`` copies of ``samples/chest_case`` (20 slices of 128 x 128) into a fresh output folder,
 with the default model. studies/min is the number of studies over the median wall time. The load
 average (1 min) before and after each configuration is printed with the table: on a shared machine
 it moves the numbers.
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="msdn-batch-bench-") as tmp:
         studies = Path(tmp) / "studies"
         for i in range(args.studies):
-            shutil.copytree(ROOT / "samples" / "lung_case", studies / f"study_{i:03d}")
+            shutil.copytree(ROOT / "samples" / "chest_case", studies / f"study_{i:03d}")
         for workers in args.workers:
             load_before = os.getloadavg()[0]
             times = [
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
                 (workers, median, min(times), max(times), args.studies / median * 60, load_before, os.getloadavg()[0])
             )
     print(
-        f"`msdn segment` on {args.studies} studies (samples/lung_case, 20 x 128 x 128), {args.runs} runs, "
+        f"`msdn segment` on {args.studies} studies (samples/chest_case, 40 x 256 x 256), {args.runs} runs, "
         f"{args.threads} ONNX Runtime thread(s) per worker, {os.cpu_count()} CPUs\n"
     )
     print("| workers | median s | min s | max s | studies/min | load before | load after |")

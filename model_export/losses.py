@@ -7,23 +7,32 @@ import torch.nn.functional as F
 from monai.losses import DiceLoss
 
 _DICE = DiceLoss(include_background=True, to_onehot_y=True, softmax=False, smooth_nr=1e-5, smooth_dr=1e-5)
+_DICE_FG = DiceLoss(
+    include_background=False, to_onehot_y=True, softmax=False, smooth_nr=1e-5, smooth_dr=1e-5, batch=True
+)
 
 
-def soft_dice_loss(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Multi-class soft Dice loss, background counted as a class (paper 2.2).
+def soft_dice_loss(probs: torch.Tensor, labels: torch.Tensor, *, foreground_only: bool = False) -> torch.Tensor:
+    """Multi-class soft Dice loss.
 
+    Default (paper 2.2): background counted as a class,
     ``1 - mean over samples and classes of (2 |P.G| + eps) / (|P| + |G| + eps)`` with eps = 1e-5.
+    ``foreground_only``: the foreground classes only, with the sums taken over the whole batch
+    (``1 - mean over classes 1..C of (2 sum_b |P.G| + eps) / (sum_b |P| + |G| + eps)``), so that a row
+    without target (an away or hard-negative patch) adds its false-positive mass to the denominator
+    instead of scoring 1 for an empty prediction.
 
     Args:
         probs: (B, C+1, H, W) softmax probabilities.
         labels: (B, H, W) or (B, 1, H, W) integer labels in ``0..C``.
+        foreground_only: see above.
 
     Returns:
         Scalar loss.
     """
     if labels.dim() == probs.dim() - 1:
         labels = labels.unsqueeze(1)
-    return _DICE(probs, labels)
+    return (_DICE_FG if foreground_only else _DICE)(probs, labels)
 
 
 def sigmoid_focal_loss(

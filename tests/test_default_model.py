@@ -23,14 +23,24 @@ from tests.service.helpers import make_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT / "models" / "default.onnx"
-SAMPLE = ROOT / "samples" / "lung_case"
-MASK = ROOT / "samples" / "lung_case_mask.nii.gz"
+SAMPLE = ROOT / "samples" / "chest_case"
+MASK = ROOT / "samples" / "chest_case_mask.nii.gz"
+#: the sample's two nodules (samples/README.md)
+BOXES = '[{"box": [96, 136, 27, 106, 145, 38]}, {"box": [29, 92, 12, 46, 102, 29]}]'
+#: measured with the committed model (README): whole slices, proposals (mode auto), box prompts
+MEASURED = {"slices": 0.169, "auto": 0.0, "boxes": 0.598}
 
 
 def test_committed_model_is_self_describing_and_matches_its_sidecar():
     card = read_model_card(MODEL)
     assert card.method == "msdn" and [c.name for c in card.classes] == ["nodule"]
     assert card.input.clip == [-1000.0, 400.0] and card.input.size_multiple == 16
+    raw = json.loads(sidecar_path(MODEL).read_text())
+    assert raw["outputs"]["detection"] == {"scores": "det_scores", "boxes": "det_boxes"}
+    arch, training = raw["architecture"], raw["training"]
+    assert arch["detection_strides"] == [8, 4, 2, 1] and len(arch["anchor_shapes"]) == 4
+    assert training["anchors"]["recall"] >= 0.95 and training["selection"] == "series"
+    assert MODEL.stat().st_size < 25_000_000
     sidecar = json.loads(sidecar_path(MODEL).read_text())
     assert sidecar[SIDECAR_SHA_KEY] == file_sha256(MODEL)
 
@@ -51,22 +61,24 @@ def _reference_zyx() -> np.ndarray:
     return np.asarray(nib.load(str(MASK)).dataobj).transpose(2, 1, 0)
 
 
-@pytest.mark.parametrize("boxes, min_dice", [(None, 0.4), ('[{"box": [39, 34, 4, 61, 54, 13]}]', 0.8)])
-def test_default_model_segments_the_sample(client, boxes, min_dice):
+@pytest.mark.parametrize("mode", ["slices", "auto", "boxes"])
+def test_default_model_segments_the_sample(client, mode):
     data = {"format": "json"}
-    if boxes:
-        data["boxes"] = boxes
+    if mode == "boxes":
+        data["boxes"] = BOXES
+    elif mode == "slices":
+        data["mode"] = "slices"
     files = _files() + [("reference", (MASK.name, MASK.read_bytes(), "application/gzip"))]
     r = client.post("/segment", files=files, data=data)
     assert r.status_code == 200, r.text
     body = r.json()
     mask = decode(body["mask"])
     ref = _reference_zyx()
-    assert mask.shape == ref.shape == (20, 128, 128)
+    assert mask.shape == ref.shape == (40, 256, 256)
     pred, gt = mask == 1, ref == 1
     dice = 2 * np.logical_and(pred, gt).sum() / (pred.sum() + gt.sum())
     assert body["metrics"]["classes"][0]["dice"] == pytest.approx(dice, abs=1e-6)
-    assert dice >= min_dice  # measured 0.57 on whole slices and 0.87 with the box prompt
+    assert dice == pytest.approx(MEASURED[mode], abs=0.02)
 
 
 def _reoriented_references(tmp: Path) -> dict[str, tuple[str, bytes]]:
@@ -102,14 +114,15 @@ def _reoriented_references(tmp: Path) -> dict[str, tuple[str, bytes]]:
 
 
 def test_reoriented_references_give_the_same_dice(client, tmp_path):
-    """The issue's case: a reference stored with another voxel order must score as the original (0.57), not 0.0."""
+    """The issue's case: a reference stored with another voxel order must score as the original, not 0.0."""
     files = _files()
-    original = client.post("/segment", files=files + [("reference", (MASK.name, MASK.read_bytes()))])
+    prompt = {"boxes": BOXES}
+    original = client.post("/segment", files=files + [("reference", (MASK.name, MASK.read_bytes()))], data=prompt)
     assert original.status_code == 200, original.text
     expected = original.json()["metrics"]["classes"][0]
-    assert expected["dice"] == pytest.approx(0.57, abs=0.01)
+    assert expected["dice"] == pytest.approx(MEASURED["boxes"], abs=0.02)
     for name, data in _reoriented_references(tmp_path).items():
-        r = client.post("/segment", files=files + [("reference", (name, data))])
+        r = client.post("/segment", files=files + [("reference", (name, data))], data=prompt)
         assert r.status_code == 200, (name, r.text)
         got = r.json()["metrics"]["classes"][0]
         assert got["dice"] == expected["dice"] and got["reference_volume_ml"] == expected["reference_volume_ml"], name
@@ -118,10 +131,10 @@ def test_reoriented_references_give_the_same_dice(client, tmp_path):
 def test_reference_on_another_grid_is_refused_naming_both(client):
     img = nib.load(str(MASK))
     shifted = img.affine.copy()
-    shifted[:3, 3] += [0.3, 0.0, 0.0]  # half a voxel off
+    shifted[:3, 3] += [0.6, 0.0, 0.0]  # half a voxel off (1.2713 mm pixels)
     data = nib.Nifti1Image(np.asarray(img.dataobj), shifted).to_bytes()
     r = client.post("/segment", files=_files() + [("reference", ("shifted.nii", data))])
     assert r.status_code == 422 and r.json()["code"] == "reference_mismatch"
     detail = r.json()["detail"]
-    assert detail["reference"]["origin_lps_mm"][0] == pytest.approx(detail["input"]["origin_lps_mm"][0] - 0.3, abs=1e-3)
+    assert detail["reference"]["origin_lps_mm"][0] == pytest.approx(detail["input"]["origin_lps_mm"][0] - 0.6, abs=1e-3)
     assert "is not the input's grid" in r.json()["message"]

@@ -3,11 +3,12 @@
 Examples::
 
     msdn export runs/msdn/best.pt -o models/msdn.onnx
-    msdn export runs/msdn/best.pt -o models/msdn.onnx --with-detection
+    msdn export runs/msdn/best.pt -o models/msdn.onnx --no-detection   # segmentation output only
     msdn export runs/msdn/best.pt -o models/msdn.onnx --fp16 \\
         --int8 --calibration-npz calib.npz --validation-npz val.npz
 
-Writes ``model.onnx`` + ``model.card.json``, and with ``--fp16`` / ``--int8`` also
+Models with a Detection Unit are exported with ``det_scores`` / ``det_boxes`` by default
+(``--no-detection`` drops them). Writes ``model.onnx`` + ``model.card.json``, and with ``--fp16`` / ``--int8`` also
 ``model.fp16.onnx`` / ``model.int8.onnx`` with their cards, and ``model.export.json`` (parity and
 variant Dice). Exit status: 0 done, 1 export or variant failed (parity, refused int8), 2 bad input.
 
@@ -39,9 +40,15 @@ def _size(text: str) -> tuple[int, int]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", type=Path, help="checkpoint written by msdn train (save_checkpoint)")
     parser.add_argument("-o", "--output", type=Path, required=True, help="destination .onnx file")
-    parser.add_argument(
-        "--with-detection", action="store_true", help="also output det_scores / det_boxes (models with a DU)"
+    det = parser.add_mutually_exclusive_group()
+    det.add_argument(
+        "--with-detection",
+        dest="with_detection",
+        action="store_true",
+        default=None,
+        help="also output det_scores / det_boxes (default for models with a Detection Unit)",
     )
+    det.add_argument("--no-detection", dest="with_detection", action="store_false", help="segmentation output only")
     parser.add_argument("--opset", type=int, default=None, help="ONNX opset, 17-21 (default 18)")
     parser.add_argument(
         "--export-size", type=_size, default=None, metavar="HxW", help="tracing size (default: patch size)"

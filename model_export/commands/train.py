@@ -53,6 +53,55 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=d.away_fraction,
         help="fraction of patches drawn away from the target (for whole-slice inference)",
     )
+    g = parser.add_argument_group("whole-series training (issue 9) and ablations (issue 10)")
+    g.add_argument(
+        "--batch-composition",
+        default=d.batch_composition,
+        metavar="proportional|S:W",
+        help="proportional (paper) or S strong + W weak rows per batch, e.g. 2:2 (S + W = batch size)",
+    )
+    g.add_argument(
+        "--hard-negative-fraction",
+        type=float,
+        default=d.hard_negative_fraction,
+        help="fraction of patches centred on target-like structures away from every target",
+    )
+    g.add_argument(
+        "--away-cases",
+        choices=("same", "all"),
+        default=d.away_cases,
+        help="away / hard-negative patches from the item's own case or any case of its kind (incl. target-free)",
+    )
+    g.add_argument(
+        "--box-mode",
+        choices=("component", "object"),
+        default=d.box_mode,
+        help="strong-row boxes: one per 2D connected component or one per 3D object projected to the slice",
+    )
+    g.add_argument("--dice-foreground-only", action="store_true", help="Dice over foreground classes, batch-pooled")
+    g.add_argument("--det-loss-weight", type=float, default=d.det_loss_weight, help="weight of the detection loss")
+    g.add_argument(
+        "--det-on-strong",
+        choices=("on", "off"),
+        default="on" if d.det_on_strong else "off",
+        help="detection loss on strong rows too (off = paper: strong rows get only the segmentation loss)",
+    )
+    g.add_argument("--detach-gates", action="store_true", help="sSE links read detached detection features")
+    g.add_argument("--stride1", action="store_true", help="add the stride-1 decoder level to the detection levels")
+    g.add_argument("--fit-anchors", action="store_true", help="fit the anchor shapes to the training boxes")
+    g.add_argument("--anchors-per-level", type=int, default=d.anchors_per_level)
+    g.add_argument(
+        "--selection",
+        choices=("crop", "series"),
+        default=d.selection,
+        help="checkpoint selection on target-centred crop Dice (paper) or the whole-series score",
+    )
+    g.add_argument(
+        "--time-limit", type=float, default=None, metavar="MINUTES", help="stop after the epoch passing this time"
+    )
+    g.add_argument("--val-max-fg-slices", type=int, default=d.val_max_fg_slices)
+    g.add_argument("--val-negative-slices", type=int, default=d.val_negative_slices)
+    g.add_argument("--val-fp-penalty", type=float, default=d.val_fp_penalty)
     parser.add_argument("--clip", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"), help="intensity clip")
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--device", default=d.device, help="auto, cpu, cuda, cuda:N")
@@ -82,10 +131,18 @@ def run(args: argparse.Namespace) -> int:
     from model_export.training import TrainConfig, train
 
     try:
+        options = parse_options(args.model_option)
+        if args.detach_gates:
+            options["detach_gates"] = True
+        if args.stride1:
+            from model_export.nets import make_config
+
+            strides = options.get("detection_strides") or make_config(args.model, preset=args.preset).detection_strides
+            options["detection_strides"] = sorted(set(strides) | {1}, reverse=True)
         config = TrainConfig(
             model=args.model,
             preset=args.preset,
-            model_options=parse_options(args.model_option),
+            model_options=options,
             patch_size=args.patch_size,
             batch_size=args.batch_size,
             lr=args.lr,
@@ -105,6 +162,20 @@ def run(args: argparse.Namespace) -> int:
             num_workers=args.workers,
             threads=args.threads,
             progress=not args.no_progress,
+            batch_composition=args.batch_composition,
+            hard_negative_fraction=args.hard_negative_fraction,
+            away_cases=args.away_cases,
+            box_mode=args.box_mode,
+            dice_foreground_only=args.dice_foreground_only,
+            det_loss_weight=args.det_loss_weight,
+            det_on_strong=args.det_on_strong == "on",
+            fit_anchors=args.fit_anchors,
+            anchors_per_level=args.anchors_per_level,
+            selection=args.selection,
+            val_max_fg_slices=args.val_max_fg_slices,
+            val_negative_slices=args.val_negative_slices,
+            val_fp_penalty=args.val_fp_penalty,
+            time_limit_minutes=args.time_limit,
         )
         manifest = load_manifest(args.manifest)
         result = train(config, manifest, args.out, resume=args.resume)
@@ -116,8 +187,9 @@ def run(args: argparse.Namespace) -> int:
 
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
+    metric = "whole-series score" if config.selection == "series" else "validation Dice"
     sys.stdout.write(
-        f"best validation Dice {result.best_val_dice:.4f} at epoch {result.best_epoch} "
+        f"best {metric} {result.best_val_dice:.4f} at epoch {result.best_epoch} "
         f"({result.epochs} epochs{', early stop' if result.stopped_early else ''}); checkpoint {result.best_path}\n"
     )
     return 0

@@ -158,8 +158,8 @@ def parse_manifest(data: dict[str, Any], *, root: Path, path: Optional[Path] = N
         boxes = _parse_boxes(
             cid, rc.get("boxes", []), [str(c["name"]) for c in sorted(classes, key=lambda c: c["value"])]
         )
-        if mask is None and not boxes:
-            raise ManifestError(f"case {cid}: needs a 'mask' (strong) or 'boxes' (weak)")
+        if mask is None and "boxes" not in rc:
+            raise ManifestError(f"case {cid}: needs a 'mask' (strong) or 'boxes' (weak; [] for a case without target)")
         cases.append(Case(cid, split, root / rc["image"], mask, boxes))
     return Manifest(
         path=path or root / "manifest.json",

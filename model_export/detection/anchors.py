@@ -54,3 +54,32 @@ def grid_anchors(
     cy, cx = torch.meshgrid(ys, xs, indexing="ij")
     shifts = torch.stack([cx, cy, cx, cy], dim=-1).reshape(-1, 1, 4)
     return (shifts + base.reshape(1, -1, 4)).reshape(-1, 4)
+
+
+def shape_anchors(shapes: Sequence[Sequence[float]]) -> torch.Tensor:
+    """Cell anchors from explicit shapes ``(w, h)`` or ``(w, h, dx, dy)`` (centre moved by dx, dy).
+
+    Returns:
+        (A, 4) ``[dx - w/2, dy - h/2, dx + w/2, dy + h/2]``.
+    """
+    rows = []
+    for shape in shapes:
+        w, h = float(shape[0]), float(shape[1])
+        dx, dy = (float(shape[2]), float(shape[3])) if len(shape) == 4 else (0.0, 0.0)
+        rows.append([dx - w / 2, dy - h / 2, dx + w / 2, dy + h / 2])
+    return torch.tensor(rows, dtype=torch.float32)
+
+
+def shifted_anchors(
+    height: int, width: int, stride: int, base: torch.Tensor, *, device: torch.device | None = None
+) -> torch.Tensor:
+    """``base`` (A, 4) cell anchors placed at every cell centre of a (height, width) map of ``stride``.
+
+    Same order as ``grid_anchors``: row i, column j, then anchor.
+    """
+    base = base.to(device)
+    ys = (torch.arange(height, device=device, dtype=torch.float32) + 0.5) * stride
+    xs = (torch.arange(width, device=device, dtype=torch.float32) + 0.5) * stride
+    cy, cx = torch.meshgrid(ys, xs, indexing="ij")
+    shifts = torch.stack([cx, cy, cx, cy], dim=-1).reshape(-1, 1, 4)
+    return (shifts + base.reshape(1, -1, 4)).reshape(-1, 4)

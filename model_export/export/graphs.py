@@ -11,7 +11,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from model_export.detection.anchors import grid_anchors
 from model_export.detection.box_coder import BBOX_XFORM_CLIP
 from model_export.nets import SegmentationModel
 
@@ -83,12 +82,7 @@ class DetectionGraph(nn.Module):
         du = self.model.det_unit
         logits = torch.cat(list(out["cls_logits"]), dim=1)
         deltas = torch.cat(list(out["box_deltas"]), dim=1)
-        anchors = torch.cat(
-            [
-                grid_anchors(h, w, s, du.anchor_size_factor * s, du.anchor_scales, du.anchor_ratios, device=x.device)
-                for (h, w), s in zip(out["det_sizes"], du.strides, strict=True)
-            ]
-        )
+        anchors = du.anchors(out["det_sizes"], device=x.device)
         boxes = decode_boxes(deltas, anchors, du.box_coder.weights)
         return out["segmentation"], torch.sigmoid(logits), boxes
 

@@ -435,17 +435,23 @@ def export_checkpoint(
     checkpoint: str | os.PathLike,
     path: str | os.PathLike,
     *,
-    with_detection: bool = False,
+    with_detection: bool | None = None,
     opset: int = DEFAULT_OPSET,
     export_size: Sequence[int] | None = None,
     check_size: Sequence[int] | None = None,
 ) -> tuple[ExportResult, SegmentationModel]:
     """Load a checkpoint (``model_export.checkpoint``) and ``export_model`` it, recording its SHA-256.
 
+    Args:
+        with_detection: also export ``det_scores`` / ``det_boxes``; None (default) = whenever the
+            model has a Detection Unit.
+
     Returns:
         ``(result, model)``: the model stays loaded for variant checks.
     """
     model, card, _ = load_checkpoint(checkpoint)
+    if with_detection is None:
+        with_detection = model.has_detection
     result = export_model(
         model,
         path,

@@ -22,6 +22,7 @@ def make_detection_unit(config: NetConfig, decoder_widths: Sequence[int]) -> Det
         anchor_size_factor=config.anchor_size_factor,
         anchor_scales=config.anchor_scales,
         anchor_ratios=config.anchor_ratios,
+        anchor_shapes=config.anchor_shapes,
     )
 
 
@@ -54,7 +55,14 @@ class SegmentationModel(nn.Module):
         }
 
     def loss(
-        self, out: dict, *, labels: Optional[torch.Tensor] = None, targets: Optional[Sequence[dict]] = None
+        self,
+        out: dict,
+        *,
+        labels: Optional[torch.Tensor] = None,
+        targets: Optional[Sequence[dict]] = None,
+        det_rows: Optional[Sequence[bool]] = None,
+        det_weight: float = 1.0,
+        dice_foreground_only: bool = False,
     ) -> dict[str, torch.Tensor]:
         """Sum of the heads' losses for one ``forward`` output.
 
@@ -62,20 +70,31 @@ class SegmentationModel(nn.Module):
             out: ``forward`` output.
             labels: (B_s, H, W) integer masks of the segmented rows (needed when ``out`` has a segmentation).
             targets: per row of the whole batch ``{"boxes", "labels"}`` (used when the model detects).
+            det_rows: per row, whether its detection loss counts (None: every row). The paper gives
+                strong rows only the segmentation loss: pass the weak-row flags for that.
+            det_weight: weight of the detection parts in ``total``.
+            dice_foreground_only: Dice over the foreground classes, batch-pooled (``soft_dice_loss``).
 
         Returns:
-            The parts (``seg_dice``, ``det_cls``, ``det_box`` as they apply) and their sum ``total``.
+            The parts (``seg_dice``, ``det_cls``, ``det_box`` as they apply, unweighted) and
+            ``total = seg_dice + det_weight * (det_cls + det_box)``.
         """
         parts: dict[str, torch.Tensor] = {}
+        total = None
         if out.get("segmentation") is not None:
             if labels is None:
                 raise ValueError("labels are required for a batch with segmented rows")
-            parts["seg_dice"] = self.seg_unit.loss(out["segmentation"], labels)
-        if self.has_detection and out.get("cls_logits") is not None and targets is not None:
-            parts.update(self.det_unit.loss(out["cls_logits"], out["box_deltas"], targets, out["det_sizes"]))
-        if not parts:
+            parts["seg_dice"] = self.seg_unit.loss(out["segmentation"], labels, foreground_only=dice_foreground_only)
+            total = parts["seg_dice"]
+        use_det = det_rows is None or any(bool(r) for r in det_rows)
+        if self.has_detection and out.get("cls_logits") is not None and targets is not None and use_det:
+            det = self.det_unit.loss(out["cls_logits"], out["box_deltas"], targets, out["det_sizes"], rows=det_rows)
+            parts.update(det)
+            weighted = float(det_weight) * (det["det_cls"] + det["det_box"])
+            total = weighted if total is None else total + weighted
+        if total is None:
             raise ValueError("nothing to compute a loss from: no segmentation output and no detection targets")
-        parts["total"] = sum(parts.values())
+        parts["total"] = total
         return parts
 
     def segmentation_path(self) -> nn.Module:

@@ -34,6 +34,12 @@ class NetConfig:
         anchor_size_factor: anchor base size of a level = factor x its stride (pixels).
         anchor_scales: anchor size multipliers (3 in the paper's A = 9).
         anchor_ratios: anchor aspect ratios height/width (3 in the paper's A = 9).
+        anchor_shapes: explicit anchor shapes instead of factor/scales/ratios: one list of (w, h) or
+            (w, h, dx, dy) pixels (dx, dy: centre shift from the cell centre) per detection level (same
+            order as ``detection_strides``, same count A on every level), e.g. fitted to the training boxes
+            (``model_export.detection.anchor_fit``).
+        detach_gates: the binary-sSE links read detached detection features, so the segmentation loss
+            does not train the detection encoder (mechanism ablation; MSDN/MSDN- only).
     """
 
     name: str = "msdn"
@@ -48,6 +54,8 @@ class NetConfig:
     anchor_size_factor: float = 4.0
     anchor_scales: tuple[float, ...] = (1.0, 2 ** (1 / 3), 2 ** (2 / 3))
     anchor_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
+    anchor_shapes: tuple[tuple[tuple[float, ...], ...], ...] | None = None
+    detach_gates: bool = False
     preset: str = field(default="paper", compare=False)
 
     def __post_init__(self) -> None:
@@ -77,6 +85,29 @@ class NetConfig:
             values = getattr(self, name)
             if not values or any(not (isinstance(v, (int, float)) and v > 0 and math.isfinite(v)) for v in values):
                 raise ValueError(f"{name} must be a non-empty list of positive numbers, got {values!r}")
+        if self.anchor_shapes is not None:
+            try:
+                shapes = tuple(tuple(tuple(float(v) for v in a) for a in level) for level in self.anchor_shapes)
+                if any(len(a) not in (2, 4) for level in shapes for a in level):
+                    raise TypeError
+            except (TypeError, ValueError):
+                raise ValueError(
+                    f"anchor_shapes must be one list of (w, h) per detection level, got {self.anchor_shapes!r}"
+                ) from None
+            if (
+                len(shapes) != len(self.detection_strides)
+                or not shapes[0]
+                or any(len(level) != len(shapes[0]) for level in shapes)
+                or any(not (v > 0 and math.isfinite(v)) for level in shapes for a in level for v in a[:2])
+                or any(not math.isfinite(v) for level in shapes for a in level for v in a)
+            ):
+                raise ValueError(
+                    "anchor_shapes must hold one non-empty list of positive (w, h) per detection level "
+                    f"({len(self.detection_strides)} levels), all of the same length, got {self.anchor_shapes!r}"
+                )
+            object.__setattr__(self, "anchor_shapes", shapes)
+        if not isinstance(self.detach_gates, bool):
+            raise ValueError(f"detach_gates must be a bool, got {self.detach_gates!r}")
 
     @property
     def widths(self) -> tuple[int, ...]:
@@ -86,11 +117,17 @@ class NetConfig:
     @property
     def num_anchors(self) -> int:
         """Anchors per position A."""
+        if self.anchor_shapes is not None:
+            return len(self.anchor_shapes[0])
         return len(self.anchor_scales) * len(self.anchor_ratios)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly dict; ``NetConfig.from_dict`` inverts it."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+        def plain(v: Any) -> Any:
+            return [plain(x) for x in v] if isinstance(v, (tuple, list)) else v
+
+        return {k: plain(v) for k, v in asdict(self).items()}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "NetConfig":

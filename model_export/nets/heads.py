@@ -8,7 +8,7 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from model_export.detection.anchors import grid_anchors
+from model_export.detection.anchors import cell_anchors, shape_anchors, shifted_anchors
 from model_export.detection.box_coder import BoxCoder
 from model_export.detection.matcher import BACKGROUND, IGNORE, Matcher
 from model_export.losses import box_regression_loss, sigmoid_focal_loss, soft_dice_loss
@@ -34,9 +34,9 @@ class SegmentationUnit(nn.Module):
         return torch.softmax(self.conv(x), dim=1)
 
     @staticmethod
-    def loss(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def loss(probs: torch.Tensor, labels: torch.Tensor, *, foreground_only: bool = False) -> torch.Tensor:
         """Soft Dice loss of (B, C+1, H, W) probabilities against (B, H, W) labels in 0..C."""
-        return soft_dice_loss(probs, labels)
+        return soft_dice_loss(probs, labels, foreground_only=foreground_only)
 
 
 def _tower(in_channels: int, channels: int, convs: int) -> nn.Sequential:
@@ -62,6 +62,7 @@ class DetectionUnit(nn.Module):
         head_convs: 3x3 convs per tower before the output conv (4 in the paper).
         anchor_size_factor: anchor base size of a level = factor x stride.
         anchor_scales: size multipliers; anchor_ratios: height/width ratios. A = scales x ratios.
+        anchor_shapes: explicit (w, h) anchors per level (overrides the three above); A = their count.
         prior: initial foreground probability of the classifier (RetinaNet's pi = 0.01).
     """
 
@@ -76,6 +77,7 @@ class DetectionUnit(nn.Module):
         anchor_size_factor: float = 4.0,
         anchor_scales: Sequence[float] = (1.0, 2 ** (1 / 3), 2 ** (2 / 3)),
         anchor_ratios: Sequence[float] = (0.5, 1.0, 2.0),
+        anchor_shapes: Optional[Sequence[Sequence[Sequence[float]]]] = None,
         prior: float = 0.01,
     ):
         super().__init__()
@@ -93,7 +95,17 @@ class DetectionUnit(nn.Module):
         self.anchor_size_factor = float(anchor_size_factor)
         self.anchor_scales = tuple(anchor_scales)
         self.anchor_ratios = tuple(anchor_ratios)
-        self.num_anchors = len(self.anchor_scales) * len(self.anchor_ratios)
+        if anchor_shapes is not None:
+            if len(anchor_shapes) != len(strides) or len({len(level) for level in anchor_shapes}) != 1:
+                raise ValueError(f"anchor_shapes must hold one equally long list per level, got {anchor_shapes!r}")
+            self.anchor_shapes = tuple(tuple(tuple(float(v) for v in a) for a in level) for level in anchor_shapes)
+            self.level_cells = [shape_anchors(level) for level in self.anchor_shapes]
+        else:
+            self.anchor_shapes = None
+            self.level_cells = [
+                cell_anchors(self.anchor_size_factor * s, self.anchor_scales, self.anchor_ratios) for s in strides
+            ]
+        self.num_anchors = self.level_cells[0].shape[0]
         a = self.num_anchors
         self.lateral = nn.ModuleList(nn.Conv2d(c, head_channels, 1) for c in in_channels)
         self.cls_tower = _tower(head_channels, head_channels, head_convs)
@@ -133,10 +145,8 @@ class DetectionUnit(nn.Module):
         """All anchors for levels of the given (H_l, W_l), concatenated -> (N, 4)."""
         return torch.cat(
             [
-                grid_anchors(
-                    h, w, s, self.anchor_size_factor * s, self.anchor_scales, self.anchor_ratios, device=device
-                )
-                for (h, w), s in zip(sizes, self.strides, strict=True)
+                shifted_anchors(h, w, s, base, device=device)
+                for (h, w), s, base in zip(sizes, self.strides, self.level_cells, strict=True)
             ]
         )
 
@@ -146,6 +156,7 @@ class DetectionUnit(nn.Module):
         box_deltas: Sequence[torch.Tensor],
         targets: Sequence[dict],
         sizes: Sequence[tuple[int, int]],
+        rows: Optional[Sequence[bool]] = None,
     ) -> dict[str, torch.Tensor]:
         """Focal classification loss and smooth-L1 box loss, both normalised by the number of positives.
 
@@ -153,6 +164,7 @@ class DetectionUnit(nn.Module):
             cls_logits, box_deltas: ``forward`` outputs.
             targets: per image ``{"boxes": (G, 4) [x1, y1, x2, y2] pixels, "labels": (G,) ints in 1..C}``.
             sizes: (H_l, W_l) of each level (to build the anchors).
+            rows: per image, whether it contributes (None: all); e.g. only the weak rows (paper 2.2).
 
         Returns:
             ``{"det_cls": scalar, "det_box": scalar}``.
@@ -164,6 +176,8 @@ class DetectionUnit(nn.Module):
         box_total = logits.new_zeros(())
         num_pos = 0
         for i, t in enumerate(targets):
+            if rows is not None and not bool(rows[i]):
+                continue
             boxes = t["boxes"].to(logits.device, torch.float32).reshape(-1, 4)
             labels = t["labels"].to(logits.device, torch.int64).reshape(-1)
             matches = self.matcher(boxes, anchors)

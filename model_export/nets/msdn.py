@@ -47,8 +47,11 @@ class MSDN(SegmentationModel):
             self.det_unit = None
 
     def _segment(self, x: torch.Tensor, det_feats: list[torch.Tensor]) -> torch.Tensor:
+        detach = self.config.detach_gates
+
         def recalibrate(i: int, h: torch.Tensor) -> torch.Tensor:
-            return self.links[i](h, det_feats[i])
+            g = det_feats[i]
+            return self.links[i](h, g.detach() if detach else g)
 
         return self.seg_unit(self.seg_net(x, recalibrate)[-1])
 

@@ -35,6 +35,31 @@ class TrainConfig:
         threads: torch CPU threads (None keeps torch's default).
         val_batch_size: batch size of the validation pass.
         progress: show a progress bar (rank 0, interactive terminals).
+        batch_composition: ``proportional`` (paper: batches drawn from the shuffled mix of strong and
+            weak patches) or ``"S:W"`` (e.g. ``"2:2"``): every batch holds S strong and W weak rows
+            (S + W must equal ``batch_size``; a missing kind is filled with the other).
+        hard_negative_fraction: fraction of patches replaced by hard negatives (target-like structures
+            away from every target; ``model_export.data.sampling``).
+        away_cases: ``same`` (away patches from the item's own case) or ``all`` (from any case of the
+            same kind, target-free cases included).
+        box_mode: ``component`` (a box per 2D connected component) or ``object`` (one box per 3D
+            object, projected to each slice).
+        dice_foreground_only: Dice over the foreground classes only, batch-pooled (paper: background
+            counted too).
+        det_loss_weight: weight of the detection loss in the total (paper: 1).
+        det_on_strong: strong rows also get the detection loss (paper 2.2: False, only weak rows).
+        fit_anchors: fit the anchor shapes to the training boxes (k-means, ``anchors_per_level`` per
+            detection level) instead of the preset's factor/scales/ratios; the result is stored in the
+            architecture (``anchor_shapes``) with the anchor recall in the training record.
+        anchors_per_level: anchors A per level when ``fit_anchors``.
+        selection: what drives the schedule, early stopping and ``best.pt``: ``crop`` (mean Dice on
+            target-centred validation crops, paper) or ``series`` (whole-series score,
+            ``model_export.training.series_validation``).
+        time_limit_minutes: stop after the epoch that passes this much training time in this process
+            (None: no limit); ``--resume`` continues such a run.
+        val_max_fg_slices, val_negative_slices, val_fp_penalty: the whole-series validation's slice
+            sampling and false-positive penalty (computed and logged whenever ``selection`` is
+            ``series``).
     """
 
     model: str = "msdn"
@@ -63,6 +88,20 @@ class TrainConfig:
     threads: int | None = None
     val_batch_size: int = 16
     progress: bool = True
+    batch_composition: str = "proportional"
+    hard_negative_fraction: float = 0.0
+    away_cases: str = "same"
+    box_mode: str = "component"
+    dice_foreground_only: bool = False
+    det_loss_weight: float = 1.0
+    det_on_strong: bool = True
+    fit_anchors: bool = False
+    anchors_per_level: int = 3
+    selection: str = "crop"
+    val_max_fg_slices: int = 32
+    val_negative_slices: int = 8
+    val_fp_penalty: float = 0.02
+    time_limit_minutes: float | None = None
 
     def __post_init__(self) -> None:
         if self.model not in MODEL_NAMES:
@@ -87,11 +126,56 @@ class TrainConfig:
             raise ValueError(f"num_workers must be >= 0, got {self.num_workers!r}")
         if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
             raise ValueError(f"threads must be a positive integer, got {self.threads!r}")
+        self.composition()  # validates batch_composition
+        for name in ("away_fraction", "hard_negative_fraction"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and 0 <= v <= 1):
+                raise ValueError(f"{name} must be in [0, 1], got {v!r}")
+        if self.away_fraction + self.hard_negative_fraction > 1:
+            raise ValueError("away_fraction + hard_negative_fraction must be <= 1")
+        for name, allowed in (
+            ("away_cases", ("same", "all")),
+            ("box_mode", ("component", "object")),
+            ("selection", ("crop", "series")),
+        ):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if not (isinstance(self.det_loss_weight, (int, float)) and self.det_loss_weight >= 0):
+            raise ValueError(f"det_loss_weight must be >= 0, got {self.det_loss_weight!r}")
+        for name in ("anchors_per_level", "val_max_fg_slices"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        if (
+            isinstance(self.val_negative_slices, bool)
+            or not isinstance(self.val_negative_slices, int)
+            or (self.val_negative_slices < 0)
+        ):
+            raise ValueError(f"val_negative_slices must be an integer >= 0, got {self.val_negative_slices!r}")
+        if not (isinstance(self.val_fp_penalty, (int, float)) and self.val_fp_penalty >= 0):
+            raise ValueError(f"val_fp_penalty must be >= 0, got {self.val_fp_penalty!r}")
+        if self.time_limit_minutes is not None and not (
+            isinstance(self.time_limit_minutes, (int, float)) and self.time_limit_minutes > 0
+        ):
+            raise ValueError(f"time_limit_minutes must be > 0 or None, got {self.time_limit_minutes!r}")
         if self.clip is not None:
             clip = tuple(float(v) for v in self.clip)
             if len(clip) != 2 or clip[0] >= clip[1]:
                 raise ValueError(f"clip must be (low, high) with low < high, got {self.clip!r}")
             self.clip = clip
+
+    def composition(self) -> tuple[int, int] | None:
+        """``(strong, weak)`` rows per batch, or None for ``proportional``."""
+        text = self.batch_composition
+        if text == "proportional":
+            return None
+        parts = str(text).split(":")
+        if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+            raise ValueError(f"batch_composition must be 'proportional' or 'S:W' (e.g. '2:2'), got {text!r}")
+        s, w = (int(p) for p in parts)
+        if s + w != self.batch_size:
+            raise ValueError(f"batch_composition {text!r}: S + W must equal batch_size {self.batch_size}")
+        return s, w
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly dict."""
@@ -109,5 +193,27 @@ class TrainConfig:
 
     def resume_key(self) -> dict[str, Any]:
         """Options that must match for ``--resume`` to continue a run."""
-        keep = ("model", "preset", "model_options", "patch_size", "batch_size", "seed", "clip", "away_fraction")
-        return {k: v for k, v in self.to_dict().items() if k in keep}
+        keep = (
+            "model",
+            "preset",
+            "model_options",
+            "patch_size",
+            "batch_size",
+            "seed",
+            "clip",
+            "away_fraction",
+            "batch_composition",
+            "hard_negative_fraction",
+            "away_cases",
+            "box_mode",
+            "dice_foreground_only",
+            "det_loss_weight",
+            "det_on_strong",
+            "fit_anchors",
+            "anchors_per_level",
+            "selection",
+        )
+        # options added after the first release count only when changed, so older runs stay resumable
+        newer = set(keep[keep.index("batch_composition") :])
+        defaults = TrainConfig().to_dict()
+        return {k: v for k, v in self.to_dict().items() if k in keep and (k not in newer or v != defaults[k])}

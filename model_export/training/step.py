@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -29,6 +30,21 @@ def autocast(device: torch.device, enabled: bool):
     return contextlib.nullcontext()
 
 
+@dataclass(frozen=True)
+class LossOptions:
+    """How a batch's losses are assembled (``TrainConfig`` fields of the same meaning).
+
+    Args:
+        det_weight: weight of the detection loss in the total.
+        det_on_strong: strong rows also get the detection loss (False = paper 2.2: weak rows only).
+        dice_foreground_only: foreground-only, batch-pooled Dice (``losses.soft_dice_loss``).
+    """
+
+    det_weight: float = 1.0
+    det_on_strong: bool = True
+    dice_foreground_only: bool = False
+
+
 def batch_loss(
     model: nn.Module,
     module: SegmentationModel,
@@ -37,12 +53,14 @@ def batch_loss(
     *,
     amp: bool = False,
     distributed: bool = False,
+    options: LossOptions | None = None,
 ) -> dict[str, torch.Tensor] | None:
     """Forward and loss of one collated batch.
 
     A model with a Detection Unit sees every row: strong rows go through both nets and give the
-    segmentation (Dice) and detection losses, weak rows only through the detection net and give the
-    detection loss. A segmentation-only model (U-Net, U-Net+sSE, MSDN-) sees only the strong rows.
+    segmentation (Dice) loss, and the detection loss too unless ``options.det_on_strong`` is False
+    (the paper's rule); weak rows only go through the detection net and give the detection loss.
+    A segmentation-only model (U-Net, U-Net+sSE, MSDN-) sees only the strong rows.
 
     Args:
         model: the module called for the forward pass (``module`` or its DDP wrapper).
@@ -52,11 +70,14 @@ def batch_loss(
         amp: float16 autocast on cuda.
         distributed: under DDP every process must run a backward pass, so a segmentation-only model
             given no strong row returns a zero loss through its graph instead of None.
+        options: loss assembly (``LossOptions``; defaults when None).
 
     Returns:
         The loss dict (parts + ``total``), or None when the batch holds nothing to learn from
         (no strong row for a segmentation-only model, outside DDP).
     """
+    opts = options or LossOptions()
+    common = {"dice_foreground_only": opts.dice_foreground_only}
     x = batch["image"].to(device, non_blocking=True)
     strong = batch["strong"].to(device)
     labels = batch["label"].to(device, non_blocking=True)[strong]
@@ -64,7 +85,10 @@ def batch_loss(
         targets = [{k: v.to(device) for k, v in t.items()} for t in batch["targets"]]
         with autocast(device, amp):
             out = model(x, seg_mask=strong)
-        return module.loss(to_float32(out), labels=labels, targets=targets)
+        det_rows = None if opts.det_on_strong else [not bool(v) for v in batch["strong"]]
+        return module.loss(
+            to_float32(out), labels=labels, targets=targets, det_rows=det_rows, det_weight=opts.det_weight, **common
+        )
     if not bool(strong.any()):
         if not distributed:
             return None
@@ -74,4 +98,4 @@ def batch_loss(
         return {"seg_dice": zero, "total": zero}
     with autocast(device, amp):
         out = model(x[strong])
-    return module.loss(to_float32(out), labels=labels)
+    return module.loss(to_float32(out), labels=labels, **common)

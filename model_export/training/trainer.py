@@ -39,7 +39,8 @@ from model_export.data.sampling import PatchDataset, collate_patches, compute_no
 from model_export.nets import SegmentationModel, build_model
 from model_export.training import distributed as dist_utils
 from model_export.training.config import TrainConfig
-from model_export.training.step import batch_loss
+from model_export.training.series_validation import series_scores
+from model_export.training.step import LossOptions, batch_loss
 from model_export.training.validation import crop_dice
 from msdn_core.card import Normalization
 
@@ -77,6 +78,65 @@ class EpochSampler(Sampler[int]):
         need = self.samples_per_rank * self.world_size
         order = np.concatenate([rng.permutation(self.size) for _ in range(math.ceil(need / self.size))])[:need]
         return iter(order[self.rank :: self.world_size].tolist())
+
+
+class CompositionBatchSampler(Sampler[list[int]]):
+    """Batches of a fixed number of strong and weak rows (``TrainConfig.batch_composition = "S:W"``).
+
+    Each kind is drawn from successive seeded shuffles of its own items; when one kind has no item its
+    rows are drawn from the other. Batch order of epoch ``e`` on process ``rank`` depends only on
+    ``(seed, e, rank)``.
+
+    Args:
+        strong_flags: (len,) whether each dataset item is strong.
+        steps: batches per epoch and process.
+        strong_rows, weak_rows: rows of each kind per batch.
+    """
+
+    def __init__(
+        self,
+        strong_flags: np.ndarray,
+        steps: int,
+        strong_rows: int,
+        weak_rows: int,
+        *,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        flags = np.asarray(strong_flags, dtype=bool)
+        if steps < 1 or strong_rows < 0 or weak_rows < 0 or strong_rows + weak_rows < 1 or not len(flags):
+            raise ValueError("need items, steps >= 1 and at least one row per batch")
+        self.strong = np.flatnonzero(flags)
+        self.weak = np.flatnonzero(~flags)
+        if not len(self.strong):
+            self.strong = self.weak
+        if not len(self.weak):
+            self.weak = self.strong
+        self.steps, self.rows = steps, (strong_rows, weak_rows)
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.steps
+
+    @staticmethod
+    def _stream(rng: np.random.Generator, pool: np.ndarray, n: int) -> np.ndarray:
+        if n == 0:
+            return pool[:0]
+        reps = -(-n // len(pool))
+        return np.concatenate([pool[rng.permutation(len(pool))] for _ in range(reps)])[:n]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        rng = np.random.default_rng([self.seed, self.epoch, 2, self.rank])
+        s, w = self.rows
+        strong = self._stream(rng, self.strong, s * self.steps).reshape(self.steps, s)
+        weak = self._stream(rng, self.weak, w * self.steps).reshape(self.steps, w)
+        for i in range(self.steps):
+            yield strong[i].tolist() + weak[i].tolist()
 
 
 @dataclass
@@ -166,9 +226,7 @@ class Trainer:
         self.device = resolve_device(cfg.device, self.dist.local_rank)
         self.amp = bool(cfg.amp and self.device.type == "cuda")
         seed_everything(cfg.seed)
-        self.module = build_model(cfg.model, preset=cfg.preset, num_classes=len(self.classes), **cfg.model_options).to(
-            self.device
-        )
+        self.module = build_model(cfg.model, preset=cfg.preset, num_classes=len(self.classes), **cfg.model_options)
         self.train_cases = (
             self.all_train_cases if self.module.has_detection else [c for c in self.all_train_cases if c.strong]
         )
@@ -182,28 +240,51 @@ class Trainer:
             noise_std=cfg.noise_std,
             noise_prob=cfg.noise_prob,
             away_fraction=cfg.away_fraction,
+            hard_negative_fraction=cfg.hard_negative_fraction,
+            away_cases=cfg.away_cases,
+            box_mode=cfg.box_mode,
             seed=cfg.seed,
         )
+        self.anchor_info: dict[str, Any] = {}
+        if self.module.has_detection:
+            self._fit_anchors()
+        self.module = self.module.to(self.device)
         self.normalization = compute_normalization([v.image for v in self.train_set.volumes], clip=cfg.clip)
         self.train_set.normalization = self.normalization
         self.val_set = PatchDataset(
             self.val_cases, normalization=self.normalization, patch_size=cfg.patch_size, augment=False
         )
+        self.loss_options = LossOptions(
+            det_weight=cfg.det_loss_weight,
+            det_on_strong=cfg.det_on_strong,
+            dice_foreground_only=cfg.dice_foreground_only,
+        )
         world = self.dist.world_size
         steps = cfg.steps_per_epoch or max(1, len(self.train_set) // (cfg.batch_size * world))
         self.steps_per_epoch = steps
-        self.sampler = EpochSampler(
-            len(self.train_set), steps * cfg.batch_size, seed=cfg.seed, rank=self.dist.rank, world_size=world
-        )
-        self.loader = DataLoader(
-            self.train_set,
-            batch_size=cfg.batch_size,
-            sampler=self.sampler,
-            collate_fn=collate_patches,
-            num_workers=cfg.num_workers,
-            pin_memory=self.device.type == "cuda",
-            drop_last=True,
-        )
+        composition = cfg.composition()
+        loader_args: dict[str, Any] = {
+            "collate_fn": collate_patches,
+            "num_workers": cfg.num_workers,
+            "pin_memory": self.device.type == "cuda",
+        }
+        if composition is None:
+            self.sampler = EpochSampler(
+                len(self.train_set), steps * cfg.batch_size, seed=cfg.seed, rank=self.dist.rank, world_size=world
+            )
+            self.loader = DataLoader(
+                self.train_set, batch_size=cfg.batch_size, sampler=self.sampler, drop_last=True, **loader_args
+            )
+        else:
+            self.sampler = CompositionBatchSampler(
+                self.train_set.strong_flags,
+                steps,
+                *composition,
+                seed=cfg.seed,
+                rank=self.dist.rank,
+                world_size=world,
+            )
+            self.loader = DataLoader(self.train_set, batch_sampler=self.sampler, **loader_args)
         self.model: torch.nn.Module = self.module
         if self.dist.enabled:
             self.model = DistributedDataParallel(
@@ -238,6 +319,46 @@ class Trainer:
             world,
         )
 
+    def training_boxes(self) -> np.ndarray:
+        """(N, 4) every per-slice target box of the training cases (slice pixel frame)."""
+        boxes = [b for v in self.train_set.volumes for b, _ in v.targets.values()]
+        return np.concatenate(boxes).reshape(-1, 4) if boxes else np.zeros((0, 4), np.float32)
+
+    def _fit_anchors(self) -> None:
+        """Anchor recall of the preset anchors, and with ``fit_anchors`` the fitted ones (rebuilds the model)."""
+        from model_export.detection.anchor_fit import anchor_recall, fit_anchor_shapes
+
+        cfg = self.config
+        boxes = self.training_boxes()
+        if not len(boxes):
+            return
+        du = self.module.det_unit
+        self.anchor_info = {
+            "training_boxes": int(len(boxes)),
+            "recall_preset": anchor_recall(boxes, strides=du.strides, cell_anchors=du.level_cells),
+        }
+        if not cfg.fit_anchors:
+            self.anchor_info["recall"] = self.anchor_info["recall_preset"]
+            return
+        strides = self.module.config.detection_strides
+        shapes = [list(level) for level in fit_anchor_shapes(boxes, strides=strides, per_level=cfg.anchors_per_level)]
+        seed_everything(cfg.seed)
+        self.module = build_model(
+            cfg.model,
+            preset=cfg.preset,
+            num_classes=len(self.classes),
+            **{**cfg.model_options, "anchor_shapes": shapes},
+        )
+        du = self.module.det_unit
+        self.anchor_info["recall"] = anchor_recall(boxes, strides=du.strides, cell_anchors=du.level_cells)
+        self.anchor_info["anchor_shapes"] = [[list(a) for a in level] for level in du.anchor_shapes]
+        logger.info(
+            "anchors fitted to %d training boxes: recall at IoU 0.5 %.3f (preset anchors %.3f)",
+            len(boxes),
+            self.anchor_info["recall"],
+            self.anchor_info["recall_preset"],
+        )
+
     @property
     def best_path(self) -> Path:
         return self.out_dir / "best.pt"
@@ -256,6 +377,8 @@ class Trainer:
             "epoch": epoch,
             "steps_per_epoch": self.steps_per_epoch,
             "world_size": self.dist.world_size,
+            "anchors": self.anchor_info,
+            "selection_metric": "val_score" if self.config.selection == "series" else "val_dice",
         }
 
     def _save(self, path: Path, epoch: int, val_dice: float, *, with_state: bool) -> None:
@@ -328,7 +451,13 @@ class Trainer:
         bar = self._progress(epoch)
         for batch in self.loader:
             losses = batch_loss(
-                self.model, self.module, batch, self.device, amp=self.amp, distributed=self.dist.enabled
+                self.model,
+                self.module,
+                batch,
+                self.device,
+                amp=self.amp,
+                distributed=self.dist.enabled,
+                options=self.loss_options,
             )
             if bar is not None:
                 bar.update(1)
@@ -380,6 +509,7 @@ class Trainer:
             self._load_resume()
         dist_utils.barrier(self.dist)
         stopped = False
+        t_start = time.perf_counter()
         epoch = self.start_epoch - 1
         if self.bad_epochs >= cfg.early_stop:
             stopped = True
@@ -401,10 +531,26 @@ class Trainer:
             row["val_dice"] = val["dice"]
             for name, v in zip(self.classes, val["per_class"], strict=True):
                 row[f"val_dice_{name}"] = v
-            self.scheduler.step(val["dice"])
-            improved = val["dice"] > self.best + cfg.min_delta
+            metric = val["dice"]
+            if cfg.selection == "series":
+                series = series_scores(
+                    self.module,
+                    self.val_set.volumes,
+                    self.normalization,
+                    device=self.device,
+                    max_fg_slices=cfg.val_max_fg_slices,
+                    negative_slices=cfg.val_negative_slices,
+                    fp_penalty=cfg.val_fp_penalty,
+                    amp=self.amp,
+                )
+                row["val_series_dice"] = series["dice"]
+                row["val_fp_per_case"] = series["fp_per_case"]
+                row["val_score"] = series["score"]
+                metric = series["score"]
+            self.scheduler.step(metric)
+            improved = metric > self.best + cfg.min_delta
             if improved:
-                self.best, self.best_epoch, self.bad_epochs = val["dice"], epoch, 0
+                self.best, self.best_epoch, self.bad_epochs = metric, epoch, 0
             else:
                 self.bad_epochs += 1
             row["improved"] = improved
@@ -416,10 +562,16 @@ class Trainer:
                 self._save(self.last_path, epoch, val["dice"], with_state=True)
                 self._write_metrics()
                 logger.info(
-                    "epoch %d: loss %.4f, validation Dice %.4f (best %.4f at epoch %d), lr %.2e, %.1f s",
+                    "epoch %d: loss %.4f, validation Dice %.4f%s (best %.4f at epoch %d), lr %.2e, %.1f s",
                     epoch,
                     row.get("loss_total", math.nan),
                     val["dice"],
+                    (
+                        f", whole-series Dice {row['val_series_dice']:.4f}, FP/case {row['val_fp_per_case']:.2f}, "
+                        f"score {row['val_score']:.4f}"
+                        if "val_score" in row
+                        else ""
+                    ),
                     self.best,
                     self.best_epoch,
                     row["lr"],
@@ -431,6 +583,9 @@ class Trainer:
             if self.bad_epochs >= cfg.early_stop:
                 logger.info("early stop: no validation improvement for %d epochs", self.bad_epochs)
                 stopped = True
+                break
+            if cfg.time_limit_minutes is not None and time.perf_counter() - t_start > 60 * cfg.time_limit_minutes:
+                logger.info("time limit of %.1f minutes reached after epoch %d", cfg.time_limit_minutes, epoch)
                 break
         return TrainResult(
             out_dir=self.out_dir,

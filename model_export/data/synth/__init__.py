@@ -1,6 +1,10 @@
 """``msdn synth``: deterministic synthetic CT benchmark data mimicking the paper's two tasks.
 
-No public CT can be downloaded where this project runs, so it draws its own data from a seed:
+No public CT can be downloaded where this project runs, so it draws its own data from a seed.
+Generator version 5 (the default) draws ``lung`` cases as full-size chest series with 0-4 nodules
+(:mod:`.chest`: 512 x 512 by default, 256 for CPU runs, 80-160 slices drawn per case unless
+``slices`` is given, per-nodule ``meta["nodules"]`` with centre, diameter, type, position and 3D box);
+``version=4`` gives the cut-outs below, byte for byte as before:
 
 * ``lung``: chest CT cut-outs around one lung nodule (3-30 mm; round / lobulated / spiculated;
   solid / part-solid / ground-glass; isolated / juxta-vascular / juxta-pleural) among vessels,
@@ -14,15 +18,16 @@ No public CT can be downloaded where this project runs, so it draws its own data
 Public API (stable)::
 
     generate(task, out_dir, *, num_cases=None, seed=0, size=None, slices=None, dicom=False,
-             boxes=False, workers=1, progress=None) -> Path   # the manifest.json written
-    generate_case(task, index, *, seed=0, size=None, slices=None) -> SynthCase
+             boxes=False, workers=1, progress=None, version=5) -> Path   # the manifest.json written
+    generate_case(task, index, *, seed=0, size=None, slices=None, version=5) -> SynthCase
     resolve_split(task, num_cases) -> {"train": n, "val": n, "test": n}
     parse_split("160/80/80") -> {"train": 160, "val": 80, "test": 80}
     write_ct_series(folder, hu, *, spacing, origin, key, patient_id, ...) -> [paths]
     TASKS, GENERATOR_VERSION, SynthCase, case_id(task, index)
 
-``num_cases``: None -> the paper's split; an int N >= 3 -> N cases in the paper's proportions; a dict
-{"train": a, "val": b, "test": c}. ``size``: in-plane pixels (Y = X, >= 128, default 192);
+``num_cases``: None -> the paper's split (full-size lung series: 60/10/40); an int N >= 3 -> N cases
+in the paper's proportions; a dict {"train": a, "val": b, "test": c}. ``size``: in-plane pixels
+(Y = X, >= 128, default 192);
 ``slices``: axial slices (default lung 32, cochlea 24). ``dicom=True`` writes each image as a CT DICOM
 series folder ``dicom/<id>/`` (the manifest's ``image`` points at it) instead of
 ``images/<id>.nii.gz``; masks are always ``masks/<id>.nii.gz`` (uint8). ``boxes=True`` also stores

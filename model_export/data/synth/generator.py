@@ -15,14 +15,22 @@ from typing import Any, Callable, Mapping, Optional, Union
 import numpy as np
 
 from model_export.data.manifest import MANIFEST_FORMAT_VERSION, SPLITS, boxes_from_mask
-from model_export.data.synth import cochlea, lung
+from model_export.data.synth import chest, cochlea, lung
 from model_export.data.synth.common import SynthCase, case_rng
 from model_export.data.volumes import write_nifti
 
 log = logging.getLogger(__name__)
 
-#: bumped whenever the same (task, seed, index, size, slices) would give different voxels
-GENERATOR_VERSION = 4
+#: bumped whenever the same (task, seed, index, size, slices) would give different voxels; the latest
+#: version is the default. Version 5 draws full-size chest series for ``lung`` (``synth.chest``);
+#: version 4 (cut-outs around one nodule) stays reproducible with ``version=4``. Cochlea cases are
+#: the same in both.
+GENERATOR_VERSION = 5
+VERSIONS = (4, 5)
+#: lung version 5: the default in-plane size, and its split when none is given
+FULL_DEFAULT_SIZE = 512
+FULL_DEFAULT_SPLIT = {"train": 60, "val": 10, "test": 40}
+FULL_DESCRIPTION = "synthetic full-size non-contrast chest CT series with 0-4 lung nodules (msdn synth v5)"
 
 
 @dataclass(frozen=True)
@@ -78,15 +86,28 @@ def _task(task: str) -> TaskSpec:
     return TASKS[task]
 
 
-def resolve_split(task: str, num_cases: NumCases = None) -> dict[str, int]:
+def _check_version(version: int) -> int:
+    if isinstance(version, bool) or version not in VERSIONS:
+        raise ValueError(f"version must be one of {VERSIONS}, got {version!r}")
+    return int(version)
+
+
+def _full(task: str, version: int) -> bool:
+    """Whether (task, version) draws full-size chest series."""
+    return task == "lung" and version >= 5
+
+
+def resolve_split(task: str, num_cases: NumCases = None, *, version: int = 4) -> dict[str, int]:
     """Case counts per split: the task's paper split, N cases in its proportions, or explicit counts.
+
+    Full-size lung series (version 5) default to ``FULL_DEFAULT_SPLIT`` (60/10/40).
 
     Raises:
         ValueError: N < 3, a negative count, an unknown split name, or no case at all.
     """
     spec = _task(task)
     if num_cases is None:
-        return dict(spec.default_split)
+        return dict(FULL_DEFAULT_SPLIT if _full(task, version) else spec.default_split)
     if isinstance(num_cases, Mapping):
         unknown = set(num_cases) - set(SPLITS)
         if unknown:
@@ -114,35 +135,50 @@ def parse_split(text: str) -> dict[str, int]:
     return dict(zip(SPLITS, (int(p) for p in parts), strict=True))
 
 
-def _check_size(spec: TaskSpec, size: Optional[int], slices: Optional[int]) -> tuple[int, int]:
-    size = spec.default_size if size is None else size
-    slices = spec.default_slices if slices is None else slices
+def _check_size(
+    spec: TaskSpec, size: Optional[int], slices: Optional[int], version: int = 4
+) -> tuple[int, Optional[int]]:
+    full = _full(spec.name, version)
+    size = (FULL_DEFAULT_SIZE if full else spec.default_size) if size is None else size
+    if slices is None and not full:
+        slices = spec.default_slices
+    min_slices = chest.MIN_SLICES if full else spec.min_slices
     if isinstance(size, bool) or not isinstance(size, int) or not MIN_SIZE <= size <= MAX_SIZE:
         raise ValueError(f"size must be an integer in {MIN_SIZE}..{MAX_SIZE} (in-plane pixels), got {size!r}")
-    if isinstance(slices, bool) or not isinstance(slices, int) or not spec.min_slices <= slices <= MAX_SLICES:
-        raise ValueError(
-            f"slices must be an integer in {spec.min_slices}..{MAX_SLICES} for {spec.name}, got {slices!r}"
-        )
+    if slices is not None and (
+        isinstance(slices, bool) or not isinstance(slices, int) or not min_slices <= slices <= MAX_SLICES
+    ):
+        raise ValueError(f"slices must be an integer in {min_slices}..{MAX_SLICES} for {spec.name}, got {slices!r}")
     return size, slices
 
 
 def generate_case(
-    task: str, index: int, *, seed: int = 0, size: Optional[int] = None, slices: Optional[int] = None
+    task: str,
+    index: int,
+    *,
+    seed: int = 0,
+    size: Optional[int] = None,
+    slices: Optional[int] = None,
+    version: int = GENERATOR_VERSION,
 ) -> SynthCase:
-    """Draw case ``index`` of ``task``; it depends only on (task, seed, index, size, slices).
+    """Draw case ``index`` of ``task``; it depends only on (task, seed, index, size, slices, version).
 
     Args:
         task: ``"lung"`` or ``"cochlea"``.
         index: case number (>= 0); case ids are ``f"{task}_{index:03d}"``.
         seed: data set seed.
-        size: in-plane pixels (Y = X), >= 128; task default when None (192).
-        slices: number of axial slices; task default when None (lung 32, cochlea 24).
+        size: in-plane pixels (Y = X), >= 128; default 192, or 512 for full-size lung series (v5).
+        slices: number of axial slices; default lung 32, cochlea 24; full-size lung series (v5) draw
+            80..160 per case when None.
+        version: generator version (4: lung cut-outs around one nodule; 5: full-size lung series).
     """
     spec = _task(task)
-    size, slices = _check_size(spec, size, slices)
+    version = _check_version(version)
+    size, slices = _check_size(spec, size, slices, version)
     if isinstance(index, bool) or not isinstance(index, int) or index < 0:
         raise ValueError(f"index must be a non-negative integer, got {index!r}")
-    return spec.module.make_case(case_rng(seed, spec.module.TASK_CODE, index), size=size, slices=slices)
+    module = chest if _full(task, version) else spec.module
+    return module.make_case(case_rng(seed, spec.module.TASK_CODE, index), size=size, slices=slices)
 
 
 def case_id(task: str, index: int) -> str:
@@ -151,10 +187,11 @@ def case_id(task: str, index: int) -> str:
 
 
 def _write_one(job: tuple) -> dict[str, Any]:
-    task, index, split, seed, size, slices, out_dir, dicom, with_boxes = job
+    task, index, split, seed, size, slices, out_dir, dicom, with_boxes, version = job
     spec = TASKS[task]
+    description = FULL_DESCRIPTION if _full(task, version) else spec.description
     t0 = time.perf_counter()
-    case = generate_case(task, index, seed=seed, size=size, slices=slices)
+    case = generate_case(task, index, seed=seed, size=size, slices=slices, version=version)
     t_gen = time.perf_counter() - t0
     cid = case_id(task, index)
     out_dir = Path(out_dir)
@@ -172,7 +209,7 @@ def _write_one(job: tuple) -> dict[str, Any]:
             origin=case.origin,
             key=f"msdn-synth/{task}/{seed}/{index}/{size}/{slices}",
             patient_id=f"SYNTH-{cid.upper()}",
-            description=spec.description[:64],
+            description=description[:64],
             window=spec.window,
             body_part=spec.body_part,
         )
@@ -203,11 +240,13 @@ def generate(
     boxes: bool = False,
     workers: int = 1,
     progress: Optional[Callable[[int, int], None]] = None,
+    version: int = GENERATOR_VERSION,
 ) -> Path:
     """Generate a data set and return the path of its ``manifest.json``; see the package docstring."""
     spec = _task(task)
-    counts = resolve_split(task, num_cases)
-    size, slices = _check_size(spec, size, slices)
+    version = _check_version(version)
+    counts = resolve_split(task, num_cases, version=version)
+    size, slices = _check_size(spec, size, slices, version)
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
@@ -215,7 +254,9 @@ def generate(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     splits = [s for s in SPLITS for _ in range(counts[s])]
-    jobs = [(task, i, s, seed, size, slices, str(out_dir), bool(dicom), bool(boxes)) for i, s in enumerate(splits)]
+    jobs = [
+        (task, i, s, seed, size, slices, str(out_dir), bool(dicom), bool(boxes), version) for i, s in enumerate(splits)
+    ]
     t0 = time.perf_counter()
     entries: list[dict[str, Any]] = []
     if workers == 1 or len(jobs) < 2:
@@ -223,7 +264,7 @@ def generate(
         pool = None
     else:
         pool = ProcessPoolExecutor(max_workers=min(workers, len(jobs)))
-        results = pool.map(_write_one, jobs, chunksize=4)
+        results = pool.map(_write_one, jobs, chunksize=1 if _full(task, version) else 4)
     try:
         for entry in results:
             entries.append(entry)
@@ -236,15 +277,17 @@ def generate(
             pool.shutdown()
     gen_s = [e.pop("_seconds")[0] for e in entries]
     elapsed = time.perf_counter() - t0
+    description = FULL_DESCRIPTION if _full(task, version) else spec.description
+    shown_slices = slices if slices is not None else "{}-{}".format(*chest.SLICES_RANGE)
     manifest = {
         "format_version": MANIFEST_FORMAT_VERSION,
         "name": f"synthetic-{task}",
-        "description": f"{spec.description}; seed {seed}, {size}x{size}x{slices}",
+        "description": f"{description}; seed {seed}, {size}x{size}x{shown_slices}",
         "modality": "CT",
         "classes": [dict(c) for c in spec.module.CLASSES],
         "generator": {
             "tool": "msdn synth",
-            "version": GENERATOR_VERSION,
+            "version": version,
             "task": task,
             "seed": seed,
             "size": size,

@@ -18,7 +18,9 @@ CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 
 @pytest.fixture(scope="module")
 def dicom_set(tmp_path_factory) -> Path:
-    return generate("lung", tmp_path_factory.mktemp("dcm"), num_cases=3, seed=5, size=128, slices=10, dicom=True)
+    return generate(
+        "lung", tmp_path_factory.mktemp("dcm"), num_cases=3, seed=5, size=128, slices=10, dicom=True, version=4
+    )
 
 
 def _series(folder: Path) -> list[pydicom.Dataset]:
@@ -34,7 +36,7 @@ def test_manifest_points_at_dicom_folders_and_validates(dicom_set: Path):
 def test_dicom_reads_back_the_same_hu_as_generated(dicom_set: Path):
     m = load_manifest(dicom_set, check_files=False)
     for i, case in enumerate(m.cases):
-        expected = generate_case("lung", i, seed=5, size=128, slices=10)
+        expected = generate_case("lung", i, seed=5, size=128, slices=10, version=4)
         vol = read_volume(case.image)
         np.testing.assert_array_equal(vol.array, expected.image.astype(np.float32))
         assert vol.spacing == pytest.approx(expected.spacing, abs=1e-5)
@@ -44,7 +46,7 @@ def test_dicom_reads_back_the_same_hu_as_generated(dicom_set: Path):
 def test_ct_tags(dicom_set: Path):
     folder = dicom_set.parent / "dicom" / "lung_001"
     series = _series(folder)
-    case = generate_case("lung", 1, seed=5, size=128, slices=10)
+    case = generate_case("lung", 1, seed=5, size=128, slices=10, version=4)
     sz, sy, sx = case.spacing
     assert len(series) == 10
     sops = set()

@@ -11,7 +11,6 @@ import pytest
 from model_export.cli import main
 from model_export.data.manifest import boxes_from_mask, load_manifest
 from model_export.data.synth import (
-    GENERATOR_VERSION,
     TASKS,
     generate,
     generate_case,
@@ -20,7 +19,7 @@ from model_export.data.synth import (
 )
 from model_export.data.volumes import read_volume
 
-TINY = {"lung": dict(size=128, slices=12), "cochlea": dict(size=128, slices=12)}
+TINY = {"lung": dict(size=128, slices=12, version=4), "cochlea": dict(size=128, slices=12, version=4)}
 
 
 @pytest.mark.parametrize("task", ["lung", "cochlea"])
@@ -46,7 +45,7 @@ def test_generate_writes_a_valid_manifest(tmp_path: Path, task: str):
     raw = json.loads(path.read_text())
     assert raw["generator"] == {
         "tool": "msdn synth",
-        "version": GENERATOR_VERSION,
+        "version": 4,
         "task": task,
         "seed": 1,
         "size": 128,
@@ -133,7 +132,9 @@ def test_parse_split():
     [
         (dict(task="liver"), r"task must be one of \['cochlea', 'lung'\]"),
         (dict(size=96), r"size must be an integer in 128..1024"),
-        (dict(slices=4), r"slices must be an integer in 8..512 for lung"),
+        (dict(slices=4, version=4), r"slices must be an integer in 8..512 for lung"),
+        (dict(slices=8), r"slices must be an integer in 16..512 for lung"),
+        (dict(version=3), r"version must be one of \(4, 5\)"),
         (dict(seed=-1), "seed must be a non-negative integer"),
         (dict(workers=0), "workers must be a positive integer"),
     ],
@@ -148,7 +149,7 @@ def test_generate_argument_errors(tmp_path: Path, kwargs: dict, message: str):
 
 def test_defaults_are_paper_like():
     assert TASKS["lung"].default_size == 192 and TASKS["lung"].default_slices == 32
-    case = generate_case("lung", 0)
+    case = generate_case("lung", 0, version=4)
     assert case.shape == (32, 192, 192)
     assert case.spacing[0] == 1.25 and 0.55 <= case.spacing[1] == case.spacing[2] <= 0.7
     case = generate_case("cochlea", 0)

@@ -10,7 +10,7 @@ from model_export.data.synth import generate_case
 from model_export.data.synth.lung import DENSITIES, POSITIONS, SHAPES
 
 N_LUNG = 14  # cases 0..13 of seed 0 at 128 x 128 x 16 cover every density, shape and position
-SMALL = dict(size=128, slices=16)
+SMALL = dict(size=128, slices=16, version=4)
 
 
 @pytest.fixture(scope="module")
