@@ -11,7 +11,8 @@ Entry points:
   after decoding; their metadata stay as the sources of a DICOM SEG.
 * ``segment_image(image, runtime, settings, ...)``: the same from an ``Volume`` (NIfTI, .npy).
 * ``render(result, fmt, settings)``: the answer body ``(bytes, media type, file name)`` for
-  ``fmt`` in ``json``, ``nifti``, ``dicom-seg``; ``service.outputs.dicom_seg.build_seg(result)``
+  ``fmt`` in ``json``, ``nifti``, ``dicom-seg``, ``png`` (``service.outputs.preview``);
+  ``service.outputs.dicom_seg.build_seg(result)``
   gives the SEG as a ``Dataset`` (to store to a PACS).
 
 Both ``segment_*`` functions block (decoding, ONNX Runtime): from async code run them through the
@@ -58,6 +59,7 @@ MEDIA_TYPES: dict[str, tuple[str, str]] = {
     "json": ("application/json", "segmentation.json"),
     "nifti": ("application/gzip", "mask.nii.gz"),
     "dicom-seg": ("application/dicom", "segmentation.dcm"),
+    "png": ("image/png", "preview.png"),
 }
 
 
@@ -270,6 +272,10 @@ def render(result: SegmentationResult, fmt: OutputFormat, settings: Settings) ->
         from service.outputs.dicom_seg import seg_bytes
 
         body = seg_bytes(result)
+    elif fmt == "png":
+        from service.outputs.preview import preview_png
+
+        body = preview_png(result)
     else:  # pragma: no cover - OutputFormat is a closed set
         raise InvalidInput(f"unknown format {fmt!r}", code=ErrorCode.INVALID_FORMAT)
     return body, media_type, filename

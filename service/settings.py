@@ -14,7 +14,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 #: Output formats of ``POST /segment``.
-OutputFormat = Literal["json", "nifti", "dicom-seg"]
+OutputFormat = Literal["json", "nifti", "dicom-seg", "png"]
 #: ``MSDN_PRECISION`` values (see ``service.providers``).
 Precision = Literal["auto", "fp32", "fp16", "int8"]
 
@@ -161,6 +161,11 @@ class Settings(BaseSettings):
     data_dir: Path = Field(
         Path("msdn-data"), description="job records (SQLite) and files of background jobs (PACS push, SEG retries)"
     )
+
+    # HTTP jobs (``/v1/jobs``)
+    max_queued_jobs: int = Field(16, ge=1, description="HTTP jobs queued or running at once; more are answered 503")
+    job_workers: int = Field(1, ge=1, description="HTTP jobs run at once (each one inference)")
+    job_ttl_s: float = Field(86400.0, gt=0, description="finished HTTP jobs and their results are deleted after this")
 
     # Server (used by ``msdn serve``)
     host: str = Field("127.0.0.1", description="address uvicorn binds to")

@@ -340,9 +340,9 @@ def test_accept_negotiation(client):
     )
     r = client.post("/segment", files=ct5n_upload(), headers={"Accept": "text/html;q=0.9, application/json;q=0.5"})
     assert r.headers["content-type"] == "application/json"
-    r = client.post("/segment", files=ct5n_upload(), headers={"Accept": "image/png"})
+    r = client.post("/segment", files=ct5n_upload(), headers={"Accept": "text/csv"})
     assert r.status_code == 406 and r.json()["code"] == "not_acceptable"
-    r = client.post("/segment", files=ct5n_upload(), headers={"Accept": "image/png"}, data={"format": "json"})
+    r = client.post("/segment", files=ct5n_upload(), headers={"Accept": "text/csv"}, data={"format": "json"})
     assert r.status_code == 200
 
 
@@ -381,7 +381,7 @@ def test_accept_negotiation(client):
         ),
         (
             {"volume": ("v.npy", npy_bytes(np.zeros((1, 16, 16))))},
-            {"spacing": "1,1,1", "format": "png"},
+            {"spacing": "1,1,1", "format": "gif"},
             422,
             "invalid_request",
         ),
