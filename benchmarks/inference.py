@@ -11,12 +11,15 @@ speed, so the int8 calibration here uses random normal patches (``msdn export`` 
 real patches). Cases: 128x128 at batch 1 and 8, 512x512 at batch 1 (and at batch 32 on CUDA). Each
 timing is the median of ``--runs`` runs after ``--warmup`` runs. GFLOP counts the convolutions'
 multiply-adds (x2) of one forward pass at that shape (other ops are < 1%); GFLOP/s is that over the
-median time, and "vs matmul" divides it by the rate of a 2048x2048 fp32 matrix product (fp16 on CUDA
-for the fp16 rows) timed just before the case's rows, in the same process: the machine's practical
-limit at that moment (the CPU here is shared, so it moves). On CUDA "vs fp16 peak" divides the rate
-by the GPU's dense fp16 tensor-core peak (``--peak-tflops``, else looked up from the GPU's name in
-``FP16_DENSE_PEAK_TFLOPS``). TensorRT rows build one engine per case (static profile, cached in
-``--trt-cache``); a TensorRT provider that cannot load gives a row saying why.
+median time. On the CPU "vs peak" divides it by the machine's limit measured just before the case's
+rows with the same thread count (``benchmarks/cpu_peak.py``: an fp32 FMA micro-kernel for the fp32
+rows, the int8 dot-product kernel, VNNI where the CPU has it, for the int8 rows); each row gives the
+1-minute load average over its timing and is marked BUSY when other work competes for the cores
+(``--refuse-busy`` leaves such rows out). On CUDA "vs matmul" divides the rate by a 2048x2048 fp32
+matrix product (fp16 for the fp16 rows) timed just before the case's rows, in the same process, and
+"vs fp16 peak" divides the rate by the GPU's dense fp16 tensor-core peak (``--peak-tflops``, else
+looked up from the GPU's name in ``FP16_DENSE_PEAK_TFLOPS``). TensorRT rows build one engine per case
+(static profile, cached in ``--trt-cache``); a TensorRT provider that cannot load gives a row saying why.
 
 Prints a Markdown table (and writes it to ``--output``).
 """
@@ -38,6 +41,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks import cpu_peak
 from model_export.checkpoint import load_checkpoint, save_checkpoint
 from model_export.export import export_model
 from model_export.export.calibration import PatchSet
@@ -111,7 +115,7 @@ def cpu_rows(model, paths, shape, runs, warmup, threads):
         rows.append(("PyTorch eager fp32", median_ms(lambda: model.segment(xt), runs, warmup), "fp32"))
     for label, key in (("ORT CPU fp32", "fp32"), ("ORT CPU int8 QDQ", "int8")):
         session = ort.InferenceSession(str(paths[key]), opts, providers=["CPUExecutionProvider"])
-        rows.append((label, median_ms(lambda s=session: s.run(None, {"image": x}), runs, warmup), "fp32"))
+        rows.append((label, median_ms(lambda s=session: s.run(None, {"image": x}), runs, warmup), key))
     return rows
 
 
@@ -221,6 +225,9 @@ def main(argv=None) -> int:
     parser.add_argument("--no-tensorrt", action="store_true", help="skip the TensorRT rows (CUDA)")
     parser.add_argument("--trt-cache", default=None, help="TensorRT engine cache folder (default: a temp folder)")
     parser.add_argument("--output", default=None, help="also write the Markdown table here")
+    parser.add_argument(
+        "--refuse-busy", action="store_true", help="leave out rows timed while other work loads the CPU (else marked)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     if args.runs < 10:
@@ -233,6 +240,11 @@ def main(argv=None) -> int:
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, cpu count {os.cpu_count()}, device {device}")
     peak = None
     header = "| preset | model | input BxHxW | backend | median ms | ms / patch | GFLOP | GFLOP/s | matmul GFLOP/s | vs matmul |"  # noqa: E501
+    if device == "cpu":
+        header = "| preset | model | input BxHxW | backend | median ms | ms / patch | GFLOP | GFLOP/s | peak G(FL)OP/s | vs peak | load | busy |"  # noqa: E501
+        peak_threads = args.threads or os.cpu_count() or 1
+        for kind in ("fp32", "int8"):
+            print(f"{kind} peak reference: {cpu_peak.measure(kind, threads=peak_threads).how}")
     if device == "cuda":
         peak, gpu = fp16_peak_tflops(args.peak_tflops)
         print(f"GPU {gpu}, dense fp16 peak {peak or 'unknown (--peak-tflops)'} TFLOP/s")
@@ -261,6 +273,26 @@ def main(argv=None) -> int:
             for b, h, w in cases:
                 shape = (b, model.config.in_channels, h, w)
                 gflop = conv_gflop(model, shape, device)
+                if device == "cpu":
+                    peaks = {k: cpu_peak.measure(k, threads=peak_threads).gops for k in ("fp32", "int8")}
+                    load = cpu_peak.load_average()
+                    rows = cpu_rows(model, paths, shape, args.runs, args.warmup, args.threads)
+                    load = max(load, cpu_peak.load_average())
+                    is_busy = cpu_peak.busy(peak_threads, load)
+                    for label, ms, kind in rows:
+                        rate = gflop / (ms / 1000)
+                        ref = peaks["int8" if kind == "int8" else "fp32"]
+                        if is_busy and args.refuse_busy:
+                            line = f"| {preset} | {args.model} | {b}x{h}x{w} | {label} | refused: load {load:.1f} |"
+                        else:
+                            line = (
+                                f"| {preset} | {args.model} | {b}x{h}x{w} | {label} | {ms:.2f} | {ms / b:.3f} "
+                                f"| {gflop:.2f} | {rate:.1f} | {ref:.1f} | {rate / ref:.2f} | {load:.1f} "
+                                f"| {'BUSY' if is_busy else 'no'} |"
+                            )
+                        lines.append(line)
+                        print(line, flush=True)
+                    continue
                 mm32 = matmul_gflops(device)
                 mm16 = matmul_gflops(device, torch.float16) if device == "cuda" else None
                 rows = (

@@ -1,21 +1,29 @@
-"""Benchmark of the inference service against raw ONNX Runtime, under load, and its memory.
+"""Benchmark of the inference service against raw ONNX Runtime, its memory, and under load.
 
 Run from the repository root (the tests' support modules build the inputs):
 
     PYTHONPATH=. python benchmarks/service.py                  # a random 3x3-conv model (see --channels)
-    PYTHONPATH=. python benchmarks/service.py --model m.onnx   # any model with its card, e.g. `msdn export`
+    PYTHONPATH=. python benchmarks/service.py --model m.onnx   # any model with its card (and m.int8.onnx)
+    PYTHONPATH=. python benchmarks/service.py --baseline /tmp/main-tree   # + the same cases on another tree
 
-A real uvicorn process serves the model (default settings, CPU); the client posts synthetic CT series
-of 512 x 512 slices as DICOM files. Printed tables:
+A real uvicorn process serves the model on the CPU, once per precision (fp32, and int8 from the
+model's ``<name>.int8.onnx``, made here for the default conv model); the client posts synthetic CT
+series of 512 x 512 slices as DICOM files. Printed, side by side from one run:
 
-1. ``/segment`` end to end (client clock: upload, decode, inference, answer) against raw ONNX Runtime
-   on the same inputs in the same batches (the same crops for box mode, the same whole slices
-   otherwise), in this process with the same thread settings; medians of ``--repeats`` alternating
-   runs, and their ratio (target <= 1.10). The server's own split (read / inference) is shown too.
-2. Throughput and p50 / p99 latency with 1, 4 and 8 concurrent clients sending the box-mode request.
-3. Peak RSS (VmHWM, the kernel's high-water mark) of a fresh server process: after start-up, after
-   an 8-slice request (the model's own working memory), after one ``--rss-slices``-slice upload.
+1. Per case (box mode: ``--boxes`` boxes on a ``--slices``-slice series; whole series of ``--slices``
+   and ``--big-slices`` slices) and precision: ``/segment`` end to end (client clock: upload,
+   decode, inference, answer) against raw ONNX Runtime on the same inputs in the same batches (the
+   same crops for box mode, the same whole slices otherwise), in this process with the same thread
+   settings, and against the server's own inference time; slices/s; medians of ``--repeats``
+   alternating runs. Targets: box mode <= 1.10, whole series <= 1.05.
+2. Memory of the same requests (medians): the server's resident size before each request, its peak
+   during it over that level (``VmHWM`` after ``/proc/PID/clear_refs``), and the resident size after
+   the answer over that level; the idle footprint after start-up and after the first request.
+3. Optionally (``--load``) throughput and p50 / p99 latency with 1, 4 and 8 concurrent clients.
 
+With ``--baseline TREE`` the fp32 server also runs from another source tree (e.g. ``git archive main``
+unpacked) in the same run, so before/after are compared under the same machine load. Every table
+says the load average it ran under (the machine may be shared: compare ratios, not seconds).
 Uploads are encoded once and sent as bytes, so the client's multipart encoding is not timed.
 """
 
@@ -25,11 +33,13 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Optional
 
 import httpx
 import numpy as np
@@ -39,7 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from msdn_core.onnx_model import read_card
 from tests.support.dicom_series import ct_series, series_files
-from tests.support.live_server import free_port, start_server, stop_server
+from tests.support.live_server import ROOT, free_port, stop_server
 from tests.support.onnx_models import conv_model
 
 SIZE = 512
@@ -120,24 +130,62 @@ def post(url: str, upload: tuple[bytes, dict]) -> tuple[float, dict]:
     return elapsed, r.json()
 
 
-def compare(url: str, raw: RawRunner, label: str, upload, inputs: np.ndarray, repeats: int) -> dict:
-    """Medians of alternating end-to-end and raw runs."""
-    e2e, ref, read_s, infer_s = [], [], [], []
+def vm_kib(pid: int, key: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise KeyError(key)
+
+
+def reset_peak(pid: int) -> bool:
+    """Reset the process's VmHWM to its current RSS (Linux ``clear_refs`` 5); False when not allowed."""
+    try:
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def settled_rss(pid: int, wait_s: float = 2.0) -> int:
+    """VmRSS (KiB) once the answer's background release has run (stable for 0.2 s, at most ``wait_s``)."""
+    deadline = time.monotonic() + wait_s
+    last = vm_kib(pid, "VmRSS")
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        now = vm_kib(pid, "VmRSS")
+        if abs(now - last) < 1024:
+            return now
+        last = now
+    return last
+
+
+def compare(proc, url: str, raw: RawRunner, upload, inputs: np.ndarray, repeats: int) -> dict:
+    """Medians of alternating end-to-end and raw runs, with the server's memory around each request."""
+    e2e, ref, infer, read, pre, peak, after = [], [], [], [], [], [], []
     raw.run(inputs)  # warm the raw session on these shapes, as the server is warm
     for _ in range(repeats):
+        before = settled_rss(proc.pid)
+        exact = reset_peak(proc.pid)
         seconds, body = post(url, upload)
+        high = vm_kib(proc.pid, "VmHWM") if exact else float("nan")
+        rest = settled_rss(proc.pid)
         e2e.append(seconds)
-        read_s.append(body["timing"]["read_s"])
-        infer_s.append(body["timing"]["inference_s"])
+        infer.append(body["timing"]["inference_s"])
+        read.append(body["timing"]["read_s"])
+        pre.append(before)
+        peak.append(high - before)
+        after.append(rest - before)
         ref.append(raw.run(inputs))
-    m_e2e, m_raw = statistics.median(e2e), statistics.median(ref)
+    med = statistics.median
     return {
-        "case": label,
-        "e2e": m_e2e,
-        "raw": m_raw,
-        "ratio": m_e2e / m_raw,
-        "read": statistics.median(read_s),
-        "infer": statistics.median(infer_s),
+        "e2e": med(e2e),
+        "raw": med(ref),
+        "infer": med(infer),
+        "read": med(read),
+        "pre_mib": med(pre) / 1024,
+        "peak_mib": med(peak) / 1024,
+        "after_mib": med(after) / 1024,
+        "after_pct": 100.0 * med(after) / med(pre),
     }
 
 
@@ -179,19 +227,48 @@ def load(url: str, upload, clients: int, per_client: int) -> dict:
     }
 
 
-def vm_kib(pid: int, key: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
-    raise KeyError(key)
-
-
-def serve(model: Path, log: Path, extra_env: dict[str, str] | None = None):
+def serve(root: Path, model: Path, log: Path, extra_env: dict[str, str] | None = None):
+    """A uvicorn server of ``root``'s code (``root`` first on PYTHONPATH, run from there)."""
     port = free_port()
-    env = {"MSDN_MODEL_PATH": str(model), "MSDN_API_KEYS": "", **(extra_env or {})}
+    env = {
+        **os.environ,
+        "MSDN_MODEL_PATH": str(model),
+        "MSDN_API_KEYS": "",
+        "MSDN_PROVIDERS": "CPUExecutionProvider",
+        **(extra_env or {}),
+        "PYTHONPATH": str(root),
+    }
     args = [sys.executable, "-m", "uvicorn", "service.main:app", "--host", "127.0.0.1", "--port", str(port)]
     args += ["--log-level", "warning"]
-    return start_server(args, env, port, log), f"http://127.0.0.1:{port}"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(args, cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}:\n{log.read_text()}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    stop_server(proc)
+    raise RuntimeError(f"server not ready in time:\n{log.read_text()}")
+
+
+def int8_of(model: Path, generated: bool) -> Optional[Path]:
+    """``<model>.int8.onnx``: made here (random calibration: speed only) for the generated model."""
+    path = model.with_name(f"{model.stem}.int8.onnx")
+    if path.is_file() or not generated:
+        return path if path.is_file() else None
+    from model_export.export.calibration import PatchSet
+    from model_export.export.variants import make_int8
+
+    card = read_card(model)
+    ph, pw = card.input.patch_size
+    rng = np.random.default_rng(3)
+    return make_int8(model, PatchSet(rng.standard_normal((16, 1, ph, pw)).astype(np.float32), None, "random"))
 
 
 def main() -> int:
@@ -199,65 +276,91 @@ def main() -> int:
     parser.add_argument("--model", type=Path, help="ONNX model with its card (default: a random conv model)")
     parser.add_argument("--channels", type=int, default=16, help="width of the default conv model")
     parser.add_argument("--layers", type=int, default=4, help="3x3 conv layers of the default conv model")
-    parser.add_argument("--slices", type=int, default=64, help="slices of the whole-series case")
+    parser.add_argument("--slices", type=int, default=64, help="slices of the box-mode and first whole-series case")
+    parser.add_argument("--big-slices", type=int, default=300, help="slices of the large whole-series case (0: skip)")
     parser.add_argument("--boxes", type=int, default=20, help="boxes of the box-mode case")
-    parser.add_argument("--repeats", type=int, default=5, help="runs per median")
+    parser.add_argument("--repeats", type=int, default=5, help="runs per median (>= 5)")
+    parser.add_argument("--precisions", nargs="+", default=["fp32", "int8"], choices=["fp32", "int8"])
+    parser.add_argument("--baseline", type=Path, default=None, help="another source tree to run fp32 from too")
+    parser.add_argument("--load", action="store_true", help="also the concurrent-clients table")
     parser.add_argument("--load-requests", type=int, default=4, help="requests per client in the load test")
-    parser.add_argument("--rss-slices", type=int, default=300, help="slices of the memory case (0 skips it)")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["compare", "load", "rss"])
     args = parser.parse_args()
+    if args.repeats < 5:
+        parser.error("--repeats must be >= 5")
 
     work = Path(tempfile.mkdtemp(prefix="msdn-bench-"))
-    if args.model is None:
+    generated = args.model is None
+    if generated:
         args.model = work / "conv.onnx"
         conv_model(args.model, channels=args.channels, layers=args.layers, patch_size=(128, 128))
         model_name = f"random 3x3-conv model ({args.layers} layers x {args.channels} channels, mask = HU > 200)"
     else:
         model_name = str(args.model)
+    files = {"fp32": args.model}
+    if "int8" in args.precisions:
+        int8 = int8_of(args.model, generated)
+        if int8 is None:
+            print(f"no {args.model.stem}.int8.onnx next to the model: int8 rows left out")
+        else:
+            files["int8"] = int8
     batch = int(os.environ.get("MSDN_BATCH_SIZE", "8"))
-    raw = RawRunner(args.model, batch)
-    print(f"model: {model_name}; patch {raw.card.input.patch_size}; CPU, {os.cpu_count()} cores; batch {batch}")
+    print(
+        f"model: {model_name}; patch {read_card(args.model).input.patch_size}; CPU, {os.cpu_count()} cores; "
+        f"batch {batch}; load average at start {os.getloadavg()[0]:.2f}"
+    )
 
     vol = volume(args.slices)
     boxes = make_boxes(args.slices, args.boxes)
-    box_upload = encode(vol, {"boxes": json.dumps(boxes)})
-    slices_upload = encode(vol, {"mode": "slices"})
-    print(f"upload: {args.slices} DICOM files, {len(box_upload[0]) / 2**20:.1f} MiB")
+    cases = [
+        (f"boxes: {args.boxes} boxes, {args.slices}x512x512", encode(vol, {"boxes": json.dumps(boxes)}), "boxes"),
+        (f"whole series {args.slices}x512x512", encode(vol, {"mode": "slices"}), "slices"),
+    ]
+    big = volume(args.big_slices, seed=5) if args.big_slices else None
+    if big is not None:
+        cases.append((f"whole series {args.big_slices}x512x512", encode(big, {"mode": "slices"}), "big"))
+    print(f"uploads: {', '.join(f'{len(u[0]) / 2**20:.0f} MiB' for _, u, _ in cases)} of DICOM files")
 
-    if "compare" not in args.skip or "load" not in args.skip:
-        proc, url = serve(args.model, work / "server.log")
+    servers = [("this tree", ROOT, p, args.model) for p in args.precisions if p in files]
+    if args.baseline is not None:
+        base_model = args.model
+        if generated:  # the same weights (same seed), written by the baseline's code in its card format
+            base_model = work / "base" / "conv.onnx"
+            base_model.parent.mkdir()
+            code = (
+                "import sys; from pathlib import Path; from tests.support.onnx_models import conv_model; "
+                f"conv_model(Path(sys.argv[1]), channels={args.channels}, layers={args.layers}, patch_size=(128, 128))"
+            )
+            root = str(args.baseline.resolve())
+            env = {**os.environ, "PYTHONPATH": root}
+            subprocess.run([sys.executable, "-c", code, str(base_model)], cwd=root, env=env, check=True)
+        servers.append(("baseline", args.baseline.resolve(), "fp32", base_model))
+    rows, idle, loads = [], [], []
+    for tree, root, precision, model in servers:
+        raw = RawRunner(files[precision], batch)
+        inputs = {"boxes": raw.crops(vol, boxes), "slices": raw.slices(vol)}
+        env = {"MSDN_PRECISION": precision}
+        proc, url = serve(root, model, work / f"server-{precision}-{len(idle)}.log", env)
         try:
-            post(url, box_upload)  # first request: warm caches
-            if "compare" not in args.skip:
-                box_case = f"boxes: {args.boxes} boxes, {args.slices}x512x512 upload"
-                rows = [
-                    compare(url, raw, box_case, box_upload, raw.crops(vol, boxes), args.repeats),
-                    compare(
-                        url,
-                        raw,
-                        f"slices: {args.slices}x512x512",
-                        slices_upload,
-                        raw.slices(vol),
-                        args.repeats,
-                    ),
-                ]
-                print(f"\n/segment vs raw ONNX Runtime (median of {args.repeats})\n")
-                print("| case | end-to-end s | raw ORT s | ratio | server read s | server inference s |")
-                print("| --- | ---: | ---: | ---: | ---: | ---: |")
-                for r in rows:
-                    print(
-                        f"| {r['case']} | {r['e2e']:.3f} | {r['raw']:.3f} | {r['ratio']:.2f} | "
-                        f"{r['read']:.3f} | {r['infer']:.3f} |"
-                    )
-            if "load" not in args.skip:
-                print(
-                    f"\nconcurrent clients, box-mode request ({args.boxes} boxes, {args.slices}x512x512 upload), "
-                    f"{args.load_requests} requests per client\n"
-                )
+            started = vm_kib(proc.pid, "VmRSS")
+            post(url, cases[0][1])  # first request: warm caches
+            warmed = settled_rss(proc.pid)
+            served = httpx.get(f"{url}/v1/model").json().get("precision", "fp32 (not reported)")
+            idle.append((tree, precision, served, started / 1024, warmed / 1024))
+            for label, upload, kind in cases:
+                if kind == "big":
+                    inputs["big"] = raw.slices(big)
+                loads.append(os.getloadavg()[0])
+                r = compare(proc, url, raw, upload, inputs[kind], args.repeats)
+                loads.append(os.getloadavg()[0])
+                n = args.big_slices if kind == "big" else args.slices
+                rows.append({"case": label, "tree": tree, "precision": served, "slices": n, **r})
+                inputs.pop("big", None)
+            if args.load:
+                print(f"\nconcurrent clients ({tree}, {precision}), box-mode request, {args.load_requests} each\n")
                 print("| clients | ok | 503 | throughput req/s | p50 s | p99 s |")
                 print("| ---: | ---: | ---: | ---: | ---: | ---: |")
                 for clients in (1, 4, 8):
-                    r = load(url, box_upload, clients, args.load_requests)
+                    r = load(url, cases[0][1], clients, args.load_requests)
                     print(
                         f"| {r['clients']} | {r['ok']} | {r['rejected']} | {r['throughput']:.2f} | "
                         f"{r['p50']:.3f} | {r['p99']:.3f} |"
@@ -265,32 +368,36 @@ def main() -> int:
         finally:
             stop_server(proc)
 
-    if args.rss_slices and "rss" not in args.skip:
-        del box_upload, slices_upload
-        small = encode(vol[:8], {"mode": "slices"})
-        big = encode(volume(args.rss_slices, seed=5), {"mode": "slices"})
-        proc, url = serve(args.model, work / "server-rss.log")
-        try:
-            started = vm_kib(proc.pid, "VmHWM")
-            post(url, small)  # the model's own working memory (8-slice batch of 512 x 512)
-            model_peak = vm_kib(proc.pid, "VmHWM")
-            seconds, body = post(url, big)
-            peak = vm_kib(proc.pid, "VmHWM")
-        finally:
-            stop_server(proc)
+    print(
+        f"\n/segment vs raw ONNX Runtime, median of {args.repeats}; load average {min(loads):.1f}-{max(loads):.1f} "
+        f"on {os.cpu_count()} cores\n"
+    )
+    print(
+        "| case | tree | precision | end-to-end s | raw ORT s | ratio | server inference s | ratio vs server "
+        "inference | server read s | slices/s |"
+    )
+    print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for r in rows:
         print(
-            f"\nmemory: one {args.rss_slices}x512x512 upload ({len(big[0]) / 2**20:.0f} MiB of DICOM), "
-            "whole slices, fresh server\n"
+            f"| {r['case']} | {r['tree']} | {r['precision']} | {r['e2e']:.3f} | {r['raw']:.3f} | "
+            f"{r['e2e'] / r['raw']:.2f} | {r['infer']:.3f} | {r['e2e'] / r['infer']:.2f} | {r['read']:.3f} | "
+            f"{r['slices'] / r['e2e']:.1f} |"
         )
+    print("\nserver memory per request (medians): resident size before, peak over it, after the answer over it\n")
+    print(
+        "| case | tree | precision | int16 volume MiB | RSS before MiB | peak over before MiB | after over before MiB |"
+    )
+    print("| --- | --- | --- | ---: | ---: | ---: | ---: |")
+    for r in rows:
         print(
-            "| after start-up MiB | after an 8-slice request MiB | after the big request MiB | "
-            "request s | server read s | server inference s |"
+            f"| {r['case']} | {r['tree']} | {r['precision']} | {r['slices'] * SIZE * SIZE * 2 / 2**20:.0f} | "
+            f"{r['pre_mib']:.0f} | {r['peak_mib']:.0f} | {r['after_mib']:+.0f} ({r['after_pct']:+.1f}%) |"
         )
-        print("| ---: | ---: | ---: | ---: | ---: | ---: |")
-        print(
-            f"| {started / 1024:.0f} | {model_peak / 1024:.0f} | {peak / 1024:.0f} | {seconds:.1f} | "
-            f"{body['timing']['read_s']:.2f} | {body['timing']['inference_s']:.1f} |"
-        )
+    print("\nidle footprint (VmRSS)\n")
+    print("| tree | precision asked | served | after start-up MiB | after the first request MiB |")
+    print("| --- | --- | --- | ---: | ---: |")
+    for tree, precision, served, started, warmed in idle:
+        print(f"| {tree} | {precision} | {served} | {started:.0f} | {warmed:.0f} |")
     return 0
 
 

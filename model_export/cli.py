@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "experiment": ("model_export.commands.experiment", "the paper's Table 1 protocol"),
     "export": ("model_export.commands.export", "export the segmentation path to ONNX with its model card"),
     "serve": ("service.cli", "start the inference service (uvicorn)"),
+    "segment": ("service.batch.cli", "segment studies (DICOM folders, zips, NIfTI, manifests) into SEG/NIfTI/JSON"),
 }
 
 

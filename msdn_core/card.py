@@ -176,8 +176,8 @@ class ModelCard:
     opset: Optional[int] = None
     precision: str = "fp32"
     #: Dice points this variant (fp16 / int8) loses against its fp32 export on the validation patches
-    #: (``build_variants``); None for fp32 or when not measured. The service serves fp16 on CUDA only
-    #: when it is recorded and within ``MSDN_FP16_MAX_DICE_LOSS``.
+    #: (``build_variants``); None for fp32 or when not measured. The service serves fp16 on CUDA / int8
+    #: on the CPU only when it is recorded and within ``MSDN_FP16_MAX_DICE_LOSS`` / ``MSDN_INT8_MAX_DICE_LOSS``.
     variant_dice_loss: Optional[float] = None
     outputs: dict[str, Any] = field(default_factory=lambda: {"segmentation": OUTPUT_NAME})
     input_name: str = INPUT_NAME

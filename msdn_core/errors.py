@@ -60,6 +60,8 @@ class ErrorCode(str, enum.Enum):
     FORMAT_NEEDS_DICOM = "format_needs_dicom"
     INVALID_FORMAT = "invalid_format"
     INVALID_MODE = "invalid_mode"
+    # 409: jobs
+    JOB_NOT_DONE = "job_not_done"
     # 500
     INTERNAL_ERROR = "internal_error"
     # 502 / 503 / 504: the service or an upstream PACS
@@ -86,6 +88,7 @@ _STATUS: dict[ErrorCode, int] = {
     _C.NOT_FOUND: 404,
     _C.SERIES_NOT_FOUND: 404,
     _C.NOT_ACCEPTABLE: 406,
+    _C.JOB_NOT_DONE: 409,
     _C.METHOD_NOT_ALLOWED: 405,
     _C.BODY_TIMEOUT: 408,
     _C.HEADERS_TOO_LARGE: 431,
@@ -245,6 +248,7 @@ DESCRIPTIONS: dict[ErrorCode, str] = {
     _C.FORMAT_NEEDS_DICOM: "a DICOM SEG answer asked for non-DICOM input",
     _C.INVALID_FORMAT: "an unknown answer format",
     _C.INVALID_MODE: "an unknown mode, or one that does not fit the request or model",
+    _C.JOB_NOT_DONE: "the job has no result: it is queued, running or was cancelled (`GET /v1/jobs/{id}`)",
     _C.INTERNAL_ERROR: "a bug; the server log has the details",
     _C.PACS_UNAVAILABLE: "the PACS cannot be reached",
     _C.PACS_REFUSED: "the PACS refused the association or our credentials",

@@ -9,7 +9,7 @@ maps voxel indices (x, y, z) = (column, row, slice) to LPS mm; :attr:`Volume.aff
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
@@ -30,6 +30,9 @@ class Volume:
         header: the NIfTI header of NIfTI input (reused to write an answer on the same grid).
         duplicates_dropped: instances sent more than once (same SOP Instance UID, same content) and dropped.
         tilt_deg: gantry tilt corrected by resampling (0.0 when none).
+        loader: decodes slices into ``array`` on demand (:meth:`load`); None once all are decoded.
+        decoded: the slice indices whose values were read, when a reader decoded only some
+            (:func:`msdn_core.readers.dicom.read_series` ``slices``); the others are zero. None: all.
     """
 
     array: np.ndarray
@@ -41,6 +44,8 @@ class Volume:
     header: Any = field(default=None, repr=False)
     duplicates_dropped: int = 0
     tilt_deg: float = 0.0
+    decoded: Optional[np.ndarray] = field(default=None, repr=False)
+    loader: Optional[Callable[[int, int], np.ndarray]] = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.array.ndim != 3:
@@ -48,6 +53,14 @@ class Volume:
         self.affine = geometry.check_affine(self.affine, what="volume")
         if not all(np.isfinite(s) and s > 0 for s in self.spacing):
             raise ValueError(f"affine must give positive voxel sizes, got {self.spacing!r}")
+
+    def load(self, start: int = 0, stop: Optional[int] = None) -> np.ndarray:
+        """The array with slices [start, stop) (default all) decoded, for a reader that decodes on demand
+        (``loader``, e.g. :func:`msdn_core.readers.dicom.read_series` ``lazy``); otherwise the array as is.
+        """
+        if self.loader is not None:
+            self.loader(start, self.shape[0] if stop is None else stop)
+        return self.array
 
     @property
     def shape(self) -> tuple[int, int, int]:

@@ -7,22 +7,29 @@
   lie inside the image); crops of one size are batched; the crop's labels are pasted back
   inside the box only (with a box label, only that class). Where boxes overlap, a pixel keeps the
   first foreground label it gets.
-* Proposals: a whole-slice pass gives the detector's boxes (score threshold, per-class NMS), which
-  are then segmented as boxes with their class as label.
+* Proposals: a whole-slice pass gives the detector's boxes of every slice, which
+  ``msdn_core.proposals`` turns into 3D candidates (score threshold and 2D NMS per slice as each
+  batch arrives, linking across adjacent slices, 3D NMS). Each candidate's union box, grown by
+  ``box_margin`` pixels in-plane and ``z_margin`` slices, is segmented slice by slice as request
+  boxes are (with the candidate's class as label and its score).
+
+Whole-slice mode also keeps the foreground probability (1 - background, quantised to 1/255) as
+``InferenceOutput.score_volume``: the score of a component found without a detector.
 
 Inputs are normalised as the model card says (clip, then (x - mean) / std); padding and the outside
-of the image take the lowest value of the volume (after clipping).
+of the image take the lowest value of the volume (after clipping; in box mode, of the slices read).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
 from msdn_core.crop import Window
-from service.boxes import SliceBox, proposals
+from msdn_core.proposals import Candidate, ProposalSettings, link_candidates, select_detections
+from service.boxes import SliceBox
 from service.model import ModelRuntime, RunStats
 
 
@@ -50,6 +57,10 @@ class InferenceOutput:
     mode: str
     boxes: list[SliceBox] = field(default_factory=list)
     stats: RunStats = field(default_factory=RunStats)
+    candidates: list[Candidate] = field(default_factory=list)  # proposals: the 3D candidates
+    candidate_boxes: list[list[float]] = field(default_factory=list)  # their segmented 3D boxes
+    score_volume: Optional[np.ndarray] = None  # slices: (Z, Y, X) uint8 foreground probability x 255
+    slices: Optional["InferenceOutput"] = None  # proposals with ``with_slices``: the whole-slice pass's result
 
 
 def segment_slices(
@@ -57,30 +68,53 @@ def segment_slices(
     volume: np.ndarray,
     *,
     want_detections: bool = False,
+    select: Optional[Callable[[np.ndarray, np.ndarray], Any]] = None,
+    score_volume: Optional[np.ndarray] = None,
     check: Optional[Callable[[], None]] = None,
-) -> tuple[np.ndarray, RunStats, Optional[list[tuple[np.ndarray, np.ndarray]]]]:
+    load: Optional[Callable[[int, int], np.ndarray]] = None,
+) -> tuple[np.ndarray, RunStats, Optional[list[Any]]]:
     """Whole-slice labels of a (Z, Y, X) volume.
 
+    ``load(start, stop)``, for a volume decoded on demand (:meth:`msdn_core.volume.Volume.load`),
+    returns the array with those slices decoded: each batch's slices are decoded when the batch is
+    made, in the runtime's helper thread while the model runs the previous batch. Slices that need
+    padding take the lowest value of the whole volume, so then everything is decoded first.
+
+    Args:
+        want_detections: also return the detector's outputs of each slice.
+        select: applied to each slice's (scores (N, C), boxes (N, 4)) as it arrives; its result is
+            kept instead of the raw outputs (which are large: N anchors per slice).
+        score_volume: when given, a (Z, Y, X) uint8 array filled with round(255 x (1 - p_background)).
+        load: see above.
+
     Returns:
-        labels (Z, Y, X) uint8, run stats, and with ``want_detections`` the detector's (scores (N, C),
-        boxes (N, 4)) of each slice.
+        labels (Z, Y, X) uint8, run stats, and with ``want_detections`` per slice the detector's
+        (scores, boxes), or what ``select`` made of them.
     """
     spec = runtime.card.input
-    depth = volume.shape[0]
-    pad_value = spec.pad_value(volume)
+    depth, height, width = volume.shape
+    needs_padding = bool(height % spec.size_multiple or width % spec.size_multiple)
+    if load is not None and needs_padding:
+        volume, load = load(0, depth), None
+    pad_value = spec.pad_value(volume) if needs_padding else 0.0  # unused without padding
     labels = np.zeros(volume.shape, np.uint8)
-    detections: Optional[list[tuple[np.ndarray, np.ndarray]]] = [] if want_detections else None
+    detections: Optional[list[Any]] = [] if want_detections else None
 
     def make_batch(start: int, stop: int) -> np.ndarray:
-        padded, _ = spec.pad_to_multiple(np.asarray(volume[start:stop], np.float32), pad_value)
+        source = load(start, stop) if load is not None else volume
+        padded, _ = spec.pad_to_multiple(np.asarray(source[start:stop], np.float32), pad_value)
         return spec.normalise(padded)[:, None]
 
     def consume(start: int, outputs: dict[str, np.ndarray]) -> None:
         probs = outputs[runtime.segmentation_output]
         labels[start : start + probs.shape[0]] = spec.unpad(argmax_labels(probs), volume.shape[1:])
+        if score_volume is not None:
+            fg = spec.unpad(1.0 - probs[:, 0], volume.shape[1:])
+            score_volume[start : start + probs.shape[0]] = np.clip(np.rint(fg * 255.0), 0, 255).astype(np.uint8)
         if detections is not None and runtime.detection_outputs:
             scores, boxes = (outputs[n] for n in runtime.detection_outputs)
-            detections.extend(zip(scores, boxes, strict=True))
+            for slice_scores, slice_boxes in zip(scores, boxes, strict=True):
+                detections.append((slice_scores, slice_boxes) if select is None else select(slice_scores, slice_boxes))
 
     stats = runtime.run_batched(depth, make_batch, consume, check=check)
     return labels, stats, detections
@@ -92,11 +126,16 @@ def segment_boxes(
     boxes: Sequence[SliceBox],
     *,
     check: Optional[Callable[[], None]] = None,
+    decoded: Optional[np.ndarray] = None,
 ) -> tuple[np.ndarray, RunStats]:
-    """Labels from box-centred crops pasted back inside each box (module docstring)."""
+    """Labels from box-centred crops pasted back inside each box (module docstring).
+
+    ``decoded``: the slices that hold values when the reader decoded only those (box mode reads the
+    slices its boxes touch); the padding value is their lowest value.
+    """
     spec = runtime.card.input
     _, height, width = volume.shape
-    pad_value = spec.pad_value(volume)
+    pad_value = spec.pad_value(volume if decoded is None else volume[np.asarray(decoded, np.int64)])
     labels = np.zeros(volume.shape, np.uint8)
     total = RunStats()
     # Crop geometry per box, grouped by crop size so each group is batched.
@@ -128,16 +167,42 @@ def segment_boxes(
     return labels, total
 
 
+def candidate_slice_boxes(
+    candidates: Sequence[Candidate], shape: tuple[int, int, int], *, box_margin: float, z_margin: int
+) -> tuple[list[SliceBox], list[list[float]]]:
+    """The slice boxes that segment each candidate, and each candidate's grown 3D box.
+
+    A candidate's union box grows by ``box_margin`` pixels on each side in-plane and ``z_margin``
+    slices above and below, cut to the volume; it is segmented on each of its slices.
+    """
+    depth, height, width = shape
+    out: list[SliceBox] = []
+    grown: list[list[float]] = []
+    for cand in candidates:
+        x1, y1, z1, x2, y2, z2 = cand.box3d
+        x1, y1 = max(x1 - box_margin, 0.0), max(y1 - box_margin, 0.0)
+        x2, y2 = min(x2 + box_margin, float(width)), min(y2 + box_margin, float(height))
+        zs, ze = max(int(z1) - z_margin, 0), min(int(z2) + z_margin, depth)
+        grown.append([x1, y1, float(zs), x2, y2, float(ze)])
+        out += [
+            SliceBox(z, x1, y1, x2, y2, label=cand.label, score=cand.score, source="detector") for z in range(zs, ze)
+        ]
+    return out, grown
+
+
 def segment_volume_array(
     runtime: ModelRuntime,
     volume: np.ndarray,
     *,
     mode: str = "auto",
     boxes: Sequence[SliceBox] = (),
-    score_threshold: float = 0.5,
-    nms_iou: float = 0.3,
-    max_proposals: int = 20,
+    proposal: ProposalSettings = ProposalSettings(),
+    box_margin: float = 4.0,
+    z_margin: int = 1,
+    with_slices: bool = False,
     check: Optional[Callable[[], None]] = None,
+    decoded: Optional[np.ndarray] = None,
+    load: Optional[Callable[[int, int], np.ndarray]] = None,
 ) -> InferenceOutput:
     """Segment a (Z, Y, X) volume in stored units.
 
@@ -147,8 +212,15 @@ def segment_volume_array(
         mode: ``auto`` (boxes if given, else proposals if the model detects, else slices), ``boxes``,
             ``proposals`` or ``slices``.
         boxes: request boxes (mode ``boxes``/``auto``).
-        score_threshold, nms_iou, max_proposals: proposal selection.
+        proposal: how detector boxes become 3D candidates (``msdn_core.proposals``).
+        box_margin, z_margin: growth of a candidate's box before it is segmented (pixels, slices).
+        with_slices: proposals mode: also keep the whole-slice labels of the detector's pass as
+            ``out.slices`` (the ``slices`` mode answer, from the same model run; for evaluation).
         check: called between batches (deadline).
+        decoded: slice indices that were read when the reader decoded only some (box mode); the
+            other modes need every slice.
+        load: for a volume decoded on demand, ``(start, stop) -> array`` with those slices decoded
+            (whole slices are then decoded batch by batch, overlapping the model's runs).
 
     Raises:
         ValueError: mode ``boxes`` without boxes, ``proposals`` for a model without detection, or an
@@ -156,31 +228,51 @@ def segment_volume_array(
     """
     if mode == "auto":
         mode = "boxes" if boxes else ("proposals" if runtime.has_detection else "slices")
+    if load is not None and mode not in ("slices", "proposals"):
+        volume, load = load(0, volume.shape[0]), None
     if mode == "boxes":
         if not boxes:
             raise ValueError("mode 'boxes' needs the 'boxes' field")
-        labels, stats = segment_boxes(runtime, volume, boxes, check=check)
+        labels, stats = segment_boxes(runtime, volume, boxes, check=check, decoded=decoded)
         return InferenceOutput(labels, "boxes", list(boxes), stats)
+    if decoded is not None:
+        raise ValueError(f"mode {mode!r} needs every slice, but only {len(decoded)} were decoded")
     if mode == "slices":
-        labels, stats, _ = segment_slices(runtime, volume, check=check)
-        return InferenceOutput(labels, "slices", [], stats)
+        scores = np.zeros(volume.shape, np.uint8)
+        labels, stats, _ = segment_slices(runtime, volume, score_volume=scores, check=check, load=load)
+        return InferenceOutput(labels, "slices", [], stats, score_volume=scores)
     if mode == "proposals":
         if not runtime.has_detection:
             raise ValueError("mode 'proposals' needs a model with detection outputs; this one has none")
-        _, stats, detections = segment_slices(runtime, volume, want_detections=True, check=check)
-        found: list[SliceBox] = []
-        for z, (scores, det_boxes) in enumerate(detections or []):
-            found += proposals(
-                scores,
-                det_boxes,
-                slice_index=z,
-                height=volume.shape[1],
-                width=volume.shape[2],
-                score_threshold=score_threshold,
-                iou_threshold=nms_iou,
-                max_count=max_proposals,
+        _, height, width = volume.shape
+
+        def select(scores: np.ndarray, det_boxes: np.ndarray) -> list[np.ndarray]:
+            return select_detections(scores, det_boxes, proposal, height=height, width=width)
+
+        slice_scores = np.zeros(volume.shape, np.uint8) if with_slices else None
+        slice_labels, stats, selected = segment_slices(
+            runtime, volume, want_detections=True, select=select, score_volume=slice_scores, check=check, load=load
+        )
+        if load is not None:
+            volume = load(0, volume.shape[0])  # all decoded by now; the array of the final dtype
+        whole = (
+            InferenceOutput(
+                slice_labels, "slices", [], RunStats(stats.calls, stats.items, stats.seconds), score_volume=slice_scores
             )
-        out = InferenceOutput(np.zeros(volume.shape, np.uint8), "proposals", found, stats)
+            if with_slices
+            else None
+        )
+        candidates = link_candidates(selected or [], proposal)
+        found, grown = candidate_slice_boxes(candidates, volume.shape, box_margin=box_margin, z_margin=z_margin)
+        out = InferenceOutput(
+            np.zeros(volume.shape, np.uint8),
+            "proposals",
+            found,
+            stats,
+            candidates=candidates,
+            candidate_boxes=grown,
+            slices=whole,
+        )
         if found:
             labels, crop_stats = segment_boxes(runtime, volume, found, check=check)
             out.labels = labels

@@ -25,12 +25,14 @@ from service.auth import ApiKeyMiddleware, RequireApiKey
 from service.body_limit import BodyLimitMiddleware
 from service.concurrency import InferenceLimiter
 from service.errors import install_error_handlers
+from service.jobs.store import JobStore
 from service.logs import configure_logging
 from service.metrics import MetricsMiddleware, ServiceMetrics
 from service.model import ModelRuntime
-from service.routes import docs, health, segment
+from service.routes import docs, health, jobs, segment
 from service.routes import metrics as metrics_routes
 from service.routes import model as model_routes
+from service.segment_jobs import SegmentJobs, store_exists
 from service.settings import Settings, get_settings
 from service.shutdown import ShutdownMiddleware
 
@@ -90,11 +92,17 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         on_change=metrics.set_limiter,
     )
     app.state.limiter = limiter
+    if store_exists(settings):  # resume the HTTP jobs a previous process left (else the store opens on first use)
+        app.state.jobs = SegmentJobs(JobStore(settings.data_dir), runtime, settings).start()
     app.state.ready = True
     try:
         yield
     finally:
         app.state.ready = False
+        if getattr(app.state, "jobs", None) is not None:
+            app.state.jobs.stop()
+            app.state.jobs.store.close()
+            app.state.jobs = None
         limiter.shutdown()
 
 
@@ -131,6 +139,7 @@ def create_app(
     app.state.metrics = ServiceMetrics()
     app.state.runtime = runtime
     app.state.ready = False
+    app.state.jobs = None
     install_error_handlers(app)
     # Outermost first on the way in: metrics, API key (before the body is read), body/header limits.
     app.add_middleware(
@@ -144,7 +153,7 @@ def create_app(
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     app.add_middleware(ShutdownMiddleware, retry_after_s=settings.retry_after_s)  # outermost: sees cancellations
     app.include_router(health.router)
-    for router in (segment.router, model_routes.router, metrics_routes.router, docs.router):
+    for router in (segment.router, jobs.router, model_routes.router, metrics_routes.router, docs.router):
         app.include_router(router, dependencies=[RequireApiKey])
     for router in optional_routers() if routers is None else routers:
         app.include_router(router, dependencies=[RequireApiKey])

@@ -24,6 +24,7 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    ProcessCollector,
     generate_latest,
 )
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -58,6 +59,8 @@ class ServiceMetrics:
         self.running = Gauge("msdn_inferences_running", "segmentations running", registry=r)
         self.waiting = Gauge("msdn_inferences_waiting", "segmentations waiting for a slot", registry=r)
         self.rejected = Counter("msdn_rejected", "requests refused for load or time", ["reason"], registry=r)
+        # process_resident_memory_bytes etc.: the idle footprint and what requests leave behind.
+        ProcessCollector(registry=r)
         self.model = Gauge(
             "msdn_model_info", "served model", ["name", "version", "sha256", "provider", "precision"], registry=r
         )

@@ -11,9 +11,11 @@ inputs in batches of ``batch_size``, through IO binding on a GPU. Torch-free.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
@@ -32,6 +34,7 @@ from service.providers import (
     TensorrtOptions,
     check_available,
     choose_precision,
+    cpu_has_vnni,
     cuda_usable,
     parse_providers,
     session_providers,
@@ -53,6 +56,16 @@ def read_card(
         return onnx_model.read_card(model_path, metadata)
     except ModelFileError as exc:
         raise ModelLoadError(str(exc)) from exc
+
+
+@functools.lru_cache(maxsize=1)
+def _shrink_options() -> Any:
+    """RunOptions asking ONNX Runtime to shrink the CPU memory arena after the run."""
+    import onnxruntime as ort
+
+    options = ort.RunOptions()
+    options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+    return options
 
 
 @dataclass
@@ -93,6 +106,7 @@ class ModelRuntime:
         batch_size: int,
         precision: Optional[str] = None,
         io_binding: bool = False,
+        precision_reason: str = "",
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
@@ -103,6 +117,11 @@ class ModelRuntime:
         self.requested_providers = requested_providers
         self.batch_size = batch_size
         self.precision = precision or card.precision
+        self.precision_reason = precision_reason
+        #: make the next batch in a helper thread while ONNX Runtime runs the current one
+        self.overlap = True
+        #: return the CPU arena's growth to the system after the last batch of each run_batched
+        self.shrink_arena = True
         self.io_binding = bool(io_binding)
         self.warm = False
         outputs = card.outputs or {}
@@ -122,6 +141,8 @@ class ModelRuntime:
         providers: Sequence[str] = ("auto",),
         precision: str = "auto",
         fp16_max_dice_loss: float = 0.5,
+        int8_max_dice_loss: float = 0.5,
+        int8_needs_vnni: bool = True,
         tensorrt_cache_dir: Optional[str | os.PathLike] = None,
         io_binding: bool = True,
         intra_op_threads: int = 0,
@@ -137,6 +158,8 @@ class ModelRuntime:
             providers: ``MSDN_PROVIDERS`` (``service.providers``).
             precision: ``auto``, ``fp32`` or ``fp16``.
             fp16_max_dice_loss: largest recorded fp16 Dice loss (points) for ``auto`` to serve fp16.
+            int8_max_dice_loss: the same for the int8 variant ``<stem>.int8.onnx`` on the CPU.
+            int8_needs_vnni: ``auto`` serves int8 only on a CPU with VNNI (where it is faster).
             tensorrt_cache_dir: TensorRT engine cache (default: a folder in the temp dir).
             io_binding: bind inputs/outputs through ONNX Runtime on a GPU provider.
             intra_op_threads, inter_op_threads: ONNX Runtime threads (0: its default).
@@ -158,14 +181,36 @@ class ModelRuntime:
         fp16_loss = None
         if choice.on_gpu and fp16_path.is_file() and precision != "fp32":
             fp16_loss = read_card(fp16_path)[0].variant_dice_loss
+        int8_path = variant_path(model_path, "int8")
+        int8_loss = None
+        int8_exists = int8_path.is_file()
+        if not choice.on_gpu and int8_exists and precision != "fp32":
+            int8_card = read_card(int8_path)[0]
+            source = read_card(model_path)[0].checkpoint_sha256
+            if source and int8_card.checkpoint_sha256 != source:
+                # A variant left over from another model (the fp32 file was replaced): never served.
+                logger.warning(
+                    "%s is not from the checkpoint of %s (checkpoint %s, not %s); ignoring it",
+                    int8_path.name,
+                    model_path.name,
+                    (int8_card.checkpoint_sha256 or "?")[:12],
+                    source[:12],
+                )
+                int8_exists = False
+            else:
+                int8_loss = int8_card.variant_dice_loss
         chosen = choose_precision(
             choice.kind,
             precision,
             fp16_file_exists=fp16_path.is_file(),
             fp16_dice_loss=fp16_loss,
             max_dice_loss=fp16_max_dice_loss,
+            int8_file_exists=int8_exists,
+            int8_dice_loss=int8_loss,
+            int8_max_dice_loss=int8_max_dice_loss,
+            int8_fast=cpu_has_vnni() or not int8_needs_vnni,
         )
-        serve_path = fp16_path if chosen.use_fp16_file else model_path
+        serve_path = fp16_path if chosen.use_fp16_file else int8_path if chosen.use_int8_file else model_path
         sha = file_sha256(serve_path)
         try:
             proto = load_onnx(serve_path)  # clear errors for empty, truncated or non-ONNX files
@@ -213,9 +258,12 @@ class ModelRuntime:
             sha256=sha,
             requested_providers=[p if isinstance(p, str) else p[0] for p in requested],
             batch_size=batch_size,
-            precision=chosen.precision if choice.on_gpu else card.precision,
+            precision=chosen.precision if choice.on_gpu or chosen.use_int8_file else card.precision,
+            precision_reason=chosen.reason,
             io_binding=io_binding and choice.on_gpu,
         )
+        # Only the CPU provider's arena is shrunk (ONNX Runtime refuses the option without an arena).
+        runtime.shrink_arena = bool(cpu_mem_arena) and choice.kind == "cpu"
         logger.info(
             "model %s %s loaded from %s (sha256 %s..., provider %s, %s: %s%s)",
             card.name,
@@ -232,11 +280,13 @@ class ModelRuntime:
     @classmethod
     def from_settings(cls, settings: "Settings") -> "ModelRuntime":
         """``load`` with the ``MSDN_*`` settings (model, providers, precision, threads, batch, arena, SHA)."""
-        return cls.load(
+        runtime = cls.load(
             settings.model_path,
             providers=settings.providers,
             precision=settings.precision,
             fp16_max_dice_loss=settings.fp16_max_dice_loss,
+            int8_max_dice_loss=settings.int8_max_dice_loss,
+            int8_needs_vnni=settings.int8_needs_vnni,
             tensorrt_cache_dir=settings.tensorrt_cache_dir,
             io_binding=settings.io_binding,
             intra_op_threads=settings.intra_op_threads,
@@ -245,6 +295,9 @@ class ModelRuntime:
             verify_sha256=settings.verify_sha256,
             cpu_mem_arena=settings.cpu_mem_arena,
         )
+        runtime.overlap = settings.overlap_batches
+        runtime.shrink_arena = runtime.shrink_arena and settings.arena_shrinkage
+        return runtime
 
     def _check_graph(self) -> None:
         inputs = {i.name: i for i in self.session.get_inputs()}
@@ -285,16 +338,22 @@ class ModelRuntime:
         """``cuda`` when the work runs on a GPU provider, else ``cpu``."""
         return "cuda" if self.provider in (CUDA, TENSORRT) else "cpu"
 
-    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        """One ONNX Runtime call on (B, C, H, W) float32; returns the named outputs (host arrays)."""
+    def run(self, batch: np.ndarray, *, shrink: bool = False) -> dict[str, np.ndarray]:
+        """One ONNX Runtime call on (B, C, H, W) float32; returns the named outputs (host arrays).
+
+        ``shrink``: after the call, return the CPU arena's unused growth to the system.
+        """
         names = [self.segmentation_output, *(self.detection_outputs or ())]
         x = np.ascontiguousarray(batch, dtype=np.float32)
+        options = _shrink_options() if shrink else None
         if self.io_binding:
-            return self.run_bound(x, names)
-        values = self.session.run(names, {self.input_name: x})
+            return self.run_bound(x, names, run_options=options)
+        values = self.session.run(names, {self.input_name: x}, options)
         return dict(zip(names, values, strict=True))
 
-    def run_bound(self, x: np.ndarray, names: Sequence[str], *, device: Optional[str] = None) -> dict[str, np.ndarray]:
+    def run_bound(
+        self, x: np.ndarray, names: Sequence[str], *, device: Optional[str] = None, run_options: Any = None
+    ) -> dict[str, np.ndarray]:
         """``run`` through IO binding: the batch is copied to ``device`` once, the outputs are
         allocated there by ONNX Runtime and copied back once (no per-call staging in the session).
 
@@ -302,6 +361,7 @@ class ModelRuntime:
             x: (B, C, H, W) float32, contiguous.
             names: output names.
             device: ``cuda`` or ``cpu`` (default: where the provider runs).
+            run_options: ``onnxruntime.RunOptions`` of the call.
         """
         device = device or self.device
         binding = self.session.io_binding()
@@ -313,7 +373,7 @@ class ModelRuntime:
             binding.bind_ortvalue_input(self.input_name, ort.OrtValue.ortvalue_from_numpy(x, device, 0))
         for name in names:
             binding.bind_output(name, device, 0)
-        self.session.run_with_iobinding(binding)
+        self.session.run_with_iobinding(binding, run_options)
         return dict(zip(names, binding.copy_outputs_to_cpu(), strict=True))
 
     def run_batched(
@@ -326,6 +386,12 @@ class ModelRuntime:
     ) -> RunStats:
         """Run ``count`` items in batches of ``batch_size``.
 
+        With ``overlap`` (the default) the next batch is made (decoded slices cropped, padded,
+        normalised) in a helper thread while ONNX Runtime runs the current one; outputs are consumed
+        in this thread, in order. With ``shrink_arena`` the last batch's run returns the CPU arena's
+        growth to the system (``memory.enable_memory_arena_shrinkage``), so a large request does not
+        leave its peak behind.
+
         Args:
             count: number of items.
             make_batch: ``(start, stop) -> (stop - start, C, H, W)`` float32 input.
@@ -333,17 +399,37 @@ class ModelRuntime:
             check: called before each batch (raises to stop, e.g. on a deadline).
         """
         stats = RunStats()
-        for start in range(0, count, self.batch_size):
+        starts = list(range(0, count, self.batch_size))
+        if not starts:
+            return stats
+
+        def make(start: int) -> np.ndarray:
+            return make_batch(start, min(count, start + self.batch_size))
+
+        pool = ThreadPoolExecutor(1, thread_name_prefix="msdn-batch") if self.overlap and len(starts) > 1 else None
+        try:
             if check is not None:
                 check()
-            stop = min(count, start + self.batch_size)
-            batch = make_batch(start, stop)
-            t0 = time.perf_counter()
-            outputs = self.run(batch)
-            stats.seconds += time.perf_counter() - t0
-            stats.calls += 1
-            stats.items += stop - start
-            consume(start, outputs)
+            pending: Any = make(starts[0])
+            for i, start in enumerate(starts):
+                batch = pending.result() if isinstance(pending, Future) else pending
+                last = i == len(starts) - 1
+                if not last:
+                    if check is not None:
+                        check()
+                    pending = pool.submit(make, starts[i + 1]) if pool is not None else None
+                t0 = time.perf_counter()
+                outputs = self.run(batch, shrink=last and self.shrink_arena)
+                stats.seconds += time.perf_counter() - t0
+                stats.calls += 1
+                stats.items += batch.shape[0]
+                del batch
+                consume(start, outputs)
+                if not last and pool is None:
+                    pending = make(starts[i + 1])
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
         return stats
 
     def warmup(self) -> float:
@@ -376,6 +462,8 @@ class ModelRuntime:
             "outputs": card.outputs,
             "detection": self.has_detection,
             "precision": self.precision,
+            "precision_reason": self.precision_reason,
+            "variant_dice_loss": card.variant_dice_loss,
             "opset": card.opset,
             "validation_dice": card.validation_dice,
             "provider": self.provider,

@@ -1,6 +1,7 @@
 """The segmentation pipeline, reusable outside ``POST /segment`` (e.g. by a PACS router). Torch-free.
 
-    datasets --series_volume--> Volume --inference--> labels --evaluation--> SegmentationResult
+    datasets --series_volume--> Volume --inference--> labels --postprocess--> components
+      --evaluation--> SegmentationResult
     SegmentationResult --render--> JSON (metrics, components, RLE mask) | NIfTI | DICOM SEG
 
 Entry points:
@@ -10,7 +11,8 @@ Entry points:
   after decoding; their metadata stay as the sources of a DICOM SEG.
 * ``segment_image(image, runtime, settings, ...)``: the same from an ``Volume`` (NIfTI, .npy).
 * ``render(result, fmt, settings)``: the answer body ``(bytes, media type, file name)`` for
-  ``fmt`` in ``json``, ``nifti``, ``dicom-seg``; ``service.outputs.dicom_seg.build_seg(result)``
+  ``fmt`` in ``json``, ``nifti``, ``dicom-seg``, ``png`` (``service.outputs.preview``);
+  ``service.outputs.dicom_seg.build_seg(result)``
   gives the SEG as a ``Dataset`` (to store to a PACS).
 
 Both ``segment_*`` functions block (decoding, ONNX Runtime): from async code run them through the
@@ -35,13 +37,14 @@ from typing import Optional, Sequence
 import numpy as np
 from pydicom.dataset import Dataset
 
+from msdn_core.postprocess import CandidateBox, postprocess
 from msdn_core.reference import labels_from_seg, match_reference
 from msdn_core.volume import Volume
 from service.boxes import SliceBox, parse_boxes
 from service.concurrency import Deadline
 from service.errors import ErrorCode, InvalidInput
 from service.evaluation import evaluate
-from service.inference import segment_volume_array
+from service.inference import InferenceOutput, segment_volume_array
 from service.io.dicom import series_volume
 from service.model import ModelRuntime
 from service.result import SegmentationResult
@@ -56,6 +59,7 @@ MEDIA_TYPES: dict[str, tuple[str, str]] = {
     "json": ("application/json", "segmentation.json"),
     "nifti": ("application/gzip", "mask.nii.gz"),
     "dicom-seg": ("application/dicom", "segmentation.dcm"),
+    "png": ("image/png", "preview.png"),
 }
 
 
@@ -69,6 +73,7 @@ def segment_image(
     reference: Optional[Volume | np.ndarray | Dataset] = None,
     deadline: Optional[Deadline] = None,
     read_s: float = 0.0,
+    with_slices: bool = False,
 ) -> SegmentationResult:
     """Segment an ``Volume``.
 
@@ -81,6 +86,8 @@ def segment_image(
         reference: labels (Z, Y, X) or a DICOM SEG dataset; adds ``metrics``.
         deadline: checked between model batches.
         read_s: time already spent reading the input (reported in ``timings``).
+        with_slices: proposals mode: also return the whole-slice answer of the detector's pass as
+            ``result.slices`` (one model run for both; used by the whole-series benchmark).
     """
     t0 = time.perf_counter()
     card = runtime.card
@@ -120,17 +127,36 @@ def segment_image(
         image.array,
         mode=mode,
         boxes=parsed,
-        score_threshold=settings.proposal_score_threshold,
-        nms_iou=settings.proposal_nms_iou,
-        max_proposals=settings.max_proposals_per_slice,
+        proposal=settings.proposal_settings(),
+        box_margin=settings.proposal_box_margin,
+        z_margin=settings.proposal_z_margin,
+        with_slices=with_slices,
         check=deadline.check if deadline is not None else None,
+        decoded=image.decoded,
+        load=image.load if image.loader is not None else None,
     )
-    metrics = (
-        evaluate(out.labels, ref_labels, spacing=image.spacing, class_names=class_names)
-        if ref_labels is not None
-        else None
-    )
+    t_model = time.perf_counter()
+    found, metrics = _finish(out, image, settings, class_names, ref_labels)
     total = read_s + time.perf_counter() - t0
+    slices_result = None
+    if out.slices is not None:
+        # the whole-slice answer of the same model run: its model time, plus its own post-processing
+        t1 = time.perf_counter()
+        s_found, s_metrics = _finish(out.slices, image, settings, class_names, ref_labels)
+        s_total = read_s + out.slices.stats.seconds + (t_model - t0 - out.stats.seconds) + time.perf_counter() - t1
+        slices_result = SegmentationResult(
+            image=image,
+            labels=out.slices.labels,
+            mode="slices",
+            boxes=[],
+            components=s_found,
+            metrics=s_metrics,
+            run=out.slices.stats,
+            timings={"read_s": read_s, "total_s": s_total},
+            card=card,
+            model_sha256=runtime.sha256,
+            provider=runtime.provider,
+        )
     logger.info(
         "segmented %s volume %s in %s mode: %d model calls, %.3f s inference, %.3f s total",
         image.source,
@@ -145,13 +171,41 @@ def segment_image(
         labels=out.labels,
         mode=out.mode,
         boxes=out.boxes,
+        components=found,
         metrics=metrics,
         run=out.stats,
         timings={"read_s": read_s, "total_s": total},
         card=card,
         model_sha256=runtime.sha256,
         provider=runtime.provider,
+        slices=slices_result,
     )
+
+
+def _finish(
+    out: InferenceOutput, image: Volume, settings: Settings, class_names: list[str], ref_labels: Optional[np.ndarray]
+) -> tuple[list[dict], Optional[dict]]:
+    """Post-process ``out.labels`` in place (``msdn_core.postprocess``); its components and metrics."""
+    labels, found = postprocess(
+        out.labels,
+        spacing=image.spacing,
+        class_names=class_names,
+        min_volume_mm3=settings.min_component_mm3,
+        candidate_boxes=[
+            CandidateBox(c.label, tuple(b), c.score)  # type: ignore[arg-type]
+            for c, b in zip(out.candidates, out.candidate_boxes, strict=True)
+        ],
+        keep_overlapping=settings.keep_candidate_components and out.mode == "proposals",
+        score_volume=out.score_volume,
+        score_scale=1.0 / 255.0,
+    )
+    out.labels = labels
+    metrics = (
+        evaluate(out.labels, ref_labels, spacing=image.spacing, class_names=class_names)
+        if ref_labels is not None
+        else None
+    )
+    return found, metrics
 
 
 def segment_datasets(
@@ -165,6 +219,7 @@ def segment_datasets(
     reference: Optional[Volume | np.ndarray | Dataset] = None,
     deadline: Optional[Deadline] = None,
     read_s: float = 0.0,
+    with_slices: bool = False,
 ) -> SegmentationResult:
     """Segment one DICOM series given as pydicom datasets (or (name, dataset) pairs).
 
@@ -172,7 +227,19 @@ def segment_datasets(
     ``read_s`` is time already spent getting the datasets (added to the reported read time).
     """
     t0 = time.perf_counter() - read_s
-    image = series_volume(datasets, settings=settings, series_uid=series_uid)
+    slices = None
+    if mode in ("auto", "boxes") and boxes is not None and (not isinstance(boxes, str) or boxes.strip()):
+        # Box mode reads only the slices its boxes touch (each box's crop lies on its own slice).
+        class_names = [c.name for c in runtime.card.classes]
+
+        def slices(shape: tuple[int, int, int]) -> Optional[list[int]]:
+            nonlocal boxes
+            if isinstance(boxes, str):
+                boxes = parse_boxes(boxes, shape=shape, class_names=class_names, max_boxes=settings.max_boxes)
+            return sorted({b.slice for b in boxes}) if boxes else None
+
+    # Whole slices: decoded batch by batch while the model runs (Volume.load); boxes: the touched slices now.
+    image = series_volume(datasets, settings=settings, series_uid=series_uid, slices=slices, lazy=slices is None)
     if deadline is not None:
         deadline.check()
     return segment_image(
@@ -184,6 +251,7 @@ def segment_datasets(
         reference=reference,
         deadline=deadline,
         read_s=time.perf_counter() - t0,
+        with_slices=with_slices,
     )
 
 
@@ -204,6 +272,10 @@ def render(result: SegmentationResult, fmt: OutputFormat, settings: Settings) ->
         from service.outputs.dicom_seg import seg_bytes
 
         body = seg_bytes(result)
+    elif fmt == "png":
+        from service.outputs.preview import preview_png
+
+        body = preview_png(result)
     else:  # pragma: no cover - OutputFormat is a closed set
         raise InvalidInput(f"unknown format {fmt!r}", code=ErrorCode.INVALID_FORMAT)
     return body, media_type, filename

@@ -25,19 +25,26 @@ class SegmentationResult:
         labels: (Z, Y, X) uint8 class labels.
         mode: ``slices``, ``boxes`` or ``proposals``.
         boxes: the request boxes or detector proposals that were segmented.
+        components: 3D connected components after post-processing (``msdn_core.postprocess``),
+            largest first, each with its ``score`` and ``centre``.
         metrics: scores against the reference (``service.evaluation.evaluate``), or None.
         run: model calls and their time.
         timings: ``read_s`` (decode), ``total_s`` (whole pipeline).
         card, model_sha256, provider: the model that ran.
+        slices: with ``with_slices`` in proposals mode, the whole-slice (``slices`` mode) answer
+            computed from the same model run; its ``total_s`` counts reading, that run's model
+            time, the pipeline's other pre-processing and its own post-processing.
     """
 
     image: Volume
     labels: np.ndarray
     mode: str
     boxes: list[SliceBox]
+    components: list[dict]
     metrics: Optional[dict]
     run: RunStats
     timings: dict[str, float]
     card: ModelCard
     model_sha256: str
     provider: str
+    slices: Optional["SegmentationResult"] = None

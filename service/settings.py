@@ -8,15 +8,18 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Literal, Optional
+from typing import TYPE_CHECKING, Annotated, Literal, Optional
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 #: Output formats of ``POST /segment``.
-OutputFormat = Literal["json", "nifti", "dicom-seg"]
+OutputFormat = Literal["json", "nifti", "dicom-seg", "png"]
 #: ``MSDN_PRECISION`` values (see ``service.providers``).
-Precision = Literal["auto", "fp32", "fp16"]
+Precision = Literal["auto", "fp32", "fp16", "int8"]
+
+if TYPE_CHECKING:
+    from msdn_core.proposals import ProposalSettings
 
 _CommaList = Annotated[list[str], NoDecode]
 
@@ -42,11 +45,18 @@ class Settings(BaseSettings):
     precision: Precision = Field(
         "auto",
         description=(
-            "fp32, fp16 or auto (on CUDA the <model>.fp16.onnx variant when its card records a Dice loss within "
-            "MSDN_FP16_MAX_DICE_LOSS; TensorRT fp16 unless that loss is over it; CPU fp32)"
+            "fp32, fp16, int8 or auto (on CUDA the <model>.fp16.onnx variant when its card records a Dice loss within "
+            "MSDN_FP16_MAX_DICE_LOSS; TensorRT fp16 unless that loss is over it; on the CPU the <model>.int8.onnx "
+            "variant when its recorded loss is within MSDN_INT8_MAX_DICE_LOSS and the CPU has VNNI, else fp32)"
         ),
     )
     fp16_max_dice_loss: float = Field(0.5, ge=0, description="largest fp16 Dice loss (points) 'auto' accepts")
+    int8_max_dice_loss: float = Field(
+        0.5, ge=0, description="largest int8 Dice loss (points, recorded in its card) 'auto' accepts on the CPU"
+    )
+    int8_needs_vnni: bool = Field(
+        True, description="'auto' serves int8 only on a CPU with VNNI int8 dot products (without, int8 is slower)"
+    )
     tensorrt_cache_dir: Optional[Path] = Field(
         None, description="TensorRT engine and timing cache folder (a volume; default: a temp folder)"
     )
@@ -54,6 +64,13 @@ class Settings(BaseSettings):
     intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads (0: runtime default)")
     inter_op_threads: int = Field(0, ge=0, description="ONNX Runtime inter-op threads (0: runtime default)")
     batch_size: int = Field(8, ge=1, description="slices or patches per ONNX Runtime call")
+    overlap_batches: bool = Field(
+        True, description="make the next batch (crop, pad, normalise) in a thread while ONNX Runtime runs the current"
+    )
+    arena_shrinkage: bool = Field(
+        True,
+        description="after each request's last batch, return ONNX Runtime's CPU arena growth to the system",
+    )
     cpu_mem_arena: bool = Field(
         True, description="ONNX Runtime's CPU memory arena: faster, but keeps its peak memory (off: less RSS)"
     )
@@ -95,8 +112,31 @@ class Settings(BaseSettings):
     # Outputs and detection
     default_format: OutputFormat = Field("json", description="answer format when neither 'format' nor Accept picks one")
     proposal_score_threshold: float = Field(0.5, ge=0, le=1, description="lowest detector score used as a proposal")
-    proposal_nms_iou: float = Field(0.3, gt=0, le=1, description="IoU above which overlapping proposals are merged")
-    max_proposals_per_slice: int = Field(20, ge=1, description="most detector proposals used per slice")
+    proposal_nms_iou: float = Field(
+        0.3, gt=0, le=1, description="2D NMS per slice: a box overlapping a better one by more IoU is dropped"
+    )
+    max_proposals_per_slice: int = Field(20, ge=1, description="most detector boxes kept per slice and class")
+    proposal_link_iou: float = Field(
+        0.2, ge=0, le=1, description="least IoU of boxes on nearby slices to link them into one 3D candidate"
+    )
+    proposal_max_gap: int = Field(1, ge=0, description="slices without a box a 3D candidate may skip")
+    proposal_min_slices: int = Field(1, ge=1, description="fewest slice boxes of a 3D candidate")
+    proposal_nms_iou_3d: float = Field(
+        0.2, ge=0, le=1, description="3D NMS: a candidate overlapping a better one by more 3D IoU is dropped"
+    )
+    max_candidates: int = Field(50, ge=1, description="most 3D candidates segmented per class")
+    proposal_box_margin: float = Field(
+        4.0, ge=0, description="pixels added on each side of a candidate's box before it is segmented"
+    )
+    proposal_z_margin: int = Field(
+        1, ge=0, description="slices added above and below a candidate before it is segmented"
+    )
+    min_component_mm3: float = Field(
+        5.0, ge=0, description="connected components smaller than this (mm^3) are removed from the answer"
+    )
+    keep_candidate_components: bool = Field(
+        True, description="proposals mode: remove components that overlap no 3D candidate box"
+    )
 
     # HTTP front (the header/connection limits are applied by ``msdn serve``; the body deadline and
     # the header count by the app itself)
@@ -121,6 +161,11 @@ class Settings(BaseSettings):
     data_dir: Path = Field(
         Path("msdn-data"), description="job records (SQLite) and files of background jobs (PACS push, SEG retries)"
     )
+
+    # HTTP jobs (``/v1/jobs``)
+    max_queued_jobs: int = Field(16, ge=1, description="HTTP jobs queued or running at once; more are answered 503")
+    job_workers: int = Field(1, ge=1, description="HTTP jobs run at once (each one inference)")
+    job_ttl_s: float = Field(86400.0, gt=0, description="finished HTTP jobs and their results are deleted after this")
 
     # Server (used by ``msdn serve``)
     host: str = Field("127.0.0.1", description="address uvicorn binds to")
@@ -151,6 +196,21 @@ class Settings(BaseSettings):
     def auth_enabled(self) -> bool:
         """Whether requests need an API key."""
         return bool(self.api_keys)
+
+    def proposal_settings(self) -> "ProposalSettings":
+        """The ``MSDN_PROPOSAL_*`` settings as ``msdn_core.proposals.ProposalSettings``."""
+        from msdn_core.proposals import ProposalSettings
+
+        return ProposalSettings(
+            score_threshold=self.proposal_score_threshold,
+            nms_iou=self.proposal_nms_iou,
+            max_per_slice=self.max_proposals_per_slice,
+            link_iou=self.proposal_link_iou,
+            max_gap=self.proposal_max_gap,
+            min_slices=self.proposal_min_slices,
+            nms_iou_3d=self.proposal_nms_iou_3d,
+            max_candidates=self.max_candidates,
+        )
 
     def modality_allowed(self, modality: Optional[str]) -> bool:
         """Whether a DICOM series of ``modality`` may be segmented."""

@@ -33,10 +33,11 @@ import os
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Optional, Sequence
+from typing import Any, BinaryIO, Callable, Optional, Sequence
 
 import numpy as np
 import pydicom
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
@@ -51,15 +52,28 @@ PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 _GEOMETRY = ErrorCode.INCONSISTENT_GEOMETRY
 
 
-def parse_dicom(data: bytes | BinaryIO | os.PathLike | str, *, name: str) -> Dataset:
+#: With ``defer_pixels``, element values larger than this stay in the source until they are used.
+DEFER_SIZE = 16 * 1024
+
+
+def parse_dicom(data: bytes | BinaryIO | os.PathLike | str, *, name: str, defer_pixels: bool = False) -> Dataset:
     """Parse one DICOM Part 10 file (bytes, a binary file or a path).
+
+    Args:
+        data: the file.
+        name: its name in messages.
+        defer_pixels: read the headers only; values over :data:`DEFER_SIZE` bytes (the pixel data) are
+            read from ``data`` when first used (pydicom's deferred read), so a binary file given here
+            must stay open until :func:`read_series` has decoded the slices it needs.
 
     Raises:
         InvalidInput: ``NOT_DICOM`` for no preamble/'DICM' prefix or unparseable content.
     """
     source: Any = io.BytesIO(data) if isinstance(data, (bytes, bytearray, memoryview)) else data
+    if isinstance(source, os.PathLike):
+        source = os.fspath(source)
     try:
-        return pydicom.dcmread(source)
+        return pydicom.dcmread(source, defer_size=DEFER_SIZE if defer_pixels else None)
     except InvalidDicomError:
         raise InvalidInput(
             f"{name}: not a DICOM Part 10 file (no 128-byte preamble and 'DICM' prefix)", code=ErrorCode.NOT_DICOM
@@ -305,6 +319,98 @@ def _decode(ds: Dataset, name: str) -> np.ndarray:
     return arr
 
 
+class _SliceDecoder:
+    """Decodes slices of a sorted series into one (Z, Y, X) array, on demand, each instance once."""
+
+    def __init__(
+        self,
+        datasets: list[Dataset],
+        names: list[str],
+        frames: list[_Frame],
+        needed: np.ndarray,
+        dtype: Any,
+        *,
+        where: Callable[[_Frame], str],
+        release_pixels: bool,
+    ) -> None:
+        self.datasets, self.names, self.frames, self.needed = datasets, names, frames, needed
+        self.where, self.release_pixels = where, release_pixels
+        rows, cols = int(datasets[0].Rows), int(datasets[0].Columns)
+        # np.zeros: pages of slices never decoded are never touched (no memory for them).
+        self.volume = np.zeros((len(frames), rows, cols), dtype)
+        self.done = np.zeros(len(frames), bool)
+        self.left: dict[int, int] = defaultdict(int)  # slices still to decode per instance
+        for z, fr in enumerate(frames):
+            self.left[fr.dataset] += int(needed[z])
+        self.target: Optional[Volume] = None
+        if release_pixels:  # instances none of whose slices are needed: released now
+            for i, ds in enumerate(datasets):
+                if not self.left[i]:
+                    _release(ds)
+
+    def attach(self, volume: Volume) -> None:
+        """Decode into ``volume`` on its :meth:`Volume.load` calls."""
+        self.target = volume
+        volume.loader = self.decode
+
+    def decode(self, start: int, stop: int) -> np.ndarray:
+        """Decode the needed, not yet decoded slices in [start, stop); returns the volume array."""
+        todo = [z for z in range(max(start, 0), min(stop, len(self.frames))) if self.needed[z] and not self.done[z]]
+        by_dataset: dict[int, list[int]] = defaultdict(list)
+        for z in todo:
+            by_dataset[self.frames[z].dataset].append(z)
+        info16 = np.iinfo(np.int16)
+        for i, zs in by_dataset.items():
+            ds = self.datasets[i]
+            stored = _decode(ds, self.names[i])
+            for z in zs:
+                fr = self.frames[z]
+                values = stored[fr.frame or 0]
+                if "ModalityLUTSequence" in ds and fr.frame is None:
+                    from pydicom.pixels import apply_modality_lut
+
+                    self.volume[z] = apply_modality_lut(values, ds)
+                elif self.volume.dtype == np.int16:
+                    out = values.astype(np.int32) * int(fr.slope) + int(fr.intercept)
+                    if out.size and (out.min() < info16.min or out.max() > info16.max):
+                        self.volume = self.volume.astype(np.float32)  # beyond int16: float32 from here on
+                    self.volume[z] = out
+                else:
+                    self.volume[z] = values.astype(np.float32) * fr.slope + fr.intercept
+                if self.volume.dtype.kind == "f" and not np.isfinite(self.volume[z]).all():
+                    raise InvalidInput(
+                        f"{self.where(fr)}: pixel values are NaN or infinite", code=ErrorCode.PIXEL_DATA_INVALID
+                    )
+                self.done[z] = True
+                self.left[i] -= 1
+            del stored
+            if self.release_pixels and self.left[i] <= 0:
+                _release(ds)
+        if self.target is not None:
+            self.target.array = self.volume
+            if self.done[self.needed].all():
+                self.target.loader = None
+        return self.volume
+
+
+def _release(ds: Dataset) -> None:
+    """Delete the pixel data of ``ds``; with a deferred-read source, read what else is deferred and close it."""
+    for keyword in PIXEL_KEYWORDS:
+        if keyword in ds:
+            delattr(ds, keyword)
+    buffer = getattr(ds, "buffer", None)
+    if buffer is None:
+        return
+    for tag, elem in list(ds._dict.items()):
+        if isinstance(elem, RawDataElement) and elem.value is None and elem.length:
+            ds[tag]  # noqa: B018 - reads the deferred value while the source is open
+    ds.buffer = None
+    try:
+        buffer.close()
+    except Exception:  # noqa: BLE001 - closing is best effort
+        pass
+
+
 def _modality_allowed(modality: str, allowed: Optional[Sequence[str]]) -> bool:
     if allowed is None:
         return True
@@ -326,8 +432,13 @@ def read_series(
     tilt_tol_deg: float = 0.01,
     max_tilt_deg: float = 30.0,
     release_pixels: bool = True,
+    slices: Optional[Callable[[tuple[int, int, int]], Optional[Sequence[int]]]] = None,
+    compact: bool = False,
+    lazy: bool = False,
 ) -> Volume:
-    """Assemble one series of ``items`` into a (Z, Y, X) float32 :class:`Volume` in modality units.
+    """Assemble one series of ``items`` into a (Z, Y, X) :class:`Volume` in modality units.
+
+    Values are float32, or int16 with ``compact`` where they are integers that fit.
 
     Args:
         items: datasets, or (name, dataset) pairs (names appear in error messages).
@@ -339,6 +450,17 @@ def read_series(
         duplicate_tol: two slices closer than this (mm) along the normal are at one position.
         tilt_tol_deg, max_tilt_deg: the gantry-tilt policy (:func:`msdn_core.geometry.correct_tilt`).
         release_pixels: delete the datasets' pixel data once decoded.
+        slices: called with the (Z, Y, X) shape once the geometry is checked; returns the slice
+            indices whose pixel data are needed (None: all). Only those instances are decoded; the
+            other slices are zero and ``Volume.decoded`` says which were read (with gantry tilt,
+            which resamples across slices, all are decoded). Indices outside the volume are ignored.
+        compact: keep integer modality values as int16 when the rescale is integer and the values
+            fit (half the memory of float32; the model input is normalised to float32 batch by
+            batch); float32 otherwise.
+        lazy: decode on demand: the returned volume's array is zero until :meth:`Volume.load` asks
+            for slices (the service decodes the next batch while the model runs the current one;
+            decoding errors are raised then). Gantry-tilted series and multi-frame instances are
+            decoded at once.
 
     Raises:
         InvalidInput, LimitExceeded: the message says which file and what; ``code`` is the ErrorCode.
@@ -439,36 +561,41 @@ def read_series(
         sz = float(thickness) if float(thickness) > 0 else 1.0
         step = normal * sz
     sy, sx = first.pixel_spacing  # PixelSpacing = (row spacing, column spacing)
-
-    volume = np.empty((len(frames), rows, cols), np.float32)
-    slot = {(fr.dataset, fr.frame): z for z, fr in enumerate(frames)}
-    by_dataset: dict[int, list[_Frame]] = defaultdict(list)
-    for fr in frames:
-        by_dataset[fr.dataset].append(fr)
-    for i, ds in enumerate(datasets):
-        stored = _decode(ds, names[i])
-        for fr in by_dataset[i]:
-            values = stored[fr.frame or 0]
-            if "ModalityLUTSequence" in ds and fr.frame is None:
-                from pydicom.pixels import apply_modality_lut
-
-                volume[slot[(i, fr.frame)]] = apply_modality_lut(values, ds)
-            else:
-                volume[slot[(i, fr.frame)]] = values.astype(np.float32) * fr.slope + fr.intercept
-            if not np.isfinite(volume[slot[(i, fr.frame)]]).all():
-                raise InvalidInput(f"{where(fr)}: pixel values are NaN or infinite", code=ErrorCode.PIXEL_DATA_INVALID)
-        if release_pixels:
-            for keyword in PIXEL_KEYWORDS:
-                if keyword in ds:
-                    delattr(ds, keyword)
-
     affine = np.eye(4)
     affine[:3, 0] = row_dir * sx
     affine[:3, 1] = col_dir * sy
     affine[:3, 2] = step
     affine[:3, 3] = frames[0].position
+
+    depth = len(frames)
+    wanted = None if slices is None else slices((depth, rows, cols))
+    if wanted is not None and len(frames) > 1 and geometry.tilt_deg(normal, step) > tilt_tol_deg:
+        wanted = None  # the tilt correction resamples across slices: it needs them all
+    needed = np.ones(depth, bool)
+    if wanted is not None:
+        needed[:] = False
+        index = np.asarray([int(z) for z in wanted], np.int64)
+        needed[index[(index >= 0) & (index < depth)]] = True
+
+    integer = all(
+        "PixelData" in ds and "ModalityLUTSequence" not in ds and int(ds.get("BitsAllocated", 16) or 16) <= 16
+        for ds in datasets
+    ) and all(float(fr.slope).is_integer() and float(fr.intercept).is_integer() for fr in frames)
+    tilted = len(frames) > 1 and geometry.tilt_deg(normal, step) > tilt_tol_deg
+    decoder = _SliceDecoder(
+        datasets,
+        names,
+        frames,
+        needed,
+        np.int16 if compact and integer and not tilted else np.float32,
+        where=where,
+        release_pixels=release_pixels,
+    )
+    on_demand = lazy and not tilted and not multi
+    if not on_demand:
+        decoder.decode(0, depth)
     volume, affine, tilt = geometry.correct_tilt(
-        volume, affine, tilt_tol_deg=tilt_tol_deg, max_tilt_deg=max_tilt_deg, what=f"series {uid}"
+        decoder.volume, affine, tilt_tol_deg=tilt_tol_deg, max_tilt_deg=max_tilt_deg, what=f"series {uid}"
     )
     positions = np.stack([fr.position for fr in frames])
     if multi:
@@ -487,7 +614,10 @@ def read_series(
         series=series,
         duplicates_dropped=dropped,
         tilt_deg=tilt,
+        decoded=None if needed.all() else np.flatnonzero(needed),
     )
+    if on_demand:
+        decoder.attach(out)
     sz_, sy_, sx_ = out.spacing
     logger.info(
         "DICOM series: %s, %d slices of %dx%d, spacing %.3g/%.3g/%.3g mm, %d duplicates dropped, tilt %.2f deg",

@@ -6,7 +6,7 @@ tolerances (``Settings``, ``MSDN_*``) as the reader's keyword options.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 from pydicom.dataset import Dataset
 
@@ -22,8 +22,15 @@ def series_volume(
     *,
     settings: Settings,
     series_uid: Optional[str] = None,
+    slices: Optional[Callable[[tuple[int, int, int]], Optional[Sequence[int]]]] = None,
+    lazy: bool = False,
 ) -> Volume:
-    """One series of ``items`` as a (Z, Y, X) float32 :class:`Volume` (:func:`msdn_core.readers.dicom.read_series`)."""
+    """One series of ``items`` as a (Z, Y, X) :class:`Volume` (:func:`msdn_core.readers.dicom.read_series`).
+
+    Values are int16 when the modality values are integers that fit (CT in HU), else float32;
+    ``slices`` (called with the shape) limits decoding to the slices a request needs; with ``lazy``
+    the pixel data are decoded on demand (:meth:`msdn_core.volume.Volume.load`).
+    """
     return read_series(
         items,
         series_uid=series_uid,
@@ -32,4 +39,7 @@ def series_volume(
         max_voxels=settings.max_voxels,
         gap_rtol=settings.slice_gap_rtol,
         max_tilt_deg=settings.max_gantry_tilt_deg,
+        slices=slices,
+        compact=True,
+        lazy=lazy,
     )

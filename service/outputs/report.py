@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Literal, Optional
 
 from pydantic import BaseModel, Field
 
-from service.evaluation import class_summary, components
+from service.evaluation import class_summary
 from service.outputs import rle
 
 if TYPE_CHECKING:
@@ -57,6 +57,14 @@ class Component(BaseModel):
     voxels: int
     volume_ml: float
     box: list[int] = Field(description="[x1, y1, z1, x2, y2, z2], continuous pixel coordinates")
+    centre: list[float] = Field(description="[x, y, z] mean voxel index of the component")
+    score: Optional[float] = Field(
+        None,
+        description=(
+            "proposals: detection score of the best 3D candidate holding it; slices: its highest foreground"
+            " probability; boxes: none"
+        ),
+    )
 
 
 class UsedBox(BaseModel):
@@ -119,7 +127,7 @@ def build_report(result: "SegmentationResult", *, max_components: int) -> Segmen
     """The JSON answer for a pipeline result."""
     image, card = result.image, result.card
     names = [c.name for c in card.classes]
-    found, truncated = components(result.labels, spacing=image.spacing, class_names=names, limit=max_components)
+    found, truncated = result.components[:max_components], len(result.components) > max_components
     return SegmentResponse(
         model=ModelInfo(name=card.name, version=card.version, sha256=result.model_sha256, provider=result.provider),
         input=InputInfo(

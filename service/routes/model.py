@@ -35,7 +35,13 @@ class ModelDescription(BaseModel):
     input: InputOut = Field(description="normalisation: clip, then (x - mean) / std; H, W multiples of size_multiple")
     outputs: dict[str, Any]
     detection: bool = Field(description="the model also proposes boxes (proposal mode)")
-    precision: str = Field(description="precision really served (fp32, fp16: the fp16 variant or TensorRT fp16)")
+    precision: str = Field(
+        description="precision really served (fp32; fp16: the fp16 variant or TensorRT fp16; int8: the int8 variant)"
+    )
+    precision_reason: str = Field("", description="why this precision (MSDN_PRECISION and the recorded Dice loss)")
+    variant_dice_loss: Optional[float] = Field(
+        None, description="Dice points the served variant (fp16 / int8) loses against fp32, as its card records"
+    )
     opset: Optional[int] = None
     validation_dice: Optional[float] = None
     provider: str = Field(description="the execution provider doing the work")

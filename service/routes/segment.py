@@ -3,23 +3,20 @@
 from __future__ import annotations
 
 import logging
-import time
 import uuid
 from typing import Annotated, BinaryIO, Literal, Optional
 
 from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import Response
+from starlette.background import BackgroundTask
 
 from service.concurrency import Deadline
 from service.deps import LimiterDep, MetricsDep, RuntimeDep, SettingsDep
 from service.errors import ErrorBody, ErrorCode, InvalidInput, LimitExceeded, NotAcceptable, Overloaded, RequestTimeout
-from service.io.dicom import parse_dicom
-from service.io.reference import read_reference_file
-from service.io.upload import expand_files
-from service.io.volume import read_volume
-from service.model import ModelRuntime
+from service.memory import release
 from service.outputs.report import SegmentResponse
-from service.pipeline import MEDIA_TYPES, SegmentationResult, render, segment_datasets, segment_image
+from service.pipeline import MEDIA_TYPES, SegmentationResult, render
+from service.request import run_request
 from service.settings import OutputFormat, Settings
 
 logger = logging.getLogger(__name__)
@@ -34,6 +31,7 @@ ACCEPT_FORMATS: dict[str, OutputFormat] = {
     "application/x-gzip": "nifti",
     "application/nifti": "nifti",
     "application/x-nifti": "nifti",
+    "image/png": "png",
 }
 
 Mode = Literal["auto", "boxes", "proposals", "slices"]
@@ -75,57 +73,32 @@ def _named(upload: UploadFile, fallback: str) -> tuple[str, BinaryIO]:
     return (upload.filename or fallback, upload.file)
 
 
-def _run(
-    deadline: Deadline,
-    *,
-    runtime: ModelRuntime,
-    settings: Settings,
-    dicom: list[tuple[str, BinaryIO]],
-    volume: Optional[tuple[str, BinaryIO]],
-    spacing: Optional[str],
-    boxes: Optional[str],
-    reference: Optional[tuple[str, BinaryIO]],
-    series_uid: Optional[str],
-    mode: str,
-    fmt: OutputFormat,
-) -> tuple[SegmentationResult, bytes]:
-    """The blocking part of a request (runs in a limiter thread)."""
-    t0 = time.perf_counter()
-    ref = read_reference_file(reference[1], name=reference[0], settings=settings) if reference else None
-    if dicom:
-        files = expand_files(dicom, settings=settings)
-        items = []
-        for name, fh in files:
-            items.append((name, parse_dicom(fh, name=name)))
-            fh.close()  # pydicom holds its own copy: free the upload buffer now, not at the end
-            deadline.check()
-        result = segment_datasets(
-            items,
-            runtime,
-            settings,
-            series_uid=series_uid,
-            boxes=boxes,
-            mode=mode,
-            reference=ref,
-            deadline=deadline,
-            read_s=time.perf_counter() - t0,
-        )
-    else:
-        assert volume is not None
-        image = read_volume(volume[1], name=volume[0], spacing=spacing, settings=settings)
-        result = segment_image(
-            image,
-            runtime,
-            settings,
-            boxes=boxes,
-            mode=mode,
-            reference=ref,
-            deadline=deadline,
-            read_s=time.perf_counter() - t0,
-        )
+def _run(deadline: Deadline, *, fmt: OutputFormat, **request) -> tuple[SegmentationResult, bytes]:
+    result = run_request(deadline, **request)
     deadline.check()
-    body, _, _ = render(result, fmt, settings)
+    body, _, _ = render(result, fmt, settings=request["settings"])
     return result, body
+
+
+def check_form(
+    *, fmt: OutputFormat, dicom_files: list, has_volume: bool, spacing: Optional[str], settings: Settings
+) -> None:
+    """The checks of the ``/segment`` form that need no decoding (shared with ``POST /v1/jobs``)."""
+    if len(dicom_files) > settings.max_files:
+        raise LimitExceeded(
+            f"{len(dicom_files)} files is over the limit of {settings.max_files} (MSDN_MAX_FILES)",
+            code=ErrorCode.TOO_MANY_FILES,
+        )
+    if bool(dicom_files) == has_volume:
+        raise InvalidInput(
+            "send either 'dicom' files or one 'volume' file, not both or neither", code=ErrorCode.NO_INPUT
+        )
+    if fmt == "dicom-seg" and not dicom_files:
+        raise InvalidInput(
+            "a DICOM SEG answer needs DICOM input; ask for json or nifti", code=ErrorCode.FORMAT_NEEDS_DICOM
+        )
+    if not has_volume and spacing:
+        raise InvalidInput("'spacing' is for .npy volumes; DICOM carries its own", code=ErrorCode.INVALID_SPACING)
 
 
 _ERRORS = {
@@ -144,10 +117,11 @@ _ERRORS = {
     response_model=SegmentResponse,
     responses={
         200: {
-            "description": "the mask: JSON (metrics, components, RLE mask), NIfTI or DICOM SEG",
+            "description": "the mask: JSON (metrics, components, RLE mask), NIfTI, DICOM SEG or a PNG preview",
             "content": {
                 "application/gzip": {"schema": {"type": "string", "format": "binary"}},
                 "application/dicom": {"schema": {"type": "string", "format": "binary"}},
+                "image/png": {"schema": {"type": "string", "format": "binary"}},
             },
         },
         **_ERRORS,
@@ -192,7 +166,7 @@ async def segment(
     ] = "auto",
     output_format: Annotated[
         Optional[OutputFormat],
-        Form(alias="format", description="json, nifti or dicom-seg (DICOM input only); else from Accept"),
+        Form(alias="format", description="json, nifti, dicom-seg (DICOM input only), png (preview); else Accept"),
     ] = None,
 ) -> Response:
     """Segment one DICOM series (files or a zip) or one NIfTI/.npy volume.
@@ -203,21 +177,7 @@ async def segment(
     """
     fmt = choose_format(output_format, request.headers.get("accept"), settings.default_format)
     dicom_files = [_named(f, f"dicom[{i}]") for i, f in enumerate(dicom or [])]
-    if len(dicom_files) > settings.max_files:
-        raise LimitExceeded(
-            f"{len(dicom_files)} files is over the limit of {settings.max_files} (MSDN_MAX_FILES)",
-            code=ErrorCode.TOO_MANY_FILES,
-        )
-    if bool(dicom_files) == (volume is not None):
-        raise InvalidInput(
-            "send either 'dicom' files or one 'volume' file, not both or neither", code=ErrorCode.NO_INPUT
-        )
-    if fmt == "dicom-seg" and not dicom_files:
-        raise InvalidInput(
-            "a DICOM SEG answer needs DICOM input; ask for json or nifti", code=ErrorCode.FORMAT_NEEDS_DICOM
-        )
-    if volume is None and spacing:
-        raise InvalidInput("'spacing' is for .npy volumes; DICOM carries its own", code=ErrorCode.INVALID_SPACING)
+    check_form(fmt=fmt, dicom_files=dicom_files, has_volume=volume is not None, spacing=spacing, settings=settings)
 
     request_id = uuid.uuid4().hex[:12]
     logger.info(
@@ -255,5 +215,7 @@ async def segment(
     metrics.inference.observe(result.run.seconds)
     logger.info("segment %s: done in %.3f s", request_id, result.timings["total_s"])
     media_type, filename = MEDIA_TYPES[fmt]
-    headers = {} if fmt == "json" else {"Content-Disposition": f'attachment; filename="{filename}"'}
-    return Response(content=body, media_type=media_type, headers=headers)
+    headers = {} if fmt in ("json", "png") else {"Content-Disposition": f'attachment; filename="{filename}"'}
+    del result
+    # After the answer is sent: give the request's freed buffers back to the system.
+    return Response(content=body, media_type=media_type, headers=headers, background=BackgroundTask(release))

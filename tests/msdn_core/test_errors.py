@@ -18,7 +18,7 @@ def test_every_code_has_a_status_and_a_description():
     assert all(code in DESCRIPTIONS and DESCRIPTIONS[code] for code in ErrorCode)
     assert ErrorCode.TOO_MANY_BOXES.status == 413 and ErrorCode.INVALID_BOXES.status == 422
     assert ErrorCode.PACS_TIMEOUT.status == 504 and ErrorCode.SERIES_NOT_FOUND.status == 404
-    assert {code.status for code in ErrorCode} <= {401, 404, 405, 406, 408, 413, 422, 431, 500, 502, 503, 504}
+    assert {code.status for code in ErrorCode} <= {401, 404, 405, 406, 408, 409, 413, 422, 431, 500, 502, 503, 504}
 
 
 def test_errors_carry_enum_codes():

@@ -18,8 +18,17 @@ CLIP_2C = (-1000.0, 1000.0)
 
 
 def make_settings(model: Path, **overrides) -> Settings:
-    """Settings ignoring the environment's .env, for a test model."""
-    values = {"model_path": model, "intra_op_threads": 1, "allowed_modalities": ["CT"], **overrides}
+    """Settings ignoring the environment's .env, for a test model.
+
+    No minimum component volume, so masks are exactly the thresholded input.
+    """
+    values = {
+        "model_path": model,
+        "intra_op_threads": 1,
+        "allowed_modalities": ["CT"],
+        "min_component_mm3": 0.0,
+        **overrides,
+    }
     return Settings(_env_file=None, **values)
 
 

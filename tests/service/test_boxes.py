@@ -1,13 +1,12 @@
-"""service.boxes: the boxes field, NMS and detector proposals."""
+"""service.boxes: the boxes field (re-exported from msdn_core.boxes)."""
 
 from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 
-from service.boxes import SliceBox, nms, parse_boxes, proposals
+from service.boxes import SliceBox, parse_boxes
 from service.errors import InvalidBoxes, LimitExceeded
 
 SHAPE = (4, 20, 30)  # Z, Y (height), X (width)
@@ -76,22 +75,3 @@ def test_malformed_boxes_say_what_is_wrong(text, message):
 def test_box_count_limit():
     with pytest.raises(LimitExceeded):
         parse([{"box": [0, 0, 0, 1, 1, 4]}], max_boxes=3)
-
-
-def test_nms_by_hand():
-    boxes = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [20, 20, 30, 30], [0, 0, 10, 5]], float)
-    scores = np.array([0.9, 0.8, 0.7, 0.95])
-    # box 3 (best) vs 0: IoU 50/100 = 0.5 > 0.3 -> 0 dropped; 1 vs 3: inter 9*4=36, union 50+100-36 -> 0.32 dropped
-    assert nms(boxes, scores, 0.3) == [3, 2]
-    assert nms(boxes, scores, 0.9) == [3, 0, 1, 2]
-
-
-def test_proposals_threshold_clip_and_order():
-    scores = np.array([[0.9, 0.1], [0.4, 0.8], [0.6, 0.0]])
-    boxes = np.array([[-5, 2, 10, 12], [0, 0, 50, 50], [3, 3, 6, 6]], float)
-    found = proposals(
-        scores, boxes, slice_index=2, height=20, width=30, score_threshold=0.5, iou_threshold=0.3, max_count=2
-    )
-    assert [(b.label, b.score) for b in found] == [(1, 0.9), (2, 0.8)]
-    assert found[0].xyxy == [0, 2, 10, 12] and found[1].xyxy == [0, 0, 30, 20]
-    assert all(b.slice == 2 and b.source == "detector" for b in found)

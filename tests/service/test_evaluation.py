@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from msdn_core.metrics import hd95, overlap
-from service.evaluation import class_summary, components, evaluate
+from service.evaluation import class_summary, evaluate
 
 
 def test_dice_iou_by_hand():
@@ -79,7 +79,7 @@ def test_evaluate_per_class_overall_and_volumes():
     assert c2["volume_ml"] == pytest.approx(1 * voxel_ml) and c2["reference_volume_ml"] == pytest.approx(3 * voxel_ml)
 
 
-def test_class_summary_and_components():
+def test_class_summary():
     labels = np.zeros((3, 10, 10), np.uint8)
     labels[0:2, 1:3, 1:4] = 1  # 12 voxels
     labels[2, 8, 8] = 1  # 1 voxel, far from the first component
@@ -87,26 +87,3 @@ def test_class_summary_and_components():
     summary = class_summary(labels, spacing=(1.0, 1.0, 1.0), class_names=["a", "b"])
     assert [s["voxels"] for s in summary] == [13, 4]
     assert [s["volume_ml"] for s in summary] == pytest.approx([0.013, 0.004])
-    found, truncated = components(labels, spacing=(1.0, 1.0, 1.0), class_names=["a", "b"], limit=10)
-    assert not truncated
-    assert [(c["class_value"], c["voxels"], c["box"]) for c in found] == [
-        (1, 12, [1, 1, 0, 4, 3, 2]),
-        (2, 4, [5, 5, 1, 7, 7, 2]),
-        (1, 1, [8, 8, 2, 9, 9, 3]),
-    ]
-    found, truncated = components(labels, spacing=(1.0, 1.0, 1.0), class_names=["a", "b"], limit=2)
-    assert truncated and len(found) == 2
-
-
-def test_diagonal_neighbours_are_one_component():
-    labels = np.zeros((2, 4, 4), np.uint8)
-    labels[0, 0, 0] = labels[1, 1, 1] = 1
-    found, _ = components(labels, spacing=(1.0, 1.0, 1.0), class_names=["a"], limit=10)
-    assert len(found) == 1 and found[0]["voxels"] == 2
-
-
-def test_more_components_than_uint16_labels_hold():
-    labels = np.zeros((1, 520, 520), np.uint8)
-    labels[0, ::2, ::2] = 1  # 260 x 260 = 67600 isolated voxels
-    found, truncated = components(labels, spacing=(1.0, 1.0, 1.0), class_names=["a"], limit=3)
-    assert truncated and [c["voxels"] for c in found] == [1, 1, 1]

@@ -98,13 +98,30 @@ def test_proposals_from_the_detector(rtdet):
     volume[1, 20:22, 40:47] = 100.0  # in cell (row 2, col 5)
     out = segment_volume_array(rtdet, volume, mode="auto")
     assert out.mode == "proposals"
-    assert [(b.slice, b.xyxy, b.label) for b in out.boxes] == [
-        (0, [8, 0, 16, 8], 1),
-        (1, [40, 16, 48, 24], 1),
+    # two 3D candidates of one slice each (IoU 0: not linked), grown by 4 pixels and 1 slice, cut to the volume
+    assert sorted(c.box3d for c in out.candidates) == [[8, 0, 0, 16, 8, 1], [40, 16, 1, 48, 24, 2]]
+    assert sorted(out.candidate_boxes) == [[4, 0, 0, 20, 12, 2], [36, 12, 0, 48, 28, 2]]
+    assert sorted((b.slice, b.xyxy, b.label) for b in out.boxes) == [
+        (0, [4, 0, 20, 12], 1),
+        (0, [36, 12, 48, 28], 1),
+        (1, [4, 0, 20, 12], 1),
+        (1, [36, 12, 48, 28], 1),
     ]
+    assert all(b.score == pytest.approx(1.0, abs=1e-3) and b.source == "detector" for b in out.boxes)
     np.testing.assert_array_equal(out.labels, expected_labels(volume, (THRESHOLD_HU,)))
-    # one whole-slice batch, then one batch of 2 crops
-    assert out.stats.calls == 2 and out.stats.items == 4
+    # one whole-slice batch, then one batch of the 4 crops (all 32 x 32)
+    assert out.stats.calls == 2 and out.stats.items == 6
+    tight = segment_volume_array(rtdet, volume, mode="proposals", box_margin=0, z_margin=0)
+    assert sorted((b.slice, b.xyxy) for b in tight.boxes) == [(0, [8, 0, 16, 8]), (1, [40, 16, 48, 24])]
+
+
+def test_whole_slices_keep_the_foreground_probability(rt1):
+    volume = np.full((1, 16, 16), -500.0, np.float32)
+    volume[0, 2:4, 2:4] = 100.0  # normalised 1: p = sigmoid(20) -> 255
+    volume[0, 8, 8] = 0.0  # at the threshold: p = 0.5 -> 128 (0.5 x 255 = 127.5 rounds to even)
+    out = segment_volume_array(rt1, volume, mode="slices")
+    assert out.score_volume is not None and out.score_volume.dtype == np.uint8
+    assert out.score_volume[0, 2, 2] == 255 and out.score_volume[0, 8, 8] == 128 and out.score_volume[0, 0, 0] == 0
 
 
 def test_mode_choice(rt1, rtdet):

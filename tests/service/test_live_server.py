@@ -30,7 +30,9 @@ def server(model_1c, orthanc, pacs_series, tmp_path_factory):
     env = {
         "MSDN_MODEL_PATH": str(model_1c),
         "MSDN_INTRA_OP_THREADS": "1",
+        "MSDN_MIN_COMPONENT_MM3": "0",  # masks exactly as thresholded
         "MSDN_API_KEYS": "",
+        "MSDN_DATA_DIR": str(tmp_path_factory.mktemp("data")),
         "MSDN_PACS_PROTOCOL": "dicomweb",
         "MSDN_PACS_DICOMWEB_URL": orthanc.dicomweb_url,
         "MSDN_PACS_DICOMWEB_AUTH": "basic",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -57,6 +58,10 @@ def test_metrics_count_requests_slices_and_provider(client):
     assert "msdn_inference_seconds_count 1.0" in text
     assert 'provider="CPUExecutionProvider"' in text and "msdn_model_info" in text
     assert 'msdn_http_request_duration_seconds_count{method="POST",route="/segment"} 1.0' in text
+    # The process's resident memory (the idle footprint), against /proc's own figure.
+    rss = next(float(line.split()[1]) for line in text.splitlines() if line.startswith("process_resident_memory_bytes"))
+    statm = int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    assert abs(rss - statm) < 0.2 * statm
 
 
 def test_api_keys(make_client, model_1c):

@@ -52,3 +52,23 @@ def test_boxes_and_mode_checks(runtime, model_1c):
         ct_series(phantom((2, 32, 32))), runtime, settings, boxes='[{"slice": 1, "box": [0, 0, 4, 4]}]'
     )
     assert result.mode == "boxes" and not result.labels[0].any()
+
+
+def test_proposals_with_slices_equals_a_separate_slices_run(model_det):
+    """The whole-slice answer taken from the proposals run matches a slices-mode run of its own."""
+    runtime = ModelRuntime.load(model_det, providers=["CPUExecutionProvider"], batch_size=4)
+    settings = make_settings(model_det, min_component_mm3=2.0)
+    hu = np.full((6, 32, 48), -800.0)
+    hu[1:4, 3:7, 3:7] = 200.0  # found by the detector
+    hu[2, 20:22, 40:42] = 3.0  # foreground (p 0.65) in whole slices; a 0.65 detection, under a 0.9 threshold
+    hu[4, 30, 30] = 200.0  # 1 voxel (1.4 mm^3): removed in both
+    settings = settings.model_copy(update={"proposal_score_threshold": 0.9})
+    both = segment_datasets(ct_series(hu), runtime, settings, mode="proposals", with_slices=True)
+    alone = segment_datasets(ct_series(hu), runtime, settings, mode="slices")  # fresh datasets: pixels are released
+    assert both.mode == "proposals" and both.slices.mode == "slices" and alone.slices is None
+    np.testing.assert_array_equal(both.slices.labels, alone.labels)
+    assert both.slices.components == alone.components
+    assert [c["voxels"] for c in alone.components] == [48, 4]
+    assert [c["voxels"] for c in both.components] == [48]  # the faint one is no proposal
+    # 6 slices in batches of 4, then 5 crops (the candidate's slices 1-3 and one more each side) in 2
+    assert both.slices.run.calls == 2 and both.run.calls == 4

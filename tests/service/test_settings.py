@@ -34,4 +34,4 @@ def test_invalid_values_are_refused():
     with pytest.raises(ValidationError):
         Settings(_env_file=None, max_concurrent_inferences=0)
     with pytest.raises(ValidationError):
-        Settings(_env_file=None, default_format="png")
+        Settings(_env_file=None, default_format="gif")

@@ -292,3 +292,78 @@ def test_gap_tolerance_is_an_option():
     assert series_volume(datasets, release_pixels=False).shape == (4, 8, 8)
     with _raises("inconsistent_geometry", "irregular slice spacing"):
         series_volume(datasets, gap_rtol=0.01)
+
+
+# --- partial decode (box mode): headers first, pixel data of the needed slices only ---------------
+
+
+def _deferred(datasets):
+    """(name, dataset parsed with deferred pixel reads, its open source) of each file."""
+    out = []
+    for i, ds in enumerate(datasets):
+        source = io.BytesIO(to_bytes(ds))
+        out.append((f"s{i}.dcm", parse_dicom(source, name=f"s{i}.dcm", defer_pixels=True), source))
+    return out
+
+
+@pytest.mark.parametrize("transfer_syntax", [None, RLELossless])
+def test_partial_decode_gives_the_full_decode_pixels_of_the_touched_slices(transfer_syntax):
+    hu = phantom((6, 128, 128), seed=3)
+    options = {} if transfer_syntax is None else {"transfer_syntax": transfer_syntax}
+    datasets = ct_series(hu, **options)
+    random.Random(1).shuffle(datasets)  # slice order comes from the positions, not the file order
+    full = series_volume([(f"s{i}.dcm", parse_dicom(to_bytes(ds), name="x")) for i, ds in enumerate(datasets)])
+    items = _deferred(datasets)
+    # Parsed headers only: the pixel data is still a deferred (unread) element.
+    assert all(ds._dict[0x7FE00010].value is None for _, ds, _ in items)
+    shapes = []
+
+    def wanted(shape):
+        shapes.append(shape)
+        return [4, 1, 4, 99]  # repeats and indices outside the volume are ignored
+
+    part = series_volume([(n, ds) for n, ds, _ in items], slices=wanted, compact=True)
+    assert shapes == [(6, 128, 128)]
+    assert part.array.dtype == np.int16 and full.array.dtype == np.float32
+    assert part.decoded.tolist() == [1, 4]
+    for z in (1, 4):
+        np.testing.assert_array_equal(part.array[z], full.array[z])
+        np.testing.assert_array_equal(part.array[z], np.round(hu[z]))  # independent: the HU written
+    assert not part.array[[0, 2, 3, 5]].any()
+    np.testing.assert_array_equal(part.affine, full.affine)
+    # Every source was closed by the reader (the pixel data of the other slices never read).
+    assert all(source.closed for _, _, source in items)
+
+
+def test_compact_keeps_float32_where_values_are_not_int16():
+    hu = phantom((3, 128, 128), seed=4)
+    fractional = series_volume(ct_series(hu, slope=0.5, intercept=-1024.0), compact=True)
+    assert fractional.array.dtype == np.float32
+    big = np.full((3, 128, 128), 40000.0)
+    big[:, :4, :4] = 0.0
+    wide = series_volume(ct_series(big, intercept=0.0), compact=True)  # over int16: float32 from that slice on
+    assert wide.array.dtype == np.float32 and wide.array.max() == 40000.0 and wide.array.min() == 0.0
+
+
+def test_whole_series_with_deferred_reads_equals_the_plain_read():
+    hu = phantom((4, 128, 128), seed=5)
+    datasets = ct_series(hu)
+    plain = series_volume([(f"s{i}.dcm", parse_dicom(to_bytes(ds), name="x")) for i, ds in enumerate(datasets)])
+    lazy = series_volume([(n, ds) for n, ds, _ in _deferred(datasets)], compact=True)
+    assert lazy.decoded is None and lazy.array.dtype == np.int16
+    np.testing.assert_array_equal(lazy.array, plain.array)
+
+
+def test_lazy_read_decodes_slices_when_asked_and_releases_each_instance():
+    hu = phantom((5, 128, 128), seed=6)
+    datasets = ct_series(hu)
+    plain = series_volume([(f"s{i}.dcm", parse_dicom(to_bytes(ds), name="x")) for i, ds in enumerate(datasets)])
+    items = _deferred(datasets)
+    lazy = series_volume([(n, ds) for n, ds, _ in items], compact=True, lazy=True)
+    assert lazy.loader is not None and not lazy.array.any()  # nothing decoded yet
+    first = lazy.load(0, 2)
+    np.testing.assert_array_equal(first[:2], plain.array[:2])
+    assert not first[2:].any()
+    assert [source.closed for _, _, source in items] == [True, True, False, False, False]
+    np.testing.assert_array_equal(lazy.load(), plain.array)
+    assert lazy.loader is None and all(source.closed for _, _, source in items)

@@ -41,7 +41,7 @@ def service_app(tmp_path, monkeypatch, orthanc, pacs_series):
         "DICOMWEB_PASSWORD": orthanc.password,
     }.items():
         monkeypatch.setenv(f"MSDN_PACS_{key}", value)
-    settings = Settings(_env_file=None, model_path=model, api_keys=[API_KEY], warmup=False)
+    settings = Settings(_env_file=None, model_path=model, api_keys=[API_KEY], warmup=False, min_component_mm3=0)
     app = main.create_app(settings)  # routers=None: the installed optional routers, service.pacs among them
     with TestClient(app) as client:
         yield app, client

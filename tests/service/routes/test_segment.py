@@ -247,20 +247,50 @@ def test_boxes_mode_through_the_api(client):
     np.testing.assert_array_equal(decode(body["mask"]), expected)
 
 
-def test_proposals_mode_through_the_api(make_client, model_det):
-    client = make_client(model_det)
-    hu = np.full((2, 32, 32), -800.0)
-    hu[1, 18:21, 2:5] = 200.0
+def test_full_series_proposals_through_the_api(make_client, model_det):
+    """A whole series in auto mode: detector boxes -> 3D candidates -> crops -> post-processing -> JSON."""
+    client = make_client(model_det, min_component_mm3=2.0)  # voxel: 2.5 x 0.75 x 0.75 = 1.40625 mm^3
+    hu = np.full((8, 48, 48), -800.0)
+    hu[2:5, 10:14, 10:14] = 200.0  # a nodule on slices 2-4, in grid cell (1, 1) = [8, 8, 16, 16]
+    hu[6, 40, 40] = 200.0  # a one-voxel speck (1.4 mm^3), in cell (5, 5) = [40, 40, 48, 48]
     r = client.post("/segment", files=dicom_parts(series_files(ct_series(hu))))
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["mode"] == "proposals"
-    assert [(b["slice"], b["box"], b["source"]) for b in body["boxes"]] == [(1, [0, 16, 8, 24], "detector")]
-    np.testing.assert_array_equal(decode(body["mask"]), expected_labels(hu, (THRESHOLD_HU,)))
-    assert (
-        client.post("/segment", files=dicom_parts(series_files(ct_series(hu))), data={"mode": "slices"}).json()["mode"]
-        == "slices"
+    # candidates grown by 4 pixels (cut to the image) and 1 slice: nodule on slices 1-5, speck on 5-7
+    boxes = sorted((b["slice"], b["box"]) for b in body["boxes"])
+    assert boxes == sorted(
+        [(z, [4.0, 4.0, 20.0, 20.0]) for z in range(1, 6)] + [(z, [36.0, 36.0, 48.0, 48.0]) for z in range(5, 8)]
     )
+    assert all(b["source"] == "detector" and b["score"] == pytest.approx(1.0, abs=1e-3) for b in body["boxes"])
+    expected = expected_labels(hu, (THRESHOLD_HU,))
+    expected[6, 40, 40] = 0  # below the minimum volume
+    np.testing.assert_array_equal(decode(body["mask"]), expected)
+    [comp] = body["components"]
+    assert comp["voxels"] == 48 and comp["box"] == [10, 10, 2, 14, 14, 5]
+    assert comp["centre"] == pytest.approx([11.5, 11.5, 3.0])
+    assert comp["score"] == pytest.approx(1.0, abs=1e-3)
+    assert body["classes"][0]["voxels"] == 48
+
+    slices = client.post("/segment", files=dicom_parts(series_files(ct_series(hu))), data={"mode": "slices"}).json()
+    assert slices["mode"] == "slices" and slices["boxes"] == []
+    assert [c["score"] for c in slices["components"]] == [1.0]  # highest foreground probability, 255/255
+
+
+def test_proposal_score_threshold_setting(make_client, model_det):
+    """A detection scoring under MSDN_PROPOSAL_SCORE_THRESHOLD is not segmented at all."""
+    hu = np.full((3, 32, 32), -800.0)
+    hu[1, 18:21, 2:5] = 3.0  # p = sigmoid(20 x 0.03) = 0.646: foreground, detection score 0.646
+    hu[0, 4:8, 4:8] = 200.0  # p = 1
+    both = expected_labels(hu, (THRESHOLD_HU,))
+    strong = both.copy()
+    strong[1] = 0
+    for threshold, scores, mask in ((0.9, [1.0], strong), (0.5, [1.0, 0.646], both)):
+        client = make_client(model_det, proposal_score_threshold=threshold)
+        body = client.post("/segment", files=dicom_parts(series_files(ct_series(hu)))).json()
+        assert body["mode"] == "proposals"
+        assert [c["score"] for c in body["components"]] == pytest.approx(scores, abs=1e-3)
+        np.testing.assert_array_equal(decode(body["mask"]), mask)
 
 
 def test_enhanced_multiframe_input_and_seg(client):
@@ -310,9 +340,9 @@ def test_accept_negotiation(client):
     )
     r = client.post("/segment", files=ct5n_upload(), headers={"Accept": "text/html;q=0.9, application/json;q=0.5"})
     assert r.headers["content-type"] == "application/json"
-    r = client.post("/segment", files=ct5n_upload(), headers={"Accept": "image/png"})
+    r = client.post("/segment", files=ct5n_upload(), headers={"Accept": "text/csv"})
     assert r.status_code == 406 and r.json()["code"] == "not_acceptable"
-    r = client.post("/segment", files=ct5n_upload(), headers={"Accept": "image/png"}, data={"format": "json"})
+    r = client.post("/segment", files=ct5n_upload(), headers={"Accept": "text/csv"}, data={"format": "json"})
     assert r.status_code == 200
 
 
@@ -351,7 +381,7 @@ def test_accept_negotiation(client):
         ),
         (
             {"volume": ("v.npy", npy_bytes(np.zeros((1, 16, 16))))},
-            {"spacing": "1,1,1", "format": "png"},
+            {"spacing": "1,1,1", "format": "gif"},
             422,
             "invalid_request",
         ),

@@ -1,0 +1,98 @@
+"""msdn_core.postprocess: components, minimum volume, candidate filter and scores (by hand)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from msdn_core.postprocess import CandidateBox, postprocess
+
+SPACING = (2.0, 1.0, 1.0)  # one voxel = 2 mm^3
+
+
+def scene() -> np.ndarray:
+    labels = np.zeros((3, 10, 10), np.uint8)
+    labels[0:2, 1:3, 1:4] = 1  # A: 12 voxels = 24 mm^3
+    labels[2, 8, 8] = 1  # B: 1 voxel = 2 mm^3
+    labels[1, 5:7, 5:7] = 2  # C: 4 voxels = 8 mm^3
+    return labels
+
+
+def test_components_are_listed_largest_first_with_boxes_and_centres():
+    labels = scene()
+    cleaned, found = postprocess(labels, spacing=SPACING, class_names=["a", "b"])
+    np.testing.assert_array_equal(cleaned, labels)
+    assert [(c["class_value"], c["voxels"], c["box"], c["score"]) for c in found] == [
+        (1, 12, [1, 1, 0, 4, 3, 2], None),
+        (2, 4, [5, 5, 1, 7, 7, 2], None),
+        (1, 1, [8, 8, 2, 9, 9, 3], None),
+    ]
+    assert found[0]["centre"] == pytest.approx([2.0, 1.5, 0.5])  # x 1..3, y 1..2, z 0..1
+    assert found[0]["volume_ml"] == pytest.approx(0.024)
+
+
+def test_minimum_volume_removes_small_components():
+    labels = scene()
+    cleaned, found = postprocess(labels, spacing=SPACING, class_names=["a", "b"], min_volume_mm3=8.0)
+    assert [c["voxels"] for c in found] == [12, 4]  # C (8 mm^3) stays: the limit is inclusive
+    expected = labels.copy()
+    expected[2, 8, 8] = 0
+    np.testing.assert_array_equal(cleaned, expected)
+    _, found = postprocess(labels, spacing=SPACING, class_names=["a", "b"], min_volume_mm3=8.1)
+    assert [c["voxels"] for c in found] == [12]
+    assert not labels[2, 8, 8] == 0  # the input is not changed
+
+
+def test_candidate_scores_and_the_overlap_filter():
+    labels = scene()
+    boxes = [
+        CandidateBox(1, (0, 0, 0, 2, 2, 1), 0.7),  # holds A's voxel (z0, y1, x1)
+        CandidateBox(1, (3, 1, 1, 4, 3, 2), 0.9),  # holds A's voxels x=3 on z1
+        CandidateBox(1, (4, 4, 0, 10, 10, 2), 0.99),  # class 1, but B is on z2: no overlap
+        CandidateBox(2, (0, 0, 0, 5, 5, 3), 0.5),  # class 2 box next to C (x, y < 5): no overlap
+    ]
+    cleaned, found = postprocess(
+        labels, spacing=SPACING, class_names=["a", "b"], candidate_boxes=boxes, keep_overlapping=True
+    )
+    assert [(c["class_value"], c["voxels"], c["score"]) for c in found] == [(1, 12, 0.9)]
+    expected = np.zeros_like(labels)
+    expected[0:2, 1:3, 1:4] = 1
+    np.testing.assert_array_equal(cleaned, expected)
+    _, kept = postprocess(labels, spacing=SPACING, class_names=["a", "b"], candidate_boxes=boxes)
+    assert [c["score"] for c in kept] == [0.9, None, None]
+
+
+def test_score_volume_gives_the_component_maximum():
+    labels = scene()
+    scores = np.zeros(labels.shape, np.uint8)
+    scores[0, 1, 1], scores[1, 2, 3] = 100, 200  # in A
+    scores[1, 5, 5] = 50  # in C
+    scores[0, 9, 9] = 255  # background: never counted
+    _, found = postprocess(labels, spacing=SPACING, class_names=["a", "b"], score_volume=scores, score_scale=0.5)
+    assert [c["score"] for c in found] == [100.0, 25.0, 0.0]
+
+
+def test_diagonal_neighbours_are_one_component():
+    labels = np.zeros((2, 4, 4), np.uint8)
+    labels[0, 0, 0] = labels[1, 1, 1] = 1
+    _, found = postprocess(labels, spacing=(1.0, 1.0, 1.0), class_names=["a"])
+    assert len(found) == 1 and found[0]["voxels"] == 2
+
+
+def test_more_components_than_uint16_labels_hold():
+    labels = np.zeros((1, 520, 520), np.uint8)
+    labels[0, ::2, ::2] = 1  # 260 x 260 = 67600 isolated voxels
+    labels[0, 1, 1] = 0
+    labels[0, 100:103, 100:103] = 1  # one 9-voxel component among them
+    cleaned, found = postprocess(labels, spacing=(1.0, 1.0, 1.0), class_names=["a"], min_volume_mm3=2)
+    assert [c["voxels"] for c in found] == [9]
+    assert int(cleaned.sum()) == 9
+
+
+def test_empty_and_bad_arguments():
+    cleaned, found = postprocess(np.zeros((2, 3, 3), np.uint8), spacing=SPACING, class_names=["a"])
+    assert found == [] and not cleaned.any()
+    with pytest.raises(ValueError, match="min_volume_mm3"):
+        postprocess(scene(), spacing=SPACING, class_names=["a", "b"], min_volume_mm3=-1)
+    with pytest.raises(ValueError, match="score_volume"):
+        postprocess(scene(), spacing=SPACING, class_names=["a", "b"], score_volume=np.zeros((1, 1, 1)))
