@@ -10,6 +10,7 @@ service really feeds ONNX Runtime in box mode (recorded on a real session of a t
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -41,9 +42,9 @@ def _record(runtime: ModelRuntime) -> list[np.ndarray]:
     seen: list[np.ndarray] = []
     run = ModelRuntime.run
 
-    def recording(batch: np.ndarray) -> dict[str, np.ndarray]:
+    def recording(batch: np.ndarray, **options: Any) -> dict[str, np.ndarray]:
         seen.append(np.array(batch))
-        return run(runtime, batch)
+        return run(runtime, batch, **options)
 
     runtime.run = recording  # type: ignore[method-assign]
     return seen

@@ -28,6 +28,7 @@ def _serve(model, data_dir, log):
         "MSDN_API_KEYS": "",
         "MSDN_DATA_DIR": str(data_dir),
         "MSDN_MAX_SLICES": "4096",
+        "MSDN_MIN_COMPONENT_MM3": "0",  # masks exactly as thresholded
     }
     args = [sys.executable, "-m", "uvicorn", "service.main:app", "--host", "127.0.0.1", "--port", str(port)]
     return start_server(args, env, port, log), f"http://127.0.0.1:{port}"
