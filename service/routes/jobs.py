@@ -7,7 +7,7 @@ import threading
 from typing import Annotated, Literal, Optional
 
 import anyio
-from fastapi import APIRouter, File, Form, Query, Request, UploadFile
+from fastapi import APIRouter, Form, Query, Request, UploadFile
 from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import BaseModel, Field
 
@@ -15,7 +15,17 @@ from service.deps import RuntimeDep, SettingsDep
 from service.errors import ErrorBody, ErrorCode, InvalidInput, MsdnError
 from service.jobs.store import Job, JobStore
 from service.pipeline import MEDIA_TYPES
-from service.routes.segment import Mode, check_form, choose_format
+from service.routes.segment import (
+    BoxesField,
+    DicomField,
+    ModeField,
+    ReferenceField,
+    SeriesUidField,
+    SpacingField,
+    VolumeField,
+    check_form,
+    choose_format,
+)
 from service.segment_jobs import SegmentJobs, public_state
 from service.settings import OutputFormat
 
@@ -108,37 +118,13 @@ async def create_job(
     request: Request,
     runtime: RuntimeDep,
     settings: SettingsDep,
-    dicom: Annotated[
-        Optional[list[UploadFile]],
-        File(description="DICOM files of one series, or one .zip holding the series (repeat the field per file)"),
-    ] = None,
-    volume: Annotated[
-        Optional[UploadFile],
-        File(description="a NIfTI (.nii, .nii.gz), NRRD (.nrrd) or .npy (Z, Y, X) volume instead of DICOM"),
-    ] = None,
-    spacing: Annotated[
-        Optional[str],
-        Form(description="voxel spacing 'sz,sy,sx' in mm; required for .npy", examples=["2.5,0.7,0.7"]),
-    ] = None,
-    boxes: Annotated[
-        Optional[str],
-        Form(
-            description='JSON list of boxes: {"slice": z, "box": [x1, y1, x2, y2], "label": 1} or '
-            '{"box": [x1, y1, z1, x2, y2, z2]}; pixel coordinates',
-            examples=['[{"slice": 0, "box": [10, 10, 40, 40]}]'],
-        ),
-    ] = None,
-    reference: Annotated[
-        Optional[UploadFile],
-        File(description="reference mask (NIfTI, NRRD, .npy or DICOM SEG), matched by geometry, for Dice, IoU, HD95"),
-    ] = None,
-    series_uid: Annotated[
-        Optional[str], Form(description="SeriesInstanceUID to segment when the upload holds several series")
-    ] = None,
-    mode: Annotated[
-        Mode,
-        Form(description="auto: boxes if given, else the detector's proposals if the model has them, else slices"),
-    ] = "auto",
+    dicom: DicomField = None,
+    volume: VolumeField = None,
+    spacing: SpacingField = None,
+    boxes: BoxesField = None,
+    reference: ReferenceField = None,
+    series_uid: SeriesUidField = None,
+    mode: ModeField = "auto",
     output_format: Annotated[
         Optional[OutputFormat],
         Form(alias="format", description="default format of GET /v1/jobs/{id}/result (any can be asked there)"),

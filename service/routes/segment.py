@@ -36,6 +36,40 @@ ACCEPT_FORMATS: dict[str, OutputFormat] = {
 
 Mode = Literal["auto", "boxes", "proposals", "slices"]
 
+# The form fields shared by POST /segment and POST /v1/jobs (one declaration: the job takes exactly
+# the /segment form).
+DicomField = Annotated[
+    Optional[list[UploadFile]],
+    File(description="DICOM files of one series, or one .zip holding the series (repeat the field per file)"),
+]
+VolumeField = Annotated[
+    Optional[UploadFile],
+    File(description="a NIfTI (.nii, .nii.gz), NRRD (.nrrd) or .npy (Z, Y, X) volume instead of DICOM"),
+]
+SpacingField = Annotated[
+    Optional[str],
+    Form(description="voxel spacing 'sz,sy,sx' in mm; required for .npy", examples=["2.5,0.7,0.7"]),
+]
+BoxesField = Annotated[
+    Optional[str],
+    Form(
+        description='JSON list of boxes: {"slice": z, "box": [x1, y1, x2, y2], "label": 1} or '
+        '{"box": [x1, y1, z1, x2, y2, z2]}; pixel coordinates',
+        examples=['[{"slice": 0, "box": [10, 10, 40, 40]}]'],
+    ),
+]
+ReferenceField = Annotated[
+    Optional[UploadFile],
+    File(description="reference mask (NIfTI, NRRD, .npy or DICOM SEG), matched by geometry, for Dice, IoU, HD95"),
+]
+SeriesUidField = Annotated[
+    Optional[str], Form(description="SeriesInstanceUID to segment when the upload holds several series")
+]
+ModeField = Annotated[
+    Mode,
+    Form(description="auto: boxes if given, else the detector's proposals if the model has them, else slices"),
+]
+
 
 def choose_format(field: Optional[str], accept: Optional[str], default: OutputFormat) -> OutputFormat:
     """The answer format: the ``format`` field, else the best ``Accept`` match, else ``default``.
@@ -133,37 +167,13 @@ async def segment(
     settings: SettingsDep,
     limiter: LimiterDep,
     metrics: MetricsDep,
-    dicom: Annotated[
-        Optional[list[UploadFile]],
-        File(description="DICOM files of one series, or one .zip holding the series (repeat the field per file)"),
-    ] = None,
-    volume: Annotated[
-        Optional[UploadFile],
-        File(description="a NIfTI (.nii, .nii.gz), NRRD (.nrrd) or .npy (Z, Y, X) volume instead of DICOM"),
-    ] = None,
-    spacing: Annotated[
-        Optional[str],
-        Form(description="voxel spacing 'sz,sy,sx' in mm; required for .npy", examples=["2.5,0.7,0.7"]),
-    ] = None,
-    boxes: Annotated[
-        Optional[str],
-        Form(
-            description='JSON list of boxes: {"slice": z, "box": [x1, y1, x2, y2], "label": 1} or '
-            '{"box": [x1, y1, z1, x2, y2, z2]}; pixel coordinates',
-            examples=['[{"slice": 0, "box": [10, 10, 40, 40]}]'],
-        ),
-    ] = None,
-    reference: Annotated[
-        Optional[UploadFile],
-        File(description="reference mask (NIfTI, NRRD, .npy or DICOM SEG), matched by geometry, for Dice, IoU, HD95"),
-    ] = None,
-    series_uid: Annotated[
-        Optional[str], Form(description="SeriesInstanceUID to segment when the upload holds several series")
-    ] = None,
-    mode: Annotated[
-        Mode,
-        Form(description="auto: boxes if given, else the detector's proposals if the model has them, else slices"),
-    ] = "auto",
+    dicom: DicomField = None,
+    volume: VolumeField = None,
+    spacing: SpacingField = None,
+    boxes: BoxesField = None,
+    reference: ReferenceField = None,
+    series_uid: SeriesUidField = None,
+    mode: ModeField = "auto",
     output_format: Annotated[
         Optional[OutputFormat],
         Form(alias="format", description="json, nifti, dicom-seg (DICOM input only), png (preview); else Accept"),
