@@ -203,8 +203,8 @@ def calibrate(
     Raises:
         ValueError: no case, a model without detection outputs, or bad arguments.
     """
-    from model_export.full_series import read_image, reference_nodules, score_series
     from model_export.data.volumes import read_volume
+    from model_export.full_series import read_image, reference_nodules, score_series
     from service.model import ModelRuntime
     from service.pipeline import segment_image
     from service.settings import Settings

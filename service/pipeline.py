@@ -45,9 +45,9 @@ from service.concurrency import Deadline
 from service.errors import ErrorCode, InvalidInput
 from service.evaluation import evaluate
 from service.inference import InferenceOutput, segment_volume_array
-from service.operating_point import auto_mode
 from service.io.dicom import series_volume
 from service.model import ModelRuntime
+from service.operating_point import auto_mode
 from service.result import SegmentationResult
 from service.settings import OutputFormat, Settings
 

@@ -96,9 +96,7 @@ def test_choice_arguments_are_checked():
 
 POINT = DetectionOperatingPoint(
     0.125,
-    DetectionCalibration(
-        split="val", series=2, nodules=3, fp_per_scan_target=1.0, fp_per_scan=0.5, sensitivity=2 / 3
-    ),
+    DetectionCalibration(split="val", series=2, nodules=3, fp_per_scan_target=1.0, fp_per_scan=0.5, sensitivity=2 / 3),
 )
 
 
@@ -108,7 +106,11 @@ def _export(path: Path, *, precision: str = "fp32", checkpoint: str | None = "c0
     model = load_onnx(path)
     card = card_from_model(model)
     loss = None if precision == "fp32" else 0.1
-    save_model(model, path, dataclasses.replace(card, precision=precision, checkpoint_sha256=checkpoint, variant_dice_loss=loss))
+    save_model(
+        model,
+        path,
+        dataclasses.replace(card, precision=precision, checkpoint_sha256=checkpoint, variant_dice_loss=loss),
+    )
     return path
 
 
@@ -185,7 +187,14 @@ def test_calibrate_two_series(tmp_path, target, threshold, fp, dice):
     assert result.choice.fp_per_scan == fp and result.choice.sensitivity == 1.0
     assert [s.capped_at for s in result.series] == [None, None]
     c = result.point.calibration
-    assert (c.split, c.series, c.nodules, c.fp_per_scan_target, c.floor, c.manifest) == ("val", 2, 2, target, 0.01, "m.json")
+    assert (c.split, c.series, c.nodules, c.fp_per_scan_target, c.floor, c.manifest) == (
+        "val",
+        2,
+        2,
+        target,
+        0.01,
+        "m.json",
+    )
     assert c.mean_series_dice == pytest.approx(dice)
 
 
