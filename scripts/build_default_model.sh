@@ -10,7 +10,7 @@
 #
 # Usage: scripts/build_default_model.sh [OUTPUT.onnx]   (default models/default.onnx)
 # Env:   MSDN (command, default .venv/bin/msdn), MSDN_BUILD_DIR (default build/default-model),
-#        MSDN_TRAIN_MINUTES (time limit, default 55), MSDN_THREADS (default 1).
+#        MSDN_TRAIN_MINUTES (time limit, default 65), MSDN_THREADS (default 1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MSDN=${MSDN:-.venv/bin/msdn}

@@ -295,7 +295,8 @@ def test_trainer_with_whole_series_options_records_them(manifest, tmp_path):
     payload = read_checkpoint(result.best_path)
     training = payload["card"]["training"] if "card" in payload else payload["training"]
     assert all(row["loss_seg_ce"] > 0 for row in result.history)
-    for key in ("batch_composition", "box_mode", "det_on_strong", "selection", "hard_negative_fraction", "seg_ce_weight"):
+    keys = ("batch_composition", "box_mode", "det_on_strong", "selection", "hard_negative_fraction", "seg_ce_weight")
+    for key in keys:
         assert training[key] == cfg.to_dict()[key]
     anchors = training["anchors"]
     assert anchors["recall"] >= anchors["recall_preset"] and anchors["training_boxes"] > 0
