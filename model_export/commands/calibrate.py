@@ -62,7 +62,11 @@ def run(args: argparse.Namespace) -> int:
         sys.stderr.write(f"msdn calibrate: error: {exc}\n")
         return 2
     choice = result.choice
-    out = {"choice": asdict(choice), "detection": asdict(result.point) if result.point else None}
+    out = {
+        "choice": asdict(choice),
+        "series": [asdict(s) for s in result.series],
+        "detection": asdict(result.point) if result.point else None,
+    }
     if choice.score_threshold is None:
         sys.stdout.write(f"no proposal threshold: {choice.reason}; {args.model} left uncalibrated\n")
     else:
@@ -70,8 +74,9 @@ def run(args: argparse.Namespace) -> int:
         dice = "-" if c.mean_series_dice is None else f"{c.mean_series_dice:.3f}"
         sys.stdout.write(
             f"proposal score threshold {choice.score_threshold:.6g} on {c.series} {args.split} series "
-            f"({c.nodules} nodules): {c.fp_per_scan:.2f} FP components per scan (target {c.fp_per_scan_target:g}), "
-            f"sensitivity {c.sensitivity:.3f}, mean whole-series Dice {dice}\n"
+            f"({c.nodules} nodules), run at it: {c.fp_per_scan:.2f} FP components per scan "
+            f"(target {c.fp_per_scan_target:g}; floor runs {choice.fp_per_scan:.2f}), sensitivity "
+            f"{c.sensitivity:.3f}, mean whole-series Dice {dice}\n"
         )
         if not args.dry_run:
             try:

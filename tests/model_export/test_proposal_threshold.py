@@ -186,6 +186,7 @@ def test_calibrate_two_series(tmp_path, target, threshold, fp, dice):
     assert result.choice.score_threshold == pytest.approx(threshold, abs=1e-6)
     assert result.choice.fp_per_scan == fp and result.choice.sensitivity == 1.0
     assert [s.capped_at for s in result.series] == [None, None]
+    assert [(s.nodules, s.detected) for s in result.series] == [(1, 1), (1, 1)]  # the runs at the threshold
     c = result.point.calibration
     assert (c.split, c.series, c.nodules, c.fp_per_scan_target, c.floor, c.manifest) == (
         "val",
@@ -196,6 +197,7 @@ def test_calibrate_two_series(tmp_path, target, threshold, fp, dice):
         "m.json",
     )
     assert c.mean_series_dice == pytest.approx(dice)
+    assert (c.fp_per_scan, c.sensitivity) == (fp, 1.0)
 
 
 def test_msdn_calibrate_writes_the_card_or_leaves_it(tmp_path, capsys):
