@@ -211,7 +211,7 @@ def test_vectorised_selection_and_linking_match_the_plain_loops(seed):
         got = select_slice_boxes(scores, boxes, pre_nms_top=500, **kw)
         want = _select_reference(scores, boxes, pre_nms_top=500, **kw)
         assert len(got) == len(want) == 2
-        for g, w in zip(got, want):
+        for g, w in zip(got, want, strict=True):
             np.testing.assert_array_equal(g, w)
         selected.append(got[0])
     per_slice = [(z, r) for z, r in enumerate(selected)] + [(3, selected[7])]  # a slice given twice too
