@@ -17,6 +17,10 @@
   (3 repeats each, in priority order, as far as the budget goes). Base width 8, 48x48 patches,
   lr 1e-3, an epoch of 8 batches of 4 for every method, the paper's schedule (x0.8 after 5 flat
   epochs, stop after 20) capped at 40 epochs.
+- ``cpu_v3``: ``cpu_v2`` trained to convergence: the same data, networks, patches and schedule with
+  the 40-epoch cap raised to 150 (in ``cpu_v2`` 35 of 37 runs hit the cap before the paper's stopping
+  rule ended them), a shorter learning curve (U-Net at 3, 10 and 40 strong cases, 3 repeats), and the
+  two main rows (U-Net, MSDN 2:2) with 10 repeats at the scarcest selected split; no ablation rows.
 - ``gpu_v2``: protocol 2 at the critical cells with the paper's networks, patches and learning rate,
   for one GPU in about 10 minutes (``scripts/gpu_experiment.sh``): lung 160 training cases, U-Net at
   160, 60 and 12 strong cases, MSDN-, MSDN (2:2 and proportional) at 12-148 and MSDN- at 160-0,
@@ -170,6 +174,36 @@ EXPERIMENT_PRESETS: dict[str, dict[str, Any]] = {
             "cases; small networks (base width 8, detection towers 16 channels x 2 convs), 48x48 patches, "
             "lr 1e-3, epochs of 8 batches of 4 for every method, x0.8 after 5 flat epochs, stop after 20, "
             "at most 40 epochs."
+        ),
+    },
+    "cpu_v3": {
+        "protocol": 2,
+        "tasks": [{"name": "lung", "splits": [[40, 0]], "train_cases": 40, "val_cases": 8, "test_cases": 40}],
+        "curve": {"method": "unet", "strong": [3, 10], "repeats": 3, "min_se": 3.0, "max_splits": 1},
+        "methods": ["unet", "msdn_bal"],
+        "repeats": 10,
+        "ablations": {"methods": [], "repeats": 1},
+        "arms": V2_ARMS,
+        "seed": 0,
+        "train": {
+            "preset": "small",
+            "model_options": {"base_channels": 8, "head_channels": 16, "head_convs": 2},
+            "patch_size": 48,
+            "lr": 1e-3,
+            "lr_patience": 5,
+            "early_stop": 20,
+            "max_epochs": 150,
+            "steps_per_epoch": 8,
+            "threads": 1,
+            "device": "cpu",
+        },
+        "report": "val",
+        "jobs": 1,
+        "description": (
+            "Protocol 2 to convergence on a 2-core CPU (`--preset cpu_v3`): generator-v4 lung data at "
+            "128x128x16, 40/8/40 cases; small networks (base width 8, detection towers 16 channels x 2 "
+            "convs), 48x48 patches, lr 1e-3, epochs of 8 batches of 4 for every method, x0.8 after 5 flat "
+            "epochs, stop after 20 (the paper's rule), at most 150 epochs; 10 repeats of the main rows."
         ),
     },
     "gpu_v2": {

@@ -204,3 +204,13 @@ def test_every_v2_arm_builds_a_training_config(capsys):
     )
     bad = ["experiment", "--preset", "cpu_v2", "--task", "lung=x.json", "--out", "u", "--dry-run"]
     assert main(bad + ["--train-option", "batch_composition=3:3"]) == 2
+
+
+def test_cpu_v3_preset_plans_a_shorter_curve_and_raises_the_epoch_cap(capsys):
+    from model_export.experiment.presets import EXPERIMENT_PRESETS as PRESETS
+
+    assert PRESETS["cpu_v3"]["train"]["max_epochs"] == 150 and PRESETS["cpu_v3"]["repeats"] == 10
+    assert main(["experiment", "--preset", "cpu_v3", "--task", "lung=x.json", "--out", "unused", "--dry-run"]) == 0
+    planned = capsys.readouterr().out.splitlines()[1:]
+    # U-Net at 40, 3 and 10 strong cases, 3 repeats each
+    assert len(planned) == 9 and {p.split("/")[2] for p in planned} == {"40-0", "3-37", "10-30"}
