@@ -158,7 +158,7 @@ class BoxConstraintLoss:
 
     ``loss(probs, targets, epoch=e)`` returns the parts ``box_empty``, ``box_tight`` (and ``box_size``
     with ``size_bounds``), each ``sum psi_t(z) / (H W)`` averaged over the rows with
-    ``t = t * t_growth ** e``, and ``box = weight * (emptiness_weight * box_empty +
+    ``t = min(t * t_growth ** e, t_max)``, and ``box = weight * (emptiness_weight * box_empty +
     tightness_weight * box_tight + size_weight * box_size)``.
 
     Args:
@@ -167,6 +167,9 @@ class BoxConstraintLoss:
             ``a`` and ``b`` times the box area (paper: ``(0.5, 0.9)``); None = no size constraint.
         t: initial barrier parameter (paper: 5).
         t_growth: factor applied to ``t`` every epoch (paper: 1.1); 1 keeps it fixed.
+        t_max: optional cap on ``t`` (None = the paper's unbounded growth). The emptiness constraint
+            is never strictly feasible (``z >= 0``), so its gradient stays ``t`` per pixel and grows
+            against the strong rows' Dice as ``t`` grows.
         weight: weight of the whole constraint loss (``box``) next to the strong rows' Dice.
         emptiness_weight, tightness_weight, size_weight: weights of the parts.
 
@@ -181,6 +184,7 @@ class BoxConstraintLoss:
         size_bounds: Sequence[float] | None = None,
         t: float = 5.0,
         t_growth: float = 1.1,
+        t_max: float | None = None,
         weight: float = 1.0,
         emptiness_weight: float = 1.0,
         tightness_weight: float = 1.0,
@@ -203,6 +207,9 @@ class BoxConstraintLoss:
         if t_growth_value < 1:
             raise ValueError(f"t_growth must be >= 1 (t grows towards a hard constraint), got {t_growth!r}")
         self.t_growth = t_growth_value
+        self.t_max = None if t_max is None else _positive("t_max", t_max)
+        if self.t_max is not None and self.t_max < self.t:
+            raise ValueError(f"t_max must be >= t ({self.t}), got {t_max!r}")
         for name, value in (
             ("weight", weight),
             ("emptiness_weight", emptiness_weight),
@@ -219,10 +226,11 @@ class BoxConstraintLoss:
         }
 
     def t_at(self, epoch: int) -> float:
-        """The barrier parameter of epoch ``epoch`` (0-based): ``t * t_growth ** epoch``."""
+        """The barrier parameter of epoch ``epoch`` (0-based): ``t * t_growth ** epoch``, at most ``t_max``."""
         if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
             raise ValueError(f"epoch must be an integer >= 0, got {epoch!r}")
-        return self.t * self.t_growth**epoch
+        t = self.t * self.t_growth**epoch
+        return t if self.t_max is None else min(t, self.t_max)
 
     def __call__(self, probs: torch.Tensor, targets: Sequence[dict], *, epoch: int = 0) -> dict[str, torch.Tensor]:
         """Constraint loss of box-only rows.

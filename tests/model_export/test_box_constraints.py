@@ -145,6 +145,8 @@ def test_classes_rows_and_clipping():
 def test_t_grows_per_epoch():
     loss = BoxConstraintLoss(t=5.0, t_growth=1.1)
     assert loss.t_at(0) == 5.0 and loss.t_at(3) == pytest.approx(5 * 1.1**3)
+    assert BoxConstraintLoss(t_growth=2.0, t_max=15.0).t_at(1) == 10.0
+    assert BoxConstraintLoss(t_growth=2.0, t_max=15.0).t_at(2) == 15.0
     fg = torch.zeros(8, 8)
     got = loss(_probs(fg), _target(BOX), epoch=2)["box_tight"].item()
     t2 = 5 * 1.1**2
@@ -160,6 +162,7 @@ def test_t_grows_per_epoch():
         ({"size_bounds": (0.5,)}, "size_bounds"),
         ({"t": -1.0}, "t must"),
         ({"t_growth": 0.9}, "t_growth"),
+        ({"t_max": 1.0}, "t_max"),
         ({"weight": -1.0}, "weight"),
         ({"emptiness_weight": float("nan")}, "emptiness_weight"),
     ],
