@@ -265,7 +265,7 @@ def int8_of(model: Path, generated: bool) -> Optional[Path]:
     from model_export.export.calibration import PatchSet
     from model_export.export.variants import make_int8
 
-    card = read_card(model)
+    card, _ = read_card(model)
     ph, pw = card.input.patch_size
     rng = np.random.default_rng(3)
     return make_int8(model, PatchSet(rng.standard_normal((16, 1, ph, pw)).astype(np.float32), None, "random"))
@@ -305,7 +305,7 @@ def main() -> int:
             files["int8"] = int8
     batch = int(os.environ.get("MSDN_BATCH_SIZE", "8"))
     print(
-        f"model: {model_name}; patch {read_card(args.model).input.patch_size}; CPU, {os.cpu_count()} cores; "
+        f"model: {model_name}; patch {read_card(args.model)[0].input.patch_size}; CPU, {os.cpu_count()} cores; "
         f"batch {batch}; load average at start {os.getloadavg()[0]:.2f}"
     )
 

@@ -39,6 +39,7 @@ class LossOptions:
         det_weight: weight of the detection loss in the total.
         det_on_strong: strong rows also get the detection loss (False = paper 2.2: weak rows only).
         dice_foreground_only: foreground-only, batch-pooled Dice (``losses.soft_dice_loss``).
+        seg_ce_weight: weight of the pixel-wise cross-entropy added to the Dice (0: Dice only).
         box_constraints: a segmentation-only model also learns from the weak rows through this
             constraint loss (``model_export.box_constraints``); None: weak rows are ignored.
     """
@@ -46,6 +47,7 @@ class LossOptions:
     det_weight: float = 1.0
     det_on_strong: bool = True
     dice_foreground_only: bool = False
+    seg_ce_weight: float = 0.0
     box_constraints: BoxConstraintLoss | None = None
 
 
@@ -66,8 +68,9 @@ def batch_loss(
     segmentation (Dice) loss, and the detection loss too unless ``options.det_on_strong`` is False
     (the paper's rule); weak rows only go through the detection net and give the detection loss.
     A segmentation-only model (U-Net, U-Net+sSE, MSDN-) sees only the strong rows, unless
-    ``options.box_constraints`` is set: then every row goes through it, strong rows give the Dice loss
-    and weak rows the box constraint loss (``box`` and its parts; ``total = seg_dice + box``).
+    ``options.box_constraints`` is set: then every row goes through it, strong rows give the
+    segmentation loss and weak rows the box constraint loss (``box`` and its parts;
+    ``total = seg_dice (+ seg_ce_weight * seg_ce) + box``).
 
     Args:
         model: the module called for the forward pass (``module`` or its DDP wrapper).
@@ -85,7 +88,7 @@ def batch_loss(
         (no strong row for a segmentation-only model, outside DDP).
     """
     opts = options or LossOptions()
-    common = {"dice_foreground_only": opts.dice_foreground_only}
+    common = {"dice_foreground_only": opts.dice_foreground_only, "seg_ce_weight": opts.seg_ce_weight}
     x = batch["image"].to(device, non_blocking=True)
     strong = batch["strong"].to(device)
     labels = batch["label"].to(device, non_blocking=True)[strong]
@@ -98,7 +101,7 @@ def batch_loss(
             to_float32(out), labels=labels, targets=targets, det_rows=det_rows, det_weight=opts.det_weight, **common
         )
     if opts.box_constraints is not None:
-        return _constrained_loss(model, module, batch, x, strong, labels, device, amp, opts, epoch)
+        return _constrained_loss(model, module, batch, x, strong, labels, device, amp, opts, epoch, common)
     if not bool(strong.any()):
         if not distributed:
             return None
@@ -122,8 +125,10 @@ def _constrained_loss(
     amp: bool,
     opts: LossOptions,
     epoch: int,
+    common: dict,
 ) -> dict[str, torch.Tensor]:
-    """Dice on the strong rows plus the box constraint loss on the weak rows, one forward over all rows."""
+    """The strong rows' segmentation loss (Dice, + CE with ``seg_ce_weight``) plus the box constraint loss
+    on the weak rows, one forward over all rows."""
     assert opts.box_constraints is not None
     with autocast(device, amp):
         out = model(x)
@@ -131,11 +136,9 @@ def _constrained_loss(
     parts: dict[str, torch.Tensor] = {}
     total = probs.sum() * 0.0
     if bool(strong.any()):
-        seg = module.loss(
-            {"segmentation": probs[strong]}, labels=labels, dice_foreground_only=opts.dice_foreground_only
-        )
-        parts["seg_dice"] = seg["seg_dice"]
-        total = total + seg["total"]
+        seg = module.loss({"segmentation": probs[strong]}, labels=labels, **common)
+        total = total + seg.pop("total")
+        parts.update(seg)
     weak = ~strong
     if bool(weak.any()):
         rows = [i for i, w in enumerate(weak.tolist()) if w]

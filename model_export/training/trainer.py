@@ -258,6 +258,7 @@ class Trainer:
             det_weight=cfg.det_loss_weight,
             det_on_strong=cfg.det_on_strong,
             dice_foreground_only=cfg.dice_foreground_only,
+            seg_ce_weight=cfg.seg_ce_weight,
             box_constraints=box_loss,
         )
         world = self.dist.world_size
