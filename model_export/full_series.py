@@ -491,7 +491,8 @@ def evaluate_full_series(
         if cache.is_file():
             for line in cache.read_text().splitlines():
                 rec = json.loads(line)
-                if rec.get("model_sha256") == runtime.sha256 and rec.get("operating_threshold") == point.value:
+                # records from before the threshold was recorded were made at the fixed 0.5
+                if rec.get("model_sha256") == runtime.sha256 and rec.get("operating_threshold", 0.5) == point.value:
                     r = SeriesResult.from_json(rec)
                     done[(r.case_id, r.mode)] = r
             logger.info("%s: %d series results of this model already there", cache, len(done))
