@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Annotated, Literal, Optional
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from msdn_core.proposals import DEFAULT_EXTEND_THRESHOLD
+
 #: Output formats of ``POST /segment``.
 OutputFormat = Literal["json", "nifti", "dicom-seg", "png"]
 #: ``MSDN_PRECISION`` values (see ``service.providers``).
@@ -118,8 +120,19 @@ class Settings(BaseSettings):
         ge=0,
         le=1,
         description=(
-            "lowest detector score used as a proposal; unset: the model card's calibrated threshold (msdn calibrate), "
-            "else 0.5. mode=auto uses proposals only when the card has one or this is set (service.operating_point)"
+            "operating threshold: a 3D candidate is kept when its best slice box scores at least this; unset: the "
+            "model card's calibrated threshold (msdn calibrate), else 0.5. mode=auto uses proposals only when the "
+            "card has one or this is set (service.operating_point)"
+        ),
+    )
+    proposal_extend_threshold: float = Field(
+        DEFAULT_EXTEND_THRESHOLD,
+        ge=0,
+        le=1,
+        description=(
+            "slice boxes scoring at least this (clamped to at most the operating threshold) are collected and linked "
+            "into 3D candidates, so a kept candidate keeps its whole z extent (hysteresis, msdn_core.proposals); "
+            "1: the single-threshold scheme"
         ),
     )
     proposal_nms_iou: float = Field(
@@ -221,6 +234,7 @@ class Settings(BaseSettings):
 
         return ProposalSettings(
             score_threshold=self.proposal_threshold(card).value,
+            extend_threshold=self.proposal_extend_threshold,
             nms_iou=self.proposal_nms_iou,
             max_per_slice=self.max_proposals_per_slice,
             link_iou=self.proposal_link_iou,

@@ -37,7 +37,18 @@ class ModelDescription(BaseModel):
     outputs: dict[str, Any]
     detection: bool = Field(description="the model also proposes boxes (proposal mode)")
     proposal_score_threshold: Optional[float] = Field(
-        None, description="detection models: the lowest detector score a proposal keeps (None: no detection)"
+        None,
+        description=(
+            "detection models: the operating threshold, least best slice score of a kept 3D candidate "
+            "(None: no detection)"
+        ),
+    )
+    proposal_extend_threshold: Optional[float] = Field(
+        None,
+        description=(
+            "detection models: slice boxes down to this score are linked into the candidates (MSDN_PROPOSAL_EXTEND_"
+            "THRESHOLD clamped to at most the operating threshold; equal to it: single threshold; None: no detection)"
+        ),
     )
     proposal_threshold_source: Optional[Literal["setting", "card", "default"]] = Field(
         None,
@@ -69,9 +80,11 @@ class ModelDescription(BaseModel):
 @router.get("/v1/model", response_model=ModelDescription, summary="the served model")
 async def model_card(runtime: RuntimeDep, settings: SettingsDep) -> ModelDescription:
     threshold = settings.proposal_threshold(runtime.card)
+    extend = min(settings.proposal_extend_threshold, threshold.value)
     return ModelDescription(
         **runtime.describe(),
         proposal_score_threshold=threshold.value if runtime.has_detection else None,
         proposal_threshold_source=threshold.source if runtime.has_detection else None,
+        proposal_extend_threshold=extend if runtime.has_detection else None,
         auto_mode=auto_mode(has_boxes=False, has_detection=runtime.has_detection, threshold=threshold),
     )

@@ -134,11 +134,134 @@ def test_merge_detections_end_to_end():
 
 
 @pytest.mark.parametrize(
-    "kwargs, name", [({"score_threshold": 1.5}, "score_threshold"), ({"min_slices": 0}, "min_slices")]
+    "kwargs, name",
+    [
+        ({"score_threshold": 1.5}, "score_threshold"),
+        ({"extend_threshold": -0.1}, "extend_threshold"),
+        ({"extend_threshold": 1.5}, "extend_threshold"),
+        ({"min_slices": 0}, "min_slices"),
+    ],
 )
 def test_settings_are_checked(kwargs, name):
     with pytest.raises(ValueError, match=name):
         ProposalSettings(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [({"link_iou": -0.1}, "link_iou"), ({"max_gap": -1}, "max_gap"), ({"min_slices": 0}, "min_slices")]
+    + [({"min_score": v}, "min_score") for v in (-0.1, 1.1)],
+)
+def test_link_slices_names_the_bad_argument(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        link_slices([], **kwargs)
+
+
+# --- two thresholds: boxes collected at the extension threshold, tracks accepted at the operating one ---
+
+
+def _one_cell(scores_by_slice, box=(20.0, 20.0, 30.0, 30.0)):
+    """Detector outputs of one anchor (one class) on consecutive slices, with the given scores."""
+    return [(np.array([[s]]), np.array([box])) for s in scores_by_slice]
+
+
+def test_a_track_reaching_the_operating_threshold_keeps_its_low_slices():
+    # nodule track 0.05, 0.2, 0.06 on slices 0-2; a second track 0.05, 0.08 far away on slices 0-1
+    nodule = _one_cell([0.05, 0.2, 0.06, 0.0])
+    faint = _one_cell([0.05, 0.08, 0.0, 0.0], box=(60.0, 60.0, 70.0, 70.0))
+    detections = [(np.vstack([a[0], b[0]]), np.vstack([a[1], b[1]])) for a, b in zip(nodule, faint, strict=True)]
+    found = merge_detections(detections, ProposalSettings(score_threshold=0.1, extend_threshold=0.03))
+    # one candidate over slices 0-2, scored 0.2; the faint track (best 0.08 < 0.1) is dropped
+    assert summary(found) == [(1, 0.2, [20.0, 20.0, 0.0, 30.0, 30.0, 3.0], [0, 1, 2])]
+    assert [b.score for b in found[0].boxes] == [0.05, 0.2, 0.06]
+    # one threshold (extend == operating): only the 0.2 slice
+    single = merge_detections(detections, ProposalSettings(score_threshold=0.1, extend_threshold=0.1))
+    assert summary(single) == [(1, 0.2, [20.0, 20.0, 1.0, 30.0, 30.0, 2.0], [1])]
+    # an extension threshold above the operating one is clamped to it: the same single-threshold output
+    assert ProposalSettings(score_threshold=0.1, extend_threshold=0.5).selection_threshold == 0.1
+    assert summary(merge_detections(detections, ProposalSettings(score_threshold=0.1, extend_threshold=1.0))) == (
+        summary(single)
+    )
+    # a low operating threshold accepts the faint track too, with its full extent
+    low = merge_detections(detections, ProposalSettings(score_threshold=0.08, extend_threshold=0.03))
+    assert summary(low)[1] == (1, 0.08, [60.0, 60.0, 0.0, 70.0, 70.0, 2.0], [0, 1])
+
+
+def test_a_track_under_the_operating_threshold_is_dropped():
+    found = merge_detections(
+        _one_cell([0.05, 0.09, 0.06]), ProposalSettings(score_threshold=0.1, extend_threshold=0.01)
+    )
+    assert found == []
+    per_slice = [(z, rows([20, 20, 30, 30, s])) for z, s in enumerate([0.05, 0.09, 0.06])]
+    assert link_slices(per_slice, min_score=0.1) == []
+    assert [c.score for c in link_slices(per_slice, min_score=0.09)] == [0.09]
+
+
+def _old_merge(detections, settings):
+    """The single-threshold merge as it was before the extension threshold, written out."""
+    from msdn_core.proposals import nms_3d as nms3
+
+    selected = [
+        select_slice_boxes(
+            s,
+            b,
+            score_threshold=settings.score_threshold,
+            nms_iou=settings.nms_iou,
+            max_per_slice=settings.max_per_slice,
+        )
+        for s, b in detections
+    ]
+    out = []
+    for c in range(max(len(r) for r in selected)):
+        per_slice = [(z, r[c]) for z, r in enumerate(selected) if len(r[c])]
+        linked = link_slices(per_slice, label=c + 1, link_iou=settings.link_iou, max_gap=settings.max_gap)
+        out += nms3(linked, iou_threshold=settings.nms_iou_3d, max_count=settings.max_candidates)
+    out.sort(key=lambda c: -c.score)
+    return out
+
+
+def _random_detections(seed, slices=12, n=100):
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(slices):
+        xy = rng.uniform(0, 50, size=(n, 2))
+        boxes = np.concatenate([xy, xy + rng.uniform(3, 15, size=(n, 2))], axis=1)
+        out.append((rng.uniform(0, 1, size=(n, 2)) ** 3, boxes))  # 2 classes, mostly low scores
+    return out
+
+
+def _full(cands):
+    return [(c.label, c.score, [(b.slice, b.box, b.score) for b in c.boxes]) for c in cands]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_extend_equal_to_operating_is_the_old_output(seed):
+    detections = _random_detections(seed)
+    for t in (0.05, 0.3):
+        kw = dict(score_threshold=t, max_candidates=15, max_gap=1, link_iou=0.1)
+        old = _old_merge(detections, ProposalSettings(extend_threshold=t, **kw))
+        assert old  # the case is not empty
+        assert _full(merge_detections(detections, ProposalSettings(extend_threshold=t, **kw))) == _full(old)
+        assert _full(merge_detections(detections, ProposalSettings(extend_threshold=1.0, **kw))) == _full(old)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_candidates_at_an_operating_threshold_are_those_of_the_extension_run_scoring_over_it(seed):
+    """What the FROC and ``msdn calibrate`` rely on: one run at t = e (extension e) holds, for every
+    operating threshold t >= e, exactly the service's candidates at (t, e): those scoring >= t."""
+    detections = _random_detections(seed)
+    kw = dict(extend_threshold=0.02, max_candidates=200, max_gap=1, link_iou=0.1)
+    floor = merge_detections(detections, ProposalSettings(score_threshold=0.02, **kw))
+    scores = sorted({c.score for c in floor})
+    for t in [0.02, 0.1, 0.5, *scores[-3:]]:
+        at_t = merge_detections(detections, ProposalSettings(score_threshold=t, **kw))
+        assert _full(at_t) == _full([c for c in floor if c.score >= t])
+    # a single-threshold run at t is a different (shorter) set: the scheme matters on this data
+    # (few boxes per slice, so that max_per_slice does not keep the same best ones at both thresholds)
+    sparse = _random_detections(seed, n=20)
+    single = merge_detections(sparse, ProposalSettings(score_threshold=0.3, extend_threshold=0.3))
+    hyst = merge_detections(sparse, ProposalSettings(score_threshold=0.3, extend_threshold=0.02))
+    assert sum(len(c.boxes) for c in single) < sum(len(c.boxes) for c in hyst)
 
 
 # --- the vectorised selection and linking give what the plain per-box loops give ---------------------
