@@ -28,12 +28,19 @@ scan and at least one detected nodule (e.g. the top-scoring candidates are false
 hit scores below the false positives). The card is then left as it was (``msdn calibrate`` exits 1):
 an uncalibrated model answers ``mode=auto`` with whole slices, never with an empty proposal mask.
 
-5. The series are run again at t, and the card records what those runs give (what the service
-   answers): false-positive components per scan, sensitivity, mean whole-series Dice. They can
-   differ from the floor runs' components scoring >= t: at t a candidate loses its slice boxes
-   scoring under t (it gets shorter, its nodule less covered), and overlapping candidates merge
-   differently. Measured on the first default model: the same 0.33 FP per scan and sensitivity 0.75,
-   but whole-series Dice 0.24 at t against 0.46 for the floor run's components.
+5. The series are run again at t, with the settings the service uses, and the card records what
+   those runs give (what the service answers): false-positive components per scan, sensitivity,
+   mean whole-series Dice, and the extension threshold of the runs. Proposals use two thresholds
+   (``msdn_core.proposals``): slice boxes are linked down to ``MSDN_PROPOSAL_EXTEND_THRESHOLD``
+   (0.01) and a track is a candidate when its best slice reaches t. With that extension threshold
+   equal to the floor (the defaults, both 0.01), the candidates at t are exactly the floor run's
+   candidates scoring >= t, with the same slices, so the recorded numbers equal those of the floor
+   run's components scoring >= t except where a dropped candidate's mask touched a kept one's
+   (their components were joined). With a single threshold (``MSDN_PROPOSAL_EXTEND_THRESHOLD`` >= t)
+   they differ: at t a candidate keeps only its slice boxes scoring >= t (it gets shorter, its
+   nodule less covered). Measured on the first default model before the scheme: the same 0.33 FP
+   per scan and sensitivity 0.75, but whole-series Dice 0.24 at t against 0.46 for the floor run's
+   components.
 
 Writing (``write_operating_point``): the fp32 file's embedded card and its sidecar (with the new
 file SHA-256) are rewritten together; the fp16 / int8 variants next to it get the same block when
@@ -229,6 +236,14 @@ def calibrate(
         raise ValueError(f"max_candidates must be >= 1, got {max_candidates!r}")
     settings = settings or Settings(_env_file=None, model_path=Path(model_path))
     settings = settings.model_copy(update={"proposal_score_threshold": float(floor), "max_candidates": max_candidates})
+    if settings.proposal_extend_threshold > floor:
+        logger.warning(
+            "proposal extension threshold %g is above the floor %g: the runs at the chosen threshold keep only "
+            "their slice boxes over %g, so they can differ from the floor runs the threshold is chosen on",
+            settings.proposal_extend_threshold,
+            floor,
+            settings.proposal_extend_threshold,
+        )
     runtime = ModelRuntime.load(
         model_path,
         providers=["CPUExecutionProvider"],
@@ -289,11 +304,12 @@ def calibrate(
         floor=float(floor),
         precision=runtime.card.precision,
         manifest=manifest,
+        extend_threshold=min(float(at.proposal_extend_threshold), float(choice.score_threshold)),
     )
     if calibration.fp_per_scan > choice.fp_per_scan_target + 1e-12:
         logger.warning(
             "at threshold %.4g the runs give %.2f FP components per scan, over the %g target the floor runs "
-            "met (candidates cut at the threshold split or merge differently)",
+            "met (candidates cut at the threshold or their masks joined differently)",
             choice.score_threshold,
             calibration.fp_per_scan,
             choice.fp_per_scan_target,

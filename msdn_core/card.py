@@ -181,6 +181,9 @@ class DetectionCalibration:
         floor: the detector score the candidates were collected down to.
         precision: the precision of the model file that was run (``fp32``).
         manifest: the manifest path as given (informative).
+        extend_threshold: the proposal extension threshold of the runs at the chosen threshold
+            (``MSDN_PROPOSAL_EXTEND_THRESHOLD``, as clamped; ``msdn_core.proposals``); None: recorded
+            before the two-threshold scheme (single threshold).
     """
 
     split: str
@@ -193,6 +196,7 @@ class DetectionCalibration:
     floor: Optional[float] = None
     precision: str = "fp32"
     manifest: Optional[str] = None
+    extend_threshold: Optional[float] = None
 
 
 @dataclass
@@ -265,6 +269,8 @@ class ModelCard:
         data = asdict(self)
         if data["detection"] is None:
             del data["detection"]
+        elif (data["detection"].get("calibration") or {}).get("extend_threshold", 0) is None:
+            del data["detection"]["calibration"]["extend_threshold"]  # calibrated before the two thresholds
         return data
 
     def to_json(self) -> str:

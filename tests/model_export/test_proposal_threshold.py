@@ -214,3 +214,31 @@ def test_msdn_calibrate_writes_the_card_or_leaves_it(tmp_path, capsys):
     card, sha = read_card(model)
     assert card.score_threshold == pytest.approx(P_NODULE_B, abs=1e-6) and sha == file_sha256(model)
     assert main(["calibrate", str(model), "--manifest", str(tmp_path / "missing.json")]) == 2
+
+
+@pytest.mark.parametrize(("extend", "recorded_extend", "dice"), [(None, 0.01, 1.0), (1.0, 1.0, 0.75)])
+def test_calibrate_records_the_service_runs_with_two_thresholds(tmp_path, extend, recorded_extend, dice):
+    """A nodule on slices 1-5 whose detector scores 1.0 on slice 3 only (0.646 on the others) and a faint
+    blob (0.646, no nodule): at the FP target 0 the threshold is the nodule's 1.0. The runs at it with
+    the extension threshold 0.01 (default) keep the nodule's 5 slices (Dice 1); with one threshold
+    (extension 1, clamped to t) the candidate is slice 3 and its z margin: 3 of 5 slices, Dice 6/8."""
+    model = _export(tmp_path / "det.onnx")
+    hu = np.full((8, 48, 48), -800.0)
+    mask = np.zeros(hu.shape, np.uint8)
+    mask[1:6, 10:14, 10:14] = 1
+    hu[mask > 0] = 3.0  # p = 0.646: foreground, detection score 0.646
+    hu[3, 10:14, 10:14] = 200.0  # p = 1
+    hu[2:4, 34:38, 34:38] = 3.0  # faint blob, no nodule
+    write_case(tmp_path, "c", hu, mask)
+    case = {"id": "c", "split": "val", "image": "c.nii.gz", "mask": "c_mask.nii.gz"}
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps({"format_version": 1, "classes": [{"value": 1, "name": "n"}], "cases": [case]}))
+    overrides = {} if extend is None else {"proposal_extend_threshold": extend}
+    settings = make_settings(model, **overrides)
+    result = calibrate(model, load_cases(manifest, split="val"), fp_per_scan_target=0.0, settings=settings)
+    t = result.choice.score_threshold
+    assert t == pytest.approx(1.0, abs=1e-6) and result.choice.fp_per_scan == 0.0
+    c = result.point.calibration
+    assert (c.fp_per_scan, c.sensitivity) == (0.0, 1.0)
+    assert c.extend_threshold == pytest.approx(min(recorded_extend, t))
+    assert c.mean_series_dice == pytest.approx(dice)

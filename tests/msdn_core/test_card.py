@@ -75,6 +75,11 @@ def test_detection_block_round_trip():
     assert card.score_threshold == 0.125 and card.detection.calibration.sensitivity == 0.778
     assert card.to_dict()["detection"] == {"score_threshold": 0.125, "calibration": calibration}
     assert ModelCard.from_json(card.to_json()) == card
+    # calibrated with the two-threshold proposals: the extension threshold of the runs is recorded
+    two = dict(calibration, extend_threshold=0.01)
+    card = ModelCard.from_dict(_detecting(score_threshold=0.125, calibration=two))
+    assert card.detection.calibration.extend_threshold == 0.01
+    assert card.to_dict()["detection"] == {"score_threshold": 0.125, "calibration": two}
     bare = ModelCard.from_dict(_detecting(score_threshold=1))
     assert bare.score_threshold == 1.0 and bare.detection.calibration is None
 

@@ -87,3 +87,20 @@ def test_model_without_detection_reports_no_threshold(client):
     described = client.get("/v1/model").json()
     assert described["detection"] is False and described["auto_mode"] == "slices"
     assert described["proposal_score_threshold"] is None and described["proposal_threshold_source"] is None
+
+
+def test_extend_threshold_setting_reaches_the_merge(monkeypatch):
+    """MSDN_PROPOSAL_EXTEND_THRESHOLD: default 0.01, read from the environment, clamped to the operating one."""
+    from msdn_core.proposals import DEFAULT_EXTEND_THRESHOLD
+    from service.settings import Settings
+
+    calibrated = make_card(name="m", classes=["c"], detection=True, score_threshold=0.12)
+    default = Settings(_env_file=None).proposal_settings(calibrated)
+    assert (default.score_threshold, default.extend_threshold) == (0.12, DEFAULT_EXTEND_THRESHOLD) == (0.12, 0.01)
+    assert default.selection_threshold == 0.01
+    monkeypatch.setenv("MSDN_PROPOSAL_EXTEND_THRESHOLD", "0.5")
+    clamped = Settings(_env_file=None).proposal_settings(calibrated)
+    assert clamped.extend_threshold == 0.5 and clamped.selection_threshold == 0.12  # single threshold
+    monkeypatch.setenv("MSDN_PROPOSAL_EXTEND_THRESHOLD", "1.5")
+    with pytest.raises(ValueError, match="proposal_extend_threshold"):
+        Settings(_env_file=None)

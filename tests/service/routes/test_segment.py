@@ -294,6 +294,33 @@ def test_proposal_score_threshold_setting(make_client, model_det):
         np.testing.assert_array_equal(decode(body["mask"]), mask)
 
 
+def test_kept_candidates_keep_their_faint_slices(make_client, model_det_calibrated):
+    """Two thresholds: a candidate the calibrated 0.9 accepts (one slice at p = 1) keeps its slices
+    scoring 0.69 (MSDN_PROPOSAL_EXTEND_THRESHOLD 0.01, the default), so the mask spans the nodule;
+    with the extension threshold at 1 (single threshold) only the 0.9 slice and its z margin are
+    segmented."""
+    hu = np.full((8, 32, 32), -800.0)
+    hu[1:6, 10:13, 10:13] = 4.0  # p = sigmoid(20 x 0.04) = 0.690: foreground, detection score 0.690
+    hu[3, 10:13, 10:13] = 200.0  # p = 1: the one slice over 0.9
+    hu[6, 26:29, 26:29] = 4.0  # a faint one elsewhere (best score 0.690 < 0.9): never a candidate
+    full = expected_labels(hu, (THRESHOLD_HU,))
+    full[6] = 0
+    for extend, slices in ((None, range(1, 6)), (1.0, range(2, 5))):
+        overrides = {} if extend is None else {"proposal_extend_threshold": extend}
+        client = make_client(model_det_calibrated, **overrides)
+        body = client.post("/segment", files=dicom_parts(series_files(ct_series(hu)))).json()
+        assert body["mode"] == "proposals"
+        expected = np.zeros_like(full)
+        expected[list(slices)] = full[list(slices)]
+        np.testing.assert_array_equal(decode(body["mask"]), expected)
+        [comp] = body["components"]
+        assert comp["box"][2:6:3] == [slices[0], slices[-1] + 1]  # z extent
+        assert comp["score"] == pytest.approx(1.0, abs=1e-3)
+        model = client.get("/v1/model").json()
+        assert model["proposal_score_threshold"] == 0.9
+        assert model["proposal_extend_threshold"] == (0.01 if extend is None else 0.9)  # clamped
+
+
 def test_enhanced_multiframe_input_and_seg(client):
     singles = [pydicom.dcmread(p) for p in ct5n_paths()]
     multi = hd.legacy.LegacyConvertedEnhancedCTImage(
