@@ -454,7 +454,14 @@ def evaluate_full_series(
         froc_threshold: proposals are made down to this detection score, so the FROC is traced
             below the operating point; the operating-point numbers (FP components per scan,
             detected nodules and their Dice, whole-series Dice) keep the components scoring at
-            least the operating threshold. None: run at the operating threshold only.
+            least the operating threshold. None: run at the operating threshold only. Proposals
+            use two thresholds (``msdn_core.proposals``): with ``froc_threshold`` equal to the
+            extension threshold (``MSDN_PROPOSAL_EXTEND_THRESHOLD``; both 0.01 by default) the
+            candidates of this one run scoring >= t are exactly the service's candidates at
+            operating threshold t, slice boxes included, for every t >= 0.01. So the FROC traced
+            over the candidate scores is what the service gives at each operating threshold, and
+            the operating-point numbers are those of a run at it; the components can differ only
+            where the mask of a candidate under t touched a kept one's (they were one component).
         operating_threshold: the proposals operating point; None: the service's, i.e.
             ``settings.proposal_score_threshold`` when set, else the model card's calibrated
             ``detection.score_threshold`` (``msdn calibrate``), else 0.5
@@ -485,6 +492,11 @@ def evaluate_full_series(
     if froc_threshold is not None:  # the run goes lower, to trace the FROC below the operating point
         settings = settings.model_copy(update={"proposal_score_threshold": float(froc_threshold)})
     modes = [m for m in modes if m != "proposals" or runtime.has_detection]
+    # the score slice boxes are linked at in the run; records from before the two thresholds were
+    # made with it equal to the run's threshold (so they hold only where that is still the case)
+    run = settings.proposal_settings(runtime.card)
+    extend = run.selection_threshold
+    single = run.selection_threshold == run.score_threshold
     done: dict[tuple[str, str], SeriesResult] = {}
     if cache is not None:
         cache = Path(cache)
@@ -492,7 +504,15 @@ def evaluate_full_series(
             for line in cache.read_text().splitlines():
                 rec = json.loads(line)
                 # records from before the threshold was recorded were made at the fixed 0.5
-                if rec.get("model_sha256") == runtime.sha256 and rec.get("operating_threshold", 0.5) == point.value:
+                if rec.get("mode") != "proposals":
+                    same_run = True
+                else:
+                    same_run = rec["extend_threshold"] == extend if "extend_threshold" in rec else single
+                if (
+                    rec.get("model_sha256") == runtime.sha256
+                    and rec.get("operating_threshold", 0.5) == point.value
+                    and same_run
+                ):
                     r = SeriesResult.from_json(rec)
                     done[(r.case_id, r.mode)] = r
             logger.info("%s: %d series results of this model already there", cache, len(done))
@@ -545,7 +565,12 @@ def evaluate_full_series(
             per_mode[mode].append(scored)
             if cache is not None:
                 with open(cache, "a") as fh:
-                    record = dict(scored.to_json(), model_sha256=runtime.sha256, operating_threshold=point.value)
+                    record = dict(
+                        scored.to_json(),
+                        model_sha256=runtime.sha256,
+                        operating_threshold=point.value,
+                        extend_threshold=extend,
+                    )
                     fh.write(json.dumps(record) + "\n")
         logger.info(
             "%d/%d %s: %d nodules; %s",
@@ -569,6 +594,7 @@ def evaluate_full_series(
             k: getattr(settings, k)
             for k in (
                 "proposal_score_threshold",
+                "proposal_extend_threshold",
                 "proposal_nms_iou",
                 "max_proposals_per_slice",
                 "proposal_link_iou",

@@ -20,6 +20,7 @@ from model_export.full_series import (
     size_bin,
     strip_private,
 )
+from tests.service.helpers import make_settings
 from tests.support.onnx_models import threshold_model
 
 
@@ -198,3 +199,51 @@ def test_a_stopped_run_resumes_from_its_cache(tmp_path):
         assert strip_private(separate)["modes"][mode]["groups"] == strip_private(fresh)["modes"][mode]["groups"]
     assert all(r["cpu_seconds"] is None for r in fresh["per_series"] if r["mode"] == "slices")
     assert all(r["cpu_seconds"] is not None for r in separate["per_series"])
+
+
+def _faint_ends_benchmark(tmp_path: Path) -> Path:
+    """One series: a nodule on slices 1-5 (80 voxels) whose detector scores 1.0 on slice 3 only and
+    0.646 on the others (3 HU, still foreground), and a faint blob (0.646, no nodule)."""
+    model = tmp_path / "det.onnx"
+    threshold_model(model, thresholds_hu=(0.0,), classes=["nodule"], std=100.0, detection_cell=8)
+    hu = np.full((8, 32, 32), -800.0)
+    mask = np.zeros(hu.shape, np.uint8)
+    mask[1:6, 2:6, 2:6] = 1
+    hu[mask > 0] = 3.0
+    hu[3, 2:6, 2:6] = 200.0
+    hu[2:4, 20:24, 20:24] = 3.0
+    write_case(tmp_path, "f", hu, mask)
+    nodule = {"box3d": [2, 2, 1, 6, 6, 6], "diameter_mm": 5.0, "position": "isolated", "label": 1}
+    case = {"id": "f", "split": "test", "image": "f.nii.gz", "mask": "f_mask.nii.gz", "meta": {"nodules": [nodule]}}
+    manifest = {"format_version": 1, "classes": [{"value": 1, "name": "nodule"}], "cases": [case]}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    return model
+
+
+def _operating(report):
+    s = report["modes"]["proposals"]
+    return s["fp_per_scan"], s["groups"]["all"]["detected"], s["series_dice"]
+
+
+def test_the_froc_run_gives_what_the_service_gives_at_the_operating_threshold(tmp_path):
+    """Two thresholds: the low FROC run's components scoring >= 0.9 are those of a run at 0.9 (the
+    nodule's 5 slices: Dice 1, the faint blob dropped); with a single threshold the run at 0.9 segments
+    slice 3 and its z margin only (48 of 80 voxels: Dice 96/128), so the FROC run would not be it."""
+    model = _faint_ends_benchmark(tmp_path)
+    cases = load_cases(tmp_path / "manifest.json")
+    kw = dict(modes=["proposals"], threads=1, operating_threshold=0.9)
+    two = make_settings(model)
+    froc_run = evaluate_full_series(model, cases, froc_threshold=0.01, settings=two, **kw)
+    at_t = evaluate_full_series(model, cases, froc_threshold=None, settings=two, **kw)
+    assert _operating(froc_run) == _operating(at_t) == (0.0, 1, pytest.approx(1.0))
+    assert froc_run["per_series"][0]["fp_components"] == 0 and froc_run["settings"]["proposal_extend_threshold"] == 0.01
+    # the FROC run saw the faint blob (a false positive under 0.9), the run at 0.9 did not
+    assert froc_run["modes"]["proposals"]["groups"]["all"]["froc"]["8"] == 1.0
+    single = make_settings(model, proposal_extend_threshold=1.0)
+    old = evaluate_full_series(model, cases, froc_threshold=None, settings=single, **kw)
+    assert _operating(old) == (0.0, 1, pytest.approx(96 / 128))
+    # a cache of the single-threshold run is not reused for the two-threshold run (and the other way)
+    cache = tmp_path / "c.jsonl"
+    evaluate_full_series(model, cases, froc_threshold=None, settings=single, cache=cache, **kw)
+    again = evaluate_full_series(model, cases, froc_threshold=None, settings=two, cache=cache, **kw)
+    assert _operating(again) == _operating(at_t) and len(cache.read_text().splitlines()) == 2
