@@ -76,7 +76,8 @@ def run(args: argparse.Namespace) -> int:
             f"proposal score threshold {choice.score_threshold:.6g} on {c.series} {args.split} series "
             f"({c.nodules} nodules), run at it: {c.fp_per_scan:.2f} FP components per scan "
             f"(target {c.fp_per_scan_target:g}; floor runs {choice.fp_per_scan:.2f}), sensitivity "
-            f"{c.sensitivity:.3f}, mean whole-series Dice {dice}\n"
+            f"{c.sensitivity:.3f}, mean whole-series Dice {dice} (slice boxes linked down to "
+            f"{c.extend_threshold:g})\n"
         )
         if not args.dry_run:
             try:
