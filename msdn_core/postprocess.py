@@ -36,14 +36,18 @@ class CandidateBox:
     score: float
 
 
-def _bounding_window(mask: np.ndarray) -> Optional[tuple[slice, ...]]:
-    window = []
-    for axis in range(mask.ndim):
-        hits = np.flatnonzero(mask.any(axis=tuple(j for j in range(mask.ndim) if j != axis)))
-        if not hits.size:
-            return None
-        window.append(slice(int(hits[0]), int(hits[-1]) + 1))
-    return tuple(window)
+def _bounding_window(labels: np.ndarray) -> Optional[tuple[slice, slice, slice]]:
+    """The (z, y, x) slices of the smallest box holding every non-zero voxel of ``labels`` (Z, Y, X)."""
+    depth = labels.shape[0]
+    # uint8 maxima (no boolean temporary of the volume): the slices first, then rows and columns of those.
+    per_slice = labels.reshape(depth, -1).max(axis=1) if labels.size else np.zeros(depth, labels.dtype)
+    zs = np.flatnonzero(per_slice)
+    if not zs.size:
+        return None
+    z0, z1 = int(zs[0]), int(zs[-1]) + 1
+    plane = labels[z0:z1].max(axis=0)
+    ys, xs = np.flatnonzero(plane.max(axis=1)), np.flatnonzero(plane.max(axis=0))
+    return slice(z0, z1), slice(int(ys[0]), int(ys[-1]) + 1), slice(int(xs[0]), int(xs[-1]) + 1)
 
 
 def label_components(mask: np.ndarray) -> tuple[np.ndarray, int]:
@@ -77,6 +81,7 @@ def postprocess(
     keep_overlapping: bool = False,
     score_volume: Optional[np.ndarray] = None,
     score_scale: float = 1.0,
+    copy: bool = True,
 ) -> tuple[np.ndarray, list[dict]]:
     """Clean ``labels`` and list its scored components (module docstring).
 
@@ -89,6 +94,8 @@ def postprocess(
         keep_overlapping: drop components outside every candidate box of their class.
         score_volume: (Z, Y, X) per-voxel score (e.g. foreground probability), any numeric dtype.
         score_scale: factor from ``score_volume`` values to scores (1/255 for a uint8 probability).
+        copy: clean a copy of ``labels``; False cleans a uint8 ``labels`` in place (no volume-sized
+            copy: the service's labels are its own).
 
     Returns:
         (cleaned labels uint8 of the same shape, components largest first).
@@ -98,9 +105,9 @@ def postprocess(
     if score_volume is not None and score_volume.shape != labels.shape:
         raise ValueError(f"score_volume {score_volume.shape} and labels {labels.shape} differ in shape")
     voxel_mm3 = float(np.prod(spacing))
-    out = np.array(labels, dtype=np.uint8, copy=True)
+    out = labels if not copy and labels.dtype == np.uint8 else np.array(labels, dtype=np.uint8, copy=True)
     found: list[dict] = []
-    window = _bounding_window(out > 0)
+    window = _bounding_window(out)
     if window is None:
         return out, found
     origin = [w.start for w in window]
