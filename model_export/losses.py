@@ -1,4 +1,4 @@
-"""Losses: soft Dice (segmentation), sigmoid focal and smooth-L1 (detection)."""
+"""Losses: soft Dice and cross-entropy (segmentation), sigmoid focal and smooth-L1 (detection)."""
 
 from __future__ import annotations
 
@@ -33,6 +33,27 @@ def soft_dice_loss(probs: torch.Tensor, labels: torch.Tensor, *, foreground_only
     if labels.dim() == probs.dim() - 1:
         labels = labels.unsqueeze(1)
     return (_DICE_FG if foreground_only else _DICE)(probs, labels)
+
+
+def cross_entropy_from_probs(probs: torch.Tensor, labels: torch.Tensor, *, eps: float = 1e-7) -> torch.Tensor:
+    """Pixel-wise cross-entropy of softmax probabilities: ``mean over pixels of -log p[label]``.
+
+    The segmentation head outputs probabilities (``SegmentationUnit``), so the log is taken here,
+    with the probabilities clamped at ``eps`` (a pixel given probability 0 costs ``-log eps``).
+
+    Args:
+        probs: (B, C+1, H, W) softmax probabilities.
+        labels: (B, H, W) or (B, 1, H, W) integer labels in ``0..C``.
+        eps: lower clamp of the probabilities; must be in (0, 1).
+
+    Returns:
+        Scalar loss.
+    """
+    if not 0 < eps < 1:
+        raise ValueError(f"eps must be in (0, 1), got {eps!r}")
+    if labels.dim() == probs.dim():
+        labels = labels.squeeze(1)
+    return F.nll_loss(torch.log(probs.clamp_min(eps)), labels.long())
 
 
 def sigmoid_focal_loss(

@@ -81,6 +81,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--dice-foreground-only", action="store_true", help="Dice over foreground classes, batch-pooled")
     g.add_argument("--det-loss-weight", type=float, default=d.det_loss_weight, help="weight of the detection loss")
     g.add_argument(
+        "--seg-ce-weight",
+        type=float,
+        default=d.seg_ce_weight,
+        help="weight of a pixel-wise cross-entropy added to the segmentation Dice (0: Dice only, as the paper)",
+    )
+    g.add_argument(
         "--det-on-strong",
         choices=("on", "off"),
         default="on" if d.det_on_strong else "off",
@@ -168,6 +174,7 @@ def run(args: argparse.Namespace) -> int:
             box_mode=args.box_mode,
             dice_foreground_only=args.dice_foreground_only,
             det_loss_weight=args.det_loss_weight,
+            seg_ce_weight=args.seg_ce_weight,
             det_on_strong=args.det_on_strong == "on",
             fit_anchors=args.fit_anchors,
             anchors_per_level=args.anchors_per_level,

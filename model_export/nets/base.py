@@ -63,6 +63,7 @@ class SegmentationModel(nn.Module):
         det_rows: Optional[Sequence[bool]] = None,
         det_weight: float = 1.0,
         dice_foreground_only: bool = False,
+        seg_ce_weight: float = 0.0,
     ) -> dict[str, torch.Tensor]:
         """Sum of the heads' losses for one ``forward`` output.
 
@@ -74,10 +75,13 @@ class SegmentationModel(nn.Module):
                 strong rows only the segmentation loss: pass the weak-row flags for that.
             det_weight: weight of the detection parts in ``total``.
             dice_foreground_only: Dice over the foreground classes, batch-pooled (``soft_dice_loss``).
+            seg_ce_weight: weight of a pixel-wise cross-entropy added to the Dice (0: Dice only, as
+                the paper; nnU-Net trains on Dice + CE).
 
         Returns:
             The parts (``seg_dice``, ``det_cls``, ``det_box`` as they apply, unweighted) and
-            ``total = seg_dice + det_weight * (det_cls + det_box)``.
+            ``total = seg_dice + seg_ce_weight * seg_ce + det_weight * (det_cls + det_box)`` (``seg_ce``
+            only when its weight is positive).
         """
         parts: dict[str, torch.Tensor] = {}
         total = None
@@ -86,6 +90,9 @@ class SegmentationModel(nn.Module):
                 raise ValueError("labels are required for a batch with segmented rows")
             parts["seg_dice"] = self.seg_unit.loss(out["segmentation"], labels, foreground_only=dice_foreground_only)
             total = parts["seg_dice"]
+            if seg_ce_weight > 0:
+                parts["seg_ce"] = self.seg_unit.ce_loss(out["segmentation"], labels)
+                total = total + float(seg_ce_weight) * parts["seg_ce"]
         use_det = det_rows is None or any(bool(r) for r in det_rows)
         if self.has_detection and out.get("cls_logits") is not None and targets is not None and use_det:
             det = self.det_unit.loss(out["cls_logits"], out["box_deltas"], targets, out["det_sizes"], rows=det_rows)

@@ -11,7 +11,7 @@ from torch import nn
 from model_export.detection.anchors import cell_anchors, shape_anchors, shifted_anchors
 from model_export.detection.box_coder import BoxCoder
 from model_export.detection.matcher import BACKGROUND, IGNORE, Matcher
-from model_export.losses import box_regression_loss, sigmoid_focal_loss, soft_dice_loss
+from model_export.losses import box_regression_loss, cross_entropy_from_probs, sigmoid_focal_loss, soft_dice_loss
 from model_export.nets.blocks import check_positive_int
 
 
@@ -37,6 +37,11 @@ class SegmentationUnit(nn.Module):
     def loss(probs: torch.Tensor, labels: torch.Tensor, *, foreground_only: bool = False) -> torch.Tensor:
         """Soft Dice loss of (B, C+1, H, W) probabilities against (B, H, W) labels in 0..C."""
         return soft_dice_loss(probs, labels, foreground_only=foreground_only)
+
+    @staticmethod
+    def ce_loss(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Pixel-wise cross-entropy of (B, C+1, H, W) probabilities against (B, H, W) labels in 0..C."""
+        return cross_entropy_from_probs(probs, labels)
 
 
 def _tower(in_channels: int, channels: int, convs: int) -> nn.Sequential:

@@ -47,6 +47,8 @@ class TrainConfig:
         dice_foreground_only: Dice over the foreground classes only, batch-pooled (paper: background
             counted too).
         det_loss_weight: weight of the detection loss in the total (paper: 1).
+        seg_ce_weight: weight of a pixel-wise cross-entropy added to the segmentation Dice (paper: 0,
+            Dice only; nnU-Net: Dice + CE).
         det_on_strong: strong rows also get the detection loss (paper 2.2: False, only weak rows).
         fit_anchors: fit the anchor shapes to the training boxes (k-means, ``anchors_per_level`` per
             detection level) instead of the preset's factor/scales/ratios; the result is stored in the
@@ -94,6 +96,7 @@ class TrainConfig:
     box_mode: str = "component"
     dice_foreground_only: bool = False
     det_loss_weight: float = 1.0
+    seg_ce_weight: float = 0.0
     det_on_strong: bool = True
     fit_anchors: bool = False
     anchors_per_level: int = 3
@@ -142,6 +145,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if not (isinstance(self.det_loss_weight, (int, float)) and self.det_loss_weight >= 0):
             raise ValueError(f"det_loss_weight must be >= 0, got {self.det_loss_weight!r}")
+        if not (isinstance(self.seg_ce_weight, (int, float)) and self.seg_ce_weight >= 0):
+            raise ValueError(f"seg_ce_weight must be >= 0, got {self.seg_ce_weight!r}")
         for name in ("anchors_per_level", "val_max_fg_slices"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -208,6 +213,7 @@ class TrainConfig:
             "box_mode",
             "dice_foreground_only",
             "det_loss_weight",
+            "seg_ce_weight",
             "det_on_strong",
             "fit_anchors",
             "anchors_per_level",

@@ -38,11 +38,13 @@ class LossOptions:
         det_weight: weight of the detection loss in the total.
         det_on_strong: strong rows also get the detection loss (False = paper 2.2: weak rows only).
         dice_foreground_only: foreground-only, batch-pooled Dice (``losses.soft_dice_loss``).
+        seg_ce_weight: weight of the pixel-wise cross-entropy added to the Dice (0: Dice only).
     """
 
     det_weight: float = 1.0
     det_on_strong: bool = True
     dice_foreground_only: bool = False
+    seg_ce_weight: float = 0.0
 
 
 def batch_loss(
@@ -77,7 +79,7 @@ def batch_loss(
         (no strong row for a segmentation-only model, outside DDP).
     """
     opts = options or LossOptions()
-    common = {"dice_foreground_only": opts.dice_foreground_only}
+    common = {"dice_foreground_only": opts.dice_foreground_only, "seg_ce_weight": opts.seg_ce_weight}
     x = batch["image"].to(device, non_blocking=True)
     strong = batch["strong"].to(device)
     labels = batch["label"].to(device, non_blocking=True)[strong]

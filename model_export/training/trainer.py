@@ -258,6 +258,7 @@ class Trainer:
             det_weight=cfg.det_loss_weight,
             det_on_strong=cfg.det_on_strong,
             dice_foreground_only=cfg.dice_foreground_only,
+            seg_ce_weight=cfg.seg_ce_weight,
         )
         world = self.dist.world_size
         steps = cfg.steps_per_epoch or max(1, len(self.train_set) // (cfg.batch_size * world))

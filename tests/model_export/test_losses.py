@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from model_export.losses import box_regression_loss, sigmoid_focal_loss, soft_dice_loss
+from model_export.losses import box_regression_loss, cross_entropy_from_probs, sigmoid_focal_loss, soft_dice_loss
 
 
 def test_focal_loss_hand_values():
@@ -44,3 +44,22 @@ def test_box_regression_loss_hand_values():
     beta = 1 / 9
     expected = 0.5 * 0.05**2 / beta + (1 - 0.5 * beta) + 0 + (2 - 0.5 * beta)
     assert box_regression_loss(d, t).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_cross_entropy_from_probabilities_matches_torch_on_logits():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 5, 4)
+    labels = torch.randint(0, 3, (2, 5, 4))
+    expected = torch.nn.functional.cross_entropy(logits, labels)
+    probs = torch.softmax(logits, dim=1)
+    assert cross_entropy_from_probs(probs, labels).item() == pytest.approx(expected.item(), rel=1e-5)
+    assert cross_entropy_from_probs(probs, labels.unsqueeze(1)).item() == pytest.approx(expected.item(), rel=1e-5)
+    # by hand: one pixel, p(label) = 0.25 -> ln 4; p = 0 is clamped at eps
+    one = torch.tensor([0.75, 0.25]).view(1, 2, 1, 1)
+    assert cross_entropy_from_probs(one, torch.ones(1, 1, 1, dtype=torch.int64)).item() == pytest.approx(math.log(4))
+    zero = torch.tensor([1.0, 0.0]).view(1, 2, 1, 1)
+    assert cross_entropy_from_probs(zero, torch.ones(1, 1, 1, dtype=torch.int64), eps=1e-4).item() == pytest.approx(
+        -math.log(1e-4), rel=1e-5
+    )
+    with pytest.raises(ValueError, match="eps"):
+        cross_entropy_from_probs(one, torch.ones(1, 1, 1, dtype=torch.int64), eps=0)

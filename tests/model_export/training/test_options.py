@@ -43,6 +43,7 @@ def test_config_parses_and_validates_the_new_options():
         ({"box_mode": "blob"}, "box_mode must be one of"),
         ({"selection": "test"}, "selection must be one of"),
         ({"det_loss_weight": -1}, "det_loss_weight"),
+        ({"seg_ce_weight": -0.5}, "seg_ce_weight"),
         ({"time_limit_minutes": 0}, "time_limit_minutes"),
         ({"val_negative_slices": -1}, "val_negative_slices"),
     ]:
@@ -132,6 +133,14 @@ def test_detection_loss_weight_and_strong_rows():
     assert paper["seg_dice"].item() == pytest.approx(full["seg_dice"].item(), rel=1e-6)
     strong_only = batch_loss(model, model, _batch([True, True]), cpu, options=LossOptions(det_on_strong=False))
     assert set(strong_only) == {"seg_dice", "total"}
+    # Dice + cross-entropy: the CE of the strong rows' probabilities, weighted into the total
+    with_ce = batch_loss(model, model, batch, cpu, options=LossOptions(seg_ce_weight=0.5))
+    probs = model(batch["image"][:1], seg_mask=batch["strong"][:1])["segmentation"]
+    ce = torch.nn.functional.nll_loss(torch.log(probs.clamp_min(1e-7)), batch["label"][:1])
+    assert with_ce["seg_ce"].item() == pytest.approx(ce.item(), rel=1e-5)
+    parts = with_ce["seg_dice"] + 0.5 * with_ce["seg_ce"] + with_ce["det_cls"] + with_ce["det_box"]
+    assert with_ce["total"].item() == pytest.approx(parts.item(), rel=1e-6)
+    assert "seg_ce" not in full
 
 
 def test_detached_gates_keep_the_segmentation_loss_out_of_the_detection_encoder():
@@ -273,6 +282,7 @@ def test_trainer_with_whole_series_options_records_them(manifest, tmp_path):
         box_mode="object",
         dice_foreground_only=True,
         det_loss_weight=0.5,
+        seg_ce_weight=1.0,
         det_on_strong=False,
         fit_anchors=True,
         anchors_per_level=2,
@@ -284,7 +294,9 @@ def test_trainer_with_whole_series_options_records_them(manifest, tmp_path):
     assert result.best_val_dice == max(row["val_score"] for row in result.history)
     payload = read_checkpoint(result.best_path)
     training = payload["card"]["training"] if "card" in payload else payload["training"]
-    for key in ("batch_composition", "box_mode", "det_on_strong", "selection", "hard_negative_fraction"):
+    assert all(row["loss_seg_ce"] > 0 for row in result.history)
+    keys = ("batch_composition", "box_mode", "det_on_strong", "selection", "hard_negative_fraction", "seg_ce_weight")
+    for key in keys:
         assert training[key] == cfg.to_dict()[key]
     anchors = training["anchors"]
     assert anchors["recall"] >= anchors["recall_preset"] and anchors["training_boxes"] > 0
