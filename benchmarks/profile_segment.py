@@ -1,10 +1,11 @@
-"""Where one ``POST /segment`` request's time goes: a phase table from cProfile, in process.
+"""Where one ``POST /segment`` request's time goes: a phase table, in process.
 
 Run from the repository root (the tests' support modules build the inputs):
 
     PYTHONPATH=. python benchmarks/profile_segment.py                 # box mode, 20 boxes, 64 x 512^2
     PYTHONPATH=. python benchmarks/profile_segment.py --mode slices   # the whole series
     PYTHONPATH=. python benchmarks/profile_segment.py --http          # + one request through uvicorn
+    PYTHONPATH=. python benchmarks/profile_segment.py --top 30        # + cProfile's top functions
 
 The request takes the route's path from the multipart body to the answer bytes: Starlette's form
 parsing (python-multipart, spooling each file), ``service.request.run_request`` (zip expansion,
@@ -13,12 +14,18 @@ post-processing, reference work) and ``service.pipeline.render``. The model is t
 model of ``tests/support/onnx_models.py``, the input a synthetic CT series of 512 x 512 DICOM files
 (``benchmarks/service.py`` builds the same ones).
 
-Printed: the wall time of the request without the profiler (median of ``--repeats``), then the
-phases of one profiled run (cumulative seconds of the functions that make each phase, and their
-share of the profiled total; the profiler slows Python code more than native code, so the shares
-of Python phases are upper bounds). The profiled run makes batches in the calling thread (no
-overlap) so that cProfile sees them. With ``--http`` a real uvicorn server answers one request and
-the client clock is set against the server's reported read and inference times.
+Phases are timed by wrapping the functions that make them with a wall-clock timer (a few
+microseconds per call; cProfile would slow pydicom's many small calls several-fold): each phase's
+time excludes the wrapped phases it calls. Printed, medians of ``--repeats`` requests:
+
+1. the request's wall time with the batches made in the helper thread (as served) and in the
+   calling thread (for the table), and the phase table of the latter (ms, % of total);
+2. overlap: the calling thread's time waiting for the helper's next batch, against the time the
+   batches take to make (decode included) without the helper;
+3. with ``--http``: one request through a real uvicorn server, the client clock against the
+   server's reported read / inference / total times.
+
+The machine may be shared: every table says the load average it ran under.
 """
 
 from __future__ import annotations
@@ -26,62 +33,91 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import functools
 import json
 import os
 import pstats
 import statistics
 import sys
 import tempfile
+import threading
 import time
+from collections import defaultdict
+from concurrent.futures import Future
 from pathlib import Path
+from typing import Any, Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import msdn_core.readers.dicom as dicom_reader  # noqa: E402
+import service.model as model_module  # noqa: E402
+import service.pipeline as pipeline  # noqa: E402
+import service.request as request_module  # noqa: E402
 from benchmarks.service import encode, make_boxes, post, serve, volume  # noqa: E402
 from service.concurrency import Deadline  # noqa: E402
 from service.model import ModelRuntime  # noqa: E402
-from service.pipeline import render  # noqa: E402
-from service.request import run_request  # noqa: E402
 from service.settings import Settings  # noqa: E402
 from tests.support.live_server import ROOT, stop_server  # noqa: E402
 from tests.support.onnx_models import conv_model  # noqa: E402
 
-#: Phase -> the functions (file suffix, function name) whose cumulative time makes it, and the
-#: functions of other phases that they call directly (subtracted: their time is counted there).
-PHASES: list[tuple[str, list[tuple[str, str]], list[tuple[str, str]]]] = [
-    ("multipart parse + spool", [("starlette/formparsers.py", "parse")], []),
-    ("zip expansion", [("service/io/upload.py", "expand_files")], []),
-    ("header parse (parse_dicom)", [("msdn_core/readers/dicom.py", "parse_dicom")], []),
-    ("pixel decode + modality LUT", [("msdn_core/readers/dicom.py", "decode")], []),
-    ("series assembly (read_series)", [("msdn_core/readers/dicom.py", "read_series")], [("dicom.py", "decode")]),
-    ("boxes parse", [("service/boxes.py", "parse_boxes")], []),
-    ("reference", [("msdn_core/reference.py", "match_reference"), ("msdn_core/reference.py", "labels_from_seg")], []),
-    ("batch make (crop/pad/normalise)", [("service/inference.py", "make_batch")], [("volume.py", "load")]),
-    ("ONNX Runtime (session.run)", [("service/model.py", "run")], []),
-    ("batch consume (argmax, paste)", [("service/inference.py", "consume")], []),
-    ("post-processing", [("msdn_core/postprocess.py", "postprocess")], []),
-    ("Dice / metrics", [("service/evaluation.py", "evaluate")], []),
-    ("answer encoding (render)", [("service/pipeline.py", "render")], []),
+MULTIPART = "multipart parse + spool"
+RENDER = "answer encoding (render)"
+ORT = "ONNX Runtime (session.run)"
+DECODE = "pixel decode + modality LUT"
+MAKE = "batch make / consume, inference loop"
+WAIT = "waiting for the helper's batch"
+
+#: (object, attribute, phase): the functions timed (module globals as the callers look them up).
+TIMED: list[tuple[Any, str, str]] = [
+    (request_module, "expand_files", "zip expansion"),
+    (request_module, "parse_dicom", "header parse (parse_dicom)"),
+    (request_module, "read_volume", "volume read (NIfTI / NRRD / npy)"),
+    (request_module, "read_reference_file", "reference read"),
+    (pipeline, "series_volume", "series assembly (read_series)"),
+    (dicom_reader._SliceDecoder, "decode", DECODE),
+    (pipeline, "parse_boxes", "boxes parse"),
+    (pipeline, "match_reference", "reference match"),
+    (pipeline, "labels_from_seg", "reference match"),
+    (pipeline, "segment_volume_array", MAKE),
+    (model_module.ModelRuntime, "run", ORT),
+    (Future, "result", WAIT),
+    (pipeline, "postprocess", "post-processing"),
+    (pipeline, "evaluate", "Dice / metrics"),
 ]
+ORDER = [MULTIPART] + list(dict.fromkeys(p for _, _, p in TIMED if p != WAIT)) + [RENDER]
 
 
-def _matches(key: tuple, suffix: str, func: str) -> bool:
-    return key[2] == func and key[0].replace("\\", "/").endswith(suffix)
+class PhaseTimer:
+    """Exclusive wall time per phase: a timed call's time, less that of the timed calls inside it (per thread)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.local = threading.local()
+
+    def wrap(self, func: Callable, phase: str) -> Callable:
+        @functools.wraps(func)
+        def timed(*args, **kwargs):
+            stack = self.local.__dict__.setdefault("stack", [])
+            stack.append(0.0)
+            t0 = time.perf_counter()
+            try:
+                return func(*args, **kwargs)
+            finally:
+                elapsed = time.perf_counter() - t0
+                inner = stack.pop()
+                self.seconds[phase] += elapsed - inner
+                if stack:
+                    stack[-1] += elapsed
+
+        return timed
+
+    def add(self, phase: str, seconds: float) -> None:
+        self.seconds[phase] += seconds
 
 
-def _phase_seconds(stats: pstats.Stats, funcs: list[tuple[str, str]], minus: list[tuple[str, str]]) -> float:
-    """Cumulative seconds of ``funcs`` less those of ``minus`` when called directly from them."""
-    entries = stats.stats  # type: ignore[attr-defined]
-    total = 0.0
-    for key, (_, _, _, ct, _) in entries.items():
-        if any(_matches(key, s, f) for s, f in funcs):
-            total += ct
-    for key, (_, _, _, _, callers) in entries.items():
-        if any(_matches(key, s, f) for s, f in minus):
-            for caller, timing in callers.items():
-                if any(_matches(caller, s, f) for s, f in funcs):
-                    total -= timing[3]
-    return total
+def install(timer: PhaseTimer) -> None:
+    for owner, name, phase in TIMED:
+        setattr(owner, name, timer.wrap(getattr(owner, name), phase))
 
 
 async def _form(body: bytes, content_type: str, settings: Settings):
@@ -105,12 +141,16 @@ async def _form(body: bytes, content_type: str, settings: Settings):
     return await Request(scope, receive).form(max_files=settings.max_files + 10, max_fields=1000)
 
 
-def one_request(body: bytes, content_type: str, runtime: ModelRuntime, settings: Settings, fmt: str) -> bytes:
+def one_request(
+    body: bytes, content_type: str, runtime: ModelRuntime, settings: Settings, fmt: str, timer: PhaseTimer
+) -> bytes:
     """Form parse, ``run_request``, ``render``: the route's blocking path, in this thread."""
+    t0 = time.perf_counter()
     form = asyncio.run(_form(body, content_type, settings))
+    timer.add(MULTIPART, time.perf_counter() - t0)
     dicom = [(f.filename or "dicom", f.file) for f in form.getlist("dicom")]
     try:
-        result = run_request(
+        result = request_module.run_request(
             Deadline(None),
             runtime=runtime,
             settings=settings,
@@ -122,10 +162,39 @@ def one_request(body: bytes, content_type: str, runtime: ModelRuntime, settings:
             series_uid=None,
             mode=form.get("mode") or "auto",
         )
-        answer, _, _ = render(result, fmt, settings=settings)
+        t0 = time.perf_counter()
+        answer, _, _ = pipeline.render(result, fmt, settings=settings)
+        timer.add(RENDER, time.perf_counter() - t0)
     finally:
         asyncio.run(form.close())
     return answer
+
+
+def measure(args, body, content_type, runtime, settings, *, overlap: bool) -> tuple[float, dict[str, float], int]:
+    """Median wall time and median phase seconds of ``args.repeats`` requests."""
+    runtime.overlap = overlap
+    walls, phases = [], defaultdict(list)
+    size = 0
+    for _ in range(args.repeats):
+        timer = PhaseTimer()
+        install(timer)
+        try:
+            t0 = time.perf_counter()
+            size = len(one_request(body, content_type, runtime, settings, args.format, timer))
+            walls.append(time.perf_counter() - t0)
+        finally:
+            uninstall()
+        for phase in [*ORDER, WAIT]:
+            phases[phase].append(timer.seconds.get(phase, 0.0))
+    return statistics.median(walls), {k: statistics.median(v) for k, v in phases.items()}, size
+
+
+_ORIGINALS = [(owner, name, getattr(owner, name)) for owner, name, _ in TIMED]
+
+
+def uninstall() -> None:
+    for owner, name, func in _ORIGINALS:
+        setattr(owner, name, func)
 
 
 def main() -> int:
@@ -136,9 +205,9 @@ def main() -> int:
     parser.add_argument("--channels", type=int, default=16)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--format", default="json", choices=["json", "nifti"])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5, help="requests per median")
     parser.add_argument("--http", action="store_true", help="also one request through a uvicorn server")
-    parser.add_argument("--top", type=int, default=0, help="also print the top N functions by own time")
+    parser.add_argument("--top", type=int, default=0, help="also cProfile's top N functions by own time")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="msdn-profile-"))
@@ -152,45 +221,47 @@ def main() -> int:
     runtime = ModelRuntime.from_settings(settings)
     runtime.warmup()
     case = f"{args.mode}: " + (f"{args.boxes} boxes, " if args.mode == "boxes" else "") + f"{args.slices}x512x512"
-    print(f"case: {case}, {len(body) / 2**20:.1f} MiB multipart body, format {args.format}")
-    print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores; batch {runtime.batch_size}")
+    load0 = os.getloadavg()[0]
+    one_request(body, content_type, runtime, settings, args.format, PhaseTimer())  # warm: imports, arena
 
-    one_request(body, content_type, runtime, settings, args.format)  # warm: imports, arena
-    walls = []
-    for _ in range(args.repeats):
-        t0 = time.perf_counter()
-        answer = one_request(body, content_type, runtime, settings, args.format)
-        walls.append(time.perf_counter() - t0)
+    served, with_helper, size = measure(args, body, content_type, runtime, settings, overlap=True)
+    total, phases, _ = measure(args, body, content_type, runtime, settings, overlap=False)
+    load1 = os.getloadavg()[0]
     print(
-        f"wall (no profiler, overlap {runtime.overlap}): median {statistics.median(walls) * 1e3:.0f} ms "
-        f"of {args.repeats}; answer {len(answer) / 1024:.0f} KiB"
+        f"case: {case}, {len(body) / 2**20:.1f} MiB multipart body, answer {args.format} {size / 1024:.0f} KiB; "
+        f"batch {runtime.batch_size}; load average {load0:.2f}-{load1:.2f} on {os.cpu_count()} cores; "
+        f"medians of {args.repeats}"
     )
-
-    runtime.overlap = False
-    profile = cProfile.Profile()
-    t0 = time.perf_counter()
-    profile.enable()
-    one_request(body, content_type, runtime, settings, args.format)
-    profile.disable()
-    total = time.perf_counter() - t0
-    stats = pstats.Stats(profile)
-    values = {phase: _phase_seconds(stats, funcs, minus) for phase, funcs, minus in PHASES}
-    print(f"\nprofiled run: {total * 1e3:.0f} ms (batches made in the calling thread)\n")
+    print(
+        f"wall: {served * 1e3:.0f} ms with the helper thread (as served), {total * 1e3:.0f} ms with batches "
+        "made in the calling thread (the table)\n"
+    )
     print("| phase | ms | % of total |")
     print("| --- | ---: | ---: |")
-    for phase, own in values.items():
-        print(f"| {phase} | {own * 1e3:.1f} | {100 * own / total:.1f} |")
-    accounted = sum(values.values())
-    rest = total - accounted
-    print(f"| other (glue, GC, imports) | {rest * 1e3:.1f} | {100 * rest / total:.1f} |")
+    for phase in ORDER:
+        if phases.get(phase, 0.0) > 0:
+            print(f"| {phase} | {phases[phase] * 1e3:.1f} | {100 * phases[phase] / total:.1f} |")
+    rest = total - sum(phases.get(p, 0.0) for p in ORDER)
+    print(f"| other (glue, form close, GC) | {rest * 1e3:.1f} | {100 * rest / total:.1f} |")
     print(f"| **total** | {total * 1e3:.1f} | 100 |")
-    outside = total - values["ONNX Runtime (session.run)"]
     print(
-        f"\nend-to-end / ORT in this run: {total / values['ONNX Runtime (session.run)']:.2f} "
-        f"(outside ORT {outside * 1e3:.0f} ms)"
+        f"\nend-to-end / ORT: {total / phases[ORT]:.2f} (calling thread), {served / with_helper[ORT]:.2f} (helper "
+        f"thread); outside ORT {(total - phases[ORT]) * 1e3:.0f} ms"
     )
+    made = phases[DECODE] + phases[MAKE] if args.mode == "slices" else phases[MAKE]
+    print(
+        f"overlap: with the helper thread the calling thread waits {with_helper[WAIT] * 1e3:.0f} ms for batches; "
+        f"ORT {with_helper[ORT] * 1e3:.0f} ms with it vs {phases[ORT] * 1e3:.0f} ms without; making batches and "
+        f"consuming outputs (decode included) {made * 1e3:.0f} ms in the calling thread"
+    )
+
     if args.top:
-        stats.sort_stats("tottime").print_stats(args.top)
+        runtime.overlap = False
+        profile = cProfile.Profile()
+        profile.enable()
+        one_request(body, content_type, runtime, settings, args.format, PhaseTimer())
+        profile.disable()
+        pstats.Stats(profile).sort_stats("tottime").print_stats(args.top)
 
     if args.http:
         proc, url = serve(ROOT, model, work / "server.log")
@@ -200,15 +271,14 @@ def main() -> int:
         finally:
             stop_server(proc)
         timing = answer_json["timing"]
-        print("\none request through uvicorn (client clock vs the server's reported phases)\n")
+        print(f"\none request through uvicorn, load average {os.getloadavg()[0]:.2f}\n")
         print("| what | ms |")
         print("| --- | ---: |")
         print(f"| client: POST to answer | {seconds * 1e3:.0f} |")
         for key, value in timing.items():
             if key.endswith("_s"):
                 print(f"| server {key} | {value * 1e3:.0f} |")
-        rest = seconds - timing["total_s"]
-        print(f"| outside the server's total (HTTP, multipart, encoding) | {rest * 1e3:.0f} |")
+        print(f"| outside the server's total (HTTP, multipart, encoding) | {(seconds - timing['total_s']) * 1e3:.0f} |")
     return 0
 
 

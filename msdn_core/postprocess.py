@@ -36,18 +36,24 @@ class CandidateBox:
     score: float
 
 
-def _bounding_window(labels: np.ndarray) -> Optional[tuple[slice, slice, slice]]:
-    """The (z, y, x) slices of the smallest box holding every non-zero voxel of ``labels`` (Z, Y, X)."""
+def _windows(labels: np.ndarray) -> list[tuple[slice, slice, slice]]:
+    """(z, y, x) windows holding every non-zero voxel of ``labels`` (Z, Y, X), one per run of
+    consecutive non-empty slices, each cut to its run's rows and columns.
+
+    No 26-connected component crosses an empty slice, so the runs are labelled apart (box mode:
+    the boxes' slices, not the volume between them). uint8 maxima: no boolean temporary of the volume.
+    """
     depth = labels.shape[0]
-    # uint8 maxima (no boolean temporary of the volume): the slices first, then rows and columns of those.
-    per_slice = labels.reshape(depth, -1).max(axis=1) if labels.size else np.zeros(depth, labels.dtype)
-    zs = np.flatnonzero(per_slice)
-    if not zs.size:
-        return None
-    z0, z1 = int(zs[0]), int(zs[-1]) + 1
-    plane = labels[z0:z1].max(axis=0)
-    ys, xs = np.flatnonzero(plane.max(axis=1)), np.flatnonzero(plane.max(axis=0))
-    return slice(z0, z1), slice(int(ys[0]), int(ys[-1]) + 1), slice(int(xs[0]), int(xs[-1]) + 1)
+    if not labels.size:
+        return []
+    zs = np.flatnonzero(labels.reshape(depth, -1).max(axis=1))
+    out = []
+    for run in np.split(zs, np.flatnonzero(np.diff(zs) > 1) + 1) if zs.size else []:
+        z0, z1 = int(run[0]), int(run[-1]) + 1
+        plane = labels[z0:z1].max(axis=0)
+        ys, xs = np.flatnonzero(plane.max(axis=1)), np.flatnonzero(plane.max(axis=0))
+        out.append((slice(z0, z1), slice(int(ys[0]), int(ys[-1]) + 1), slice(int(xs[0]), int(xs[-1]) + 1)))
+    return out
 
 
 def label_components(mask: np.ndarray) -> tuple[np.ndarray, int]:
@@ -107,55 +113,55 @@ def postprocess(
     voxel_mm3 = float(np.prod(spacing))
     out = labels if not copy and labels.dtype == np.uint8 else np.array(labels, dtype=np.uint8, copy=True)
     found: list[dict] = []
-    window = _bounding_window(out)
-    if window is None:
-        return out, found
-    origin = [w.start for w in window]
-    sub = out[window]  # a view: removals write through to ``out``
+    windows = _windows(out)
     for value, name in enumerate(class_names, start=1):
-        mask = sub == value
-        if not mask.any():
-            continue
-        lab, _ = label_components(mask)
         boxes = [c for c in candidate_boxes if c.label == value]
-        for k, bbox in enumerate(ndimage.find_objects(lab), start=1):
-            if bbox is None:
+        for window in windows:  # in z order: components come in the raster order of one labelling
+            origin = [w.start for w in window]
+            sub = out[window]  # a view: removals write through to ``out``
+            mask = sub == value
+            if not mask.any():
                 continue
-            local = lab[bbox] == k
-            size = int(np.count_nonzero(local))
-            region = tuple(slice(s.start + o, s.stop + o) for s, o in zip(bbox, origin, strict=True))
-            score: Optional[float] = None
-            for cand in boxes:
-                zs, ys, xs = _box_slices(cand.box, labels.shape)
-                inter = tuple(
-                    slice(max(a.start, b.start), min(a.stop, b.stop)) for a, b in zip((zs, ys, xs), region, strict=True)
-                )
-                if any(s.stop <= s.start for s in inter):
+            lab, _ = label_components(mask)
+            for k, bbox in enumerate(ndimage.find_objects(lab), start=1):
+                if bbox is None:
                     continue
-                rel = tuple(slice(i.start - r.start, i.stop - r.start) for i, r in zip(inter, region, strict=True))
-                if local[rel].any():
-                    score = cand.score if score is None else max(score, cand.score)
-            too_small = size * voxel_mm3 < min_volume_mm3
-            outside = keep_overlapping and score is None
-            if too_small or outside:
-                sub[bbox][local] = 0
-                continue
-            if score is None and score_volume is not None:
-                score = float(score_volume[region][local].max()) * float(score_scale)
-            idx = np.nonzero(local)
-            centre = [float(idx[a].mean() + region[a].start) for a in (2, 1, 0)]
-            zs, ys, xs = region
-            found.append(
-                {
-                    "class_value": value,
-                    "class_name": name,
-                    "voxels": size,
-                    "volume_ml": size * voxel_mm3 / 1000.0,
-                    "box": [xs.start, ys.start, zs.start, xs.stop, ys.stop, zs.stop],
-                    "centre": centre,
-                    "score": score,
-                }
-            )
+                local = lab[bbox] == k
+                size = int(np.count_nonzero(local))
+                region = tuple(slice(s.start + o, s.stop + o) for s, o in zip(bbox, origin, strict=True))
+                score: Optional[float] = None
+                for cand in boxes:
+                    zs, ys, xs = _box_slices(cand.box, labels.shape)
+                    inter = tuple(
+                        slice(max(a.start, b.start), min(a.stop, b.stop))
+                        for a, b in zip((zs, ys, xs), region, strict=True)
+                    )
+                    if any(s.stop <= s.start for s in inter):
+                        continue
+                    rel = tuple(slice(i.start - r.start, i.stop - r.start) for i, r in zip(inter, region, strict=True))
+                    if local[rel].any():
+                        score = cand.score if score is None else max(score, cand.score)
+                too_small = size * voxel_mm3 < min_volume_mm3
+                outside = keep_overlapping and score is None
+                if too_small or outside:
+                    sub[bbox][local] = 0
+                    continue
+                if score is None and score_volume is not None:
+                    score = float(score_volume[region][local].max()) * float(score_scale)
+                idx = np.nonzero(local)
+                centre = [float(idx[a].mean() + region[a].start) for a in (2, 1, 0)]
+                zs, ys, xs = region
+                found.append(
+                    {
+                        "class_value": value,
+                        "class_name": name,
+                        "voxels": size,
+                        "volume_ml": size * voxel_mm3 / 1000.0,
+                        "box": [xs.start, ys.start, zs.start, xs.stop, ys.stop, zs.stop],
+                        "centre": centre,
+                        "score": score,
+                    }
+                )
     found.sort(key=lambda c: -c["voxels"])
     return out, found
 
