@@ -19,7 +19,8 @@ microseconds per call; cProfile would slow pydicom's many small calls several-fo
 time excludes the wrapped phases it calls. Printed, medians of ``--repeats`` requests:
 
 1. the request's wall time with the batches made in the helper thread (as served) and in the
-   calling thread (for the table), and the phase table of the latter (ms, % of total);
+   calling thread (for the table), requests of the two kinds alternating, and the phase table of
+   the latter (ms, % of total);
 2. overlap: the calling thread's time waiting for the helper's next batch, against the time the
    batches take to make (decode included) without the helper;
 3. with ``--http``: one request through a real uvicorn server, the client clock against the
@@ -170,23 +171,29 @@ def one_request(
     return answer
 
 
-def measure(args, body, content_type, runtime, settings, *, overlap: bool) -> tuple[float, dict[str, float], int]:
-    """Median wall time and median phase seconds of ``args.repeats`` requests."""
-    runtime.overlap = overlap
-    walls, phases = [], defaultdict(list)
+def measure(args, body, content_type, runtime, settings) -> dict[bool, tuple[float, dict[str, float], int]]:
+    """Per overlap setting (True: batches made in the helper thread): median wall time and median
+    phase seconds of ``args.repeats`` requests, the two settings alternating (same machine load)."""
+    walls: dict[bool, list[float]] = defaultdict(list)
+    phases: dict[bool, dict[str, list[float]]] = {True: defaultdict(list), False: defaultdict(list)}
     size = 0
     for _ in range(args.repeats):
-        timer = PhaseTimer()
-        install(timer)
-        try:
-            t0 = time.perf_counter()
-            size = len(one_request(body, content_type, runtime, settings, args.format, timer))
-            walls.append(time.perf_counter() - t0)
-        finally:
-            uninstall()
-        for phase in [*ORDER, WAIT]:
-            phases[phase].append(timer.seconds.get(phase, 0.0))
-    return statistics.median(walls), {k: statistics.median(v) for k, v in phases.items()}, size
+        for overlap in (True, False):
+            runtime.overlap = overlap
+            timer = PhaseTimer()
+            install(timer)
+            try:
+                t0 = time.perf_counter()
+                size = len(one_request(body, content_type, runtime, settings, args.format, timer))
+                walls[overlap].append(time.perf_counter() - t0)
+            finally:
+                uninstall()
+            for phase in [*ORDER, WAIT]:
+                phases[overlap][phase].append(timer.seconds.get(phase, 0.0))
+    return {
+        overlap: (statistics.median(walls[overlap]), {k: statistics.median(v) for k, v in phases[overlap].items()}, size)
+        for overlap in (True, False)
+    }
 
 
 _ORIGINALS = [(owner, name, getattr(owner, name)) for owner, name, _ in TIMED]
@@ -224,8 +231,8 @@ def main() -> int:
     load0 = os.getloadavg()[0]
     one_request(body, content_type, runtime, settings, args.format, PhaseTimer())  # warm: imports, arena
 
-    served, with_helper, size = measure(args, body, content_type, runtime, settings, overlap=True)
-    total, phases, _ = measure(args, body, content_type, runtime, settings, overlap=False)
+    runs = measure(args, body, content_type, runtime, settings)
+    (served, with_helper, size), (total, phases, _) = runs[True], runs[False]
     load1 = os.getloadavg()[0]
     print(
         f"case: {case}, {len(body) / 2**20:.1f} MiB multipart body, answer {args.format} {size / 1024:.0f} KiB; "

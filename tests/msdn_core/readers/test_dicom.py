@@ -367,3 +367,33 @@ def test_lazy_read_decodes_slices_when_asked_and_releases_each_instance():
     assert [source.closed for _, _, source in items] == [True, True, False, False, False]
     np.testing.assert_array_equal(lazy.load(), plain.array)
     assert lazy.loader is None and all(source.closed for _, _, source in items)
+
+
+def _implicit_vr_bytes(ds: pydicom.Dataset) -> bytes:
+    ds = copy.deepcopy(ds)
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("implicit", [False, True])
+def test_header_values_read_from_the_raw_elements_equal_pydicoms(implicit):
+    """The reader's fast path for the geometry values (DS/IS numbers, UI/CS text, US) against
+    pydicom's own conversion of a fresh parse of the same file; unusual values take pydicom's path."""
+    from msdn_core.readers.dicom import _value
+
+    ds = ct_series(phantom((1, 8, 8)), spacing=(2.5, 0.7, 0.6), slope=0.5)[0]
+    ds.NumberOfFrames = 1
+    ds.RescaleIntercept = ""  # empty: pydicom's value
+    data = _implicit_vr_bytes(ds) if implicit else to_bytes(ds)
+    fast, reference = parse_dicom(data, name="a"), parse_dicom(data, name="b")
+    keywords = ["ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "RescaleSlope", "RescaleIntercept"]
+    keywords += ["NumberOfFrames", "SOPInstanceUID", "SeriesInstanceUID", "Modality", "Rows", "Columns"]
+    keywords += ["SamplesPerPixel", "BitsAllocated"]
+    for keyword in keywords:
+        got, want = _value(fast, keyword), reference.get(keyword)
+        assert got == want and type(got) in (type(want), float, int, str, list), keyword
+    assert _value(fast, "PixelSpacing") == [0.7, 0.6] and _value(fast, "Rows") == 8
+    assert _value(fast, "SliceLocation", "absent") == "absent"
+    assert _value(fast, "RescaleIntercept") in ("", None)
