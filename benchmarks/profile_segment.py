@@ -190,10 +190,8 @@ def measure(args, body, content_type, runtime, settings) -> dict[bool, tuple[flo
                 uninstall()
             for phase in [*ORDER, WAIT]:
                 phases[overlap][phase].append(timer.seconds.get(phase, 0.0))
-    return {
-        overlap: (statistics.median(walls[overlap]), {k: statistics.median(v) for k, v in phases[overlap].items()}, size)
-        for overlap in (True, False)
-    }
+    medians = {o: {k: statistics.median(v) for k, v in phases[o].items()} for o in (True, False)}
+    return {o: (statistics.median(walls[o]), medians[o], size) for o in (True, False)}
 
 
 _ORIGINALS = [(owner, name, getattr(owner, name)) for owner, name, _ in TIMED]
