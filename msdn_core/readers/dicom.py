@@ -341,10 +341,41 @@ def _check_decodable(ds: Dataset, name: str) -> None:
         )
 
 
+_NATIVE_LITTLE_ENDIAN = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1")  # implicit / explicit VR little endian
+
+
+def _native(ds: Dataset) -> Optional[np.ndarray]:
+    """Uncompressed little-endian grey-scale pixel data of 8 or 16 bits (all bits stored) as a
+    (frames, rows, columns) view of the element's bytes; None for anything else (pydicom decodes it).
+
+    pydicom's decoder pipeline costs more than the copy it makes for such data (the usual CT).
+    """
+    meta = getattr(ds, "file_meta", None)
+    if meta is None or str(meta.get("TransferSyntaxUID", "")) not in _NATIVE_LITTLE_ENDIAN:
+        return None
+    bits = _value(ds, "BitsAllocated")
+    if bits not in (8, 16) or _value(ds, "BitsStored") != bits or _value(ds, "SamplesPerPixel", 1) != 1:
+        return None
+    signed = _value(ds, "PixelRepresentation")
+    if signed not in (0, 1):
+        return None
+    rows, cols = _value(ds, "Rows"), _value(ds, "Columns")
+    frames = int(_value(ds, "NumberOfFrames", 1) or 1)
+    data = ds.PixelData
+    dtype = np.dtype(f"<{'i' if signed else 'u'}{bits // 8}")
+    count = int(rows) * int(cols) * frames
+    if not isinstance(data, (bytes, bytearray)) or len(data) < count * dtype.itemsize:
+        return None
+    return np.frombuffer(data, dtype, count).reshape(frames, int(rows), int(cols))
+
+
 def _decode(ds: Dataset, name: str) -> np.ndarray:
     """Stored pixel values as (frames, rows, columns)."""
     from pydicom.pixels import get_decoder
 
+    native = _native(ds) if "PixelData" in ds else None
+    if native is not None:
+        return native
     if "PixelData" not in ds:
         # Float pixel data carries real values already; pydicom reads it through pixel_array.
         arr = ds.pixel_array
@@ -366,6 +397,14 @@ def _decode(ds: Dataset, name: str) -> np.ndarray:
             code=ErrorCode.UNSUPPORTED_IMAGE,
         )
     return arr
+
+
+def _fits_int16(values: np.ndarray, intercept: int) -> bool:
+    """Whether ``values + intercept`` lies in the int16 range (integer ``values``)."""
+    if not values.size:
+        return True
+    info = np.iinfo(np.int16)
+    return int(values.min()) + intercept >= info.min and int(values.max()) + intercept <= info.max
 
 
 class _SliceDecoder:
@@ -419,6 +458,9 @@ class _SliceDecoder:
                     from pydicom.pixels import apply_modality_lut
 
                     self.volume[z] = apply_modality_lut(values, ds)
+                elif self.volume.dtype == np.int16 and fr.slope == 1 and _fits_int16(values, int(fr.intercept)):
+                    # values + intercept computed in int32 and written straight into the slice (no temporaries)
+                    np.add(values, np.int32(fr.intercept), out=self.volume[z], casting="unsafe")
                 elif self.volume.dtype == np.int16:
                     out = values.astype(np.int32) * int(fr.slope) + int(fr.intercept)
                     if out.size and (out.min() < info16.min or out.max() > info16.max):
