@@ -69,7 +69,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--max-runs", type=int, default=None, help="stop after this many new runs")
     parser.add_argument("--report-only", action="store_true", help="rewrite the report from OUT/results.csv")
-    parser.add_argument("--dry-run", action="store_true", help="print the planned runs and exit")
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the runs still to do in OUT (finished ones are counted, not listed) and exit",
+    )
 
 
 def build_config(args: argparse.Namespace):
@@ -131,7 +135,7 @@ def build_config(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from model_export.experiment.protocol import ExperimentConfig, plan_cells
+    from model_export.experiment.protocol import ExperimentConfig
     from model_export.experiment.report import write_report
     from model_export.experiment.runner import read_results, run_experiment
 
@@ -153,15 +157,18 @@ def run(args: argparse.Namespace) -> int:
             return 0
         config = build_config(args)
         if args.dry_run:
-            if config.protocol == 2:
-                from model_export.experiment.v2 import curve_cells
+            from model_export.experiment.runner import planned_stages
 
+            stages = planned_stages(config, args.out)
+            if config.protocol == 2:
                 sys.stdout.write("# protocol 2, stage 1 (learning curve); later stages are planned from its results\n")
-                cells = curve_cells(config)
-            else:
-                cells = plan_cells(config)
-            for cell in cells:
-                sys.stdout.write(cell.name + "\n")
+            for i, (stage, cells, done) in enumerate(stages):
+                if i or done:
+                    todo = len(cells) - len(done)
+                    sys.stdout.write(f"# {stage}: {len(cells)} runs, {len(done)} done in {args.out}, {todo} to run\n")
+                for cell in cells:
+                    if cell.key not in done:
+                        sys.stdout.write(cell.name + "\n")
             return 0
         rows = run_experiment(config, args.out, max_runs=args.max_runs)
     except ValueError as exc:

@@ -92,6 +92,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="on" if d.det_on_strong else "off",
         help="detection loss on strong rows too (off = paper: strong rows get only the segmentation loss)",
     )
+    g.add_argument(
+        "--box-constraints",
+        default=None,
+        metavar="JSON",
+        help=(
+            "segmentation-only models: train on the weak rows too with the box emptiness/tightness/size "
+            "constraints (Kervadec et al. 2020); BoxConstraintLoss options as JSON, '{}' for the defaults, "
+            "e.g. '{\"size_bounds\": [0.5, 0.9]}'"
+        ),
+    )
     g.add_argument("--detach-gates", action="store_true", help="sSE links read detached detection features")
     g.add_argument("--stride1", action="store_true", help="add the stride-1 decoder level to the detection levels")
     g.add_argument("--fit-anchors", action="store_true", help="fit the anchor shapes to the training boxes")
@@ -116,6 +126,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     parser.add_argument("--no-progress", action="store_true")
+
+
+def parse_box_constraints(text: str | None) -> dict | None:
+    """``--box-constraints`` JSON -> options dict (None when not given)."""
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        raise ValueError(f"--box-constraints must be a JSON object, got {text!r}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"--box-constraints must be a JSON object, got {text!r}")
+    return value
 
 
 def parse_options(items: list[str]) -> dict:
@@ -176,6 +199,7 @@ def run(args: argparse.Namespace) -> int:
             det_loss_weight=args.det_loss_weight,
             seg_ce_weight=args.seg_ce_weight,
             det_on_strong=args.det_on_strong == "on",
+            box_constraints=parse_box_constraints(args.box_constraints),
             fit_anchors=args.fit_anchors,
             anchors_per_level=args.anchors_per_level,
             selection=args.selection,

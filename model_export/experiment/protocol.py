@@ -74,8 +74,12 @@ class Arm:
 
     @property
     def uses_weak(self) -> bool:
-        """Whether the arm learns from the weak cases (so it is not run at splits without any)."""
-        return self.model in MIXED_METHODS or self.pseudo is not None
+        """Whether the arm learns from the weak cases (so it is not run at splits without any).
+
+        True for the mixed models, pseudo-mask arms and arms with a box constraint loss
+        (``train.box_constraints``).
+        """
+        return self.model in MIXED_METHODS or self.pseudo is not None or self.train.get("box_constraints") is not None
 
     @property
     def display(self) -> str:

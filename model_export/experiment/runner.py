@@ -371,6 +371,54 @@ def v2_selection(config: ExperimentConfig, rows: list[dict[str, Any]], out: Path
     return selection_to_dict(selection, analysis)
 
 
+def first_stage_cells(config: ExperimentConfig) -> list[Cell]:
+    """Protocol 2's first pool of runs: the learning curve, plus every later stage when ``curve.select``
+    fixes the splits in advance."""
+    from model_export.experiment.v2 import curve_cells, main_cells
+
+    curve = curve_cells(config)
+    spec = config.curve or {}
+    if spec.get("select"):
+        selection = {
+            t.name: {"splits": [(s, int(t.train_cases or 0) - s) for s in spec["select"]]} for t in config.tasks
+        }
+        curve = curve + main_cells(config, selection, done={c.key for c in curve})
+    return curve
+
+
+def planned_stages(config: ExperimentConfig, out_dir: str | os.PathLike) -> list[tuple[str, list[Cell], set]]:
+    """What ``run_experiment`` would run in ``out_dir`` now, without running or writing anything.
+
+    A run counts as done when ``results.csv`` has its row or its folder has a ``result.json``. For
+    protocol 2 the main and ablation rows are listed only once the learning curve is complete (the
+    split selection is computed from the finished runs, as ``run_experiment`` does).
+
+    Returns:
+        Per stage: its name, all its cells (priority order) and the keys of those already done.
+    """
+    out = Path(out_dir)
+    results_path = out / "results.csv"
+    rows = read_results(results_path)
+    done = {(r["task"], r["method"], r["strong"], r["weak"], r["repeat"]) for r in rows}
+
+    def finished(cells: list[Cell]) -> set:
+        return {c.key for c in cells if c.key in done or (cell_dir(out, c) / "result.json").is_file()}
+
+    if config.protocol == 1:
+        cells = plan_cells(config)
+        return [("experiment", cells, finished(cells))]
+    from model_export.experiment.v2 import main_cells
+
+    curve = first_stage_cells(config)
+    stages = [("learning curve", curve, finished(curve))]
+    if len(stages[0][2]) == len(curve) and all(c.key in done for c in curve):
+        sel = v2_selection(config, rows, out)
+        selection = {k: {"splits": [tuple(x) for x in v["splits"]]} for k, v in sel["selection"].items()}
+        cells = main_cells(config, selection)
+        stages.append((f"main and ablation rows at {sel['selection']}", cells, finished(cells)))
+    return stages
+
+
 def run_experiment(
     config: ExperimentConfig, out_dir: str | os.PathLike, *, max_runs: int | None = None, report: bool = True
 ) -> list[dict[str, Any]]:
@@ -411,15 +459,9 @@ def run_experiment(
     if config.protocol == 1:
         run_stage(plan_cells(config), "experiment")
     else:
-        from model_export.experiment.v2 import curve_cells, main_cells
+        from model_export.experiment.v2 import main_cells
 
-        curve = curve_cells(config)
-        spec = config.curve or {}
-        if spec.get("select"):  # splits fixed in advance: every stage in one pool
-            selection = {
-                t.name: {"splits": [(s, int(t.train_cases or 0) - s) for s in spec["select"]]} for t in config.tasks
-            }
-            curve = curve + main_cells(config, selection, done={c.key for c in curve})
+        curve = first_stage_cells(config)
         run_stage(curve, "learning curve")
         done = done_keys()
         if all(c.key in done for c in curve):

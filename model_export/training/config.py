@@ -50,6 +50,10 @@ class TrainConfig:
         seg_ce_weight: weight of a pixel-wise cross-entropy added to the segmentation Dice (paper: 0,
             Dice only; nnU-Net: Dice + CE).
         det_on_strong: strong rows also get the detection loss (paper 2.2: False, only weak rows).
+        box_constraints: None (default: a segmentation-only model ignores the weak rows) or the options
+            of ``model_export.box_constraints.BoxConstraintLoss`` (``{}`` for its defaults): a
+            segmentation-only model then trains on the weak rows too, with the box emptiness /
+            tightness / size constraints of Kervadec et al. 2020 (the strong rows keep the Dice loss).
         fit_anchors: fit the anchor shapes to the training boxes (k-means, ``anchors_per_level`` per
             detection level) instead of the preset's factor/scales/ratios; the result is stored in the
             architecture (``anchor_shapes``) with the anchor recall in the training record.
@@ -98,6 +102,7 @@ class TrainConfig:
     det_loss_weight: float = 1.0
     seg_ce_weight: float = 0.0
     det_on_strong: bool = True
+    box_constraints: dict[str, Any] | None = None
     fit_anchors: bool = False
     anchors_per_level: int = 3
     selection: str = "crop"
@@ -147,6 +152,8 @@ class TrainConfig:
             raise ValueError(f"det_loss_weight must be >= 0, got {self.det_loss_weight!r}")
         if not (isinstance(self.seg_ce_weight, (int, float)) and self.seg_ce_weight >= 0):
             raise ValueError(f"seg_ce_weight must be >= 0, got {self.seg_ce_weight!r}")
+        if self.box_constraints is not None:
+            self.box_constraint_loss()  # validates the options
         for name in ("anchors_per_level", "val_max_fg_slices"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -182,6 +189,26 @@ class TrainConfig:
             raise ValueError(f"batch_composition {text!r}: S + W must equal batch_size {self.batch_size}")
         return s, w
 
+    def box_constraint_loss(self):
+        """The ``BoxConstraintLoss`` of ``box_constraints`` (None when unset).
+
+        Raises:
+            ValueError: ``box_constraints`` is not a dict of valid options, or the model detects
+                (MSDN and MS-Net learn from boxes through their Detection Unit).
+        """
+        if self.box_constraints is None:
+            return None
+        from model_export.box_constraints import BoxConstraintLoss
+
+        if not isinstance(self.box_constraints, dict):
+            raise ValueError(f"box_constraints must be None or a dict of options, got {self.box_constraints!r}")
+        if self.model in ("msdn", "ms_net"):
+            raise ValueError(f"box_constraints applies to segmentation-only models, not {self.model!r}")
+        try:
+            return BoxConstraintLoss(**self.box_constraints)
+        except TypeError as exc:
+            raise ValueError(f"box_constraints: {exc}") from None
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly dict."""
         d = asdict(self)
@@ -215,6 +242,7 @@ class TrainConfig:
             "det_loss_weight",
             "seg_ce_weight",
             "det_on_strong",
+            "box_constraints",
             "fit_anchors",
             "anchors_per_level",
             "selection",

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from model_export.box_constraints import BoxConstraintLoss
 from model_export.nets import SegmentationModel
 
 
@@ -39,12 +40,15 @@ class LossOptions:
         det_on_strong: strong rows also get the detection loss (False = paper 2.2: weak rows only).
         dice_foreground_only: foreground-only, batch-pooled Dice (``losses.soft_dice_loss``).
         seg_ce_weight: weight of the pixel-wise cross-entropy added to the Dice (0: Dice only).
+        box_constraints: a segmentation-only model also learns from the weak rows through this
+            constraint loss (``model_export.box_constraints``); None: weak rows are ignored.
     """
 
     det_weight: float = 1.0
     det_on_strong: bool = True
     dice_foreground_only: bool = False
     seg_ce_weight: float = 0.0
+    box_constraints: BoxConstraintLoss | None = None
 
 
 def batch_loss(
@@ -56,13 +60,17 @@ def batch_loss(
     amp: bool = False,
     distributed: bool = False,
     options: LossOptions | None = None,
+    epoch: int = 0,
 ) -> dict[str, torch.Tensor] | None:
     """Forward and loss of one collated batch.
 
     A model with a Detection Unit sees every row: strong rows go through both nets and give the
     segmentation (Dice) loss, and the detection loss too unless ``options.det_on_strong`` is False
     (the paper's rule); weak rows only go through the detection net and give the detection loss.
-    A segmentation-only model (U-Net, U-Net+sSE, MSDN-) sees only the strong rows.
+    A segmentation-only model (U-Net, U-Net+sSE, MSDN-) sees only the strong rows, unless
+    ``options.box_constraints`` is set: then every row goes through it, strong rows give the
+    segmentation loss and weak rows the box constraint loss (``box`` and its parts;
+    ``total = seg_dice (+ seg_ce_weight * seg_ce) + box``).
 
     Args:
         model: the module called for the forward pass (``module`` or its DDP wrapper).
@@ -73,6 +81,7 @@ def batch_loss(
         distributed: under DDP every process must run a backward pass, so a segmentation-only model
             given no strong row returns a zero loss through its graph instead of None.
         options: loss assembly (``LossOptions``; defaults when None).
+        epoch: the training epoch (the box constraints' barrier parameter grows with it).
 
     Returns:
         The loss dict (parts + ``total``), or None when the batch holds nothing to learn from
@@ -91,6 +100,8 @@ def batch_loss(
         return module.loss(
             to_float32(out), labels=labels, targets=targets, det_rows=det_rows, det_weight=opts.det_weight, **common
         )
+    if opts.box_constraints is not None:
+        return _constrained_loss(model, module, batch, x, strong, labels, device, amp, opts, epoch, common)
     if not bool(strong.any()):
         if not distributed:
             return None
@@ -101,3 +112,39 @@ def batch_loss(
     with autocast(device, amp):
         out = model(x[strong])
     return module.loss(to_float32(out), labels=labels, **common)
+
+
+def _constrained_loss(
+    model: nn.Module,
+    module: SegmentationModel,
+    batch: dict,
+    x: torch.Tensor,
+    strong: torch.Tensor,
+    labels: torch.Tensor,
+    device: torch.device,
+    amp: bool,
+    opts: LossOptions,
+    epoch: int,
+    common: dict,
+) -> dict[str, torch.Tensor]:
+    """The strong rows' segmentation loss (Dice, + CE with ``seg_ce_weight``) plus the box constraint loss
+    on the weak rows, one forward over all rows."""
+    assert opts.box_constraints is not None
+    with autocast(device, amp):
+        out = model(x)
+    probs = to_float32(out)["segmentation"]
+    parts: dict[str, torch.Tensor] = {}
+    total = probs.sum() * 0.0
+    if bool(strong.any()):
+        seg = module.loss({"segmentation": probs[strong]}, labels=labels, **common)
+        total = total + seg.pop("total")
+        parts.update(seg)
+    weak = ~strong
+    if bool(weak.any()):
+        rows = [i for i, w in enumerate(weak.tolist()) if w]
+        targets = [{k: v.to(device) for k, v in batch["targets"][i].items()} for i in rows]
+        box = opts.box_constraints(probs[weak], targets, epoch=epoch)
+        parts.update(box)
+        total = total + box["box"]
+    parts["total"] = total
+    return parts

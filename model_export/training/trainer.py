@@ -180,7 +180,7 @@ class Trainer:
     Args:
         config: training options.
         train_cases: strong and weak training cases. Models without a Detection Unit use only the
-            strong ones (paper section 3).
+            strong ones (paper section 3), unless ``config.box_constraints`` is set.
         val_cases: validation cases; the strong ones are used.
         classes: class names for label values 1..C.
         out_dir: where checkpoints and metrics go.
@@ -227,9 +227,9 @@ class Trainer:
         self.amp = bool(cfg.amp and self.device.type == "cuda")
         seed_everything(cfg.seed)
         self.module = build_model(cfg.model, preset=cfg.preset, num_classes=len(self.classes), **cfg.model_options)
-        self.train_cases = (
-            self.all_train_cases if self.module.has_detection else [c for c in self.all_train_cases if c.strong]
-        )
+        box_loss = cfg.box_constraint_loss()
+        learns_from_boxes = self.module.has_detection or box_loss is not None
+        self.train_cases = self.all_train_cases if learns_from_boxes else [c for c in self.all_train_cases if c.strong]
         self.train_set = PatchDataset(
             self.train_cases,
             normalization=Normalization(),
@@ -259,6 +259,7 @@ class Trainer:
             det_on_strong=cfg.det_on_strong,
             dice_foreground_only=cfg.dice_foreground_only,
             seg_ce_weight=cfg.seg_ce_weight,
+            box_constraints=box_loss,
         )
         world = self.dist.world_size
         steps = cfg.steps_per_epoch or max(1, len(self.train_set) // (cfg.batch_size * world))
@@ -460,6 +461,7 @@ class Trainer:
                 amp=self.amp,
                 distributed=self.dist.enabled,
                 options=self.loss_options,
+                epoch=epoch,
             )
             if bar is not None:
                 bar.update(1)

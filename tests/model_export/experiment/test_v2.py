@@ -204,3 +204,78 @@ def test_every_v2_arm_builds_a_training_config(capsys):
     )
     bad = ["experiment", "--preset", "cpu_v2", "--task", "lung=x.json", "--out", "u", "--dry-run"]
     assert main(bad + ["--train-option", "batch_composition=3:3"]) == 2
+
+
+def test_cpu_v3_preset_plans_a_shorter_curve_and_raises_the_epoch_cap(capsys):
+    from model_export.experiment.presets import EXPERIMENT_PRESETS as PRESETS
+
+    assert PRESETS["cpu_v3"]["train"]["max_epochs"] == 150 and PRESETS["cpu_v3"]["repeats"] == 10
+    assert main(["experiment", "--preset", "cpu_v3", "--task", "lung=x.json", "--out", "unused", "--dry-run"]) == 0
+    planned = capsys.readouterr().out.splitlines()[1:]
+    # U-Net at 40, 3 and 10 strong cases, 3 repeats each
+    assert len(planned) == 9 and {p.split("/")[2] for p in planned} == {"40-0", "3-37", "10-30"}
+
+
+def _preset_config(**changes):
+    from model_export.experiment.presets import EXPERIMENT_PRESETS
+
+    data = json.loads(json.dumps(EXPERIMENT_PRESETS["cpu_v2"]))
+    data["tasks"][0]["manifest"] = "x.json"
+    for key, value in changes.items():
+        data["ablations"][key] = value
+    return ExperimentConfig.from_dict(data)
+
+
+def test_unet_tight_is_appended_without_changing_earlier_runs():
+    config = _preset_config()
+    assert config.ablations["methods"][-1] == "unet_tight" and config.arm("unet_tight").uses_weak
+    old = _preset_config(methods=config.ablations["methods"][:-1])
+    selection = {"lung": {"splits": [(3, 37)]}}
+    new_cells, old_cells = main_cells(config, selection), main_cells(old, selection)
+    # the runs of the earlier plan keep their keys and seeds (so their results are still found)
+    assert set(old_cells) < set(new_cells)
+    added = [c for c in new_cells if c not in set(old_cells)]
+    assert [(c.name, c.seed) for c in added] == [(f"lung/unet_tight/3-37/r{r}", r) for r in range(3)]
+    names = [c.name for c in new_cells]
+    assert names.index("lung/unet_tight/3-37/r0") == names.index("lung/msdn_minus/3-37/r2") + 1
+    assert not any("unet_tight/40-0" in n for n in names)  # it needs weak cases
+
+
+def test_dry_run_lists_only_unfinished_runs_of_out(tmp_path, capsys):
+    from model_export.experiment.runner import RESULT_FIELDS, append_result, cell_dir
+
+    config = _preset_config()
+    out = tmp_path / "out"
+    curve_values = {40: [0.80, 0.82, 0.84], 10: [0.79, 0.80, 0.85], 5: [0.79, 0.80, 0.85], 3: [0.50, 0.52, 0.56]}
+
+    def finish(cell, dice, *, in_csv=True):
+        run = cell_dir(out, cell)
+        run.mkdir(parents=True)
+        cases = [{"case_id": f"c{i}", "dice": [dice + 0.01 * i]} for i in range(3)]
+        (run / "test_metrics.json").write_text(json.dumps({"cases": cases}))
+        row = {k: "" for k in RESULT_FIELDS} | {
+            "task": cell.task, "method": cell.method, "strong": cell.strong, "weak": cell.weak,
+            "repeat": cell.repeat, "seed": cell.seed, "test_dice": dice, "best_epoch": 0, "epochs": 1,
+            "run_dir": str(run.relative_to(out)),
+        }  # fmt: skip
+        if in_csv:
+            append_result(out / "results.csv", row)
+        else:  # finished just before an interruption: only its result.json
+            (run / "result.json").write_text(json.dumps(row))
+
+    out.mkdir()
+    for cell in curve_cells(config):
+        finish(cell, curve_values[cell.strong][cell.repeat])
+    done_main = main_cells(config, {"lung": {"splits": [(3, 37)]}}, done={c.key for c in curve_cells(config)})
+    finish(done_main[0], 0.5)  # lung/msdn_bal/3-37/r0, in results.csv
+    finish(done_main[1], 0.5, in_csv=False)  # lung/msdn_bal/3-37/r1, result.json only
+    assert main(["experiment", "--preset", "cpu_v2", "--task", "lung=x.json", "--out", str(out), "--dry-run"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "learning curve: 12 runs, 12 done" in lines[1] and "3, 37" in lines[2]
+    listed = [ln for ln in lines if not ln.startswith("#")]
+    # 8 + 8 main runs at 3-37, 10 ablations x 3, 8 U-Net runs at 40-0; done: 3 + 3 curve runs, 2 MSDN
+    assert "54 runs, 8 done" in lines[2] and len(listed) == 54 - 8
+    assert listed[:3] == ["lung/msdn_bal/3-37/r2", "lung/unet/3-37/r3", "lung/msdn_bal/3-37/r3"]
+    assert listed[-8:-5] == [f"lung/unet_tight/3-37/r{r}" for r in range(3)]
+    assert listed[-5:] == [f"lung/unet/40-0/r{r}" for r in range(3, 8)]
+    assert not (out / "selection.json").exists() and len(read_results(out / "results.csv")) == 13  # nothing written

@@ -46,6 +46,10 @@ def test_config_parses_and_validates_the_new_options():
         ({"seg_ce_weight": -0.5}, "seg_ce_weight"),
         ({"time_limit_minutes": 0}, "time_limit_minutes"),
         ({"val_negative_slices": -1}, "val_negative_slices"),
+        ({"model": "unet", "box_constraints": {"band_width": 0}}, "band_width"),
+        ({"model": "unet", "box_constraints": {"bands": 3}}, "box_constraints: .*bands"),
+        ({"model": "unet", "box_constraints": "on"}, "box_constraints must be None or a dict"),
+        ({"model": "msdn", "box_constraints": {}}, "segmentation-only models"),
     ]:
         with pytest.raises(ValueError, match=msg):
             TrainConfig(**kw)
@@ -59,6 +63,7 @@ def test_resume_key_of_default_options_is_unchanged():
         "model", "preset", "model_options", "patch_size", "batch_size", "seed", "clip", "away_fraction"
     }  # fmt: skip
     assert TrainConfig(box_mode="object").resume_key()["box_mode"] == "object"
+    assert TrainConfig(model="unet", box_constraints={}).resume_key()["box_constraints"] == {}
 
 
 # -- batch composition --------------------------------------------------------------------------------
@@ -320,3 +325,28 @@ def test_time_limit_stops_after_the_first_epoch(manifest, tmp_path):
         time_limit_minutes=1e-4,
     )
     assert train(cfg, manifest, tmp_path / "run").epochs == 1
+
+
+def test_unet_with_box_constraints_trains_on_weak_rows_end_to_end(manifest, tmp_path):
+    cfg = TrainConfig(
+        model="unet",
+        preset="small",
+        model_options={"base_channels": 4},
+        patch_size=32,
+        max_epochs=2,
+        steps_per_epoch=2,
+        progress=False,
+        threads=1,
+        batch_composition="2:2",
+        box_constraints={"band_width": 3, "size_bounds": [0.5, 0.9], "t": 5.0, "t_growth": 2.0},
+    )
+    result = train(cfg, manifest, tmp_path / "run")
+    assert result.epochs == 2
+    for row in result.history:
+        assert row["mask_rows"] == 2 * 2  # 2 steps x 2 strong rows: weak rows reach only the constraints
+        assert all(math.isfinite(row[f"loss_{k}"]) for k in ("seg_dice", "box", "box_empty", "box_tight", "box_size"))
+        assert row["loss_total"] == pytest.approx(row["loss_seg_dice"] + row["loss_box"])
+    payload = read_checkpoint(result.best_path)
+    training = payload["card"]["training"] if "card" in payload else payload["training"]
+    assert training["cases_used"] == 6 and training["weak_cases"] == 3  # the weak cases were used
+    assert training["box_constraints"]["t_growth"] == 2.0

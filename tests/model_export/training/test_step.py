@@ -83,3 +83,38 @@ def test_seg_only_model_skips_box_only_batch_and_ignores_weak_rows():
         assert set(losses) == {"seg_dice", "total"}
         (grad,) = torch.autograd.grad(losses["total"], batch["image"])
         assert grad[0].abs().sum() > 0 and torch.all(grad[1:] == 0)
+
+
+def test_box_constraints_give_a_segmentation_only_model_a_loss_on_weak_rows():
+    from model_export.box_constraints import BoxConstraintLoss
+    from model_export.training.step import LossOptions
+
+    model = _model("unet").eval()
+    batch = _batch([True, False, True, False])
+    batch["image"].requires_grad_(True)
+    box_loss = BoxConstraintLoss(size_bounds=(0.5, 0.9))
+    opts = LossOptions(box_constraints=box_loss)
+    losses = batch_loss(model, model, batch, torch.device("cpu"), options=opts, epoch=3)
+    assert set(losses) == {"seg_dice", "box_empty", "box_tight", "box_size", "box", "total"}
+    torch.testing.assert_close(losses["total"], losses["seg_dice"] + losses["box"])
+    # independent path: the same parts from the model's own output on each kind of row
+    with torch.no_grad():
+        probs = model(batch["image"])["segmentation"]
+    plain = batch_loss(model, model, {k: v[[0, 2]] if k != "targets" else v[:2] for k, v in batch.items()}, "cpu")
+    torch.testing.assert_close(losses["seg_dice"], plain["seg_dice"])
+    want_targets = [batch["targets"][1], batch["targets"][3]]
+    want = box_loss(probs[[1, 3]], want_targets, epoch=3)
+    torch.testing.assert_close(losses["box"], want["box"])
+    # the Dice sees only strong rows, the constraints only weak rows
+    (g_seg,) = torch.autograd.grad(losses["seg_dice"], batch["image"], retain_graph=True)
+    (g_box,) = torch.autograd.grad(losses["box"], batch["image"])
+    assert g_seg[[0, 2]].abs().sum() > 0 and torch.all(g_seg[[1, 3]] == 0)
+    assert g_box[[1, 3]].abs().sum() > 0 and torch.all(g_box[[0, 2]] == 0)
+    # with the cross-entropy on, the strong rows get Dice + CE as without the constraints
+    ce = batch_loss(model, model, batch, "cpu", options=LossOptions(box_constraints=box_loss, seg_ce_weight=0.5))
+    torch.testing.assert_close(ce["total"], ce["seg_dice"] + 0.5 * ce["seg_ce"] + ce["box"])
+    torch.testing.assert_close(ce["box"], box_loss(probs[[1, 3]], want_targets)["box"])  # epoch 0
+    # a batch of weak rows only still has a loss (without the option a U-Net skips it)
+    weak = _batch([False, False])
+    assert batch_loss(model, model, weak, torch.device("cpu")) is None
+    assert set(batch_loss(model, model, weak, torch.device("cpu"), options=opts)) >= {"box", "total"}

@@ -180,3 +180,15 @@ def test_every_model_trains_with_the_same_command(name, manifest, tmp_path):
     model, card, _ = load_checkpoint(tmp_path / "best.pt")
     assert model.config.name == card.method == name
     assert card.training["cases_used"] == (6 if model.has_detection else 3)
+
+
+def test_cli_box_constraints_flag(manifest, tmp_path, capsys):
+    base = ["train", "--manifest", str(manifest.path), "--model", "unet", "--preset", "small"]
+    base += ["--patch-size", "32", "--epochs", "1", "--steps-per-epoch", "1", "--no-progress", "--threads", "1"]
+    code = main(base + ["--out", str(tmp_path / "ok"), "--box-constraints", '{"size_bounds": [0.5, 0.9]}'])
+    assert code == 0, capsys.readouterr().err
+    _, card, _ = load_checkpoint(tmp_path / "ok" / "best.pt")
+    assert card.training["box_constraints"] == {"size_bounds": [0.5, 0.9]}
+    for bad, msg in (('{"band_width": 0}', "band_width"), ("[1]", "JSON object"), ("on", "JSON object")):
+        assert main(base + ["--out", str(tmp_path / "bad"), "--box-constraints", bad]) == 2
+        assert msg in capsys.readouterr().err
