@@ -4,6 +4,11 @@ NIfTI voxel axes (i, j, k) become the (Z, Y, X) = (k, j, i) array; the RAS affin
 as nibabel picks it) is converted to LPS. A 2D image is one slice; a 4D image with one volume is
 squeezed. ``scl_slope``/``scl_inter`` are applied. Shapes are checked against the limits before the
 voxel data are read.
+
+Partial reads: with the keyword option ``slices`` (a function of the (Z, Y, X) shape returning the
+slices needed) only those slices are read and converted; from an uncompressed file or upload
+(:func:`read_nifti_fileobj`, :func:`read_nifti_file`) only their bytes are read. Gzipped data are
+decompressed whole first (gzip has no random access).
 """
 
 from __future__ import annotations
