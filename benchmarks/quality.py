@@ -92,7 +92,13 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         default=0.01,
         help="lowest detection score made a proposal, to trace the FROC (the operating point stays the "
-        "service default MSDN_PROPOSAL_SCORE_THRESHOLD; default 0.01)",
+        "service's: the model card's calibrated threshold, else 0.5; default 0.01)",
+    )
+    parser.add_argument(
+        "--operating-threshold",
+        type=float,
+        default=None,
+        help="proposals operating point (default: the model card's calibrated threshold, else 0.5)",
     )
     parser.add_argument(
         "--max-candidates", type=int, default=10, help="3D candidates segmented per series (default 10)"
@@ -131,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
             shared_pass=not args.separate_slices,
             froc_threshold=args.froc_threshold,
             max_candidates=args.max_candidates,
+            operating_threshold=args.operating_threshold,
         )
     machine = {
         "cpus": os.cpu_count(),
@@ -147,6 +154,9 @@ def main(argv: list[str] | None = None) -> int:
     for precision, report in reports.items():
         m = report["model"]
         parts.append(f"## {precision}: {m['name']} {m['version']} (sha256 {m['sha256'][:12]}...)\n")
+        op = report["operating_threshold"].get("proposals")
+        if op is not None and "proposals" in report["modes"]:
+            parts.append(f"proposals operating threshold {op:.4g} ({report['operating_threshold_source']})\n")
         parts.append(markdown_tables(report))
     parts.append("## Seconds per series (CPU, median)\n")
     parts.append(timing_table(reports))

@@ -20,6 +20,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("model_export.commands.evaluate", "Dice / IoU / HD95 of a checkpoint on a split"),
     "experiment": ("model_export.commands.experiment", "the paper's Table 1 protocol"),
     "export": ("model_export.commands.export", "export the segmentation path to ONNX with its model card"),
+    "calibrate": (
+        "model_export.commands.calibrate",
+        "choose a detecting model's proposal score threshold on validation series and store it in its card",
+    ),
     "serve": ("service.cli", "start the inference service (uvicorn)"),
     "segment": ("service.batch.cli", "segment studies (DICOM folders, zips, NIfTI, manifests) into SEG/NIfTI/JSON"),
 }

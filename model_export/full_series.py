@@ -22,7 +22,8 @@ Scores:
 * detection (``msdn_core.froc``): a candidate hits a nodule when its centre voxel lies in it, each
   nodule counted once; sensitivity at 1/8 ... 8 FP per scan and their mean (CPM), for all nodules
   and per size bin / position (other nodules then ignored); ``fp_per_scan``: components hitting no
-  nodule per series at the service's operating point (its settings);
+  nodule per series at the service's operating point (``MSDN_PROPOSAL_SCORE_THRESHOLD`` when set, else
+  the model card's calibrated threshold, else 0.5; ``operating_threshold`` overrides it);
 * segmentation, per nodule hit by a candidate: Dice, HD95 (mm) and volume error (%) of the union of
   the predicted components that overlap it against the nodule;
 * whole series: Dice of all foreground against all foreground (series with an empty reference and an
@@ -435,6 +436,7 @@ def evaluate_full_series(
     shared_pass: bool = True,
     froc_threshold: Optional[float] = 0.01,
     max_candidates: Optional[int] = 10,
+    operating_threshold: Optional[float] = None,
 ) -> dict[str, Any]:
     """Run and score every case in every mode (module docstring).
 
@@ -452,8 +454,11 @@ def evaluate_full_series(
         froc_threshold: proposals are made down to this detection score, so the FROC is traced
             below the operating point; the operating-point numbers (FP components per scan,
             detected nodules and their Dice, whole-series Dice) keep the components scoring at
-            least ``settings.proposal_score_threshold`` (the service default). None: run at the
-            operating threshold only.
+            least the operating threshold. None: run at the operating threshold only.
+        operating_threshold: the proposals operating point; None: the service's, i.e.
+            ``settings.proposal_score_threshold`` when set, else the model card's calibrated
+            ``detection.score_threshold`` (``msdn calibrate``), else 0.5
+            (``service.operating_point``). The report records it and its source.
         max_candidates: 3D candidates segmented per series (``MSDN_MAX_CANDIDATES``; 10 covers a
             FROC up to 8 FP per scan on average, and bounds the crops a low threshold makes; the
             crops cost about half a whole-slice pass at 10); None keeps the setting.
@@ -467,15 +472,18 @@ def evaluate_full_series(
     from service.settings import Settings
 
     settings = settings or Settings(_env_file=None, model_path=Path(model_path))
-    operating = {"proposals": settings.proposal_score_threshold}
-    if froc_threshold is not None:  # the run goes lower, to trace the FROC below the operating point
-        settings = settings.model_copy(update={"proposal_score_threshold": float(froc_threshold)})
     if max_candidates is not None:
         settings = settings.model_copy(update={"max_candidates": int(max_candidates)})
     runtime = ModelRuntime.load(
         model_path, providers=["CPUExecutionProvider"], intra_op_threads=threads, batch_size=settings.batch_size
     )
     runtime.warmup()
+    if operating_threshold is not None:
+        settings = settings.model_copy(update={"proposal_score_threshold": float(operating_threshold)})
+    point = settings.proposal_threshold(runtime.card)
+    operating = {"proposals": point.value}
+    if froc_threshold is not None:  # the run goes lower, to trace the FROC below the operating point
+        settings = settings.model_copy(update={"proposal_score_threshold": float(froc_threshold)})
     modes = [m for m in modes if m != "proposals" or runtime.has_detection]
     done: dict[tuple[str, str], SeriesResult] = {}
     if cache is not None:
@@ -483,7 +491,8 @@ def evaluate_full_series(
         if cache.is_file():
             for line in cache.read_text().splitlines():
                 rec = json.loads(line)
-                if rec.get("model_sha256") == runtime.sha256:
+                # records from before the threshold was recorded were made at the fixed 0.5
+                if rec.get("model_sha256") == runtime.sha256 and rec.get("operating_threshold", 0.5) == point.value:
                     r = SeriesResult.from_json(rec)
                     done[(r.case_id, r.mode)] = r
             logger.info("%s: %d series results of this model already there", cache, len(done))
@@ -536,7 +545,8 @@ def evaluate_full_series(
             per_mode[mode].append(scored)
             if cache is not None:
                 with open(cache, "a") as fh:
-                    fh.write(json.dumps(dict(scored.to_json(), model_sha256=runtime.sha256)) + "\n")
+                    record = dict(scored.to_json(), model_sha256=runtime.sha256, operating_threshold=point.value)
+                    fh.write(json.dumps(record) + "\n")
         logger.info(
             "%d/%d %s: %d nodules; %s",
             i + 1,
@@ -575,6 +585,7 @@ def evaluate_full_series(
         },
         "threads": threads,
         "operating_threshold": operating,
+        "operating_threshold_source": point.source,
         "froc_threshold": froc_threshold,
         "modes": summaries,
         "per_nodule": [dict(row, mode=m) for m in modes for r in per_mode[m] for row in r.per_nodule],
@@ -631,6 +642,10 @@ def markdown_tables(report: dict[str, Any]) -> str:
     modes = report["modes"]
     rates = [f"{r:g}" for r in FP_RATES]
     lines = ["### Detection (all nodules)", ""]
+    op = report.get("operating_threshold", {}).get("proposals")
+    if op is not None and "proposals" in modes:
+        source = report.get("operating_threshold_source", "?")
+        lines = [f"Proposals operating point: detector score >= {op:.4g} ({source}).", ""] + lines
     lines.append("| mode | " + " | ".join(f"sens@{r}" for r in rates) + " | CPM | sens@1 (>=6 mm) | FP comps/scan |")
     lines.append("|---" * (len(rates) + 4) + "|")
     for m, s in modes.items():

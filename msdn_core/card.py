@@ -15,6 +15,12 @@ is k.
 calibration and serving all call it); :class:`InputSpec` adds the patch size and size multiple and
 carries the behaviour: ``normalise``, ``pad_to_multiple`` / ``unpad`` and ``crop_window`` (the one
 crop policy of :mod:`msdn_core.crop`).
+
+A model with detection outputs may carry its proposal operating point, ``detection`` (see
+:class:`DetectionOperatingPoint`): the detector score threshold chosen on validation series by
+``msdn calibrate`` (``model_export.proposal_threshold``), with what it measured there. The service uses
+it as the default ``MSDN_PROPOSAL_SCORE_THRESHOLD`` and answers ``mode=auto`` with proposals only when
+a model carries it (or the setting is given). Cards without it (all cards before it existed) still load.
 """
 
 from __future__ import annotations
@@ -162,6 +168,65 @@ class InputSpec:
 
 
 @dataclass
+class DetectionCalibration:
+    """What the proposal threshold was chosen on and what it gave there (``msdn calibrate``).
+
+    Attributes:
+        split: manifest split of the validation series.
+        series: number of series.
+        nodules: reference nodules in them.
+        fp_per_scan_target: the largest false-positive components per scan allowed.
+        fp_per_scan: false-positive components per scan at the chosen threshold.
+        sensitivity: share of the nodules hit by a component at the chosen threshold.
+        mean_series_dice: mean whole-series Dice there (series with an empty reference and answer
+            left out); None when no series counts.
+        floor: the detector score the candidates were collected down to.
+        precision: the precision of the model file that was run (``fp32``).
+        manifest: the manifest path as given (informative).
+    """
+
+    split: str
+    series: int
+    nodules: int
+    fp_per_scan_target: float
+    fp_per_scan: float
+    sensitivity: float
+    mean_series_dice: Optional[float] = None
+    floor: Optional[float] = None
+    precision: str = "fp32"
+    manifest: Optional[str] = None
+
+
+@dataclass
+class DetectionOperatingPoint:
+    """The proposal operating point of a detecting model: ``score_threshold`` in [0, 1]."""
+
+    score_threshold: float
+    calibration: Optional[DetectionCalibration] = None
+
+    def __post_init__(self) -> None:
+        value = self.score_threshold
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
+            raise ValueError(f"detection.score_threshold must be a number in [0, 1], got {value!r}")
+        self.score_threshold = float(value)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "DetectionOperatingPoint":
+        """Parse the card's ``detection`` object; raises ``ValueError`` naming what is wrong."""
+        if not isinstance(data, dict) or "score_threshold" not in data:
+            raise ValueError(f"card 'detection' must be an object with 'score_threshold', got {data!r}")
+        unknown = set(data) - {"score_threshold", "calibration"}
+        if unknown:
+            raise ValueError(f"card 'detection' has unknown keys {sorted(unknown)}")
+        calibration = data.get("calibration")
+        if calibration is not None:
+            if not isinstance(calibration, dict):
+                raise ValueError(f"card 'detection.calibration' must be an object, got {calibration!r}")
+            calibration = DetectionCalibration(**calibration)
+        return cls(data["score_threshold"], calibration)
+
+
+@dataclass
 class ModelCard:
     """Self-description of a model; stored in checkpoints and ONNX files."""
 
@@ -182,6 +247,8 @@ class ModelCard:
     #: on the CPU only when it is recorded and within ``MSDN_FP16_MAX_DICE_LOSS`` / ``MSDN_INT8_MAX_DICE_LOSS``.
     variant_dice_loss: Optional[float] = None
     outputs: dict[str, Any] = field(default_factory=lambda: {"segmentation": OUTPUT_NAME})
+    #: The calibrated proposal operating point (module docstring); None: not calibrated.
+    detection: Optional[DetectionOperatingPoint] = None
     input_name: str = INPUT_NAME
     format_version: int = CARD_FORMAT_VERSION
 
@@ -190,9 +257,17 @@ class ModelCard:
         """Foreground classes C."""
         return len(self.classes)
 
+    @property
+    def score_threshold(self) -> Optional[float]:
+        """The calibrated proposal score threshold, or None (no ``detection`` block)."""
+        return None if self.detection is None else self.detection.score_threshold
+
     def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly dict."""
-        return asdict(self)
+        """JSON-friendly dict (``detection`` left out when None, so older readers still parse it)."""
+        data = asdict(self)
+        if data["detection"] is None:
+            del data["detection"]
+        return data
 
     def to_json(self) -> str:
         """Compact JSON."""
@@ -212,8 +287,13 @@ class ModelCard:
         try:
             classes = [ClassInfo(int(c["value"]), str(c["name"])) for c in data["classes"]]
             spec = InputSpec(**data["input"])
-            rest = {k: v for k, v in data.items() if k not in ("classes", "input")}
-            card = cls(classes=classes, input=spec, **rest)
+            rest = {k: v for k, v in data.items() if k not in ("classes", "input", "detection")}
+            detection = data.get("detection")
+            if detection is not None:
+                detection = DetectionOperatingPoint.from_dict(detection)
+                if "detection" not in (data.get("outputs") or {}):
+                    raise ValueError("card has a 'detection' operating point but no detection outputs")
+            card = cls(classes=classes, input=spec, detection=detection, **rest)
         except (TypeError, KeyError) as exc:
             raise ValueError(f"malformed model card: {exc}") from exc
         if sorted(c.value for c in classes) != list(range(1, len(classes) + 1)):

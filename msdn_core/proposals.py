@@ -145,21 +145,30 @@ def select_slice_boxes(
     Returns:
         One array per class of (K, 5) rows ``[x1, y1, x2, y2, score]``.
     """
-    scores = np.asarray(scores, np.float64)
-    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    scores = np.asarray(scores)
+    scores = scores.reshape(scores.shape[0], -1)
+    boxes = np.asarray(boxes).reshape(-1, 4)
     out = []
     for c in range(scores.shape[1]):
-        sel = np.flatnonzero(scores[:, c] >= score_threshold)
-        b, s = boxes[sel].copy(), scores[sel, c]
+        # Only the boxes over the threshold are gathered (np.take: ~10x faster than boxes[sel] on a
+        # stride-1 level's rows), clipped and checked coordinate by coordinate in their own dtype
+        # (clipping to integer bounds and comparing are exact in float32 too), and only the few that
+        # enter the NMS become float64: the same numbers as clipping a float64 copy of every row.
+        column = scores[:, c].astype(np.float64)
+        sel = np.flatnonzero(column >= score_threshold)
+        s = column[sel]
+        picked = np.take(boxes, sel, axis=0)
+        x1, y1, x2, y2 = (picked[:, k] for k in range(4))
         if width is not None:
-            b[:, [0, 2]] = np.clip(b[:, [0, 2]], 0, width)
+            x1, x2 = np.clip(x1, 0, width), np.clip(x2, 0, width)
         if height is not None:
-            b[:, [1, 3]] = np.clip(b[:, [1, 3]], 0, height)
-        valid = (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])
-        b, s = b[valid], s[valid]
+            y1, y2 = np.clip(y1, 0, height), np.clip(y2, 0, height)
+        idx = np.flatnonzero((x2 > x1) & (y2 > y1))
+        s = s[idx]
         if s.size > pre_nms_top:  # the best pre_nms_top only (a stride-1 level has H x W x A anchors)
             top = np.argpartition(-s, pre_nms_top - 1)[:pre_nms_top]
-            b, s = b[top], s[top]
+            idx, s = idx[top], s[top]
+        b = np.stack([x1[idx], y1[idx], x2[idx], y2[idx]], axis=1).astype(np.float64)
         keep = nms(b, s, nms_iou, max_keep=max_per_slice)
         out.append(np.concatenate([b[keep], s[keep, None]], axis=1) if keep else np.zeros((0, 5)))
     return out
@@ -195,25 +204,26 @@ def link_slices(
         for t in open_tracks:
             (closed if t.boxes[-1].slice < z - 1 - max_gap else still_open).append(t)
         open_tracks = still_open
-        taken: set[int] = set()
+        # The tracks open before this slice (those opened on it end on it and are never linked to
+        # again here); one IoU row per box against all their last boxes, best box first.
+        last = np.array([t.boxes[-1].box for t in open_tracks], np.float64).reshape(-1, 4)
+        free = np.array([t.boxes[-1].slice < z for t in open_tracks], bool)
         for r in rows[np.argsort(-rows[:, 4], kind="stable")]:
             box = tuple(float(v) for v in r[:4])
-            best, best_iou = None, -1.0
-            for k, t in enumerate(open_tracks):
-                if k in taken or t.boxes[-1].slice >= z:
-                    continue
-                iou = float(box_iou(t.boxes[-1].box, np.array([box]))[0])
-                if iou >= link_iou and iou > best_iou and iou > 0:
-                    best, best_iou = k, iou
+            best = None
+            if free.any():
+                iou = box_iou(box, last)
+                ok = free & (iou >= link_iou) & (iou > 0)
+                if ok.any():
+                    best = int(np.argmax(np.where(ok, iou, -1.0)))  # the first of equal IoUs, as a scan would
             scored = ScoredBox(int(z), box, float(r[4]))  # type: ignore[arg-type]
             if best is None:
                 open_tracks.append(Candidate(label, scored.score, [scored]))
-                taken.add(len(open_tracks) - 1)
             else:
                 t = open_tracks[best]
                 t.boxes.append(scored)
                 t.score = max(t.score, scored.score)
-                taken.add(best)
+                free[best] = False
     tracks = [t for t in closed + open_tracks if len(t.boxes) >= min_slices]
     tracks.sort(key=lambda t: -t.score)
     return tracks

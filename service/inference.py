@@ -212,6 +212,7 @@ def segment_volume_array(
     box_margin: float = 4.0,
     z_margin: int = 1,
     with_slices: bool = False,
+    auto_proposals: Optional[bool] = None,
     check: Optional[Callable[[], None]] = None,
     decoded: Optional[np.ndarray] = None,
     load: Optional[Callable[[int, int], np.ndarray]] = None,
@@ -221,13 +222,16 @@ def segment_volume_array(
     Args:
         runtime: the model.
         volume: the image.
-        mode: ``auto`` (boxes if given, else proposals if the model detects, else slices), ``boxes``,
+        mode: ``auto`` (boxes if given, else proposals when ``auto_proposals``, else slices), ``boxes``,
             ``proposals`` or ``slices``.
         boxes: request boxes (mode ``boxes``/``auto``).
         proposal: how detector boxes become 3D candidates (``msdn_core.proposals``).
         box_margin, z_margin: growth of a candidate's box before it is segmented (pixels, slices).
         with_slices: proposals mode: also keep the whole-slice labels of the detector's pass as
             ``out.slices`` (the ``slices`` mode answer, from the same model run; for evaluation).
+        auto_proposals: whether ``auto`` without boxes runs proposals (``service.operating_point.auto_mode``;
+            the pipeline decides it from the settings); None: when the model detects and its card
+            carries a calibrated threshold.
         check: called between batches (deadline).
         decoded: slice indices that were read when the reader decoded only some (box mode); the
             other modes need every slice.
@@ -239,7 +243,9 @@ def segment_volume_array(
             unknown mode (the pipeline turns these into 422 answers).
     """
     if mode == "auto":
-        mode = "boxes" if boxes else ("proposals" if runtime.has_detection else "slices")
+        if auto_proposals is None:
+            auto_proposals = runtime.card.score_threshold is not None
+        mode = "boxes" if boxes else ("proposals" if runtime.has_detection and auto_proposals else "slices")
     if load is not None and mode not in ("slices", "proposals"):
         volume, load = load(0, volume.shape[0]), None
     if mode == "boxes":

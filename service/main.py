@@ -29,6 +29,7 @@ from service.jobs.store import JobStore
 from service.logs import configure_logging
 from service.metrics import MetricsMiddleware, ServiceMetrics
 from service.model import ModelRuntime
+from service.operating_point import auto_mode
 from service.routes import docs, health, jobs, segment
 from service.routes import metrics as metrics_routes
 from service.routes import model as model_routes
@@ -76,6 +77,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     if settings.warmup and not runtime.warm:
         await anyio.to_thread.run_sync(runtime.warmup)
     app.state.runtime = runtime
+    if runtime.has_detection:
+        threshold = settings.proposal_threshold(runtime.card)
+        logger.info(
+            "proposal score threshold %.4g (%s); mode=auto without boxes runs %s",
+            threshold.value,
+            threshold.source,
+            auto_mode(has_boxes=False, has_detection=True, threshold=threshold),
+        )
     metrics.set_model(
         name=runtime.card.name,
         version=str(runtime.card.version),

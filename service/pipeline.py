@@ -47,6 +47,7 @@ from service.evaluation import evaluate
 from service.inference import InferenceOutput, segment_volume_array
 from service.io.dicom import series_volume
 from service.model import ModelRuntime
+from service.operating_point import auto_mode
 from service.result import SegmentationResult
 from service.settings import OutputFormat, Settings
 
@@ -82,7 +83,8 @@ def segment_image(
         runtime: the model.
         settings: limits and proposal settings.
         boxes: the ``boxes`` JSON text (``service.boxes``) or parsed boxes.
-        mode: ``auto``, ``boxes``, ``proposals`` or ``slices`` (see ``service.inference``).
+        mode: ``auto``, ``boxes``, ``proposals`` or ``slices`` (see ``service.inference``; ``auto``
+            runs proposals only for a calibrated or set threshold: ``service.operating_point``).
         reference: labels (Z, Y, X) or a DICOM SEG dataset; adds ``metrics``.
         deadline: checked between model batches.
         read_s: time already spent reading the input (reported in ``timings``).
@@ -109,6 +111,7 @@ def segment_image(
         raise InvalidInput(
             f"mode {mode!r} does not use boxes; leave out 'boxes' or use mode 'boxes'", code=ErrorCode.INVALID_MODE
         )
+    threshold = settings.proposal_threshold(card)
     ref_labels = None
     if reference is not None:
         if isinstance(reference, Dataset):
@@ -127,7 +130,9 @@ def segment_image(
         image.array,
         mode=mode,
         boxes=parsed,
-        proposal=settings.proposal_settings(),
+        proposal=settings.proposal_settings(card),
+        auto_proposals=auto_mode(has_boxes=False, has_detection=runtime.has_detection, threshold=threshold)
+        == "proposals",
         box_margin=settings.proposal_box_margin,
         z_margin=settings.proposal_z_margin,
         with_slices=with_slices,

@@ -19,7 +19,9 @@ OutputFormat = Literal["json", "nifti", "dicom-seg", "png"]
 Precision = Literal["auto", "fp32", "fp16", "int8"]
 
 if TYPE_CHECKING:
+    from msdn_core.card import ModelCard
     from msdn_core.proposals import ProposalSettings
+    from service.operating_point import ProposalThreshold
 
 _CommaList = Annotated[list[str], NoDecode]
 
@@ -111,7 +113,15 @@ class Settings(BaseSettings):
 
     # Outputs and detection
     default_format: OutputFormat = Field("json", description="answer format when neither 'format' nor Accept picks one")
-    proposal_score_threshold: float = Field(0.5, ge=0, le=1, description="lowest detector score used as a proposal")
+    proposal_score_threshold: Optional[float] = Field(
+        None,
+        ge=0,
+        le=1,
+        description=(
+            "lowest detector score used as a proposal; unset: the model card's calibrated threshold (msdn calibrate), "
+            "else 0.5. mode=auto uses proposals only when the card has one or this is set (service.operating_point)"
+        ),
+    )
     proposal_nms_iou: float = Field(
         0.3, gt=0, le=1, description="2D NMS per slice: a box overlapping a better one by more IoU is dropped"
     )
@@ -197,12 +207,20 @@ class Settings(BaseSettings):
         """Whether requests need an API key."""
         return bool(self.api_keys)
 
-    def proposal_settings(self) -> "ProposalSettings":
-        """The ``MSDN_PROPOSAL_*`` settings as ``msdn_core.proposals.ProposalSettings``."""
+    def proposal_threshold(self, card: Optional["ModelCard"] = None) -> "ProposalThreshold":
+        """The proposal score threshold in use for a model with ``card`` and its source
+        (``service.operating_point``: this setting, else the card's calibrated one, else 0.5)."""
+        from service.operating_point import proposal_threshold
+
+        return proposal_threshold(self.proposal_score_threshold, card)
+
+    def proposal_settings(self, card: Optional["ModelCard"] = None) -> "ProposalSettings":
+        """The ``MSDN_PROPOSAL_*`` settings as ``msdn_core.proposals.ProposalSettings`` for a model with
+        ``card`` (its calibrated threshold when the setting is unset)."""
         from msdn_core.proposals import ProposalSettings
 
         return ProposalSettings(
-            score_threshold=self.proposal_score_threshold,
+            score_threshold=self.proposal_threshold(card).value,
             nms_iou=self.proposal_nms_iou,
             max_per_slice=self.max_proposals_per_slice,
             link_iou=self.proposal_link_iou,

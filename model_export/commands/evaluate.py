@@ -36,6 +36,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=0.01,
         help="--full-series: lowest detection score made a proposal (FROC); the operating point stays the default",
     )
+    parser.add_argument(
+        "--operating-threshold",
+        type=float,
+        default=None,
+        help="--full-series: proposals operating point (default: the model card's calibrated threshold, else 0.5)",
+    )
     parser.add_argument("--split", choices=("train", "val", "test"), default="test")
     parser.add_argument("--region", choices=("target", "full"), default="target")
     parser.add_argument("--margin", type=int, default=8, help="in-plane margin around the target (pixels)")
@@ -94,7 +100,12 @@ def run_full_series(args: argparse.Namespace) -> int:
     try:
         cases = load_cases(args.manifest, split=args.split, limit=args.limit)
         report = evaluate_full_series(
-            args.model, cases, modes=modes, threads=args.threads, froc_threshold=args.froc_threshold
+            args.model,
+            cases,
+            modes=modes,
+            threads=args.threads,
+            froc_threshold=args.froc_threshold,
+            operating_threshold=args.operating_threshold,
         )
     except (ValueError, OSError) as exc:
         sys.stderr.write(f"msdn evaluate: error: {exc}\n")

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
-from service.deps import RuntimeDep
+from service.deps import RuntimeDep, SettingsDep
+from service.operating_point import auto_mode
 
 router = APIRouter(tags=["model"])
 
@@ -35,6 +36,19 @@ class ModelDescription(BaseModel):
     input: InputOut = Field(description="normalisation: clip, then (x - mean) / std; H, W multiples of size_multiple")
     outputs: dict[str, Any]
     detection: bool = Field(description="the model also proposes boxes (proposal mode)")
+    proposal_score_threshold: Optional[float] = Field(
+        None, description="detection models: the lowest detector score a proposal keeps (None: no detection)"
+    )
+    proposal_threshold_source: Optional[Literal["setting", "card", "default"]] = Field(
+        None,
+        description=(
+            "where that threshold comes from: MSDN_PROPOSAL_SCORE_THRESHOLD (setting), the model card's calibrated "
+            "detection.score_threshold (card; msdn calibrate), or the fixed 0.5 (default)"
+        ),
+    )
+    auto_mode: Literal["proposals", "slices"] = Field(
+        description="what mode=auto runs without boxes: proposals for a detecting model with a card or set threshold"
+    )
     precision: str = Field(
         description="precision really served (fp32; fp16: the fp16 variant or TensorRT fp16; int8: the int8 variant)"
     )
@@ -53,5 +67,11 @@ class ModelDescription(BaseModel):
 
 
 @router.get("/v1/model", response_model=ModelDescription, summary="the served model")
-async def model_card(runtime: RuntimeDep) -> ModelDescription:
-    return ModelDescription(**runtime.describe())
+async def model_card(runtime: RuntimeDep, settings: SettingsDep) -> ModelDescription:
+    threshold = settings.proposal_threshold(runtime.card)
+    return ModelDescription(
+        **runtime.describe(),
+        proposal_score_threshold=threshold.value if runtime.has_detection else None,
+        proposal_threshold_source=threshold.source if runtime.has_detection else None,
+        auto_mode=auto_mode(has_boxes=False, has_detection=runtime.has_detection, threshold=threshold),
+    )

@@ -67,7 +67,12 @@ SeriesUidField = Annotated[
 ]
 ModeField = Annotated[
     Mode,
-    Form(description="auto: boxes if given, else the detector's proposals if the model has them, else slices"),
+    Form(
+        description=(
+            "auto: boxes if given, else the detector's proposals if the model has them and a calibrated (card) or "
+            "set (MSDN_PROPOSAL_SCORE_THRESHOLD) threshold, else slices; GET /v1/model says which"
+        )
+    ),
 ]
 
 

@@ -40,3 +40,64 @@ def test_bad_cards(mutate, message):
 def test_card_module_does_not_import_torch():
     code = "import sys, msdn_core.card; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def _detecting(**detection):
+    data = json.loads(_card().to_json())
+    data["outputs"] = {"segmentation": "probabilities", "detection": {"scores": "det_scores", "boxes": "det_boxes"}}
+    if detection:
+        data["detection"] = detection
+    return data
+
+
+def test_card_without_detection_block_loads_and_writes_the_same_json():
+    data = _detecting()
+    card = ModelCard.from_dict(data)
+    assert card.detection is None and card.score_threshold is None
+    assert "detection" not in card.to_dict()  # old cards keep their exact JSON (and older readers parse new ones)
+    assert json.loads(card.to_json()) == data
+
+
+def test_detection_block_round_trip():
+    calibration = {
+        "split": "val",
+        "series": 6,
+        "nodules": 9,
+        "fp_per_scan_target": 1.0,
+        "fp_per_scan": 0.5,
+        "sensitivity": 0.778,
+        "mean_series_dice": 0.61,
+        "floor": 0.01,
+        "precision": "fp32",
+        "manifest": "data/manifest.json",
+    }
+    card = ModelCard.from_dict(_detecting(score_threshold=0.125, calibration=calibration))
+    assert card.score_threshold == 0.125 and card.detection.calibration.sensitivity == 0.778
+    assert card.to_dict()["detection"] == {"score_threshold": 0.125, "calibration": calibration}
+    assert ModelCard.from_json(card.to_json()) == card
+    bare = ModelCard.from_dict(_detecting(score_threshold=1))
+    assert bare.score_threshold == 1.0 and bare.detection.calibration is None
+
+
+@pytest.mark.parametrize(
+    "detection, message",
+    [
+        ({"score_threshold": 1.5}, r"in \[0, 1\]"),
+        ({"score_threshold": "0.2"}, r"in \[0, 1\]"),
+        ({"score_threshold": True}, r"in \[0, 1\]"),
+        ({"calibration": {}}, "score_threshold"),
+        ({"score_threshold": 0.2, "extra": 1}, "unknown keys"),
+        ({"score_threshold": 0.2, "calibration": {"split": "val"}}, "malformed"),
+        ({"score_threshold": 0.2, "calibration": [1]}, "must be an object"),
+    ],
+)
+def test_bad_detection_blocks(detection, message):
+    with pytest.raises(ValueError, match=message):
+        ModelCard.from_dict(_detecting(**detection))
+
+
+def test_detection_block_needs_detection_outputs():
+    data = json.loads(_card().to_json())
+    data["detection"] = {"score_threshold": 0.2}
+    with pytest.raises(ValueError, match="no detection outputs"):
+        ModelCard.from_dict(data)

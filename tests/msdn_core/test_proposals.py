@@ -139,3 +139,86 @@ def test_merge_detections_end_to_end():
 def test_settings_are_checked(kwargs, name):
     with pytest.raises(ValueError, match=name):
         ProposalSettings(**kwargs)
+
+
+# --- the vectorised selection and linking give what the plain per-box loops give ---------------------
+
+
+def _select_reference(scores, boxes, *, score_threshold, nms_iou, max_per_slice, height, width, pre_nms_top=1000):
+    """Step 1 written plainly: a float64 copy of every row, clipped, filtered, the best pre_nms_top."""
+    scores = np.asarray(scores, np.float64)
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    out = []
+    for c in range(scores.shape[1]):
+        sel = np.flatnonzero(scores[:, c] >= score_threshold)
+        b, s = boxes[sel].copy(), scores[sel, c]
+        b[:, [0, 2]] = np.clip(b[:, [0, 2]], 0, width)
+        b[:, [1, 3]] = np.clip(b[:, [1, 3]], 0, height)
+        valid = (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])
+        b, s = b[valid], s[valid]
+        if s.size > pre_nms_top:
+            top = np.argpartition(-s, pre_nms_top - 1)[:pre_nms_top]
+            b, s = b[top], s[top]
+        keep = nms(b, s, nms_iou, max_keep=max_per_slice)
+        out.append(np.concatenate([b[keep], s[keep, None]], axis=1) if keep else np.zeros((0, 5)))
+    return out
+
+
+def _link_reference(per_slice, *, link_iou, max_gap):
+    """Steps 2-3 written plainly: every box against every open track, one IoU at a time."""
+    from msdn_core.proposals import box_iou
+
+    open_tracks, closed = [], []
+    for z, rows_ in sorted(per_slice, key=lambda item: item[0]):
+        rows_ = np.asarray(rows_, np.float64).reshape(-1, 5)
+        still = []
+        for t in open_tracks:
+            (closed if t.boxes[-1].slice < z - 1 - max_gap else still).append(t)
+        open_tracks, taken = still, set()
+        for r in rows_[np.argsort(-rows_[:, 4], kind="stable")]:
+            box = tuple(float(v) for v in r[:4])
+            best, best_iou = None, -1.0
+            for k, t in enumerate(open_tracks):
+                if k in taken or t.boxes[-1].slice >= z:
+                    continue
+                iou = float(box_iou(t.boxes[-1].box, np.array([box]))[0])
+                if iou >= link_iou and iou > best_iou and iou > 0:
+                    best, best_iou = k, iou
+            scored = ScoredBox(int(z), box, float(r[4]))
+            if best is None:
+                open_tracks.append(Candidate(1, scored.score, [scored]))
+                taken.add(len(open_tracks) - 1)
+            else:
+                open_tracks[best].boxes.append(scored)
+                open_tracks[best].score = max(open_tracks[best].score, scored.score)
+                taken.add(best)
+    tracks = closed + open_tracks
+    tracks.sort(key=lambda t: -t.score)
+    return tracks
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_vectorised_selection_and_linking_match_the_plain_loops(seed):
+    rng = np.random.default_rng(seed)
+    selected = []
+    for _ in range(25):
+        n = 2000
+        xy = rng.integers(-8, 70, size=(n, 2)).astype(np.float32)  # some outside the 64 x 64 image
+        wh = rng.integers(0, 14, size=(n, 2)).astype(np.float32)  # some empty
+        boxes = np.concatenate([xy, xy + wh], axis=1)
+        scores = (rng.integers(0, 40, size=(n, 2)) / 40.0).astype(np.float32)  # many ties, 2 classes
+        kw = dict(score_threshold=0.3, nms_iou=0.3, max_per_slice=12, height=64, width=64)
+        got = select_slice_boxes(scores, boxes, pre_nms_top=500, **kw)
+        want = _select_reference(scores, boxes, pre_nms_top=500, **kw)
+        assert len(got) == len(want) == 2
+        for g, w in zip(got, want, strict=True):
+            np.testing.assert_array_equal(g, w)
+        selected.append(got[0])
+    per_slice = [(z, r) for z, r in enumerate(selected)] + [(3, selected[7])]  # a slice given twice too
+    for link_iou, max_gap in ((0.2, 1), (0.0, 0), (0.5, 2)):
+        got = link_slices(per_slice, link_iou=link_iou, max_gap=max_gap)
+        want = _link_reference(per_slice, link_iou=link_iou, max_gap=max_gap)
+        assert summary(got) == summary(want)
+        assert [[(b.slice, b.box, b.score) for b in c.boxes] for c in got] == [
+            [(b.slice, b.box, b.score) for b in c.boxes] for c in want
+        ]

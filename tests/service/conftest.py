@@ -46,6 +46,16 @@ def model_det(model_dir: Path) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def model_det_calibrated(model_dir: Path) -> Path:
+    """``model_det`` whose card carries a calibrated proposal threshold of 0.9 (``msdn calibrate``)."""
+    path = model_dir / "threshold_det_calibrated.onnx"
+    threshold_model(
+        path, thresholds_hu=(THRESHOLD_HU,), classes=["tissue"], std=100.0, detection_cell=8, score_threshold=0.9
+    )
+    return path
+
+
 @pytest.fixture
 def make_client() -> Iterator[Callable[..., TestClient]]:
     """``make_client(model, **settings)``: a started TestClient (lifespan run), closed at teardown."""

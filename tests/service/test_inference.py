@@ -97,7 +97,7 @@ def test_proposals_from_the_detector(rtdet):
     volume = np.full((2, 32, 48), -500.0, np.float32)
     volume[0, 3:6, 10:13] = 100.0  # in cell (row 0, col 1)
     volume[1, 20:22, 40:47] = 100.0  # in cell (row 2, col 5)
-    out = segment_volume_array(rtdet, volume, mode="auto")
+    out = segment_volume_array(rtdet, volume, mode="proposals")
     assert out.mode == "proposals"
     # two 3D candidates of one slice each (IoU 0: not linked), grown by 4 pixels and 1 slice, cut to the volume
     assert sorted(c.box3d for c in out.candidates) == [[8, 0, 0, 16, 8, 1], [40, 16, 1, 48, 24, 2]]
@@ -132,6 +132,18 @@ def test_mode_choice(rt1, rtdet):
     assert segment_volume_array(rt1, volume, boxes=[SliceBox(0, 0, 0, 4, 4)]).mode == "boxes"
     with pytest.raises(ValueError, match="detection outputs"):
         segment_volume_array(rt1, volume, mode="proposals")
+    # auto: an uncalibrated detector runs whole slices, unless told to use proposals
+    assert segment_volume_array(rtdet, volume).mode == "slices"
+    assert segment_volume_array(rtdet, volume, auto_proposals=True).mode == "proposals"
+    assert segment_volume_array(rt1, volume, auto_proposals=True).mode == "slices"  # no detector
+
+
+def test_auto_uses_proposals_for_a_calibrated_card(model_det_calibrated):
+    rt = ModelRuntime.load(model_det_calibrated, providers=["CPUExecutionProvider"], batch_size=4)
+    volume = phantom((1, 32, 32)).astype(np.float32)
+    assert rt.card.score_threshold == 0.9
+    assert segment_volume_array(rt, volume).mode == "proposals"
+    assert segment_volume_array(rt, volume, auto_proposals=False).mode == "slices"
 
 
 def test_deadline_check_stops_between_batches(rt1):

@@ -27,7 +27,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from msdn_core.card import CARD_KEY, INPUT_NAME, OUTPUT_NAME, ClassInfo, InputSpec, ModelCard
+from msdn_core.card import CARD_KEY, INPUT_NAME, OUTPUT_NAME, ClassInfo, DetectionOperatingPoint, InputSpec, ModelCard
 
 OPSET = 17
 
@@ -41,9 +41,10 @@ def make_card(
     clip: Optional[Sequence[float]] = None,
     patch_size: Sequence[int] = (32, 32),
     detection: bool = False,
+    score_threshold: Optional[float] = None,
     method: str = "test",
 ) -> ModelCard:
-    """A card for a test graph."""
+    """A card for a test graph (``score_threshold``: a calibrated proposal threshold in its card)."""
     outputs: dict = {"segmentation": OUTPUT_NAME}
     if detection:
         outputs["detection"] = {"scores": "det_scores", "boxes": "det_boxes"}
@@ -62,6 +63,7 @@ def make_card(
         version="0.0.1",
         opset=OPSET,
         outputs=outputs,
+        detection=None if score_threshold is None else DetectionOperatingPoint(float(score_threshold)),
     )
 
 
@@ -163,6 +165,7 @@ def threshold_model(
     sharpness: float = 20.0,
     patch_size: Sequence[int] = (32, 32),
     detection_cell: Optional[int] = None,
+    score_threshold: Optional[float] = None,
     name: str = "threshold",
     sidecar: bool = False,
 ) -> bytes:
@@ -175,6 +178,8 @@ def threshold_model(
         sharpness: k, the logit slope on the normalised scale.
         patch_size: the card's patch size (box crops).
         detection_cell: add grid-cell proposals of this size (pixels).
+        score_threshold: with ``detection_cell``, a calibrated proposal threshold in the card
+            (``detection.score_threshold``, as ``msdn calibrate`` writes it).
         sidecar: also write ``<path>.card.json`` with the file's SHA-256.
     """
     t = [(float(v) - mean) / std for v in thresholds_hu]
@@ -207,6 +212,7 @@ def threshold_model(
         clip=clip,
         patch_size=patch_size,
         detection=bool(detection_cell),
+        score_threshold=score_threshold,
     )
     return _finish(graph, card, path, sidecar)
 

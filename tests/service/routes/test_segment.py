@@ -266,9 +266,10 @@ def test_boxes_mode_on_a_nifti_volume_reads_the_boxes_slices(client, gz):
     np.testing.assert_array_equal(decode(body["mask"]), expected)
 
 
-def test_full_series_proposals_through_the_api(make_client, model_det):
-    """A whole series in auto mode: detector boxes -> 3D candidates -> crops -> post-processing -> JSON."""
-    client = make_client(model_det, min_component_mm3=2.0)  # voxel: 2.5 x 0.75 x 0.75 = 1.40625 mm^3
+def test_full_series_proposals_through_the_api(make_client, model_det_calibrated):
+    """A whole series in auto mode (a calibrated card): detector boxes -> 3D candidates -> crops ->
+    post-processing -> JSON."""
+    client = make_client(model_det_calibrated, min_component_mm3=2.0)  # voxel: 2.5 x 0.75 x 0.75 = 1.40625 mm^3
     hu = np.full((8, 48, 48), -800.0)
     hu[2:5, 10:14, 10:14] = 200.0  # a nodule on slices 2-4, in grid cell (1, 1) = [8, 8, 16, 16]
     hu[6, 40, 40] = 200.0  # a one-voxel speck (1.4 mm^3), in cell (5, 5) = [40, 40, 48, 48]
