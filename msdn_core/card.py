@@ -75,10 +75,12 @@ class Normalization:
 
     def apply(self, x: np.ndarray) -> np.ndarray:
         """Normalised float32 copy of ``x`` (any shape, stored units)."""
-        x = np.asarray(x, dtype=np.float32)
+        out = np.array(x, dtype=np.float32)  # the one copy; the steps below work in place
         if self.clip is not None:
-            x = np.clip(x, np.float32(self.clip[0]), np.float32(self.clip[1]))
-        return ((x - np.float32(self.mean)) / np.float32(self.std)).astype(np.float32, copy=False)
+            np.clip(out, np.float32(self.clip[0]), np.float32(self.clip[1]), out=out)
+        out -= np.float32(self.mean)
+        out /= np.float32(self.std)
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         """``{"mean", "std", "clip"}``."""

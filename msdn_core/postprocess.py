@@ -36,14 +36,24 @@ class CandidateBox:
     score: float
 
 
-def _bounding_window(mask: np.ndarray) -> Optional[tuple[slice, ...]]:
-    window = []
-    for axis in range(mask.ndim):
-        hits = np.flatnonzero(mask.any(axis=tuple(j for j in range(mask.ndim) if j != axis)))
-        if not hits.size:
-            return None
-        window.append(slice(int(hits[0]), int(hits[-1]) + 1))
-    return tuple(window)
+def _windows(labels: np.ndarray) -> list[tuple[slice, slice, slice]]:
+    """(z, y, x) windows holding every non-zero voxel of ``labels`` (Z, Y, X), one per run of
+    consecutive non-empty slices, each cut to its run's rows and columns.
+
+    No 26-connected component crosses an empty slice, so the runs are labelled apart (box mode:
+    the boxes' slices, not the volume between them). uint8 maxima: no boolean temporary of the volume.
+    """
+    depth = labels.shape[0]
+    if not labels.size:
+        return []
+    zs = np.flatnonzero(labels.reshape(depth, -1).max(axis=1))
+    out = []
+    for run in np.split(zs, np.flatnonzero(np.diff(zs) > 1) + 1) if zs.size else []:
+        z0, z1 = int(run[0]), int(run[-1]) + 1
+        plane = labels[z0:z1].max(axis=0)
+        ys, xs = np.flatnonzero(plane.max(axis=1)), np.flatnonzero(plane.max(axis=0))
+        out.append((slice(z0, z1), slice(int(ys[0]), int(ys[-1]) + 1), slice(int(xs[0]), int(xs[-1]) + 1)))
+    return out
 
 
 def label_components(mask: np.ndarray) -> tuple[np.ndarray, int]:
@@ -77,6 +87,7 @@ def postprocess(
     keep_overlapping: bool = False,
     score_volume: Optional[np.ndarray] = None,
     score_scale: float = 1.0,
+    copy: bool = True,
 ) -> tuple[np.ndarray, list[dict]]:
     """Clean ``labels`` and list its scored components (module docstring).
 
@@ -89,6 +100,8 @@ def postprocess(
         keep_overlapping: drop components outside every candidate box of their class.
         score_volume: (Z, Y, X) per-voxel score (e.g. foreground probability), any numeric dtype.
         score_scale: factor from ``score_volume`` values to scores (1/255 for a uint8 probability).
+        copy: clean a copy of ``labels``; False cleans a uint8 ``labels`` in place (no volume-sized
+            copy: the service's labels are its own).
 
     Returns:
         (cleaned labels uint8 of the same shape, components largest first).
@@ -98,57 +111,57 @@ def postprocess(
     if score_volume is not None and score_volume.shape != labels.shape:
         raise ValueError(f"score_volume {score_volume.shape} and labels {labels.shape} differ in shape")
     voxel_mm3 = float(np.prod(spacing))
-    out = np.array(labels, dtype=np.uint8, copy=True)
+    out = labels if not copy and labels.dtype == np.uint8 else np.array(labels, dtype=np.uint8, copy=True)
     found: list[dict] = []
-    window = _bounding_window(out > 0)
-    if window is None:
-        return out, found
-    origin = [w.start for w in window]
-    sub = out[window]  # a view: removals write through to ``out``
+    windows = _windows(out)
     for value, name in enumerate(class_names, start=1):
-        mask = sub == value
-        if not mask.any():
-            continue
-        lab, _ = label_components(mask)
         boxes = [c for c in candidate_boxes if c.label == value]
-        for k, bbox in enumerate(ndimage.find_objects(lab), start=1):
-            if bbox is None:
+        for window in windows:  # in z order: components come in the raster order of one labelling
+            origin = [w.start for w in window]
+            sub = out[window]  # a view: removals write through to ``out``
+            mask = sub == value
+            if not mask.any():
                 continue
-            local = lab[bbox] == k
-            size = int(np.count_nonzero(local))
-            region = tuple(slice(s.start + o, s.stop + o) for s, o in zip(bbox, origin, strict=True))
-            score: Optional[float] = None
-            for cand in boxes:
-                zs, ys, xs = _box_slices(cand.box, labels.shape)
-                inter = tuple(
-                    slice(max(a.start, b.start), min(a.stop, b.stop)) for a, b in zip((zs, ys, xs), region, strict=True)
-                )
-                if any(s.stop <= s.start for s in inter):
+            lab, _ = label_components(mask)
+            for k, bbox in enumerate(ndimage.find_objects(lab), start=1):
+                if bbox is None:
                     continue
-                rel = tuple(slice(i.start - r.start, i.stop - r.start) for i, r in zip(inter, region, strict=True))
-                if local[rel].any():
-                    score = cand.score if score is None else max(score, cand.score)
-            too_small = size * voxel_mm3 < min_volume_mm3
-            outside = keep_overlapping and score is None
-            if too_small or outside:
-                sub[bbox][local] = 0
-                continue
-            if score is None and score_volume is not None:
-                score = float(score_volume[region][local].max()) * float(score_scale)
-            idx = np.nonzero(local)
-            centre = [float(idx[a].mean() + region[a].start) for a in (2, 1, 0)]
-            zs, ys, xs = region
-            found.append(
-                {
-                    "class_value": value,
-                    "class_name": name,
-                    "voxels": size,
-                    "volume_ml": size * voxel_mm3 / 1000.0,
-                    "box": [xs.start, ys.start, zs.start, xs.stop, ys.stop, zs.stop],
-                    "centre": centre,
-                    "score": score,
-                }
-            )
+                local = lab[bbox] == k
+                size = int(np.count_nonzero(local))
+                region = tuple(slice(s.start + o, s.stop + o) for s, o in zip(bbox, origin, strict=True))
+                score: Optional[float] = None
+                for cand in boxes:
+                    zs, ys, xs = _box_slices(cand.box, labels.shape)
+                    inter = tuple(
+                        slice(max(a.start, b.start), min(a.stop, b.stop))
+                        for a, b in zip((zs, ys, xs), region, strict=True)
+                    )
+                    if any(s.stop <= s.start for s in inter):
+                        continue
+                    rel = tuple(slice(i.start - r.start, i.stop - r.start) for i, r in zip(inter, region, strict=True))
+                    if local[rel].any():
+                        score = cand.score if score is None else max(score, cand.score)
+                too_small = size * voxel_mm3 < min_volume_mm3
+                outside = keep_overlapping and score is None
+                if too_small or outside:
+                    sub[bbox][local] = 0
+                    continue
+                if score is None and score_volume is not None:
+                    score = float(score_volume[region][local].max()) * float(score_scale)
+                idx = np.nonzero(local)
+                centre = [float(idx[a].mean() + region[a].start) for a in (2, 1, 0)]
+                zs, ys, xs = region
+                found.append(
+                    {
+                        "class_value": value,
+                        "class_name": name,
+                        "voxels": size,
+                        "volume_ml": size * voxel_mm3 / 1000.0,
+                        "box": [xs.start, ys.start, zs.start, xs.stop, ys.stop, zs.stop],
+                        "centre": centre,
+                        "score": score,
+                    }
+                )
     found.sort(key=lambda c: -c["voxels"])
     return out, found
 

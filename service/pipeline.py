@@ -203,6 +203,7 @@ def _finish(
         keep_overlapping=settings.keep_candidate_components and out.mode == "proposals",
         score_volume=out.score_volume,
         score_scale=1.0 / 255.0,
+        copy=False,
     )
     out.labels = labels
     metrics = (
@@ -211,6 +212,36 @@ def _finish(
         else None
     )
     return found, metrics
+
+
+class BoxSlices:
+    """The slices a box-mode request's boxes touch, for a reader's ``slices`` option.
+
+    Called by the reader with the volume's (Z, Y, X) shape once its header is read: the ``boxes``
+    JSON is parsed then (against that shape) and kept as :attr:`boxes` for the segmentation.
+    """
+
+    def __init__(self, boxes: str | Sequence[SliceBox], *, class_names: list[str], max_boxes: int) -> None:
+        self.boxes = boxes
+        self.class_names = class_names
+        self.max_boxes = max_boxes
+
+    def __call__(self, shape: tuple[int, int, int]) -> Optional[list[int]]:
+        if isinstance(self.boxes, str):
+            self.boxes = parse_boxes(self.boxes, shape=shape, class_names=self.class_names, max_boxes=self.max_boxes)
+        return sorted({b.slice for b in self.boxes}) if self.boxes else None
+
+
+def box_slices(
+    boxes: Optional[str | Sequence[SliceBox]], *, mode: str, runtime: ModelRuntime, settings: Settings
+) -> Optional[BoxSlices]:
+    """A :class:`BoxSlices` when the request is in box mode (boxes given, mode ``auto`` or ``boxes``), else None.
+
+    Box mode reads only the slices its boxes touch: each box's crop lies on its own slice.
+    """
+    if mode not in ("auto", "boxes") or boxes is None or (isinstance(boxes, str) and not boxes.strip()):
+        return None
+    return BoxSlices(boxes, class_names=[c.name for c in runtime.card.classes], max_boxes=settings.max_boxes)
 
 
 def segment_datasets(
@@ -232,17 +263,7 @@ def segment_datasets(
     ``read_s`` is time already spent getting the datasets (added to the reported read time).
     """
     t0 = time.perf_counter() - read_s
-    slices = None
-    if mode in ("auto", "boxes") and boxes is not None and (not isinstance(boxes, str) or boxes.strip()):
-        # Box mode reads only the slices its boxes touch (each box's crop lies on its own slice).
-        class_names = [c.name for c in runtime.card.classes]
-
-        def slices(shape: tuple[int, int, int]) -> Optional[list[int]]:
-            nonlocal boxes
-            if isinstance(boxes, str):
-                boxes = parse_boxes(boxes, shape=shape, class_names=class_names, max_boxes=settings.max_boxes)
-            return sorted({b.slice for b in boxes}) if boxes else None
-
+    slices = box_slices(boxes, mode=mode, runtime=runtime, settings=settings)
     # Whole slices: decoded batch by batch while the model runs (Volume.load); boxes: the touched slices now.
     image = series_volume(datasets, settings=settings, series_uid=series_uid, slices=slices, lazy=slices is None)
     if deadline is not None:
@@ -251,7 +272,7 @@ def segment_datasets(
         image,
         runtime,
         settings,
-        boxes=boxes,
+        boxes=slices.boxes if slices is not None else boxes,
         mode=mode,
         reference=reference,
         deadline=deadline,

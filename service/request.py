@@ -16,7 +16,7 @@ from service.io.reference import read_reference_file
 from service.io.upload import expand_files
 from service.io.volume import read_volume
 from service.model import ModelRuntime
-from service.pipeline import SegmentationResult, segment_datasets, segment_image
+from service.pipeline import SegmentationResult, box_slices, segment_datasets, segment_image
 from service.settings import Settings
 
 
@@ -57,12 +57,14 @@ def run_request(
         )
     else:
         assert volume is not None
-        image = read_volume(volume[1], name=volume[0], spacing=spacing, settings=settings)
+        # Box mode: a NIfTI is read only where the boxes' slices lie (the boxes are parsed on its header).
+        slices = box_slices(boxes, mode=mode, runtime=runtime, settings=settings)
+        image = read_volume(volume[1], name=volume[0], spacing=spacing, settings=settings, slices=slices)
         result = segment_image(
             image,
             runtime,
             settings,
-            boxes=boxes,
+            boxes=slices.boxes if slices is not None else boxes,
             mode=mode,
             reference=ref,
             deadline=deadline,

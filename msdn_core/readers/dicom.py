@@ -27,6 +27,7 @@ without pixels, for the DICOM SEG answer). The affine is LPS (:mod:`msdn_core.ge
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import os
@@ -140,6 +141,54 @@ def _describe_series(groups: dict[str, list[tuple[str, Dataset]]]) -> list[dict]
     return out
 
 
+_NUMBER_VRS = ("DS", "IS")
+_TEXT_VRS = ("UI", "CS")
+_FAST_VRS = {**{vr: "number" for vr in _NUMBER_VRS}, **{vr: "text" for vr in _TEXT_VRS}, "US": "us"}
+
+
+@functools.lru_cache(maxsize=None)
+def _tag_and_vr(keyword: str) -> tuple[int, str]:
+    from pydicom.datadict import dictionary_VR, tag_for_keyword
+
+    tag = tag_for_keyword(keyword)
+    assert tag is not None, keyword
+    return tag, dictionary_VR(tag)
+
+
+def _value(ds: Dataset, keyword: str, default: Any = None) -> Any:
+    """``ds.get(keyword, default)``, read straight from the element's bytes while pydicom has not
+    converted it yet, for the few value kinds the series geometry needs: DS/IS numbers (a float, or
+    a list for several values), UI/CS text and US integers.
+
+    pydicom's conversion (value objects, validation) is the slowest part of reading the headers of a
+    large series; anything unusual (empty, several text values, unparsable, deferred) takes pydicom's
+    path, so values and errors are pydicom's.
+    """
+    tag, vr = _tag_and_vr(keyword)
+    elem = ds.get_item(tag)
+    if elem is None:
+        return default
+    raw = elem.value if isinstance(elem, RawDataElement) else None
+    kind = _FAST_VRS.get(vr)
+    if raw and kind is not None and elem.VR in (None, vr):
+        try:
+            if kind == "us":
+                if len(raw) == 2:
+                    return int.from_bytes(raw, "little" if elem.is_little_endian else "big")
+            else:
+                text = raw.decode("ascii").strip(" \x00")
+                if kind == "number":
+                    numbers = [float(v) for v in text.split("\\")]
+                    if vr == "IS" and all(v.is_integer() for v in numbers):
+                        numbers = [int(v) for v in numbers]  # type: ignore[misc]
+                    return numbers[0] if len(numbers) == 1 else numbers
+                if text and "\\" not in text:
+                    return text
+        except (UnicodeDecodeError, ValueError):
+            pass
+    return ds.get(keyword, default)
+
+
 def _floats(value: object, count: int, what: str, name: str) -> np.ndarray:
     try:
         arr = np.array([float(v) for v in value], np.float64)  # type: ignore[union-attr]
@@ -163,7 +212,7 @@ def _group_item(ds: Dataset, frame: int, sequence: str) -> Optional[Dataset]:
 
 def _frames_of(ds: Dataset, index: int, name: str) -> list[_Frame]:
     """Geometry and rescale of every frame of one instance."""
-    n_frames = int(ds.get("NumberOfFrames", 1) or 1)
+    n_frames = int(_value(ds, "NumberOfFrames", 1) or 1)
     enhanced = "PerFrameFunctionalGroupsSequence" in ds or "SharedFunctionalGroupsSequence" in ds
     frames = []
     for f in range(n_frames):
@@ -177,9 +226,9 @@ def _frames_of(ds: Dataset, index: int, name: str) -> list[_Frame]:
             spacing = meas_item.get("PixelSpacing") if meas_item else None
             rescale = value_item if value_item is not None else ds
         else:
-            position = ds.get("ImagePositionPatient")
-            orientation = ds.get("ImageOrientationPatient")
-            spacing = ds.get("PixelSpacing")
+            position = _value(ds, "ImagePositionPatient")
+            orientation = _value(ds, "ImageOrientationPatient")
+            spacing = _value(ds, "PixelSpacing")
             rescale = ds
         where = f"{name}" + (f" frame {f + 1}" if n_frames > 1 else "")
         if position is None or orientation is None:
@@ -199,8 +248,8 @@ def _frames_of(ds: Dataset, index: int, name: str) -> list[_Frame]:
                 position=_floats(position, 3, "ImagePositionPatient", where),
                 orientation=_floats(orientation, 6, "ImageOrientationPatient", where),
                 pixel_spacing=(float(ps[0]), float(ps[1])),
-                slope=float(rescale.get("RescaleSlope", 1.0) or 1.0),
-                intercept=float(rescale.get("RescaleIntercept", 0.0) or 0.0),
+                slope=float(_value(rescale, "RescaleSlope", 1.0) or 1.0),
+                intercept=float(_value(rescale, "RescaleIntercept", 0.0) or 0.0),
             )
         )
     return frames
@@ -223,7 +272,7 @@ def drop_duplicates(pairs: Sequence[tuple[str, Dataset]]) -> tuple[list[tuple[st
     seen: dict[str, tuple[str, Dataset]] = {}
     kept, dropped = [], 0
     for name, ds in pairs:
-        uid = ds.get("SOPInstanceUID")
+        uid = _value(ds, "SOPInstanceUID")
         if not uid:
             kept.append((name, ds))
             continue
@@ -246,7 +295,7 @@ def _pick_series(
 ) -> tuple[str, list[tuple[str, Dataset]]]:
     groups: dict[str, list[tuple[str, Dataset]]] = defaultdict(list)
     for name, ds in items:
-        uid = ds.get("SeriesInstanceUID")
+        uid = _value(ds, "SeriesInstanceUID")
         if not uid:
             raise InvalidInput(f"{name}: no SeriesInstanceUID", code=ErrorCode.MISSING_ATTRIBUTE)
         groups[str(uid)].append((name, ds))
@@ -292,10 +341,41 @@ def _check_decodable(ds: Dataset, name: str) -> None:
         )
 
 
+_NATIVE_LITTLE_ENDIAN = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1")  # implicit / explicit VR little endian
+
+
+def _native(ds: Dataset) -> Optional[np.ndarray]:
+    """Uncompressed little-endian grey-scale pixel data of 8 or 16 bits (all bits stored) as a
+    (frames, rows, columns) view of the element's bytes; None for anything else (pydicom decodes it).
+
+    pydicom's decoder pipeline costs more than the copy it makes for such data (the usual CT).
+    """
+    meta = getattr(ds, "file_meta", None)
+    if meta is None or str(meta.get("TransferSyntaxUID", "")) not in _NATIVE_LITTLE_ENDIAN:
+        return None
+    bits = _value(ds, "BitsAllocated")
+    if bits not in (8, 16) or _value(ds, "BitsStored") != bits or _value(ds, "SamplesPerPixel", 1) != 1:
+        return None
+    signed = _value(ds, "PixelRepresentation")
+    if signed not in (0, 1):
+        return None
+    rows, cols = _value(ds, "Rows"), _value(ds, "Columns")
+    frames = int(_value(ds, "NumberOfFrames", 1) or 1)
+    data = ds.PixelData
+    dtype = np.dtype(f"<{'i' if signed else 'u'}{bits // 8}")
+    count = int(rows) * int(cols) * frames
+    if not isinstance(data, (bytes, bytearray)) or len(data) < count * dtype.itemsize:
+        return None
+    return np.frombuffer(data, dtype, count).reshape(frames, int(rows), int(cols))
+
+
 def _decode(ds: Dataset, name: str) -> np.ndarray:
     """Stored pixel values as (frames, rows, columns)."""
     from pydicom.pixels import get_decoder
 
+    native = _native(ds) if "PixelData" in ds else None
+    if native is not None:
+        return native
     if "PixelData" not in ds:
         # Float pixel data carries real values already; pydicom reads it through pixel_array.
         arr = ds.pixel_array
@@ -317,6 +397,14 @@ def _decode(ds: Dataset, name: str) -> np.ndarray:
             code=ErrorCode.UNSUPPORTED_IMAGE,
         )
     return arr
+
+
+def _fits_int16(values: np.ndarray, intercept: int) -> bool:
+    """Whether ``values + intercept`` lies in the int16 range (integer ``values``)."""
+    if not values.size:
+        return True
+    info = np.iinfo(np.int16)
+    return int(values.min()) + intercept >= info.min and int(values.max()) + intercept <= info.max
 
 
 class _SliceDecoder:
@@ -370,6 +458,9 @@ class _SliceDecoder:
                     from pydicom.pixels import apply_modality_lut
 
                     self.volume[z] = apply_modality_lut(values, ds)
+                elif self.volume.dtype == np.int16 and fr.slope == 1 and _fits_int16(values, int(fr.intercept)):
+                    # values + intercept computed in int32 and written straight into the slice (no temporaries)
+                    np.add(values, np.int32(fr.intercept), out=self.volume[z], casting="unsafe")
                 elif self.volume.dtype == np.int16:
                     out = values.astype(np.int32) * int(fr.slope) + int(fr.intercept)
                     if out.size and (out.min() < info16.min or out.max() > info16.max):
@@ -473,7 +564,7 @@ def read_series(
     names = [n for n, _ in chosen]
     datasets = [ds for _, ds in chosen]
 
-    modalities = sorted({str(ds.get("Modality", "")) for ds in datasets})
+    modalities = sorted({str(_value(ds, "Modality", "")) for ds in datasets})
     if len(modalities) > 1:
         raise InvalidInput(f"series {uid} mixes modalities {modalities}", code=_GEOMETRY)
     modality = modalities[0]
@@ -487,13 +578,13 @@ def read_series(
             raise InvalidInput(
                 f"{name}: no pixel data (SOP class {ds.get('SOPClassUID', '?')})", code=ErrorCode.NO_PIXEL_DATA
             )
-        if int(ds.get("SamplesPerPixel", 1)) != 1:
+        if int(_value(ds, "SamplesPerPixel", 1)) != 1:
             raise InvalidInput(
                 f"{name}: {ds.get('SamplesPerPixel')} samples per pixel ({ds.get('PhotometricInterpretation')}); "
                 "only grey-scale images are supported",
                 code=ErrorCode.UNSUPPORTED_IMAGE,
             )
-    multi = [i for i, ds in enumerate(datasets) if int(ds.get("NumberOfFrames", 1) or 1) > 1]
+    multi = [i for i, ds in enumerate(datasets) if int(_value(ds, "NumberOfFrames", 1) or 1) > 1]
     if multi and len(datasets) > 1:
         raise InvalidInput(
             f"series {uid} mixes {len(datasets)} instances with multi-frame ones ({names[multi[0]]}); "
@@ -502,7 +593,7 @@ def read_series(
         )
 
     frames = [fr for i, (name, ds) in enumerate(chosen) for fr in _frames_of(ds, i, name)]
-    sizes = {(int(ds.Rows), int(ds.Columns)) for ds in datasets}
+    sizes = {(int(_value(ds, "Rows")), int(_value(ds, "Columns"))) for ds in datasets}
     if len(sizes) > 1:
         raise InvalidInput(f"series {uid} mixes image sizes (rows, columns) {sorted(sizes)}", code=_GEOMETRY)
     rows, cols = sizes.pop()
@@ -512,14 +603,22 @@ def read_series(
         return names[fr.dataset] + (f" frame {fr.frame + 1}" if fr.frame is not None else "")
 
     first = frames[0]
-    for fr in frames[1:]:
-        if not np.allclose(fr.orientation, first.orientation, atol=orientation_tol):
+    # one vectorised check of all frames (np.allclose per frame costs more than the rest of the geometry)
+    odd_orientation = ~np.isclose(
+        np.stack([fr.orientation for fr in frames]), first.orientation, atol=orientation_tol
+    ).all(axis=1)
+    odd_spacing = ~np.isclose(
+        np.array([fr.pixel_spacing for fr in frames]), first.pixel_spacing, rtol=1e-4, atol=1e-6
+    ).all(axis=1)
+    for i in np.flatnonzero(odd_orientation | odd_spacing)[:1]:
+        fr = frames[int(i)]
+        if odd_orientation[i]:
             raise InvalidInput(
                 f"mixed orientations: {where(fr)} has ImageOrientationPatient {fr.orientation.round(4).tolist()}, "
                 f"{where(first)} has {first.orientation.round(4).tolist()}",
                 code=_GEOMETRY,
             )
-        if not np.allclose(fr.pixel_spacing, first.pixel_spacing, rtol=1e-4, atol=1e-6):
+        if odd_spacing[i]:
             raise InvalidInput(
                 f"mixed pixel spacings: {where(fr)} has {list(fr.pixel_spacing)}, {where(first)} has "
                 f"{list(first.pixel_spacing)}",
@@ -578,7 +677,7 @@ def read_series(
         needed[index[(index >= 0) & (index < depth)]] = True
 
     integer = all(
-        "PixelData" in ds and "ModalityLUTSequence" not in ds and int(ds.get("BitsAllocated", 16) or 16) <= 16
+        "PixelData" in ds and "ModalityLUTSequence" not in ds and int(_value(ds, "BitsAllocated", 16) or 16) <= 16
         for ds in datasets
     ) and all(float(fr.slope).is_integer() and float(fr.intercept).is_integer() for fr in frames)
     tilted = len(frames) > 1 and geometry.tilt_deg(normal, step) > tilt_tol_deg

@@ -8,6 +8,7 @@ decompressed or loaded.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from typing import BinaryIO, Optional
@@ -16,7 +17,7 @@ import numpy as np
 
 from msdn_core.errors import ErrorCode
 from msdn_core.readers import decompress, sniff
-from msdn_core.readers.nifti import read_nifti_bytes
+from msdn_core.readers.nifti import SliceChooser, read_nifti_bytes, read_nifti_fileobj
 from msdn_core.readers.npy import read_npy_array, read_npy_bytes
 from msdn_core.readers.nrrd import read_nrrd_bytes
 from msdn_core.volume import Volume
@@ -61,35 +62,68 @@ def read_array_file(fh: BinaryIO, *, name: str, settings: Settings) -> Volume | 
     raise InvalidVolume(f"{name}: not a NIfTI (.nii, .nii.gz), NRRD (.nrrd) or NumPy (.npy) file")
 
 
-def read_volume(fh: BinaryIO, *, name: str, spacing: Optional[str], settings: Settings) -> Volume:
+#: Bytes read to tell the format of an upload (NIfTI-2's header is 540 bytes).
+HEAD_BYTES = 544
+
+
+def read_volume(
+    fh: BinaryIO,
+    *,
+    name: str,
+    spacing: Optional[str],
+    settings: Settings,
+    slices: Optional[SliceChooser] = None,
+) -> Volume:
     """A float32 :class:`Volume` from a NIfTI, NRRD or .npy upload.
 
+    An uncompressed NIfTI is read from ``fh`` itself (header first, then the voxel data, never the
+    whole file as bytes); with ``slices`` only those slices are read (box mode: the slices its boxes
+    touch; ``Volume.decoded`` lists them, the others are zero). A ``.nii.gz`` is decompressed whole
+    (gzip has no random access) and then converted only where ``slices`` asks. NRRD and .npy are
+    read whole.
+
     Args:
-        fh: the file.
+        fh: the file (seekable).
         name: its name, for messages.
         spacing: the ``spacing`` field (required for .npy, refused for NIfTI and NRRD, which have their own).
         settings: limits.
+        slices: called with the (Z, Y, X) shape; the slices needed (None: all). NIfTI only.
     """
-    data = decompress(fh.read(), name=name, max_voxels=settings.max_voxels)
     given = parse_spacing(spacing)
     limits = {"max_slices": settings.max_slices, "max_voxels": settings.max_voxels}
-    if sniff(data) == "npy":
-        if given is None:
-            raise InvalidInput(
-                f"{name}: a .npy volume needs the 'spacing' field 'sz,sy,sx' in mm", code=ErrorCode.SPACING_REQUIRED
-            )
-        image = read_npy_bytes(data, name=name, spacing=given, **limits)
+    head = fh.read(HEAD_BYTES)
+    fh.seek(0)
+    if sniff(head) == "nifti":
+        image = read_nifti_fileobj(fh, name=name, slices=slices, **limits)
     else:
-        import io
-
-        image = read_array_file(io.BytesIO(data), name=name, settings=settings)  # type: ignore[assignment]
-        if given is not None:
-            raise InvalidInput(
-                f"{name}: {image.source.upper()} carries its own voxel size; leave out the 'spacing' field",
-                code=ErrorCode.INVALID_SPACING,
-            )
-    array = image.array.astype(np.float32, copy=False)
-    if not np.all(np.isfinite(array)):
-        raise InvalidVolume(f"{name}: the volume contains NaN or infinite values")
-    image.array = np.ascontiguousarray(array, dtype=np.float32)
+        data = decompress(fh.read(), name=name, max_voxels=settings.max_voxels)
+        kind = sniff(data)
+        if kind == "npy":
+            if given is None:
+                raise InvalidInput(
+                    f"{name}: a .npy volume needs the 'spacing' field 'sz,sy,sx' in mm",
+                    code=ErrorCode.SPACING_REQUIRED,
+                )
+            image = read_npy_bytes(data, name=name, spacing=given, **limits)
+        elif kind == "nifti":
+            image = read_nifti_bytes(data, name=name, slices=slices, **limits)
+        else:
+            image = read_array_file(io.BytesIO(data), name=name, settings=settings)  # type: ignore[assignment]
+    if given is not None and image.source != "npy":
+        raise InvalidInput(
+            f"{name}: {image.source.upper()} carries its own voxel size; leave out the 'spacing' field",
+            code=ErrorCode.INVALID_SPACING,
+        )
+    if image.decoded is None:
+        array = image.array.astype(np.float32, copy=False)
+        if not np.all(np.isfinite(array)):
+            raise InvalidVolume(f"{name}: the volume contains NaN or infinite values")
+        image.array = np.ascontiguousarray(array, dtype=np.float32)
+    else:
+        # only the slices read hold values: convert and check those (the rest stays untouched zero pages)
+        array = np.zeros(image.shape, np.float32)
+        array[image.decoded] = image.array[image.decoded]
+        if not np.all(np.isfinite(array[image.decoded])):
+            raise InvalidVolume(f"{name}: the volume contains NaN or infinite values")
+        image.array = array
     return image

@@ -18,7 +18,9 @@ def nifti_bytes(labels: np.ndarray, image: Volume) -> bytes:
     """
     import nibabel as nib
 
-    data = np.ascontiguousarray(labels.astype(np.uint8).transpose(2, 1, 0))
+    # (X, Y, Z) as a view: Fortran-ordered, so nibabel writes it without a copy (NIfTI stores x fastest,
+    # which is the C order of the (Z, Y, X) labels); a C-contiguous transpose would be copied twice
+    data = labels.astype(np.uint8, copy=False).transpose(2, 1, 0)
     if image.header is not None and image.source == "nifti":
         header = image.header.copy()
         header.set_data_dtype(np.uint8)

@@ -96,3 +96,35 @@ def test_empty_and_bad_arguments():
         postprocess(scene(), spacing=SPACING, class_names=["a", "b"], min_volume_mm3=-1)
     with pytest.raises(ValueError, match="score_volume"):
         postprocess(scene(), spacing=SPACING, class_names=["a", "b"], score_volume=np.zeros((1, 1, 1)))
+
+
+def test_slices_apart_are_labelled_apart_as_one_labelling_of_the_volume_would():
+    """Runs of non-empty slices are labelled separately: the same components, order and cleaning as
+    scipy's labelling of the whole volume (the independent path), components touching diagonally
+    across adjacent slices included; and in place with ``copy=False``."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(4)
+    labels = np.zeros((12, 40, 50), np.uint8)
+    for z in (0, 1, 2, 5, 8, 9, 11):  # runs 0-2, 5, 8-9, 11
+        labels[z] = (rng.random((40, 50)) > 0.93) * rng.integers(1, 3, size=(40, 50))
+    labels[3:5] = 0
+    expected, removed = [], np.zeros(labels.shape, bool)
+    for value in (1, 2):
+        lab, _ = ndimage.label(labels == value, structure=np.ones((3, 3, 3)))
+        for k, bbox in enumerate(ndimage.find_objects(lab), start=1):
+            size = int(np.count_nonzero(lab[bbox] == k))
+            if size * 2.0 < 6.0:
+                removed |= lab == k
+                continue
+            zs, ys, xs = bbox
+            expected.append((value, size, [xs.start, ys.start, zs.start, xs.stop, ys.stop, zs.stop]))
+    expected.sort(key=lambda c: -c[1])
+    original = labels.copy()
+    cleaned, found = postprocess(labels, spacing=SPACING, class_names=["a", "b"], min_volume_mm3=6.0, copy=False)
+    assert [(c["class_value"], c["voxels"], c["box"]) for c in found] == expected
+    assert len(expected) > 10 and removed.any()
+    np.testing.assert_array_equal(cleaned, np.where(removed, 0, original))
+    assert cleaned is labels  # cleaned in place
+    again, _ = postprocess(original, spacing=SPACING, class_names=["a", "b"], min_volume_mm3=6.0)
+    assert again is not original and (original != again).any()  # the default keeps its input

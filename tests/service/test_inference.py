@@ -33,9 +33,10 @@ def test_normalise_clips_then_standardises(rt2):
     np.testing.assert_allclose(rt2.card.input.normalise(x), [(-1000 + 200) / 300, 0.0, 2.0, (1000 + 200) / 300])
 
 
-def test_argmax_labels_equals_numpy_argmax_including_ties():
+@pytest.mark.parametrize("channels", [1, 2, 3, 4])
+def test_argmax_labels_equals_numpy_argmax_including_ties(channels):
     rng = np.random.default_rng(0)
-    probs = rng.integers(0, 3, size=(3, 4, 9, 7)).astype(np.float32)  # many ties
+    probs = rng.integers(0, 3, size=(3, channels, 9, 7)).astype(np.float32)  # many ties
     np.testing.assert_array_equal(argmax_labels(probs), probs.argmax(axis=1))
     assert argmax_labels(probs).dtype == np.uint8
 

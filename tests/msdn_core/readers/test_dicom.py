@@ -367,3 +367,63 @@ def test_lazy_read_decodes_slices_when_asked_and_releases_each_instance():
     assert [source.closed for _, _, source in items] == [True, True, False, False, False]
     np.testing.assert_array_equal(lazy.load(), plain.array)
     assert lazy.loader is None and all(source.closed for _, _, source in items)
+
+
+def _implicit_vr_bytes(ds: pydicom.Dataset) -> bytes:
+    ds = copy.deepcopy(ds)
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("implicit", [False, True])
+def test_header_values_read_from_the_raw_elements_equal_pydicoms(implicit):
+    """The reader's fast path for the geometry values (DS/IS numbers, UI/CS text, US) against
+    pydicom's own conversion of a fresh parse of the same file; unusual values take pydicom's path."""
+    from msdn_core.readers.dicom import _value
+
+    ds = ct_series(phantom((1, 8, 8)), spacing=(2.5, 0.7, 0.6), slope=0.5)[0]
+    ds.NumberOfFrames = 1
+    ds.RescaleIntercept = ""  # empty: pydicom's value
+    data = _implicit_vr_bytes(ds) if implicit else to_bytes(ds)
+    fast, reference = parse_dicom(data, name="a"), parse_dicom(data, name="b")
+    keywords = ["ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "RescaleSlope", "RescaleIntercept"]
+    keywords += ["NumberOfFrames", "SOPInstanceUID", "SeriesInstanceUID", "Modality", "Rows", "Columns"]
+    keywords += ["SamplesPerPixel", "BitsAllocated"]
+    for keyword in keywords:
+        got, want = _value(fast, keyword), reference.get(keyword)
+        assert got == want and type(got) in (type(want), float, int, str, list), keyword
+    assert _value(fast, "PixelSpacing") == [0.7, 0.6] and _value(fast, "Rows") == 8
+    assert _value(fast, "SliceLocation", "absent") == "absent"
+    assert _value(fast, "RescaleIntercept") in ("", None)
+
+
+@pytest.mark.parametrize(
+    "bits, stored, signed, frames, implicit",
+    [(16, 16, 0, 1, False), (16, 16, 1, 1, True), (8, 8, 0, 1, False), (16, 16, 1, 3, False), (16, 12, 0, 1, False)],
+)
+def test_native_pixel_data_read_directly_equals_pydicoms_decoding(bits, stored, signed, frames, implicit):
+    """Uncompressed little-endian pixel data are viewed straight from the element (the reader's fast
+    path) or, when not all bits are stored, decoded by pydicom: both equal pydicom's pixel_array."""
+    from msdn_core.readers.dicom import _decode, _native
+
+    rng = np.random.default_rng(bits + stored + signed + frames)
+    ds = ct_series(phantom((1, 6, 5)))[0]
+    dtype = np.dtype(f"<{'i' if signed else 'u'}{bits // 8}")
+    info = np.iinfo(dtype)
+    high = min(info.max, (1 << (stored - signed)) - 1)
+    low = -high - 1 if signed else 0
+    values = rng.integers(low, high + 1, size=(frames, 6, 5)).astype(dtype)
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits, stored, stored - 1, signed
+    if frames > 1:
+        ds.NumberOfFrames = frames
+    ds.PixelData = values.tobytes()
+    data = _implicit_vr_bytes(ds) if implicit else to_bytes(ds)
+    parsed = parse_dicom(data, name="x", defer_pixels=True)
+    assert (_native(parsed) is None) == (stored != bits)
+    decoded = _decode(parsed, "x")
+    reference = pydicom.dcmread(io.BytesIO(data)).pixel_array
+    np.testing.assert_array_equal(decoded, reference.reshape(decoded.shape))
+    np.testing.assert_array_equal(decoded, values)  # the values written, by hand
+    assert decoded.dtype == reference.dtype

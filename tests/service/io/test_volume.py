@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import tempfile
 
 import nibabel as nib
 import numpy as np
@@ -59,6 +60,27 @@ def test_nifti_axes_spacing_affine(settings, gz):
     np.testing.assert_allclose(image.affine, np.diag([-1, -1, 1, 1]) @ affine)  # LPS
     with pytest.raises(InvalidInput, match="leave out the 'spacing'"):
         read_volume(_nifti(xyz, affine), name="v.nii", spacing="1,1,1", settings=settings)
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_nifti_slices_read_only_those_as_float32(settings, gz, tmp_path):
+    xyz = np.random.default_rng(1).integers(-1000, 1000, size=(6, 5, 8)).astype(np.int16)
+    affine = np.diag([0.7, 0.8, 2.5, 1.0])
+    # an upload as the service holds it: a spooled temporary file, rolled over to disk
+    upload = tempfile.SpooledTemporaryFile(max_size=64, dir=tmp_path)
+    upload.write(_nifti(xyz, affine, gz=gz).getvalue())
+    upload.seek(0)
+    asked = []
+    image = read_volume(
+        upload, name="v.nii", spacing=None, settings=settings, slices=lambda shape: asked.append(shape) or [5, 2]
+    )
+    assert asked == [(8, 5, 6)] and image.decoded.tolist() == [2, 5]
+    assert image.array.dtype == np.float32 and image.array.flags.c_contiguous
+    zyx = xyz.transpose(2, 1, 0)
+    np.testing.assert_array_equal(image.array[[2, 5]], zyx[[2, 5]])
+    assert not image.array[[0, 1, 3, 4, 6, 7]].any()
+    full = read_volume(_nifti(xyz, affine, gz=gz), name="v.nii", spacing=None, settings=settings)
+    np.testing.assert_array_equal(image.affine, full.affine)
 
 
 def test_nifti_scaling_is_applied(settings):

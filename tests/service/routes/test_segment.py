@@ -247,6 +247,25 @@ def test_boxes_mode_through_the_api(client):
     np.testing.assert_array_equal(decode(body["mask"]), expected)
 
 
+@pytest.mark.parametrize("gz", [False, True])
+def test_boxes_mode_on_a_nifti_volume_reads_the_boxes_slices(client, gz):
+    """Box mode on a NIfTI upload: only the boxes' slices are read (msdn_core.readers.nifti ``slices``),
+    and the answer is the one the whole volume would give, computed by hand."""
+    hu = phantom((6, 48, 64))
+    nii = nib.Nifti1Image(hu.transpose(2, 1, 0).astype(np.int16), np.diag([0.7, 0.7, 2.5, 1.0])).to_bytes()
+    boxes = [{"slice": 1, "box": [10, 12, 30, 30]}, {"box": [40, 20, 3, 60, 40, 5]}]
+    files = {"volume": ("ct.nii.gz" if gz else "ct.nii", gzip.compress(nii) if gz else nii)}
+    r = client.post("/segment", files=files, data={"boxes": json.dumps(boxes)})
+    assert r.status_code == 200, r.text
+    full = expected_labels(hu, (THRESHOLD_HU,))
+    expected = np.zeros_like(full)
+    expected[1, 12:30, 10:30] = full[1, 12:30, 10:30]
+    expected[3:5, 20:40, 40:60] = full[3:5, 20:40, 40:60]
+    body = r.json()
+    assert body["mode"] == "boxes" and expected.any()
+    np.testing.assert_array_equal(decode(body["mask"]), expected)
+
+
 def test_full_series_proposals_through_the_api(make_client, model_det_calibrated):
     """A whole series in auto mode (a calibrated card): detector boxes -> 3D candidates -> crops ->
     post-processing -> JSON."""
