@@ -8,8 +8,9 @@
   inside the box only (with a box label, only that class). Where boxes overlap, a pixel keeps the
   first foreground label it gets.
 * Proposals: a whole-slice pass gives the detector's boxes of every slice, which
-  ``msdn_core.proposals`` turns into 3D candidates (score threshold and 2D NMS per slice as each
-  batch arrives, linking across adjacent slices, 3D NMS). Each candidate's union box, grown by
+  ``msdn_core.proposals`` turns into 3D candidates (extension threshold and 2D NMS per slice as
+  each batch arrives, linking across adjacent slices, tracks kept when their best slice reaches the
+  operating threshold, 3D NMS). Each candidate's union box, grown by
   ``box_margin`` pixels in-plane and ``z_margin`` slices, is segmented slice by slice as request
   boxes are (with the candidate's class as label and its score).
 
