@@ -183,6 +183,7 @@ class ModelRuntime:
             fp16_loss = read_card(fp16_path)[0].variant_dice_loss
         int8_path = variant_path(model_path, "int8")
         int8_loss = None
+        int8_detector_unvalidated = False
         int8_exists = int8_path.is_file()
         if not choice.on_gpu and int8_exists and precision != "fp32":
             int8_card = read_card(int8_path)[0]
@@ -199,6 +200,10 @@ class ModelRuntime:
                 int8_exists = False
             else:
                 int8_loss = int8_card.variant_dice_loss
+                calibration = int8_card.detection.calibration if int8_card.detection else None
+                int8_detector_unvalidated = "detection" in int8_card.outputs and (
+                    calibration is None or calibration.precision != "int8"
+                )
         chosen = choose_precision(
             choice.kind,
             precision,
@@ -209,6 +214,7 @@ class ModelRuntime:
             int8_dice_loss=int8_loss,
             int8_max_dice_loss=int8_max_dice_loss,
             int8_fast=cpu_has_vnni() or not int8_needs_vnni,
+            int8_detector_unvalidated=int8_detector_unvalidated,
         )
         serve_path = fp16_path if chosen.use_fp16_file else int8_path if chosen.use_int8_file else model_path
         sha = file_sha256(serve_path)

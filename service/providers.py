@@ -22,8 +22,10 @@ is over budget (or ``MSDN_PRECISION=fp32``). The CPU serves the int8 static-QDQ 
 ``<model>.int8.onnx`` (``msdn export --int8``, about twice as fast as fp32 on CPUs with VNNI) when
 ``MSDN_PRECISION=auto`` and its card records a Dice loss against fp32 within
 ``MSDN_INT8_MAX_DICE_LOSS`` and the CPU has VNNI (``avx512_vnni`` / ``avx_vnni``: without it ONNX
-Runtime's int8 kernels are slower than fp32, measured 0.8x on an AVX2-only EPYC; ``MSDN_INT8_NEEDS_VNNI``),
-or always with ``MSDN_PRECISION=int8``; else fp32.
+Runtime's int8 kernels are slower than fp32, measured 0.8x on an AVX2-only EPYC; ``MSDN_INT8_NEEDS_VNNI``)
+and, for a model with detection outputs, its card's proposal threshold was calibrated on the int8
+file's own scores (``msdn calibrate`` on the int8 file: quantisation moves detector scores, so a
+threshold from fp32 does not carry over), or always with ``MSDN_PRECISION=int8``; else fp32.
 
 The CUDA libraries come from the ``nvidia-*`` wheels of ``onnxruntime-gpu[cuda,cudnn]`` (CUDA 13,
 cuDNN 9), loaded with ``onnxruntime.preload_dlls()``; TensorRT's from the ``tensorrt-cu13-libs`` wheel
@@ -269,6 +271,7 @@ def choose_precision(
     int8_dice_loss: Optional[float] = None,
     int8_max_dice_loss: float = 0.5,
     int8_fast: bool = True,
+    int8_detector_unvalidated: bool = False,
 ) -> PrecisionChoice:
     """The precision for provider ``kind`` (module docstring).
 
@@ -281,6 +284,11 @@ def choose_precision(
         int8_file_exists, int8_dice_loss, int8_max_dice_loss: the same for the int8 variant
             ``<model>.int8.onnx`` on the CPU (``MSDN_INT8_MAX_DICE_LOSS``).
         int8_fast: int8 is faster than fp32 on this CPU (VNNI); ``auto`` serves int8 only then.
+        int8_detector_unvalidated: the int8 variant has detection outputs but its proposal threshold
+            was not calibrated on its own (int8) scores; ``auto`` then serves fp32: the recorded Dice
+            loss is measured on segmentation patches only, and quantisation moves detector scores
+            (measured on the default model: proposals CPM 0.086 int8 against 0.371 fp32 at the fp32
+            threshold, 6 benchmark series).
 
     Raises:
         ModelLoadError: ``fp16`` asked for where it cannot be served.
@@ -294,7 +302,9 @@ def choose_precision(
             raise ModelLoadError(
                 "MSDN_PRECISION=fp16 needs MSDN_PROVIDERS=cuda or tensorrt; the CPU serves fp32 or int8"
             )
-        return _cpu_precision(requested, int8_file_exists, int8_dice_loss, int8_max_dice_loss, int8_fast)
+        return _cpu_precision(
+            requested, int8_file_exists, int8_dice_loss, int8_max_dice_loss, int8_fast, int8_detector_unvalidated
+        )
     if requested == "int8":
         raise ModelLoadError("MSDN_PRECISION=int8 is for the CPU (MSDN_PROVIDERS=cpu); GPUs serve fp16 or fp32")
     if requested == "fp32":
@@ -320,7 +330,12 @@ def choose_precision(
 
 
 def _cpu_precision(
-    requested: str, exists: bool, loss: Optional[float], budget: float, fast: bool = True
+    requested: str,
+    exists: bool,
+    loss: Optional[float],
+    budget: float,
+    fast: bool = True,
+    detector_unvalidated: bool = False,
 ) -> PrecisionChoice:
     recorded = "not recorded" if loss is None else f"{loss:.2f} Dice points"
     if requested == "fp32":
@@ -333,6 +348,13 @@ def _cpu_precision(
         return PrecisionChoice("fp32", "no int8 variant next to the model")
     if requested == "int8":
         return PrecisionChoice("int8", f"MSDN_PRECISION=int8 (int8 loss {recorded})", use_int8_file=True)
+    if loss is not None and loss <= budget and detector_unvalidated:
+        return PrecisionChoice(
+            "fp32",
+            f"int8 variant loses {recorded} on segmentation patches, within the {budget:g} allowed, but its "
+            "detector's proposal threshold was calibrated on fp32 scores (msdn calibrate the int8 file; "
+            "MSDN_PRECISION=int8 serves it anyway)",
+        )
     if loss is not None and loss <= budget and not fast:
         return PrecisionChoice(
             "fp32",

@@ -48,6 +48,39 @@ def test_cpu_precision_choice(requested, exists, loss, fast, expected, int8_file
         assert f"{loss:.2f} Dice points" in choice.reason
 
 
+@pytest.mark.parametrize(
+    ("requested", "expected"),
+    [("auto", "fp32"), ("int8", "int8")],
+)
+def test_int8_detector_calibrated_on_fp32_scores_is_not_served_by_default(requested, expected):
+    choice = choose_precision(
+        "cpu",
+        requested,
+        fp16_file_exists=False,
+        fp16_dice_loss=None,
+        max_dice_loss=0.5,
+        int8_file_exists=True,
+        int8_dice_loss=0.1,
+        int8_max_dice_loss=0.5,
+        int8_fast=True,
+        int8_detector_unvalidated=True,
+    )
+    assert choice.precision == expected
+    if requested == "auto":
+        assert "calibrated on fp32 scores" in choice.reason
+
+
+def test_committed_default_model_keeps_fp32_in_auto_even_without_the_vnni_rule():
+    # its int8 variant is within the Dice budget on patches, but its proposal threshold came from fp32
+    from pathlib import Path
+
+    model = Path(__file__).resolve().parents[2] / "models" / "default.onnx"
+    runtime = ModelRuntime.load(model, providers=["cpu"], int8_needs_vnni=False)
+    assert runtime.precision == "fp32", runtime.precision_reason
+    assert "calibrated on fp32 scores" in runtime.precision_reason
+    assert ModelRuntime.load(model, providers=["cpu"], precision="int8").precision == "int8"
+
+
 def test_int8_refusals():
     with pytest.raises(ModelLoadError, match="needs the int8 variant"):
         choose_precision(
