@@ -94,6 +94,19 @@ V2_ARMS: dict[str, dict[str, Any]] = {
     },
 }
 
+#: Training options of the protocol-2 CPU presets (``cpu_v2``, ``cpu_v3``), less the epoch cap.
+_CPU_SMALL_TRAIN: dict[str, Any] = {
+    "preset": "small",
+    "model_options": {"base_channels": 8, "head_channels": 16, "head_convs": 2},
+    "patch_size": 48,
+    "lr": 1e-3,
+    "lr_patience": 5,
+    "early_stop": 20,
+    "steps_per_epoch": 8,
+    "threads": 1,
+    "device": "cpu",
+}
+
 EXPERIMENT_PRESETS: dict[str, dict[str, Any]] = {
     "paper": {
         "tasks": [{"name": name, "splits": [list(s) for s in splits]} for name, splits in PAPER_TASKS.items()],
@@ -168,18 +181,7 @@ EXPERIMENT_PRESETS: dict[str, dict[str, Any]] = {
         },
         "arms": V2_ARMS,
         "seed": 0,
-        "train": {
-            "preset": "small",
-            "model_options": {"base_channels": 8, "head_channels": 16, "head_convs": 2},
-            "patch_size": 48,
-            "lr": 1e-3,
-            "lr_patience": 5,
-            "early_stop": 20,
-            "max_epochs": 40,
-            "steps_per_epoch": 8,
-            "threads": 1,
-            "device": "cpu",
-        },
+        "train": {**_CPU_SMALL_TRAIN, "max_epochs": 40},
         "report": "val",
         "jobs": 2,
         "description": (
@@ -198,18 +200,7 @@ EXPERIMENT_PRESETS: dict[str, dict[str, Any]] = {
         "ablations": {"methods": [], "repeats": 1},
         "arms": V2_ARMS,
         "seed": 0,
-        "train": {
-            "preset": "small",
-            "model_options": {"base_channels": 8, "head_channels": 16, "head_convs": 2},
-            "patch_size": 48,
-            "lr": 1e-3,
-            "lr_patience": 5,
-            "early_stop": 20,
-            "max_epochs": 150,
-            "steps_per_epoch": 8,
-            "threads": 1,
-            "device": "cpu",
-        },
+        "train": {**_CPU_SMALL_TRAIN, "max_epochs": 150},
         "report": "val",
         "jobs": 1,
         "description": (
