@@ -6,6 +6,7 @@ List settings accept JSON (``["CT","MR"]``) or a comma-separated string (``CT,MR
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal, Optional
@@ -26,6 +27,19 @@ if TYPE_CHECKING:
     from service.operating_point import ProposalThreshold
 
 _CommaList = Annotated[list[str], NoDecode]
+
+
+def split_list_value(value: object) -> object:
+    """A list setting given as text: a JSON list (``["a", "b"]``) or comma-separated (``a, b``).
+
+    Shared by every ``Settings`` class with list fields (``NoDecode``); anything else passes through.
+    """
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            return json.loads(text)
+        return [part.strip() for part in text.split(",") if part.strip()]
+    return value
 
 
 class Settings(BaseSettings):
@@ -201,14 +215,7 @@ class Settings(BaseSettings):
     @field_validator("providers", "allowed_modalities", "api_keys", mode="before")
     @classmethod
     def _split_list(cls, value: object) -> object:
-        if isinstance(value, str):
-            text = value.strip()
-            if text.startswith("["):
-                import json
-
-                return json.loads(text)
-            return [part.strip() for part in text.split(",") if part.strip()]
-        return value
+        return split_list_value(value)
 
     @field_validator("allowed_modalities")
     @classmethod

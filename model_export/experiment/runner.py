@@ -131,9 +131,15 @@ def _train_once(
     run_dir: str,
     on_improve=None,
 ):
+    trainer = _trainer(train_cfg, cases, val_cases, manifest, task, cell, run_dir, on_improve)
+    return trainer, trainer.fit()
+
+
+def _trainer(train_cfg, cases, val_cases, manifest, task: TaskSpec, cell: Cell, run_dir: str, on_improve=None):
+    """The resumable ``Trainer`` of one run (``cell``) in ``run_dir``."""
     from model_export.training.trainer import Trainer
 
-    trainer = Trainer(
+    return Trainer(
         train_cfg,
         train_cases=cases,
         val_cases=val_cases,
@@ -143,7 +149,6 @@ def _train_once(
         resume=True,
         on_improve=on_improve,
     )
-    return trainer, trainer.fit()
 
 
 def mask_presentations(
@@ -225,18 +230,7 @@ def run_cell(cell: Cell, task: TaskSpec, config: ExperimentConfig, run_dir: str)
         if not math.isfinite(paper_best["dice"]) or res.mean_dice > paper_best["dice"]:
             paper_best["dice"] = res.mean_dice
 
-    from model_export.training.trainer import Trainer
-
-    trainer = Trainer(
-        train_cfg,
-        train_cases=cases,
-        val_cases=val_cases,
-        classes=manifest.class_names,
-        out_dir=run_dir,
-        dataset={"name": manifest.name, "task": task.name, "split": f"{cell.strong}-{cell.weak}"},
-        resume=True,
-        on_improve=on_improve,
-    )
+    trainer = _trainer(train_cfg, cases, val_cases, manifest, task, cell, run_dir, on_improve)
     holder["trainer"] = trainer
     try:
         result = trainer.fit()

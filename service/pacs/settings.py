@@ -12,6 +12,8 @@ from typing import Annotated, Literal
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from service.settings import split_list_value
+
 #: A DICOM AE title: 1..16 characters of the default character repertoire, no backslash.
 _AE_TITLE_PATTERN = r"^[ -\[\]-~]{1,16}$"
 
@@ -115,14 +117,7 @@ class PacsSettings(BaseSettings):
     @field_validator("listener_allowed_aes", mode="before")
     @classmethod
     def _split_aes(cls, value: object) -> object:
-        if isinstance(value, str):
-            text = value.strip()
-            if text.startswith("["):
-                import json
-
-                return json.loads(text)
-            return [part.strip() for part in text.split(",") if part.strip()]
-        return value
+        return split_list_value(value)
 
     @field_validator("dicomweb_url")
     @classmethod
