@@ -129,7 +129,9 @@ def segment_slices(
             for slice_scores, slice_boxes in zip(scores, boxes, strict=True):
                 detections.append((slice_scores, slice_boxes) if select is None else select(slice_scores, slice_boxes))
 
-    stats = runtime.run_batched(depth, make_batch, consume, check=check)
+    m = spec.size_multiple
+    item_pixels = (-(-height // m) * m) * (-(-width // m) * m)  # a slice as fed to the model, padded
+    stats = runtime.run_batched(depth, make_batch, consume, item_pixels=item_pixels, check=check)
     return labels, stats, detections
 
 
@@ -175,7 +177,7 @@ def segment_boxes(
                 target = labels[box.slice, rows, cols]
                 np.copyto(target, pred, where=(target == 0) & (pred > 0))
 
-        stats = runtime.run_batched(len(items), make_batch, consume, check=check)
+        stats = runtime.run_batched(len(items), make_batch, consume, item_pixels=ch * cw, check=check)
         total.add(stats)
     return labels, total
 

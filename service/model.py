@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ from service.providers import (
     parse_providers,
     session_providers,
 )
+from service.settings import BATCH_MAX_PIXELS
 
 if TYPE_CHECKING:
     from service.settings import Settings
@@ -104,18 +106,23 @@ class ModelRuntime:
         sha256: str,
         requested_providers: list[str],
         batch_size: int,
+        batch_max_pixels: int = 0,
         precision: Optional[str] = None,
         io_binding: bool = False,
         precision_reason: str = "",
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
+        if batch_max_pixels < 0:
+            raise ValueError(f"batch_max_pixels must be >= 0 (0: no limit), got {batch_max_pixels!r}")
         self.session = session
         self.card = card
         self.path = path
         self.sha256 = sha256
         self.requested_providers = requested_providers
         self.batch_size = batch_size
+        #: most input pixels (items x height x width) in one ONNX Runtime call; 0: no limit
+        self.batch_max_pixels = batch_max_pixels
         self.precision = precision or card.precision
         self.precision_reason = precision_reason
         #: make the next batch in a helper thread while ONNX Runtime runs the current one
@@ -124,6 +131,7 @@ class ModelRuntime:
         self.shrink_arena = True
         self.io_binding = bool(io_binding)
         self.warm = False
+        self._next = threading.local()  # per calling thread: items of the batch its next check precedes
         outputs = card.outputs or {}
         self.input_name = card.input_name
         self.segmentation_output = outputs.get("segmentation", "probabilities")
@@ -148,6 +156,7 @@ class ModelRuntime:
         intra_op_threads: int = 0,
         inter_op_threads: int = 0,
         batch_size: int = 8,
+        batch_max_pixels: int = BATCH_MAX_PIXELS,
         verify_sha256: bool = True,
         cpu_mem_arena: bool = True,
     ) -> "ModelRuntime":
@@ -164,6 +173,7 @@ class ModelRuntime:
             io_binding: bind inputs/outputs through ONNX Runtime on a GPU provider.
             intra_op_threads, inter_op_threads: ONNX Runtime threads (0: its default).
             batch_size: slices or patches per ``run``.
+            batch_max_pixels: most input pixels per ``run`` (``batch_for``); 0: no limit.
             verify_sha256: refuse a file whose SHA-256 differs from its sidecar.
             cpu_mem_arena: ONNX Runtime's CPU memory arena.
 
@@ -264,6 +274,7 @@ class ModelRuntime:
             sha256=sha,
             requested_providers=[p if isinstance(p, str) else p[0] for p in requested],
             batch_size=batch_size,
+            batch_max_pixels=batch_max_pixels,
             precision=chosen.precision if choice.on_gpu or chosen.use_int8_file else card.precision,
             precision_reason=chosen.reason,
             io_binding=io_binding and choice.on_gpu,
@@ -298,6 +309,7 @@ class ModelRuntime:
             intra_op_threads=settings.intra_op_threads,
             inter_op_threads=settings.inter_op_threads,
             batch_size=settings.batch_size,
+            batch_max_pixels=settings.batch_max_pixels,
             verify_sha256=settings.verify_sha256,
             cpu_mem_arena=settings.cpu_mem_arena,
         )
@@ -382,15 +394,30 @@ class ModelRuntime:
         self.session.run_with_iobinding(binding, run_options)
         return dict(zip(names, binding.copy_outputs_to_cpu(), strict=True))
 
+    def batch_for(self, item_pixels: int) -> int:
+        """Items per ONNX Runtime call for items of ``item_pixels`` pixels (height x width) each.
+
+        ``batch_size``, lowered so that a call holds at most ``batch_max_pixels`` pixels, and at least
+        1: ONNX Runtime's activations grow with the pixels of a call (at 16 channels, about 86 MiB per
+        512 x 512 slice), its time per pixel hardly does, so whole slices run in small batches while
+        patches keep ``batch_size``.
+        """
+        if item_pixels < 1:
+            raise ValueError(f"item_pixels must be >= 1, got {item_pixels!r}")
+        if not self.batch_max_pixels:
+            return self.batch_size
+        return max(1, min(self.batch_size, self.batch_max_pixels // item_pixels))
+
     def run_batched(
         self,
         count: int,
         make_batch: Callable[[int, int], np.ndarray],
         consume: Callable[[int, dict[str, np.ndarray]], None],
         *,
+        item_pixels: int,
         check: Optional[Callable[[], None]] = None,
     ) -> RunStats:
-        """Run ``count`` items in batches of ``batch_size``.
+        """Run ``count`` items in batches of ``batch_for(item_pixels)``.
 
         With ``overlap`` (the default) the next batch is made (decoded slices cropped, padded,
         normalised) in a helper thread while ONNX Runtime runs the current one; outputs are consumed
@@ -400,29 +427,35 @@ class ModelRuntime:
 
         Args:
             count: number of items.
+            item_pixels: height x width of one item as fed to the model (after padding).
             make_batch: ``(start, stop) -> (stop - start, C, H, W)`` float32 input.
             consume: ``(start, outputs)`` called with each batch's outputs.
-            check: called before each batch (raises to stop, e.g. on a deadline).
+            check: called before each batch (raises to stop, e.g. on a deadline); it may ask
+                ``next_batch_items()`` how many items that batch holds.
         """
         stats = RunStats()
-        starts = list(range(0, count, self.batch_size))
+        size = self.batch_for(item_pixels)
+        starts = list(range(0, count, size))
         if not starts:
             return stats
 
         def make(start: int) -> np.ndarray:
-            return make_batch(start, min(count, start + self.batch_size))
+            return make_batch(start, min(count, start + size))
+
+        def checked(start: int) -> None:
+            if check is not None:
+                self._next.items = min(count, start + size) - start
+                check()
 
         pool = ThreadPoolExecutor(1, thread_name_prefix="msdn-batch") if self.overlap and len(starts) > 1 else None
         try:
-            if check is not None:
-                check()
+            checked(starts[0])
             pending: Any = make(starts[0])
             for i, start in enumerate(starts):
                 batch = pending.result() if isinstance(pending, Future) else pending
                 last = i == len(starts) - 1
                 if not last:
-                    if check is not None:
-                        check()
+                    checked(starts[i + 1])
                     pending = pool.submit(make, starts[i + 1]) if pool is not None else None
                 t0 = time.perf_counter()
                 outputs = self.run(batch, shrink=last and self.shrink_arena)
@@ -434,9 +467,15 @@ class ModelRuntime:
                 if not last and pool is None:
                     pending = make(starts[i + 1])
         finally:
+            self._next.items = 0
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
         return stats
+
+    def next_batch_items(self) -> int:
+        """Inside a ``check`` called by ``run_batched``: the items of the batch it precedes (this
+        thread's call; 0 outside one). What job progress counts."""
+        return getattr(self._next, "items", 0)
 
     def warmup(self) -> float:
         """One run on a zero patch of the card's patch size; returns its seconds."""

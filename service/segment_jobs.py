@@ -51,20 +51,20 @@ class JobCancelled(Exception):
 
 
 class ProgressDeadline(Deadline):
-    """The ``Deadline`` a job runs under: no time limit; each check counts a model batch and stops
-    a cancelled job."""
+    """The ``Deadline`` a job runs under: no time limit; each check (before a model batch) counts
+    that batch's items and stops a cancelled job."""
 
     def __init__(self, jobs: "SegmentJobs", job_id: str) -> None:
         super().__init__(None)
         self.jobs = jobs
         self.job_id = job_id
-        self.batches = 0
+        self.items = 0
 
     def check(self) -> None:
         if self.job_id in self.jobs.cancelling:
             raise JobCancelled(self.job_id)
-        self.batches += 1
-        self.jobs.report_progress(self.job_id, self.batches)
+        self.items += self.jobs.runtime.next_batch_items()
+        self.jobs.report_progress(self.job_id, self.items)
 
 
 class SegmentJobs:
@@ -187,8 +187,8 @@ class SegmentJobs:
         """The stored answer of a done job in ``fmt``."""
         return self.store.job_dir(job.id) / "result" / MEDIA_TYPES[fmt][1]
 
-    def report_progress(self, job_id: str, batches: int) -> None:
-        """Called between model batches: slices done (whole-slice runs: batches times the batch size),
+    def report_progress(self, job_id: str, items: int) -> None:
+        """Called between model batches with the items (whole-slice runs: slices) started so far;
         written at most every ``PROGRESS_EVERY_S`` (each write is an fsync'd SQLite commit)."""
         now = time.monotonic()
         if now - self._progress_at.get(job_id, 0.0) < PROGRESS_EVERY_S:
@@ -199,7 +199,7 @@ class SegmentJobs:
             return
         progress = dict(job.info.get("progress") or {})
         total = int(progress.get("slices_total") or 0)
-        done = min(total, batches * self.settings.batch_size) if total else 0
+        done = min(total, items) if total else 0
         if done != progress.get("slices_done"):
             self.store.update(job_id, info={"progress": {"slices_done": done, "slices_total": total}})
 

@@ -28,6 +28,10 @@ if TYPE_CHECKING:
 
 _CommaList = Annotated[list[str], NoDecode]
 
+#: ``MSDN_BATCH_MAX_PIXELS`` default: two 512 x 512 slices per ONNX Runtime call (patches of 128 x 128
+#: keep a batch of 8); docs/performance.md, session 4, has the measured trade-off.
+BATCH_MAX_PIXELS = 2 * 512 * 512
+
 
 def split_list_value(value: object) -> object:
     """A list setting given as text: a JSON list (``["a", "b"]``) or comma-separated (``a, b``).
@@ -82,6 +86,14 @@ class Settings(BaseSettings):
     intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads (0: runtime default)")
     inter_op_threads: int = Field(0, ge=0, description="ONNX Runtime inter-op threads (0: runtime default)")
     batch_size: int = Field(8, ge=1, description="slices or patches per ONNX Runtime call")
+    batch_max_pixels: int = Field(
+        BATCH_MAX_PIXELS,
+        ge=0,
+        description=(
+            "most input pixels (items x height x width) per ONNX Runtime call: batches of large slices are cut "
+            "below MSDN_BATCH_SIZE to keep ONNX Runtime's activations small (0: no limit)"
+        ),
+    )
     overlap_batches: bool = Field(
         True, description="make the next batch (crop, pad, normalise) in a thread while ONNX Runtime runs the current"
     )

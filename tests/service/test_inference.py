@@ -10,7 +10,7 @@ from service.inference import argmax_labels, segment_boxes, segment_slices, segm
 from service.model import ModelRuntime
 from tests.service.helpers import CLIP_2C, THRESHOLD_HU, THRESHOLDS_2C
 from tests.support.dicom_series import phantom
-from tests.support.onnx_models import expected_labels
+from tests.support.onnx_models import conv_model, expected_labels
 
 
 @pytest.fixture(scope="module")
@@ -157,3 +157,24 @@ def test_deadline_check_stops_between_batches(rt1):
     with pytest.raises(TimeoutError):
         segment_slices(rt1, phantom((9, 16, 16)).astype(np.float32), check=check)
     assert len(calls) == 2
+
+
+def test_a_pixel_budget_changes_the_batches_not_the_result(tmp_path):
+    """Whole slices and box crops with and without MSDN_BATCH_MAX_PIXELS: the same labels and
+    scores (a 3x3-conv model, where batch composition could matter), batches as computed by hand."""
+    path = tmp_path / "conv.onnx"
+    conv_model(path, channels=8, layers=2, patch_size=(32, 32))
+    free = ModelRuntime.load(path, providers=["cpu"], batch_size=8, batch_max_pixels=0)
+    budget = ModelRuntime.load(path, providers=["cpu"], batch_size=8, batch_max_pixels=2 * 64 * 64)
+    volume = np.random.default_rng(5).normal(0.0, 300.0, (9, 64, 64)).astype(np.float32)
+    out_free = segment_volume_array(free, volume, mode="slices")
+    out_budget = segment_volume_array(budget, volume, mode="slices")
+    np.testing.assert_array_equal(out_budget.labels, out_free.labels)
+    np.testing.assert_array_equal(out_budget.score_volume, out_free.score_volume)
+    assert (out_free.stats.calls, out_budget.stats.calls) == (2, 5)  # 8 + 1 slices; 2 + 2 + 2 + 2 + 1
+    assert 0 < out_free.labels.mean() < 1
+    boxes = [SliceBox(z, 4, 4, 20, 20) for z in range(9)]  # 9 crops of 32x32: 8192 // 1024 = 8 per call
+    b_free = segment_volume_array(free, volume, boxes=boxes)
+    b_budget = segment_volume_array(budget, volume, boxes=boxes)
+    np.testing.assert_array_equal(b_budget.labels, b_free.labels)
+    assert b_free.stats.calls == b_budget.stats.calls == 2

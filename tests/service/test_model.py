@@ -93,6 +93,7 @@ def test_run_batched_and_describe(model_1c):
         7,
         lambda a, b: np.full((b - a, 1, 16, 16), 1.0, np.float32),
         lambda start, out: seen.append((start, out["probabilities"].shape)),
+        item_pixels=16 * 16,
     )
     assert seen == [(0, (3, 2, 16, 16)), (3, (3, 2, 16, 16)), (6, (1, 2, 16, 16))]
     assert (stats.calls, stats.items) == (3, 7)
@@ -100,3 +101,43 @@ def test_run_batched_and_describe(model_1c):
     info = runtime.describe()
     assert info["sha256"] == file_sha256(model_1c) and info["providers"] == [CPU]
     assert info["input"]["patch_size"] == [32, 32] and info["classes"] == [{"value": 1, "name": "tissue"}]
+
+
+def test_batch_for_caps_the_pixels_of_a_call(model_1c):
+    """Items per call: batch_size, cut so items x pixels stays within batch_max_pixels, at least 1."""
+    runtime = ModelRuntime.load(model_1c, batch_size=8, batch_max_pixels=2 * 512 * 512)
+    assert runtime.batch_for(512 * 512) == 2  # whole 512^2 slices: 2 per call
+    assert runtime.batch_for(128 * 128) == 8  # 16 patches would fit: batch_size stays the cap
+    assert runtime.batch_for(256 * 256) == 8
+    assert runtime.batch_for(300 * 300) == 5  # 524288 // 90000
+    assert runtime.batch_for(1024 * 1024) == 1  # larger than the budget: one per call
+    runtime.batch_max_pixels = 0  # no limit
+    assert runtime.batch_for(1024 * 1024) == 8
+    with pytest.raises(ValueError, match="item_pixels"):
+        runtime.batch_for(0)
+    with pytest.raises(ValueError, match="batch_max_pixels"):
+        ModelRuntime.load(model_1c, batch_max_pixels=-1)
+
+
+def test_run_batched_sizes_batches_by_pixels_and_reports_them_to_check(model_1c):
+    runtime = ModelRuntime.load(model_1c, batch_size=8, batch_max_pixels=3 * 16 * 16)
+    x = np.random.default_rng(2).normal(0.0, 100.0, (7, 1, 16, 16)).astype(np.float32)
+    made, checked, got = [], [], {}
+
+    def make(a, b):
+        made.append((a, b))
+        return x[a:b]
+
+    stats = runtime.run_batched(
+        7,
+        make,
+        lambda start, out: got.update({start: out["probabilities"]}),
+        item_pixels=16 * 16,
+        check=lambda: checked.append(runtime.next_batch_items()),
+    )
+    assert made == [(0, 3), (3, 6), (6, 7)] and (stats.calls, stats.items) == (3, 7)
+    assert checked == [3, 3, 1] and runtime.next_batch_items() == 0
+    np.testing.assert_array_equal(np.concatenate([got[k] for k in sorted(got)]), runtime.run(x)["probabilities"])
+    # 32x32 items: 768 // 1024 = 0 -> one per call
+    runtime.run_batched(2, lambda a, b: np.zeros((b - a, 1, 32, 32), np.float32), lambda s, o: None, item_pixels=1024)
+    assert runtime.batch_for(1024) == 1

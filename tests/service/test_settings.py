@@ -35,3 +35,13 @@ def test_invalid_values_are_refused():
         Settings(_env_file=None, max_concurrent_inferences=0)
     with pytest.raises(ValidationError):
         Settings(_env_file=None, default_format="gif")
+
+
+def test_batch_max_pixels(monkeypatch):
+    from service.settings import BATCH_MAX_PIXELS
+
+    assert Settings(_env_file=None).batch_max_pixels == BATCH_MAX_PIXELS == 2 * 512 * 512
+    monkeypatch.setenv("MSDN_BATCH_MAX_PIXELS", "0")
+    assert Settings(_env_file=None).batch_max_pixels == 0
+    with pytest.raises(ValidationError):
+        Settings(_env_file=None, batch_max_pixels=-1)
