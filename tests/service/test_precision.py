@@ -189,7 +189,9 @@ def test_batches_run_with_and_without_the_cpu_arena(fp32_and_int8, arena):
     assert runtime.shrink_arena is arena and runtime.overlap
     x = np.random.default_rng(4).normal(0.0, 1.0, (7, 1, 32, 32)).astype(np.float32)
     got: dict[int, np.ndarray] = {}
-    stats = runtime.run_batched(7, lambda a, b: x[a:b], lambda start, out: got.update({start: out["probabilities"]}), item_pixels=32 * 32)
+    stats = runtime.run_batched(
+        7, lambda a, b: x[a:b], lambda start, out: got.update({start: out["probabilities"]}), item_pixels=32 * 32
+    )
     assert (stats.calls, stats.items, sorted(got)) == (3, 7, [0, 3, 6])
     whole = runtime.run(x)["probabilities"]
     np.testing.assert_allclose(np.concatenate([got[k] for k in sorted(got)]), whole, atol=1e-6)

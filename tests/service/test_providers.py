@@ -144,7 +144,9 @@ def test_io_binding_gives_the_same_outputs(model_1c):
     plain = [runtime.run(x[i : i + 3])["probabilities"] for i in range(0, 7, 3)]
     runtime.io_binding = True
     bound = []
-    runtime.run_batched(7, lambda a, b: x[a:b], lambda start, out: bound.append(out["probabilities"]), item_pixels=32 * 48)
+    runtime.run_batched(
+        7, lambda a, b: x[a:b], lambda start, out: bound.append(out["probabilities"]), item_pixels=32 * 48
+    )
     assert [b.shape for b in bound] == [(3, 2, 32, 48), (3, 2, 32, 48), (1, 2, 32, 48)]
     for p, b in zip(plain, bound, strict=True):
         np.testing.assert_array_equal(p, b)
