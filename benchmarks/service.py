@@ -90,18 +90,26 @@ def make_boxes(slices: int, count: int, seed: int = 1) -> list[dict]:
 
 
 class RawRunner:
-    """The model in this process, fed exactly what the service feeds it."""
+    """The model in this process, fed exactly what the service feeds it, in the service's batches
+    (``batch_size`` items, fewer where ``max_pixels`` cuts them: the rule of ``ModelRuntime.batch_for``)."""
 
-    def __init__(self, path: Path, batch_size: int) -> None:
+    def __init__(self, path: Path, batch_size: int, *, max_pixels: int = 0, threads: int = 0) -> None:
         options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.card, _ = read_card(path)
         self.batch = batch_size
+        self.max_pixels = max_pixels
+
+    def batch_for(self, inputs: np.ndarray) -> int:
+        pixels = inputs.shape[2] * inputs.shape[3]
+        return max(1, min(self.batch, self.max_pixels // pixels)) if self.max_pixels else self.batch
 
     def run(self, inputs: np.ndarray) -> float:
+        batch = self.batch_for(inputs)
         t0 = time.perf_counter()
-        for start in range(0, len(inputs), self.batch):
-            self.session.run(None, {"image": inputs[start : start + self.batch]})
+        for start in range(0, len(inputs), batch):
+            self.session.run(None, {"image": inputs[start : start + batch]})
         return time.perf_counter() - t0
 
     def crops(self, vol: np.ndarray, boxes: list[dict]) -> np.ndarray:
@@ -282,6 +290,16 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=5, help="runs per median (>= 5)")
     parser.add_argument("--precisions", nargs="+", default=["fp32", "int8"], choices=["fp32", "int8"])
     parser.add_argument("--baseline", type=Path, default=None, help="another source tree to run fp32 from too")
+    parser.add_argument(
+        "--threads", type=int, default=0, help="ONNX Runtime intra-op threads, server and raw alike (0: its default)"
+    )
+    parser.add_argument(
+        "--batch-max-pixels",
+        type=int,
+        nargs="+",
+        default=None,
+        help="MSDN_BATCH_MAX_PIXELS values to serve this tree with, one server each (default: the setting's)",
+    )
     parser.add_argument("--load", action="store_true", help="also the concurrent-clients table")
     parser.add_argument("--load-requests", type=int, default=4, help="requests per client in the load test")
     args = parser.parse_args()
@@ -304,9 +322,13 @@ def main() -> int:
         else:
             files["int8"] = int8
     batch = int(os.environ.get("MSDN_BATCH_SIZE", "8"))
+    from service.settings import BATCH_MAX_PIXELS
+
+    budgets = args.batch_max_pixels or [int(os.environ.get("MSDN_BATCH_MAX_PIXELS", BATCH_MAX_PIXELS))]
+    threads = args.threads or "ORT default"
     print(
         f"model: {model_name}; patch {read_card(args.model)[0].input.patch_size}; CPU, {os.cpu_count()} cores; "
-        f"batch {batch}; load average at start {os.getloadavg()[0]:.2f}"
+        f"batch {batch}; intra-op threads {threads}; load average at start {os.getloadavg()[0]:.2f}"
     )
 
     vol = volume(args.slices)
@@ -320,7 +342,12 @@ def main() -> int:
         cases.append((f"whole series {args.big_slices}x512x512", encode(big, {"mode": "slices"}), "big"))
     print(f"uploads: {', '.join(f'{len(u[0]) / 2**20:.0f} MiB' for _, u, _ in cases)} of DICOM files")
 
-    servers = [("this tree", ROOT, p, args.model) for p in args.precisions if p in files]
+    servers = [
+        ("this tree" if len(budgets) == 1 else f"this tree, max pixels {budget:,}", ROOT, p, args.model, budget)
+        for budget in budgets
+        for p in args.precisions
+        if p in files
+    ]
     if args.baseline is not None:
         base_model = args.model
         if generated:  # the same weights (same seed), written by the baseline's code in its card format
@@ -333,12 +360,16 @@ def main() -> int:
             root = str(args.baseline.resolve())
             env = {**os.environ, "PYTHONPATH": root}
             subprocess.run([sys.executable, "-c", code, str(base_model)], cwd=root, env=env, check=True)
-        servers.append(("baseline", args.baseline.resolve(), "fp32", base_model))
+        servers.append(("baseline", args.baseline.resolve(), "fp32", base_model, 0))  # no pixel budget there
     rows, idle, loads = [], [], []
-    for tree, root, precision, model in servers:
-        raw = RawRunner(files[precision], batch)
+    for tree, root, precision, model, budget in servers:
+        raw = RawRunner(files[precision], batch, max_pixels=budget, threads=args.threads)
         inputs = {"boxes": raw.crops(vol, boxes), "slices": raw.slices(vol)}
-        env = {"MSDN_PRECISION": precision}
+        env = {
+            "MSDN_PRECISION": precision,
+            "MSDN_BATCH_MAX_PIXELS": str(budget),
+            "MSDN_INTRA_OP_THREADS": str(args.threads),
+        }
         proc, url = serve(root, model, work / f"server-{precision}-{len(idle)}.log", env)
         try:
             started = vm_kib(proc.pid, "VmRSS")
