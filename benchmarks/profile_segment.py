@@ -211,6 +211,7 @@ def main() -> int:
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--format", default="json", choices=["json", "nifti"])
     parser.add_argument("--repeats", type=int, default=5, help="requests per median")
+    parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: its default)")
     parser.add_argument("--http", action="store_true", help="also one request through a uvicorn server")
     parser.add_argument("--top", type=int, default=0, help="also cProfile's top N functions by own time")
     args = parser.parse_args()
@@ -222,7 +223,9 @@ def main() -> int:
     data = {"boxes": json.dumps(make_boxes(args.slices, args.boxes))} if args.mode == "boxes" else {"mode": "slices"}
     body, headers = encode(vol, data)
     content_type = headers["content-type"]
-    settings = Settings(model_path=model, providers=["CPUExecutionProvider"], api_keys=[])
+    settings = Settings(
+        model_path=model, providers=["CPUExecutionProvider"], api_keys=[], intra_op_threads=args.threads
+    )
     runtime = ModelRuntime.from_settings(settings)
     runtime.warmup()
     case = f"{args.mode}: " + (f"{args.boxes} boxes, " if args.mode == "boxes" else "") + f"{args.slices}x512x512"
@@ -234,7 +237,8 @@ def main() -> int:
     load1 = os.getloadavg()[0]
     print(
         f"case: {case}, {len(body) / 2**20:.1f} MiB multipart body, answer {args.format} {size / 1024:.0f} KiB; "
-        f"batch {runtime.batch_size}; load average {load0:.2f}-{load1:.2f} on {os.cpu_count()} cores; "
+        f"batch {runtime.batch_size} (at most {runtime.batch_max_pixels:,} pixels per call); intra-op threads "
+        f"{args.threads or 'ORT default'}; load average {load0:.2f}-{load1:.2f} on {os.cpu_count()} cores; "
         f"medians of {args.repeats}"
     )
     print(
@@ -269,7 +273,7 @@ def main() -> int:
         pstats.Stats(profile).sort_stats("tottime").print_stats(args.top)
 
     if args.http:
-        proc, url = serve(ROOT, model, work / "server.log")
+        proc, url = serve(ROOT, model, work / "server.log", {"MSDN_INTRA_OP_THREADS": str(args.threads)})
         try:
             post(url, (body, headers))
             seconds, answer_json = post(url, (body, headers))

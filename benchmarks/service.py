@@ -93,9 +93,13 @@ class RawRunner:
     """The model in this process, fed exactly what the service feeds it, in the service's batches
     (``batch_size`` items, fewer where ``max_pixels`` cuts them: the rule of ``ModelRuntime.batch_for``)."""
 
-    def __init__(self, path: Path, batch_size: int, *, max_pixels: int = 0, threads: int = 0) -> None:
+    def __init__(
+        self, path: Path, batch_size: int, *, max_pixels: int = 0, threads: int = 0, spinning: bool = True
+    ) -> None:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
+        if not spinning:  # as the server with MSDN_INTRA_OP_SPINNING=false
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.card, _ = read_card(path)
         self.batch = batch_size
@@ -136,6 +140,21 @@ def post(url: str, upload: tuple[bytes, dict]) -> tuple[float, dict]:
     if r.status_code != 200:
         raise RuntimeError(f"/segment answered {r.status_code}: {r.text[:500]}")
     return elapsed, r.json()
+
+
+def floor(url: str, upload: tuple[bytes, dict], repeats: int) -> dict[str, float]:
+    """Median seconds of posting ``upload`` to the ingest floor app's ``/read`` and ``/form``
+    (``benchmarks/ingest_floor.py``), the two alternating."""
+    times: dict[str, list[float]] = {"read": [], "form": []}
+    with httpx.Client(timeout=600) as client:
+        for _ in range(repeats + 1):  # the first round warms up
+            for endpoint, seconds in times.items():
+                t0 = time.perf_counter()
+                r = client.post(f"{url}/{endpoint}", content=upload[0], headers=upload[1])
+                seconds.append(time.perf_counter() - t0)
+                if r.status_code != 200:
+                    raise RuntimeError(f"/{endpoint} answered {r.status_code}: {r.text[:300]}")
+    return {k: statistics.median(v[1:]) for k, v in times.items()}
 
 
 def vm_kib(pid: int, key: str) -> int:
@@ -235,7 +254,9 @@ def load(url: str, upload, clients: int, per_client: int) -> dict:
     }
 
 
-def serve(root: Path, model: Path, log: Path, extra_env: dict[str, str] | None = None):
+def serve(
+    root: Path, model: Path, log: Path, extra_env: dict[str, str] | None = None, *, app: str = "service.main:app"
+):
     """A uvicorn server of ``root``'s code (``root`` first on PYTHONPATH, run from there)."""
     port = free_port()
     env = {
@@ -246,7 +267,7 @@ def serve(root: Path, model: Path, log: Path, extra_env: dict[str, str] | None =
         **(extra_env or {}),
         "PYTHONPATH": str(root),
     }
-    args = [sys.executable, "-m", "uvicorn", "service.main:app", "--host", "127.0.0.1", "--port", str(port)]
+    args = [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port)]
     args += ["--log-level", "warning"]
     with open(log, "wb") as out:
         proc = subprocess.Popen(args, cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -300,6 +321,14 @@ def main() -> int:
         default=None,
         help="MSDN_BATCH_MAX_PIXELS values to serve this tree with, one server each (default: the setting's)",
     )
+    parser.add_argument(
+        "--server-env",
+        nargs="+",
+        default=[],
+        metavar="K=V[,K=V]",
+        help="extra server variants of this tree (e.g. MSDN_INTRA_OP_SPINNING=false), one server each, "
+        "with the first --batch-max-pixels value; the raw runner follows MSDN_INTRA_OP_SPINNING",
+    )
     parser.add_argument("--load", action="store_true", help="also the concurrent-clients table")
     parser.add_argument("--load-requests", type=int, default=4, help="requests per client in the load test")
     args = parser.parse_args()
@@ -343,11 +372,14 @@ def main() -> int:
     print(f"uploads: {', '.join(f'{len(u[0]) / 2**20:.0f} MiB' for _, u, _ in cases)} of DICOM files")
 
     servers = [
-        ("this tree" if len(budgets) == 1 else f"this tree, max pixels {budget:,}", ROOT, p, args.model, budget)
+        ("this tree" if len(budgets) == 1 else f"this tree, max pixels {budget:,}", ROOT, p, args.model, budget, {})
         for budget in budgets
         for p in args.precisions
         if p in files
     ]
+    for variant in args.server_env:
+        extra = dict(item.split("=", 1) for item in variant.split(","))
+        servers += [(f"this tree, {variant}", ROOT, p, args.model, budgets[0], extra) for p in args.precisions]
     if args.baseline is not None:
         base_model = args.model
         if generated:  # the same weights (same seed), written by the baseline's code in its card format
@@ -360,15 +392,17 @@ def main() -> int:
             root = str(args.baseline.resolve())
             env = {**os.environ, "PYTHONPATH": root}
             subprocess.run([sys.executable, "-c", code, str(base_model)], cwd=root, env=env, check=True)
-        servers.append(("baseline", args.baseline.resolve(), "fp32", base_model, 0))  # no pixel budget there
+        servers.append(("baseline", args.baseline.resolve(), "fp32", base_model, 0, {}))  # no pixel budget there
     rows, idle, loads = [], [], []
-    for tree, root, precision, model, budget in servers:
-        raw = RawRunner(files[precision], batch, max_pixels=budget, threads=args.threads)
+    for tree, root, precision, model, budget, extra in servers:
+        spinning = extra.get("MSDN_INTRA_OP_SPINNING", "true").lower() not in ("0", "false", "off", "no")
+        raw = RawRunner(files[precision], batch, max_pixels=budget, threads=args.threads, spinning=spinning)
         inputs = {"boxes": raw.crops(vol, boxes), "slices": raw.slices(vol)}
         env = {
             "MSDN_PRECISION": precision,
             "MSDN_BATCH_MAX_PIXELS": str(budget),
             "MSDN_INTRA_OP_THREADS": str(args.threads),
+            **extra,
         }
         proc, url = serve(root, model, work / f"server-{precision}-{len(idle)}.log", env)
         try:
@@ -398,6 +432,29 @@ def main() -> int:
                     )
         finally:
             stop_server(proc)
+    # The HTTP floor of the box-mode upload: the same body to an app that only reads it, and to one
+    # that also parses the multipart form (benchmarks/ingest_floor.py), through uvicorn alike.
+    proc, url = serve(ROOT, args.model, work / "floor.log", app="benchmarks.ingest_floor:app")
+    try:
+        loads.append(os.getloadavg()[0])
+        floors = floor(url, cases[0][1], args.repeats)
+        loads.append(os.getloadavg()[0])
+    finally:
+        stop_server(proc)
+    box_raw = rows[0]["raw"]
+    for endpoint, what in (("read", "body read only"), ("form", "body + multipart form parse")):
+        rows.insert(
+            1,
+            {
+                "case": f"floor: {cases[0][0]} upload, {what}",
+                "tree": "ingest floor app",
+                "precision": "-",
+                "slices": args.slices,
+                "e2e": floors[endpoint],
+                "raw": box_raw,
+                "floor": True,
+            },
+        )
 
     print(
         f"\n/segment vs raw ONNX Runtime, median of {args.repeats}; load average {min(loads):.1f}-{max(loads):.1f} "
@@ -409,17 +466,27 @@ def main() -> int:
     )
     print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
+        if r.get("floor"):  # ratio: the floor's time over the box-mode raw ORT time of the first server
+            print(
+                f"| {r['case']} | {r['tree']} | - | {r['e2e']:.3f} | {r['raw']:.3f} | {r['e2e'] / r['raw']:.2f} "
+                "| - | - | - | - |"
+            )
+            continue
         print(
             f"| {r['case']} | {r['tree']} | {r['precision']} | {r['e2e']:.3f} | {r['raw']:.3f} | "
             f"{r['e2e'] / r['raw']:.2f} | {r['infer']:.3f} | {r['e2e'] / r['infer']:.2f} | {r['read']:.3f} | "
             f"{r['slices'] / r['e2e']:.1f} |"
         )
+    print(
+        "\nfloor rows: the box-mode upload posted to benchmarks/ingest_floor.py through uvicorn; ratio = that time "
+        "over the box-mode raw ORT time, so the lowest box-mode ratio any code of ours can reach is 1 + it"
+    )
     print("\nserver memory per request (medians): resident size before, peak over it, after the answer over it\n")
     print(
         "| case | tree | precision | int16 volume MiB | RSS before MiB | peak over before MiB | after over before MiB |"
     )
     print("| --- | --- | --- | ---: | ---: | ---: | ---: |")
-    for r in rows:
+    for r in (r for r in rows if not r.get("floor")):
         print(
             f"| {r['case']} | {r['tree']} | {r['precision']} | {r['slices'] * SIZE * SIZE * 2 / 2**20:.0f} | "
             f"{r['pre_mib']:.0f} | {r['peak_mib']:.0f} | {r['after_mib']:+.0f} ({r['after_pct']:+.1f}%) |"

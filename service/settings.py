@@ -85,6 +85,13 @@ class Settings(BaseSettings):
     io_binding: bool = Field(True, description="ONNX Runtime IO binding for the batches on a GPU provider")
     intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads (0: runtime default)")
     inter_op_threads: int = Field(0, ge=0, description="ONNX Runtime inter-op threads (0: runtime default)")
+    intra_op_spinning: bool = Field(
+        True,
+        description=(
+            "ONNX Runtime's intra-op worker threads spin while waiting for work (its default; off: they sleep, "
+            "which gives the CPU to other work on a shared or oversubscribed machine)"
+        ),
+    )
     batch_size: int = Field(8, ge=1, description="slices or patches per ONNX Runtime call")
     batch_max_pixels: int = Field(
         BATCH_MAX_PIXELS,
