@@ -442,9 +442,9 @@ def main() -> int:
     finally:
         stop_server(proc)
     box_raw = rows[0]["raw"]
-    for endpoint, what in (("read", "body read only"), ("form", "body + multipart form parse")):
+    for place, (endpoint, what) in enumerate((("read", "body read only"), ("form", "body + multipart form parse"))):
         rows.insert(
-            1,
+            1 + place,
             {
                 "case": f"floor: {cases[0][0]} upload, {what}",
                 "tree": "ingest floor app",
