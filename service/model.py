@@ -47,7 +47,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CPU", "CUDA", "TENSORRT", "ModelRuntime", "RunStats", "cuda_usable", "read_card"]
+__all__ = ["CPU", "CUDA", "TENSORRT", "ModelRuntime", "RunStats", "batch_for", "cuda_usable", "read_card"]
 
 
 def read_card(
@@ -68,6 +68,16 @@ def _shrink_options() -> Any:
     options = ort.RunOptions()
     options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
     return options
+
+
+def batch_for(item_pixels: int, *, batch_size: int, max_pixels: int) -> int:
+    """Items per ONNX Runtime call: ``batch_size``, cut so that ``items x item_pixels <= max_pixels``
+    (0: no cut), and at least 1. The one rule every batch follows (``ModelRuntime.batch_for``)."""
+    if item_pixels < 1:
+        raise ValueError(f"item_pixels must be >= 1, got {item_pixels!r}")
+    if not max_pixels:
+        return batch_size
+    return max(1, min(batch_size, max_pixels // item_pixels))
 
 
 @dataclass
@@ -252,6 +262,7 @@ class ModelRuntime:
                 input_name=card.input_name,
                 channels=card.input.channels,
                 max_batch=batch_size,
+                opt_batch=batch_for(512 * 512, batch_size=batch_size, max_pixels=batch_max_pixels),
             )
         options = ort.SessionOptions()
         options.intra_op_num_threads = int(intra_op_threads)
@@ -407,11 +418,7 @@ class ModelRuntime:
         512 x 512 slice), its time per pixel hardly does, so whole slices run in small batches while
         patches keep ``batch_size``.
         """
-        if item_pixels < 1:
-            raise ValueError(f"item_pixels must be >= 1, got {item_pixels!r}")
-        if not self.batch_max_pixels:
-            return self.batch_size
-        return max(1, min(self.batch_size, self.batch_max_pixels // item_pixels))
+        return batch_for(item_pixels, batch_size=self.batch_size, max_pixels=self.batch_max_pixels)
 
     def run_batched(
         self,

@@ -377,6 +377,8 @@ class TensorrtOptions:
     input_name: str = "image"
     channels: int = 1
     max_batch: int = 8
+    #: the batch the profile is optimised for (default ``max_batch``): what 512 x 512 slices get
+    opt_batch: Optional[int] = None
     max_side: int = 1024
     opt_side: int = 512
     min_side: int = 16
@@ -399,7 +401,7 @@ class TensorrtOptions:
             "trt_timing_cache_enable": True,
             "trt_timing_cache_path": str(cache),
             "trt_profile_min_shapes": shape(1, self.min_side),
-            "trt_profile_opt_shapes": shape(self.max_batch, self.opt_side),
+            "trt_profile_opt_shapes": shape(self.opt_batch or self.max_batch, self.opt_side),
             "trt_profile_max_shapes": shape(self.max_batch, self.max_side),
             **self.extra,
         }

@@ -73,6 +73,9 @@ def test_tensorrt_options(tmp_path):
     assert options["trt_profile_opt_shapes"] == "image:8x1x512x512"
     assert options["trt_profile_max_shapes"] == "image:8x1x1024x1024"
     assert TensorrtOptions(cache_dir=cache, fp16=False).to_ort()["trt_fp16_enable"] is False
+    budget = TensorrtOptions(cache_dir=cache, max_batch=8, opt_batch=2).to_ort()  # 512^2 slices under a pixel budget
+    assert budget["trt_profile_opt_shapes"] == "image:2x1x512x512"
+    assert budget["trt_profile_max_shapes"] == "image:8x1x1024x1024"
 
 
 @no_gpu
