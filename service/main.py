@@ -27,6 +27,7 @@ from service.concurrency import InferenceLimiter
 from service.errors import install_error_handlers
 from service.jobs.store import JobStore
 from service.logs import configure_logging
+from service.memory import fix_mmap_threshold
 from service.metrics import MetricsMiddleware, ServiceMetrics
 from service.model import ModelRuntime
 from service.operating_point import auto_mode
@@ -73,6 +74,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     metrics: ServiceMetrics = app.state.metrics
     app.state.ready = False
+    fix_mmap_threshold(settings.malloc_mmap_threshold)  # before the first request's buffers
     runtime = app.state.runtime or await anyio.to_thread.run_sync(ModelRuntime.from_settings, settings)
     if settings.warmup and not runtime.warm:
         await anyio.to_thread.run_sync(runtime.warmup)

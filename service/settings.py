@@ -111,6 +111,15 @@ class Settings(BaseSettings):
     cpu_mem_arena: bool = Field(
         True, description="ONNX Runtime's CPU memory arena: faster, but keeps its peak memory (off: less RSS)"
     )
+    malloc_mmap_threshold: int = Field(
+        128 * 1024,
+        ge=0,
+        le=32 * 1024 * 1024,
+        description=(
+            "glibc mmap threshold fixed at start-up (bytes): freed buffers at least this large leave the resident "
+            "size at once instead of staying on the heap until the request ends (0: glibc's dynamic threshold)"
+        ),
+    )
     verify_sha256: bool = Field(True, description="refuse a model whose SHA-256 differs from its sidecar card")
     warmup: bool = Field(True, description="run the model once at start-up")
 

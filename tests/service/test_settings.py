@@ -45,3 +45,11 @@ def test_batch_max_pixels(monkeypatch):
     assert Settings(_env_file=None).batch_max_pixels == 0
     with pytest.raises(ValidationError):
         Settings(_env_file=None, batch_max_pixels=-1)
+
+
+def test_malloc_mmap_threshold():
+    assert Settings(_env_file=None).malloc_mmap_threshold == 128 * 1024
+    assert Settings(_env_file=None, malloc_mmap_threshold=0).malloc_mmap_threshold == 0
+    for bad in (-1, 32 * 1024 * 1024 + 1):
+        with pytest.raises(ValidationError):
+            Settings(_env_file=None, malloc_mmap_threshold=bad)
