@@ -94,12 +94,12 @@ class RawRunner:
     (``batch_size`` items, fewer where ``max_pixels`` cuts them: the rule of ``ModelRuntime.batch_for``)."""
 
     def __init__(
-        self, path: Path, batch_size: int, *, max_pixels: int = 0, threads: int = 0, spinning: bool = True
+        self, path: Path, batch_size: int, *, max_pixels: int = 0, threads: int = 0, spinning: bool = False
     ) -> None:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
-        if not spinning:  # as the server with MSDN_INTRA_OP_SPINNING=false
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # as the server (MSDN_INTRA_OP_SPINNING, off by default)
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.card, _ = read_card(path)
         self.batch = batch_size
@@ -327,7 +327,7 @@ def main() -> int:
         default=[],
         metavar="K=V[,K=V]",
         help="extra server variants of this tree (e.g. MSDN_INTRA_OP_SPINNING=false), one server each, "
-        "with the first --batch-max-pixels value; the raw runner follows MSDN_INTRA_OP_SPINNING",
+        "with the first --batch-max-pixels value; the raw runner follows MSDN_INTRA_OP_SPINNING (default off)",
     )
     parser.add_argument("--load", action="store_true", help="also the concurrent-clients table")
     parser.add_argument("--load-requests", type=int, default=4, help="requests per client in the load test")
@@ -395,7 +395,9 @@ def main() -> int:
         servers.append(("baseline", args.baseline.resolve(), "fp32", base_model, 0, {}))  # no pixel budget there
     rows, idle, loads = [], [], []
     for tree, root, precision, model, budget, extra in servers:
-        spinning = extra.get("MSDN_INTRA_OP_SPINNING", "true").lower() not in ("0", "false", "off", "no")
+        spinning = extra.get("MSDN_INTRA_OP_SPINNING", "false").lower() in ("1", "true", "on", "yes")
+        if tree == "baseline":
+            spinning = True  # the baseline tree's ONNX Runtime spins (it has no such setting)
         raw = RawRunner(files[precision], batch, max_pixels=budget, threads=args.threads, spinning=spinning)
         inputs = {"boxes": raw.crops(vol, boxes), "slices": raw.slices(vol)}
         env = {

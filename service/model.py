@@ -165,7 +165,7 @@ class ModelRuntime:
         io_binding: bool = True,
         intra_op_threads: int = 0,
         inter_op_threads: int = 0,
-        intra_op_spinning: bool = True,
+        intra_op_spinning: bool = False,
         batch_size: int = 8,
         batch_max_pixels: int = BATCH_MAX_PIXELS,
         verify_sha256: bool = True,
@@ -183,7 +183,8 @@ class ModelRuntime:
             tensorrt_cache_dir: TensorRT engine cache (default: a folder in the temp dir).
             io_binding: bind inputs/outputs through ONNX Runtime on a GPU provider.
             intra_op_threads, inter_op_threads: ONNX Runtime threads (0: its default).
-            intra_op_spinning: ONNX Runtime's ``session.intra_op.allow_spinning`` (its default: on).
+            intra_op_spinning: ONNX Runtime's ``session.intra_op.allow_spinning`` (ONNX Runtime's
+                default is on; ``MSDN_INTRA_OP_SPINNING`` is off by default, see docs/performance.md).
             batch_size: slices or patches per ``run``.
             batch_max_pixels: most input pixels per ``run`` (``batch_for``); 0: no limit.
             verify_sha256: refuse a file whose SHA-256 differs from its sidecar.
@@ -267,8 +268,7 @@ class ModelRuntime:
         options = ort.SessionOptions()
         options.intra_op_num_threads = int(intra_op_threads)
         options.inter_op_num_threads = int(inter_op_threads)
-        if not intra_op_spinning:
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if intra_op_spinning else "0")
         options.log_severity_level = 3
         options.enable_cpu_mem_arena = bool(cpu_mem_arena)
         requested = session_providers(choice.kind, tensorrt=trt)

@@ -53,3 +53,9 @@ def test_malloc_mmap_threshold():
     for bad in (-1, 32 * 1024 * 1024 + 1):
         with pytest.raises(ValidationError):
             Settings(_env_file=None, malloc_mmap_threshold=bad)
+
+
+def test_intra_op_spinning_is_off_by_default(monkeypatch):
+    assert Settings(_env_file=None).intra_op_spinning is False
+    monkeypatch.setenv("MSDN_INTRA_OP_SPINNING", "true")
+    assert Settings(_env_file=None).intra_op_spinning is True
