@@ -42,6 +42,12 @@ an uncalibrated model answers ``mode=auto`` with whole slices, never with an emp
    per scan and sensitivity 0.75 either way, mean whole-series Dice 0.455 with two thresholds
    (0.456 for the floor run's components scoring >= t) against 0.237 with one.
 
+6. Confirmation (``--confirmation segmentation``): the components are scored by detection x their
+   mean whole-slice foreground probability (``msdn_core.postprocess`` step 5) and the threshold is
+   chosen on that score; the card records ``detection.confirmation`` so the service scores the same
+   way. The floor-run equality of step 5 still holds: a confirmed score never exceeds the detection
+   score, so the candidates under t (not segmented at t) could not have reached t.
+
 Writing (``write_operating_point``): the fp32 file's embedded card and its sidecar (with the new
 file SHA-256) are rewritten together; the fp16 / int8 variants next to it get the same block when
 their card names the same checkpoint (``checkpoint_sha256``), else they are left alone and reported
@@ -59,7 +65,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from msdn_core.card import DetectionCalibration, DetectionOperatingPoint
+from msdn_core.card import CONFIRMATIONS, DetectionCalibration, DetectionOperatingPoint
 from msdn_core.froc import ScanMatch
 from msdn_core.onnx_model import (
     PRECISIONS,
@@ -204,6 +210,7 @@ def calibrate(
     threads: int = 0,
     settings: Any = None,
     manifest: Optional[str] = None,
+    confirmation: str = "none",
 ) -> Calibration:
     """Run the validation ``cases`` in proposals mode and choose the threshold (module docstring).
 
@@ -218,6 +225,9 @@ def calibrate(
         settings: ``service.settings.Settings`` for the other proposal settings (default: defaults,
             environment ignored); its threshold and ``max_candidates`` are replaced.
         manifest: recorded in the card.
+        confirmation: the component score the threshold is chosen on, recorded in the card:
+            ``none`` (the detection score) or ``segmentation`` (detection x mean whole-slice
+            foreground probability, ``msdn_core.postprocess`` step 5).
 
     Raises:
         ValueError: no case, a model without detection outputs, or bad arguments.
@@ -235,7 +245,15 @@ def calibrate(
     if max_candidates < 1:
         raise ValueError(f"max_candidates must be >= 1, got {max_candidates!r}")
     settings = settings or Settings(_env_file=None, model_path=Path(model_path))
-    settings = settings.model_copy(update={"proposal_score_threshold": float(floor), "max_candidates": max_candidates})
+    if confirmation not in CONFIRMATIONS:
+        raise ValueError(f"confirmation must be one of {CONFIRMATIONS}, got {confirmation!r}")
+    settings = settings.model_copy(
+        update={
+            "proposal_score_threshold": float(floor),
+            "max_candidates": max_candidates,
+            "proposal_confirmation": confirmation,
+        }
+    )
     if settings.proposal_extend_threshold > floor:
         logger.warning(
             "proposal extension threshold %g is above the floor %g: the runs at the chosen threshold link slice "
@@ -313,7 +331,9 @@ def calibrate(
             calibration.fp_per_scan,
             choice.fp_per_scan_target,
         )
-    return Calibration(choice, series, DetectionOperatingPoint(choice.score_threshold, calibration))
+    return Calibration(
+        choice, series, DetectionOperatingPoint(choice.score_threshold, calibration, confirmation=confirmation)
+    )
 
 
 def write_operating_point(model_path: str | Path, point: DetectionOperatingPoint) -> dict[str, list[Path]]:

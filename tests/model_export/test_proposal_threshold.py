@@ -200,6 +200,27 @@ def test_calibrate_two_series(tmp_path, target, threshold, fp, dice):
     assert (c.fp_per_scan, c.sensitivity) == (fp, 1.0)
 
 
+@pytest.mark.parametrize(
+    ("target", "threshold"),
+    [
+        # confirmed scores: a's nodule 1 x 1, a's faint blob 0.646 x 165/255, b's nodule 0.881 x 225/255,
+        # b's bright blob 1 x 1 (whole-slice probabilities as uint8)
+        (1.0, P_FAINT * 165 / 255),
+        (0.5, P_NODULE_B * 225 / 255),
+    ],
+)
+def test_calibrate_on_confirmed_scores(tmp_path, target, threshold):
+    model, manifest = _validation_set(tmp_path)
+    cases = load_cases(manifest, split="val")
+    settings = make_settings(model)
+    result = calibrate(model, cases, fp_per_scan_target=target, settings=settings, confirmation="segmentation")
+    assert result.choice.score_threshold == pytest.approx(threshold, abs=1e-5)
+    assert result.point.confirmation == "segmentation" and result.choice.sensitivity == 1.0
+    assert result.point.calibration.fp_per_scan == target
+    with pytest.raises(ValueError, match="confirmation must be one of"):
+        calibrate(model, cases, settings=settings, confirmation="yes")
+
+
 def test_msdn_calibrate_writes_the_card_or_leaves_it(tmp_path, capsys):
     model, manifest = _validation_set(tmp_path)
     before = model.read_bytes()
@@ -213,6 +234,11 @@ def test_msdn_calibrate_writes_the_card_or_leaves_it(tmp_path, capsys):
     assert "written" in capsys.readouterr().out
     card, sha = read_card(model)
     assert card.score_threshold == pytest.approx(P_NODULE_B, abs=1e-6) and sha == file_sha256(model)
+    assert card.confirmation == "none"
+    assert main(base + ["--fp-per-scan", "0.5", "--confirmation", "segmentation"]) == 0
+    card, _ = read_card(model)
+    assert card.confirmation == "segmentation"
+    assert card.score_threshold == pytest.approx(P_NODULE_B * 225 / 255, abs=1e-5)
     assert main(["calibrate", str(model), "--manifest", str(tmp_path / "missing.json")]) == 2
 
 
