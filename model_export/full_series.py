@@ -375,8 +375,8 @@ def summarise(results: Sequence[SeriesResult]) -> dict[str, Any]:
             "abs_volume_error_pct": _mean([abs(row["volume_error_pct"]) for row in detected]),
         }
     by_detection = None
-    if results and all(r.detection_match is not None for r in results):
-        by_detection = froc([r.detection_match for r in results]).table()
+    if any(r.detection_match is not None for r in results):  # a series without components has none
+        by_detection = froc([r.match if r.detection_match is None else r.detection_match for r in results]).table()
     return {
         "series": len(results),
         "series_with_nodules": sum(1 for r in results if r.nodules),
