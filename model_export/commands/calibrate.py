@@ -39,6 +39,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="component score the threshold is chosen on (recorded in the card): the detection score, or "
         "detection x the component's mean whole-slice foreground probability (default none)",
     )
+    parser.add_argument(
+        "--precision",
+        choices=["fp32", "int8"],
+        default="fp32",
+        help="fp32: the model (its card and its variants'); int8: run the int8 variant <model>.int8.onnx and "
+        "store the threshold of its own scores in its card only (the service then may serve it under auto)",
+    )
     parser.add_argument("--limit", type=int, default=None, help="first N series only")
     parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: its default)")
     parser.add_argument("--dry-run", action="store_true", help="print the choice, leave the card as it is")
@@ -65,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
             threads=args.threads,
             manifest=str(args.manifest),
             confirmation=args.confirmation,
+            precision=args.precision,
         )
     except (ValueError, OSError, MsdnError) as exc:
         sys.stderr.write(f"msdn calibrate: error: {exc}\n")
@@ -89,7 +97,9 @@ def run(args: argparse.Namespace) -> int:
         )
         if not args.dry_run:
             try:
-                files = write_operating_point(args.model, result.point)
+                files = write_operating_point(
+                    args.model, result.point, variant=None if args.precision == "fp32" else args.precision
+                )
             except ModelFileError as exc:
                 sys.stderr.write(f"msdn calibrate: error: {exc}\n")
                 return 2

@@ -221,6 +221,29 @@ def test_calibrate_on_confirmed_scores(tmp_path, target, threshold):
         calibrate(model, cases, settings=settings, confirmation="yes")
 
 
+def test_int8_variant_calibrated_on_its_own_scores(tmp_path, capsys):
+    """``--precision int8`` runs the int8 file and writes its card only; the service then may serve it."""
+    model, manifest = _validation_set(tmp_path)
+    int8 = _export(variant_path(model, "int8"), precision="int8")  # same graph: the scores of the hand values
+    auto = dict(providers=["CPUExecutionProvider"], precision="auto", int8_needs_vnni=False)
+    assert ModelRuntime.load(model, **auto).card.precision == "fp32"  # int8 detector not validated yet
+    fp32_before = model.read_bytes()
+    base = ["calibrate", str(model), "--manifest", str(manifest), "--fp-per-scan", "0.5"]
+    assert main(base + ["--precision", "int8"]) == 0
+    assert model.read_bytes() == fp32_before  # the fp32 file keeps its own (here: none)
+    card, sha = read_card(int8)
+    assert card.detection.calibration.precision == "int8" and sha == file_sha256(int8)
+    assert card.score_threshold == pytest.approx(P_NODULE_B, abs=1e-6)
+    served = ModelRuntime.load(model, **auto)
+    assert served.card.precision == "int8" and served.path == int8
+    # a later fp32 calibration writes the fp32 card and copies to the int8 one (calibrated on fp32 again)
+    assert main(base) == 0
+    assert read_card(int8)[0].detection.calibration.precision == "fp32"
+    assert ModelRuntime.load(model, **auto).card.precision == "fp32"
+    with pytest.raises(ModelFileError, match="no int8 variant"):
+        write_operating_point(_export(tmp_path / "b.onnx"), POINT, variant="int8")
+
+
 def test_msdn_calibrate_writes_the_card_or_leaves_it(tmp_path, capsys):
     model, manifest = _validation_set(tmp_path)
     before = model.read_bytes()
