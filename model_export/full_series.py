@@ -194,6 +194,8 @@ class SeriesResult:
     fp_components: int
     seconds: float
     cpu_seconds: Optional[float] = None
+    # proposals confirmed by the segmentation: the same components ranked by their detection score
+    detection_match: Optional[ScanMatch] = None
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready record (the resumable cache of ``evaluate_full_series``)."""
@@ -201,38 +203,44 @@ class SeriesResult:
             "case_id": self.case_id,
             "mode": self.mode,
             "nodules": [vars(n) for n in self.nodules],
-            "match": {
-                "nodules": self.match.nodules,
-                "hits": {str(k): v for k, v in self.match.hits.items()},
-                "false_positives": self.match.false_positives,
-            },
+            "match": _match_json(self.match),
             "per_nodule": self.per_nodule,
             "series_dice": self.series_dice,
             "series_hd95_mm": self.series_hd95_mm,
             "fp_components": self.fp_components,
             "seconds": self.seconds,
             "cpu_seconds": self.cpu_seconds,
+            "detection_match": None if self.detection_match is None else _match_json(self.detection_match),
         }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "SeriesResult":
-        m = data["match"]
+        d = data.get("detection_match")
         return cls(
             case_id=data["case_id"],
             mode=data["mode"],
             nodules=[Nodule(**n) for n in data["nodules"]],
-            match=ScanMatch(
-                nodules=list(m["nodules"]),
-                hits={int(k): float(v) for k, v in m["hits"].items()},
-                false_positives=list(m["false_positives"]),
-            ),
+            match=_match_from_json(data["match"]),
             per_nodule=data["per_nodule"],
             series_dice=data["series_dice"],
             series_hd95_mm=data["series_hd95_mm"],
             fp_components=data["fp_components"],
             seconds=data["seconds"],
             cpu_seconds=data.get("cpu_seconds"),
+            detection_match=None if d is None else _match_from_json(d),
         )
+
+
+def _match_json(m: ScanMatch) -> dict[str, Any]:
+    return {"nodules": m.nodules, "hits": {str(k): v for k, v in m.hits.items()}, "false_positives": m.false_positives}
+
+
+def _match_from_json(m: dict[str, Any]) -> ScanMatch:
+    return ScanMatch(
+        nodules=list(m["nodules"]),
+        hits={int(k): float(v) for k, v in m["hits"].items()},
+        false_positives=list(m["false_positives"]),
+    )
 
 
 def score_series(
@@ -258,6 +266,12 @@ def score_series(
     scores = [1.0 if c["score"] is None else float(c["score"]) for c in comps]
     centres = [(c["centre"][2], c["centre"][1], c["centre"][0]) for c in comps]
     match = match_candidates(zip(scores, centres, strict=True), instances, nodules=[n.id for n in nodules])
+    detection_match = None
+    if any("detection_score" in c for c in comps):  # confirmed proposals: also ranked by the detector alone
+        det_scores = [float(c.get("detection_score", sc)) for c, sc in zip(comps, scores, strict=True)]
+        detection_match = match_candidates(
+            zip(det_scores, centres, strict=True), instances, nodules=[n.id for n in nodules]
+        )
     kept = [k for k, sc in enumerate(scores) if sc >= operating_threshold]
     op_match = match_candidates([(scores[k], centres[k]) for k in kept], instances, nodules=[n.id for n in nodules])
     fp_components = len(op_match.false_positives)
@@ -318,6 +332,7 @@ def score_series(
         series_hd95_mm=series["hd95_mm"],
         fp_components=fp_components,
         seconds=seconds,
+        detection_match=detection_match,
     )
 
 
@@ -359,10 +374,14 @@ def summarise(results: Sequence[SeriesResult]) -> dict[str, Any]:
             "volume_error_pct": _mean([row.get("volume_error_pct") for row in detected]),
             "abs_volume_error_pct": _mean([abs(row["volume_error_pct"]) for row in detected]),
         }
+    by_detection = None
+    if any(r.detection_match is not None for r in results):  # a series without components has none
+        by_detection = froc([r.match if r.detection_match is None else r.detection_match for r in results]).table()
     return {
         "series": len(results),
         "series_with_nodules": sum(1 for r in results if r.nodules),
         "groups": groups,
+        "froc_by_detection_score": by_detection,
         "fp_per_scan": float(np.mean([r.fp_components for r in results])) if results else None,
         "series_dice": _mean([r.series_dice for r in results]),
         "series_dice_median": _median([r.series_dice for r in results]),
@@ -682,6 +701,14 @@ def markdown_tables(report: dict[str, Any]) -> str:
             + " | ".join(_fmt(t[r]) for r in rates)
             + f" | {_fmt(t['cpm'])} | {_fmt(big.get('1'))} | {_fmt(s['fp_per_scan'], 2)} |"
         )
+    for m, s in modes.items():
+        t = s.get("froc_by_detection_score")
+        if t:
+            lines.append(
+                f"| {m}, ranked by detection score only | "
+                + " | ".join(_fmt(t[r]) for r in rates)
+                + f" | {_fmt(t['cpm'])} | | |"
+            )
     lines += ["", "### By nodule size and position", ""]
     lines.append(
         "| mode | group | nodules | detected | CPM | Dice (detected) | median Dice | HD95 mm | volume error % "

@@ -42,6 +42,12 @@ an uncalibrated model answers ``mode=auto`` with whole slices, never with an emp
    per scan and sensitivity 0.75 either way, mean whole-series Dice 0.455 with two thresholds
    (0.456 for the floor run's components scoring >= t) against 0.237 with one.
 
+6. Confirmation (``--confirmation segmentation``): the components are scored by detection x their
+   mean whole-slice foreground probability (``msdn_core.postprocess`` step 5) and the threshold is
+   chosen on that score; the card records ``detection.confirmation`` so the service scores the same
+   way. The floor-run equality of step 5 still holds: a confirmed score never exceeds the detection
+   score, so the candidates under t (not segmented at t) could not have reached t.
+
 Writing (``write_operating_point``): the fp32 file's embedded card and its sidecar (with the new
 file SHA-256) are rewritten together; the fp16 / int8 variants next to it get the same block when
 their card names the same checkpoint (``checkpoint_sha256``), else they are left alone and reported
@@ -59,7 +65,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from msdn_core.card import DetectionCalibration, DetectionOperatingPoint
+from msdn_core.card import CONFIRMATIONS, DetectionCalibration, DetectionOperatingPoint
 from msdn_core.froc import ScanMatch
 from msdn_core.onnx_model import (
     PRECISIONS,
@@ -204,6 +210,8 @@ def calibrate(
     threads: int = 0,
     settings: Any = None,
     manifest: Optional[str] = None,
+    confirmation: str = "none",
+    precision: str = "fp32",
 ) -> Calibration:
     """Run the validation ``cases`` in proposals mode and choose the threshold (module docstring).
 
@@ -218,6 +226,13 @@ def calibrate(
         settings: ``service.settings.Settings`` for the other proposal settings (default: defaults,
             environment ignored); its threshold and ``max_candidates`` are replaced.
         manifest: recorded in the card.
+        confirmation: the component score the threshold is chosen on, recorded in the card:
+            ``none`` (the detection score) or ``segmentation`` (detection x mean whole-slice
+            foreground probability, ``msdn_core.postprocess`` step 5).
+        precision: ``fp32`` (the file itself) or ``int8``: the int8 variant ``<model>.int8.onnx`` is
+            run, so the threshold is chosen on its own scores (quantisation moves detector scores);
+            recorded as ``calibration.precision``, which the service requires before ``auto`` serves
+            an int8 detector. Write it with ``write_operating_point(..., variant="int8")``.
 
     Raises:
         ValueError: no case, a model without detection outputs, or bad arguments.
@@ -235,7 +250,19 @@ def calibrate(
     if max_candidates < 1:
         raise ValueError(f"max_candidates must be >= 1, got {max_candidates!r}")
     settings = settings or Settings(_env_file=None, model_path=Path(model_path))
-    settings = settings.model_copy(update={"proposal_score_threshold": float(floor), "max_candidates": max_candidates})
+    if confirmation not in CONFIRMATIONS:
+        raise ValueError(f"confirmation must be one of {CONFIRMATIONS}, got {confirmation!r}")
+    if precision not in ("fp32", "int8"):
+        raise ValueError(f"precision must be fp32 or int8, got {precision!r}")
+    if precision == "int8" and not variant_path(Path(model_path), "int8").is_file():
+        raise ValueError(f"no int8 variant {variant_path(Path(model_path), 'int8')} (msdn export --int8)")
+    settings = settings.model_copy(
+        update={
+            "proposal_score_threshold": float(floor),
+            "max_candidates": max_candidates,
+            "proposal_confirmation": confirmation,
+        }
+    )
     if settings.proposal_extend_threshold > floor:
         logger.warning(
             "proposal extension threshold %g is above the floor %g: the runs at the chosen threshold link slice "
@@ -246,10 +273,12 @@ def calibrate(
     runtime = ModelRuntime.load(
         model_path,
         providers=["CPUExecutionProvider"],
-        precision="fp32",
+        precision=precision,
         intra_op_threads=threads,
         batch_size=settings.batch_size,
     )
+    if runtime.card.precision != precision:
+        raise ValueError(f"asked to calibrate {precision} but {runtime.card.precision} was loaded ({model_path})")
     if not runtime.has_detection:
         raise ValueError(f"{model_path} has no detection outputs: there is no proposal threshold to calibrate")
     series: list[SeriesCandidates] = []
@@ -313,11 +342,18 @@ def calibrate(
             calibration.fp_per_scan,
             choice.fp_per_scan_target,
         )
-    return Calibration(choice, series, DetectionOperatingPoint(choice.score_threshold, calibration))
+    return Calibration(
+        choice, series, DetectionOperatingPoint(choice.score_threshold, calibration, confirmation=confirmation)
+    )
 
 
-def write_operating_point(model_path: str | Path, point: DetectionOperatingPoint) -> dict[str, list[Path]]:
+def write_operating_point(
+    model_path: str | Path, point: DetectionOperatingPoint, *, variant: Optional[str] = None
+) -> dict[str, list[Path]]:
     """Store ``point`` as the card's ``detection`` block: embedded card and sidecar, and matching variants.
+
+    With ``variant`` (``int8``): only that variant's file (a point calibrated on its own scores, so
+    the fp32 file and the other variants keep theirs); it must be of the fp32 file's checkpoint.
 
     The graph is untouched (its ``msdn.graph_sha256`` stays valid); the file's bytes change, so the
     sidecar's ``onnx_sha256`` is rewritten with them (``msdn_core.onnx_model.save_model``).
@@ -335,11 +371,16 @@ def write_operating_point(model_path: str | Path, point: DetectionOperatingPoint
         raise ModelFileError(f"{path} is {card.precision}: calibrate the fp32 export; its variants follow it")
     if "detection" not in card.outputs:
         raise ModelFileError(f"{path} has no detection outputs: a proposal threshold means nothing for it")
-    save_model(model, path, dataclasses.replace(card, detection=point))
-    written, skipped = [path], []
-    for precision in PRECISIONS:
+    if variant is not None and (variant == "fp32" or variant not in PRECISIONS):
+        raise ModelFileError(f"variant must be one of {[p for p in PRECISIONS if p != 'fp32']}, got {variant!r}")
+    if variant is None:
+        save_model(model, path, dataclasses.replace(card, detection=point))
+    written, skipped = ([path] if variant is None else []), []
+    for precision in PRECISIONS if variant is None else (variant,):
         sibling = variant_path(path, precision)
         if precision == "fp32" or not sibling.is_file():
+            if variant is not None:
+                raise ModelFileError(f"no {variant} variant {sibling} next to {path}")
             continue
         vmodel = load_onnx(sibling)
         vcard = card_from_model(vmodel, source=str(sibling))
@@ -351,6 +392,8 @@ def write_operating_point(model_path: str | Path, point: DetectionOperatingPoint
                 (vcard.checkpoint_sha256 or "?")[:12],
                 (card.checkpoint_sha256 or "?")[:12],
             )
+            if variant is not None:
+                raise ModelFileError(f"{sibling} is not from the checkpoint of {path}: not written")
             skipped.append(sibling)
             continue
         save_model(vmodel, sibling, dataclasses.replace(vcard, detection=point))

@@ -167,6 +167,10 @@ class InputSpec:
         )
 
 
+#: How proposal components are scored (``DetectionOperatingPoint.confirmation``).
+CONFIRMATIONS = ("none", "segmentation")
+
+
 @dataclass
 class DetectionCalibration:
     """What the proposal threshold was chosen on and what it gave there (``msdn calibrate``).
@@ -203,23 +207,31 @@ class DetectionCalibration:
 
 @dataclass
 class DetectionOperatingPoint:
-    """The proposal operating point of a detecting model: ``score_threshold`` in [0, 1]."""
+    """The proposal operating point of a detecting model: ``score_threshold`` in [0, 1].
+
+    ``confirmation`` says which score the threshold applies to: ``none``, the detection score;
+    ``segmentation``, the detection score x the component's mean whole-slice foreground probability
+    (``msdn_core.postprocess`` step 5). Cards written before it have none.
+    """
 
     score_threshold: float
     calibration: Optional[DetectionCalibration] = None
+    confirmation: str = "none"
 
     def __post_init__(self) -> None:
         value = self.score_threshold
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
             raise ValueError(f"detection.score_threshold must be a number in [0, 1], got {value!r}")
         self.score_threshold = float(value)
+        if self.confirmation not in CONFIRMATIONS:
+            raise ValueError(f"detection.confirmation must be one of {CONFIRMATIONS}, got {self.confirmation!r}")
 
     @classmethod
     def from_dict(cls, data: Any) -> "DetectionOperatingPoint":
         """Parse the card's ``detection`` object; raises ``ValueError`` naming what is wrong."""
         if not isinstance(data, dict) or "score_threshold" not in data:
             raise ValueError(f"card 'detection' must be an object with 'score_threshold', got {data!r}")
-        unknown = set(data) - {"score_threshold", "calibration"}
+        unknown = set(data) - {"score_threshold", "calibration", "confirmation"}
         if unknown:
             raise ValueError(f"card 'detection' has unknown keys {sorted(unknown)}")
         calibration = data.get("calibration")
@@ -227,7 +239,7 @@ class DetectionOperatingPoint:
             if not isinstance(calibration, dict):
                 raise ValueError(f"card 'detection.calibration' must be an object, got {calibration!r}")
             calibration = DetectionCalibration(**calibration)
-        return cls(data["score_threshold"], calibration)
+        return cls(data["score_threshold"], calibration, data.get("confirmation", "none"))
 
 
 @dataclass
@@ -266,13 +278,21 @@ class ModelCard:
         """The calibrated proposal score threshold, or None (no ``detection`` block)."""
         return None if self.detection is None else self.detection.score_threshold
 
+    @property
+    def confirmation(self) -> str:
+        """Which score the calibrated threshold applies to (``DetectionOperatingPoint.confirmation``)."""
+        return "none" if self.detection is None else self.detection.confirmation
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly dict (``detection`` left out when None, so older readers still parse it)."""
         data = asdict(self)
         if data["detection"] is None:
             del data["detection"]
-        elif (data["detection"].get("calibration") or {}).get("extend_threshold", 0) is None:
+            return data
+        if (data["detection"].get("calibration") or {}).get("extend_threshold", 0) is None:
             del data["detection"]["calibration"]["extend_threshold"]  # calibrated before the two thresholds
+        if data["detection"].get("confirmation") == "none":
+            del data["detection"]["confirmation"]  # as cards written before confirmation
         return data
 
     def to_json(self) -> str:

@@ -10,6 +10,15 @@ Steps (:func:`postprocess`), per class c of a (Z, Y, X) label volume:
    holds one of its voxels (proposals: the detection score), else, with ``score_volume``, the largest
    value of that volume over the component (whole slices: the highest foreground probability), else
    None (request boxes).
+5. **Confirmation by the segmentation** (``confirm``, proposals): with ``candidate_boxes`` and
+   ``score_volume`` (the whole-slice foreground probability of the same model run), a component
+   that got a detection score ``d`` in step 4 also gets ``segmentation_score`` ``s``, the mean of
+   ``score_volume`` over its voxels, and its ``score`` becomes ``d x s``: a candidate counts when the
+   detector and the segmentation on whole slices both see it (the two networks agree). The component
+   keeps ``d`` as ``detection_score``. With ``min_score``, a component scoring under it is removed.
+   Since ``s <= 1``, ``d x s >= t`` implies ``d >= t``: the candidates under a detection threshold t
+   can never give a component that reaches t, so thresholding candidates at t before segmenting
+   and components at t after gives the same components as segmenting every candidate.
 
 Components are listed largest first with class, voxels, volume (mL), 3D box
 ``[x1, y1, z1, x2, y2, z2]`` (continuous pixel coordinates: stop = last index + 1), ``centre``
@@ -87,6 +96,8 @@ def postprocess(
     keep_overlapping: bool = False,
     score_volume: Optional[np.ndarray] = None,
     score_scale: float = 1.0,
+    confirm: bool = False,
+    min_score: Optional[float] = None,
     copy: bool = True,
 ) -> tuple[np.ndarray, list[dict]]:
     """Clean ``labels`` and list its scored components (module docstring).
@@ -100,6 +111,9 @@ def postprocess(
         keep_overlapping: drop components outside every candidate box of their class.
         score_volume: (Z, Y, X) per-voxel score (e.g. foreground probability), any numeric dtype.
         score_scale: factor from ``score_volume`` values to scores (1/255 for a uint8 probability).
+        confirm: step 5: a component with a detection score is scored by detection x mean
+            ``score_volume`` over it (needs ``score_volume``).
+        min_score: remove components scoring under this (components without a score are kept).
         copy: clean a copy of ``labels``; False cleans a uint8 ``labels`` in place (no volume-sized
             copy: the service's labels are its own).
 
@@ -110,6 +124,8 @@ def postprocess(
         raise ValueError(f"min_volume_mm3 must be >= 0, got {min_volume_mm3!r}")
     if score_volume is not None and score_volume.shape != labels.shape:
         raise ValueError(f"score_volume {score_volume.shape} and labels {labels.shape} differ in shape")
+    if confirm and score_volume is None:
+        raise ValueError("confirm needs a score_volume (the whole-slice foreground probability)")
     voxel_mm3 = float(np.prod(spacing))
     out = labels if not copy and labels.dtype == np.uint8 else np.array(labels, dtype=np.uint8, copy=True)
     found: list[dict] = []
@@ -141,9 +157,15 @@ def postprocess(
                     rel = tuple(slice(i.start - r.start, i.stop - r.start) for i, r in zip(inter, region, strict=True))
                     if local[rel].any():
                         score = cand.score if score is None else max(score, cand.score)
+                extra: dict = {}
+                if confirm and score is not None and score_volume is not None:
+                    seg = float(score_volume[region][local].mean(dtype=np.float64)) * float(score_scale)
+                    extra = {"detection_score": score, "segmentation_score": seg}
+                    score = score * seg
                 too_small = size * voxel_mm3 < min_volume_mm3
                 outside = keep_overlapping and score is None
-                if too_small or outside:
+                unconfirmed = min_score is not None and score is not None and score < min_score
+                if too_small or outside or unconfirmed:
                     sub[bbox][local] = 0
                     continue
                 if score is None and score_volume is not None:
@@ -160,6 +182,7 @@ def postprocess(
                         "box": [xs.start, ys.start, zs.start, xs.stop, ys.stop, zs.stop],
                         "centre": centre,
                         "score": score,
+                        **extra,
                     }
                 )
     found.sort(key=lambda c: -c["voxels"])

@@ -15,7 +15,9 @@
   boxes are (with the candidate's class as label and its score).
 
 Whole-slice mode also keeps the foreground probability (1 - background, quantised to 1/255) as
-``InferenceOutput.score_volume``: the score of a component found without a detector.
+``InferenceOutput.score_volume``: the score of a component found without a detector. Proposals
+with ``confirm`` keep it from the detector's pass (the same model run), to confirm each candidate's
+component by the segmentation (``msdn_core.postprocess`` step 5).
 
 Inputs are normalised as the model card says (clip, then (x - mean) / std); padding and the outside
 of the image take the lowest value of the volume (after clipping; in box mode, of the slices read).
@@ -67,7 +69,8 @@ class InferenceOutput:
     stats: RunStats = field(default_factory=RunStats)
     candidates: list[Candidate] = field(default_factory=list)  # proposals: the 3D candidates
     candidate_boxes: list[list[float]] = field(default_factory=list)  # their segmented 3D boxes
-    score_volume: Optional[np.ndarray] = None  # slices: (Z, Y, X) uint8 foreground probability x 255
+    # slices, and proposals with ``confirm``: (Z, Y, X) uint8 whole-slice foreground probability x 255
+    score_volume: Optional[np.ndarray] = None
     slices: Optional["InferenceOutput"] = None  # proposals with ``with_slices``: the whole-slice pass's result
 
 
@@ -215,6 +218,7 @@ def segment_volume_array(
     box_margin: float = 4.0,
     z_margin: int = 1,
     with_slices: bool = False,
+    confirm: bool = False,
     auto_proposals: Optional[bool] = None,
     check: Optional[Callable[[], None]] = None,
     decoded: Optional[np.ndarray] = None,
@@ -232,6 +236,9 @@ def segment_volume_array(
         box_margin, z_margin: growth of a candidate's box before it is segmented (pixels, slices).
         with_slices: proposals mode: also keep the whole-slice labels of the detector's pass as
             ``out.slices`` (the ``slices`` mode answer, from the same model run; for evaluation).
+        confirm: proposals mode: keep the whole-slice foreground probability of the detector's pass as
+            ``out.score_volume`` (uint8, x 255), for confirming candidates by the segmentation
+            (``msdn_core.postprocess`` step 5).
         auto_proposals: whether ``auto`` without boxes runs proposals (``service.operating_point.auto_mode``;
             the pipeline decides it from the settings); None: when the model detects and its card
             carries a calibrated threshold.
@@ -270,7 +277,7 @@ def segment_volume_array(
         def select(scores: np.ndarray, det_boxes: np.ndarray) -> list[np.ndarray]:
             return select_detections(scores, det_boxes, proposal, height=height, width=width)
 
-        slice_scores = np.zeros(volume.shape, np.uint8) if with_slices else None
+        slice_scores = np.zeros(volume.shape, np.uint8) if (with_slices or confirm) else None
         slice_labels, stats, selected = segment_slices(
             runtime, volume, want_detections=True, select=select, score_volume=slice_scores, check=check, load=load
         )
@@ -292,6 +299,7 @@ def segment_volume_array(
             stats,
             candidates=candidates,
             candidate_boxes=grown,
+            score_volume=slice_scores if confirm else None,
             slices=whole,
         )
         if found:

@@ -10,6 +10,11 @@
 the card or the setting; a detecting model without a calibrated threshold answers ``auto`` with whole
 slices, so an uncalibrated detector (whose scores may never reach 0.5) never answers ``auto`` with an
 empty mask. ``mode=proposals`` asked for explicitly always runs, at the threshold above. Torch-free.
+
+The score the threshold applies to (``MSDN_PROPOSAL_CONFIRMATION``): the setting when set, else the
+card's ``detection.confirmation`` (what ``msdn calibrate`` chose the threshold on), else ``none``
+(the detection score). ``segmentation``: a component's score is its detection score x its mean
+whole-slice foreground probability (``msdn_core.postprocess`` step 5).
 """
 
 from __future__ import annotations
@@ -47,6 +52,13 @@ def proposal_threshold(setting: Optional[float], card: Optional[ModelCard]) -> P
     return ProposalThreshold(DEFAULT_SCORE_THRESHOLD, "default")
 
 
+def confirmation(setting: Optional[str], card: Optional[ModelCard]) -> str:
+    """``none`` or ``segmentation`` for ``MSDN_PROPOSAL_CONFIRMATION`` = ``setting`` and ``card``."""
+    if setting is not None:
+        return str(setting)
+    return card.confirmation if card is not None else "none"
+
+
 def auto_mode(*, has_boxes: bool, has_detection: bool, threshold: ProposalThreshold) -> str:
     """What ``mode=auto`` runs: ``boxes`` when given, ``proposals`` for a detecting model with a
     calibrated or set threshold, else ``slices`` (module docstring)."""
@@ -55,4 +67,4 @@ def auto_mode(*, has_boxes: bool, has_detection: bool, threshold: ProposalThresh
     return "proposals" if has_detection and threshold.calibrated else "slices"
 
 
-__all__ = ["DEFAULT_SCORE_THRESHOLD", "ProposalThreshold", "auto_mode", "proposal_threshold"]
+__all__ = ["DEFAULT_SCORE_THRESHOLD", "ProposalThreshold", "auto_mode", "confirmation", "proposal_threshold"]

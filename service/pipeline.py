@@ -112,6 +112,7 @@ def segment_image(
             f"mode {mode!r} does not use boxes; leave out 'boxes' or use mode 'boxes'", code=ErrorCode.INVALID_MODE
         )
     threshold = settings.proposal_threshold(card)
+    confirm = settings.proposal_confirmation_for(card) == "segmentation"
     ref_labels = None
     if reference is not None:
         if isinstance(reference, Dataset):
@@ -136,12 +137,15 @@ def segment_image(
         box_margin=settings.proposal_box_margin,
         z_margin=settings.proposal_z_margin,
         with_slices=with_slices,
+        confirm=confirm,
         check=deadline.check if deadline is not None else None,
         decoded=image.decoded,
         load=image.load if image.loader is not None else None,
     )
     t_model = time.perf_counter()
-    found, metrics = _finish(out, image, settings, class_names, ref_labels)
+    found, metrics = _finish(
+        out, image, settings, class_names, ref_labels, min_score=threshold.value if out.mode == "proposals" else None
+    )
     total = read_s + time.perf_counter() - t0
     slices_result = None
     if out.slices is not None:
@@ -188,9 +192,20 @@ def segment_image(
 
 
 def _finish(
-    out: InferenceOutput, image: Volume, settings: Settings, class_names: list[str], ref_labels: Optional[np.ndarray]
+    out: InferenceOutput,
+    image: Volume,
+    settings: Settings,
+    class_names: list[str],
+    ref_labels: Optional[np.ndarray],
+    *,
+    min_score: Optional[float] = None,
 ) -> tuple[list[dict], Optional[dict]]:
-    """Post-process ``out.labels`` in place (``msdn_core.postprocess``); its components and metrics."""
+    """Post-process ``out.labels`` in place (``msdn_core.postprocess``); its components and metrics.
+
+    Proposals with a score volume (``MSDN_PROPOSAL_CONFIRMATION=segmentation``) are confirmed by the
+    segmentation and their components kept from ``min_score`` (the operating threshold) up.
+    """
+    confirm = out.mode == "proposals" and out.score_volume is not None
     labels, found = postprocess(
         out.labels,
         spacing=image.spacing,
@@ -203,6 +218,8 @@ def _finish(
         keep_overlapping=settings.keep_candidate_components and out.mode == "proposals",
         score_volume=out.score_volume,
         score_scale=1.0 / 255.0,
+        confirm=confirm,
+        min_score=min_score if confirm else None,
         copy=False,
     )
     out.labels = labels

@@ -167,6 +167,16 @@ class Settings(BaseSettings):
             "card has one or this is set (service.operating_point)"
         ),
     )
+    proposal_confirmation: Optional[Literal["none", "segmentation"]] = Field(
+        None,
+        description=(
+            "how proposal components are scored and thresholded: 'segmentation' = detection score x the "
+            "component's mean whole-slice foreground probability (both networks must see it), 'none' = the "
+            "detection score; unset: what the model card's calibrated threshold was chosen with (none for a card "
+            "without it). Set it together with MSDN_PROPOSAL_SCORE_THRESHOLD: a threshold is only meaningful "
+            "for the score it was chosen on"
+        ),
+    )
     proposal_extend_threshold: float = Field(
         DEFAULT_EXTEND_THRESHOLD,
         ge=0,
@@ -261,6 +271,13 @@ class Settings(BaseSettings):
         from service.operating_point import proposal_threshold
 
         return proposal_threshold(self.proposal_score_threshold, card)
+
+    def proposal_confirmation_for(self, card: Optional["ModelCard"] = None) -> str:
+        """``none`` or ``segmentation`` for a model with ``card``: this setting, else the card's
+        (``service.operating_point.confirmation``)."""
+        from service.operating_point import confirmation
+
+        return confirmation(self.proposal_confirmation, card)
 
     def proposal_settings(self, card: Optional["ModelCard"] = None) -> "ProposalSettings":
         """The ``MSDN_PROPOSAL_*`` settings as ``msdn_core.proposals.ProposalSettings`` for a model with

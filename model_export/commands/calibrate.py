@@ -32,6 +32,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--floor", type=float, default=0.01, help="detector score candidates are collected down to")
     parser.add_argument("--max-candidates", type=int, default=20, help="3D candidates segmented per series")
+    parser.add_argument(
+        "--confirmation",
+        choices=["none", "segmentation"],
+        default="none",
+        help="component score the threshold is chosen on (recorded in the card): the detection score, or "
+        "detection x the component's mean whole-slice foreground probability (default none)",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=["fp32", "int8"],
+        default="fp32",
+        help="fp32: the model (its card and its variants'); int8: run the int8 variant <model>.int8.onnx and "
+        "store the threshold of its own scores in its card only (the service then may serve it under auto)",
+    )
     parser.add_argument("--limit", type=int, default=None, help="first N series only")
     parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: its default)")
     parser.add_argument("--dry-run", action="store_true", help="print the choice, leave the card as it is")
@@ -57,6 +71,8 @@ def run(args: argparse.Namespace) -> int:
             max_candidates=args.max_candidates,
             threads=args.threads,
             manifest=str(args.manifest),
+            confirmation=args.confirmation,
+            precision=args.precision,
         )
     except (ValueError, OSError, MsdnError) as exc:
         sys.stderr.write(f"msdn calibrate: error: {exc}\n")
@@ -77,11 +93,13 @@ def run(args: argparse.Namespace) -> int:
             f"({c.nodules} nodules), run at it: {c.fp_per_scan:.2f} FP components per scan "
             f"(target {c.fp_per_scan_target:g}; floor runs {choice.fp_per_scan:.2f}), sensitivity "
             f"{c.sensitivity:.3f}, mean whole-series Dice {dice} (slice boxes linked down to "
-            f"{c.extend_threshold:g})\n"
+            f"{c.extend_threshold:g}; component score: {result.point.confirmation})\n"
         )
         if not args.dry_run:
             try:
-                files = write_operating_point(args.model, result.point)
+                files = write_operating_point(
+                    args.model, result.point, variant=None if args.precision == "fp32" else args.precision
+                )
             except ModelFileError as exc:
                 sys.stderr.write(f"msdn calibrate: error: {exc}\n")
                 return 2

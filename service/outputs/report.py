@@ -61,9 +61,16 @@ class Component(BaseModel):
     score: Optional[float] = Field(
         None,
         description=(
-            "proposals: detection score of the best 3D candidate holding it; slices: its highest foreground"
-            " probability; boxes: none"
+            "proposals: detection score of the best 3D candidate holding it (with confirmation 'segmentation':"
+            " that score x segmentation_score); slices: its highest foreground probability; boxes: none"
         ),
+    )
+    detection_score: Optional[float] = Field(
+        None, description="proposals with confirmation 'segmentation': the best holding candidate's detection score"
+    )
+    segmentation_score: Optional[float] = Field(
+        None,
+        description="proposals with confirmation 'segmentation': mean whole-slice foreground probability over it",
     )
 
 

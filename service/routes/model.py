@@ -57,6 +57,14 @@ class ModelDescription(BaseModel):
             "detection.score_threshold (card; msdn calibrate), or the fixed 0.5 (default)"
         ),
     )
+    proposal_confirmation: Optional[Literal["none", "segmentation"]] = Field(
+        None,
+        description=(
+            "detection models: the component score the threshold applies to: the detection score (none) or "
+            "detection x mean whole-slice foreground probability (segmentation); MSDN_PROPOSAL_CONFIRMATION, "
+            "else the card's (None: no detection)"
+        ),
+    )
     auto_mode: Literal["proposals", "slices"] = Field(
         description="what mode=auto runs without boxes: proposals for a detecting model with a card or set threshold"
     )
@@ -86,5 +94,6 @@ async def model_card(runtime: RuntimeDep, settings: SettingsDep) -> ModelDescrip
         proposal_score_threshold=threshold.value if runtime.has_detection else None,
         proposal_threshold_source=threshold.source if runtime.has_detection else None,
         proposal_extend_threshold=extend if runtime.has_detection else None,
+        proposal_confirmation=settings.proposal_confirmation_for(runtime.card) if runtime.has_detection else None,
         auto_mode=auto_mode(has_boxes=False, has_detection=runtime.has_detection, threshold=threshold),
     )

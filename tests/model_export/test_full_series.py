@@ -13,12 +13,14 @@ import pytest
 from model_export.cli import main
 from model_export.data.volumes import write_nifti
 from model_export.full_series import (
+    SeriesResult,
     evaluate_full_series,
     load_cases,
     reference_nodules,
     score_series,
     size_bin,
     strip_private,
+    summarise,
 )
 from tests.service.helpers import make_settings
 from tests.support.onnx_models import threshold_model
@@ -89,6 +91,19 @@ def test_score_series_by_hand():
     assert op.series_dice == pytest.approx(16 / 24) and op.per_nodule[0]["dice"] == pytest.approx(0.8)
     high = score_series("c", "proposals", result, inst, nodules, (1.0, 1.0, 1.0), 1.5, operating_threshold=0.9)
     assert high.match.hits == {1: 0.8} and not high.per_nodule[0]["detected"] and high.series_dice == 0.0
+    assert out.detection_match is None and summarise([out])["froc_by_detection_score"] is None
+    # confirmed proposals: ranked by the confirmed score, and by the detection score alone beside it
+    confirmed = [dict(comps[0], score=0.3, detection_score=0.6), dict(comps[1], score=0.35, detection_score=0.5)]
+    res = score_series(
+        "c", "proposals", SimpleNamespace(labels=labels, components=confirmed), inst, nodules, (1, 1, 1), 1
+    )
+    assert res.match.hits == {1: 0.3} and res.match.false_positives == [0.35]
+    assert res.detection_match.hits == {1: 0.6} and res.detection_match.false_positives == [0.5]
+    back = SeriesResult.from_json(json.loads(json.dumps(res.to_json())))
+    assert back.detection_match == res.detection_match
+    # 1 series: ranked by detection the nodule comes first (sensitivity 0.5 at 0 FP); confirmed, after the FP
+    assert summarise([res])["froc_by_detection_score"]["0.125"] == 0.5
+    assert summarise([res])["groups"]["all"]["froc"]["0.125"] == 0.0
 
 
 def write_case(root: Path, cid: str, hu: np.ndarray, mask: np.ndarray) -> None:

@@ -200,6 +200,50 @@ def test_calibrate_two_series(tmp_path, target, threshold, fp, dice):
     assert (c.fp_per_scan, c.sensitivity) == (fp, 1.0)
 
 
+@pytest.mark.parametrize(
+    ("target", "threshold"),
+    [
+        # confirmed scores: a's nodule 1 x 1, a's faint blob 0.646 x 165/255, b's nodule 0.881 x 225/255,
+        # b's bright blob 1 x 1 (whole-slice probabilities as uint8)
+        (1.0, P_FAINT * 165 / 255),
+        (0.5, P_NODULE_B * 225 / 255),
+    ],
+)
+def test_calibrate_on_confirmed_scores(tmp_path, target, threshold):
+    model, manifest = _validation_set(tmp_path)
+    cases = load_cases(manifest, split="val")
+    settings = make_settings(model)
+    result = calibrate(model, cases, fp_per_scan_target=target, settings=settings, confirmation="segmentation")
+    assert result.choice.score_threshold == pytest.approx(threshold, abs=1e-5)
+    assert result.point.confirmation == "segmentation" and result.choice.sensitivity == 1.0
+    assert result.point.calibration.fp_per_scan == target
+    with pytest.raises(ValueError, match="confirmation must be one of"):
+        calibrate(model, cases, settings=settings, confirmation="yes")
+
+
+def test_int8_variant_calibrated_on_its_own_scores(tmp_path, capsys):
+    """``--precision int8`` runs the int8 file and writes its card only; the service then may serve it."""
+    model, manifest = _validation_set(tmp_path)
+    int8 = _export(variant_path(model, "int8"), precision="int8")  # same graph: the scores of the hand values
+    auto = dict(providers=["CPUExecutionProvider"], precision="auto", int8_needs_vnni=False)
+    assert ModelRuntime.load(model, **auto).card.precision == "fp32"  # int8 detector not validated yet
+    fp32_before = model.read_bytes()
+    base = ["calibrate", str(model), "--manifest", str(manifest), "--fp-per-scan", "0.5"]
+    assert main(base + ["--precision", "int8"]) == 0
+    assert model.read_bytes() == fp32_before  # the fp32 file keeps its own (here: none)
+    card, sha = read_card(int8)
+    assert card.detection.calibration.precision == "int8" and sha == file_sha256(int8)
+    assert card.score_threshold == pytest.approx(P_NODULE_B, abs=1e-6)
+    served = ModelRuntime.load(model, **auto)
+    assert served.card.precision == "int8" and served.path == int8
+    # a later fp32 calibration writes the fp32 card and copies to the int8 one (calibrated on fp32 again)
+    assert main(base) == 0
+    assert read_card(int8)[0].detection.calibration.precision == "fp32"
+    assert ModelRuntime.load(model, **auto).card.precision == "fp32"
+    with pytest.raises(ModelFileError, match="no int8 variant"):
+        write_operating_point(_export(tmp_path / "b.onnx"), POINT, variant="int8")
+
+
 def test_msdn_calibrate_writes_the_card_or_leaves_it(tmp_path, capsys):
     model, manifest = _validation_set(tmp_path)
     before = model.read_bytes()
@@ -213,6 +257,11 @@ def test_msdn_calibrate_writes_the_card_or_leaves_it(tmp_path, capsys):
     assert "written" in capsys.readouterr().out
     card, sha = read_card(model)
     assert card.score_threshold == pytest.approx(P_NODULE_B, abs=1e-6) and sha == file_sha256(model)
+    assert card.confirmation == "none"
+    assert main(base + ["--fp-per-scan", "0.5", "--confirmation", "segmentation"]) == 0
+    card, _ = read_card(model)
+    assert card.confirmation == "segmentation"
+    assert card.score_threshold == pytest.approx(P_NODULE_B * 225 / 255, abs=1e-5)
     assert main(["calibrate", str(model), "--manifest", str(tmp_path / "missing.json")]) == 2
 
 

@@ -82,6 +82,15 @@ def test_detection_block_round_trip():
     assert card.to_dict()["detection"] == {"score_threshold": 0.125, "calibration": two}
     bare = ModelCard.from_dict(_detecting(score_threshold=1))
     assert bare.score_threshold == 1.0 and bare.detection.calibration is None
+    assert bare.confirmation == "none" and "confirmation" not in bare.to_dict()["detection"]
+
+
+def test_confirmation_round_trip():
+    card = ModelCard.from_dict(_detecting(score_threshold=0.2, confirmation="segmentation"))
+    assert card.confirmation == "segmentation"
+    assert card.to_dict()["detection"] == {"score_threshold": 0.2, "calibration": None, "confirmation": "segmentation"}
+    assert ModelCard.from_json(card.to_json()) == card
+    assert ModelCard.from_dict(_detecting()).confirmation == "none"  # no detection block
 
 
 @pytest.mark.parametrize(
@@ -94,6 +103,7 @@ def test_detection_block_round_trip():
         ({"score_threshold": 0.2, "extra": 1}, "unknown keys"),
         ({"score_threshold": 0.2, "calibration": {"split": "val"}}, "malformed"),
         ({"score_threshold": 0.2, "calibration": [1]}, "must be an object"),
+        ({"score_threshold": 0.2, "confirmation": "both"}, "confirmation must be one of"),
     ],
 )
 def test_bad_detection_blocks(detection, message):

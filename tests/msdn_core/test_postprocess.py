@@ -72,6 +72,30 @@ def test_score_volume_gives_the_component_maximum():
     assert [c["score"] for c in found] == [100.0, 25.0, 0.0]
 
 
+def test_confirmation_scores_detection_times_mean_segmentation_and_thresholds():
+    labels = scene()
+    scores = np.zeros(labels.shape, np.uint8)
+    scores[0:2, 1:3, 1:4] = 102  # A: 12 voxels at 102 ...
+    scores[1, 1:3, 1:4] = 204  # ... 6 of them at 204: mean 153 -> 0.6 with scale 1/255
+    scores[1, 5:7, 5:7] = 51  # C: mean 0.2
+    boxes = [CandidateBox(1, (0, 0, 0, 4, 4, 2), 0.5), CandidateBox(2, (4, 4, 0, 8, 8, 3), 0.9)]
+    common = dict(spacing=SPACING, class_names=["a", "b"], candidate_boxes=boxes, score_volume=scores)
+    _, found = postprocess(labels, score_scale=1 / 255, confirm=True, keep_overlapping=True, **common)
+    assert [(c["voxels"], c["detection_score"]) for c in found] == [(12, 0.5), (4, 0.9)]
+    assert [c["segmentation_score"] for c in found] == pytest.approx([0.6, 0.2])
+    assert [c["score"] for c in found] == pytest.approx([0.3, 0.18])  # 0.5 x 0.6, 0.9 x 0.2
+    # at an operating threshold of 0.2 only A is kept: C's detection (0.9) is not confirmed (0.18)
+    cleaned, kept = postprocess(labels, score_scale=1 / 255, confirm=True, min_score=0.2, **common)
+    assert [c["voxels"] for c in kept] == [12, 1]  # B: no candidate, no score: kept (no overlap filter)
+    assert kept[1]["score"] == 0.0 and "detection_score" not in kept[1]
+    assert not (cleaned == 2).any() and (cleaned == 1).sum() == 13
+    # without confirmation: the detection score, and no extra keys
+    _, plain = postprocess(labels, keep_overlapping=True, **common)
+    assert [(c["score"], "segmentation_score" in c) for c in plain] == [(0.5, False), (0.9, False)]
+    with pytest.raises(ValueError, match="score_volume"):
+        postprocess(labels, spacing=SPACING, class_names=["a", "b"], confirm=True)
+
+
 def test_diagonal_neighbours_are_one_component():
     labels = np.zeros((2, 4, 4), np.uint8)
     labels[0, 0, 0] = labels[1, 1, 1] = 1

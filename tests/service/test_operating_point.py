@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from service.operating_point import DEFAULT_SCORE_THRESHOLD, ProposalThreshold, auto_mode, proposal_threshold
+from msdn_core.card import DetectionOperatingPoint
+from service.operating_point import (
+    DEFAULT_SCORE_THRESHOLD,
+    ProposalThreshold,
+    auto_mode,
+    confirmation,
+    proposal_threshold,
+)
 from service.outputs.rle import decode
 from tests.service.helpers import THRESHOLD_HU
 from tests.support.dicom_series import ct_series, series_files
@@ -20,6 +27,16 @@ def test_threshold_source_order():
     assert proposal_threshold(None, calibrated) == ProposalThreshold(0.12, "card")
     assert proposal_threshold(0.3, calibrated) == ProposalThreshold(0.3, "setting")
     assert proposal_threshold(0.0, plain) == ProposalThreshold(0.0, "setting")  # 0 is a value, not "unset"
+
+
+def test_confirmation_source_order():
+    plain = make_card(name="m", classes=["c"], detection=True)
+    calibrated = make_card(name="m", classes=["c"], detection=True, score_threshold=0.12)
+    confirmed = make_card(name="m", classes=["c"], detection=True)
+    confirmed.detection = DetectionOperatingPoint(0.1, confirmation="segmentation")
+    assert confirmation(None, None) == confirmation(None, plain) == confirmation(None, calibrated) == "none"
+    assert confirmation(None, confirmed) == "segmentation"
+    assert confirmation("none", confirmed) == "none" and confirmation("segmentation", plain) == "segmentation"
 
 
 @pytest.mark.parametrize(

@@ -72,3 +72,31 @@ def test_proposals_with_slices_equals_a_separate_slices_run(model_det):
     assert [c["voxels"] for c in both.components] == [48]  # the faint one is no proposal
     # 6 slices in batches of 4, then 5 crops (the candidate's slices 1-3 and one more each side) in 2
     assert both.slices.run.calls == 2 and both.run.calls == 4
+
+
+def test_confirmation_by_the_segmentation(model_det):
+    """Proposal components scored by detection x mean whole-slice foreground probability (by hand)."""
+    runtime = ModelRuntime.load(model_det, providers=["CPUExecutionProvider"], batch_size=4)
+    hu = np.full((6, 32, 48), -800.0)
+    hu[1:4, 3:7, 3:7] = 200.0  # p = 1: detection 1, confirmed 1
+    hu[2:4, 20:24, 36:40] = 3.0  # p = sigmoid(20 x 0.03) in both networks (the model's cell maximum)
+    p = 1.0 / (1.0 + np.exp(-0.6))
+    seg = np.rint(255 * p) / 255  # the uint8 whole-slice probability
+    base = make_settings(model_det, min_component_mm3=2.0, proposal_score_threshold=0.4)
+
+    def run(**update):
+        settings = base.model_copy(update=update)
+        return segment_datasets(ct_series(hu), runtime, settings, mode="proposals").components
+
+    plain = run(proposal_confirmation="none")
+    assert [(c["voxels"], round(c["score"], 4)) for c in plain] == [(48, 1.0), (32, round(p, 4))]
+    assert all("segmentation_score" not in c for c in plain)
+    confirmed = run(proposal_confirmation="segmentation")
+    assert [c["voxels"] for c in confirmed] == [48, 32]
+    faint = confirmed[1]
+    assert faint["detection_score"] == pytest.approx(p, abs=1e-5)
+    assert faint["segmentation_score"] == pytest.approx(seg, abs=1e-9)
+    assert faint["score"] == pytest.approx(p * seg, abs=1e-5)  # 0.418 >= 0.4: kept
+    # at 0.5 the faint candidate (detection 0.646) is segmented but not confirmed (0.418)
+    assert [c["voxels"] for c in run(proposal_confirmation="segmentation", proposal_score_threshold=0.5)] == [48]
+    assert [c["voxels"] for c in run(proposal_confirmation="none", proposal_score_threshold=0.5)] == [48, 32]

@@ -338,6 +338,18 @@ def test_kept_candidates_keep_their_faint_slices(make_client, model_det_calibrat
         model = client.get("/v1/model").json()
         assert model["proposal_score_threshold"] == 0.9
         assert model["proposal_extend_threshold"] == (0.01 if extend is None else 0.9)  # clamped
+        assert model["proposal_confirmation"] == "none"
+    # confirmed by the segmentation: mean whole-slice probability (4 x 176 + 255) / (5 x 255) = 0.752
+    client = make_client(model_det_calibrated, proposal_confirmation="segmentation", proposal_score_threshold=0.7)
+    body = client.post("/segment", files=dicom_parts(series_files(ct_series(hu)))).json()
+    [comp] = body["components"]
+    assert comp["detection_score"] == pytest.approx(1.0, abs=1e-3)
+    assert comp["segmentation_score"] == pytest.approx((4 * 176 + 255) / (5 * 255))
+    assert comp["score"] == pytest.approx(comp["detection_score"] * comp["segmentation_score"])
+    assert client.get("/v1/model").json()["proposal_confirmation"] == "segmentation"
+    client = make_client(model_det_calibrated, proposal_confirmation="segmentation")  # the card's 0.9
+    body = client.post("/segment", files=dicom_parts(series_files(ct_series(hu)))).json()
+    assert body["components"] == [] and not decode(body["mask"]).any()  # 0.752 < 0.9: not confirmed
 
 
 def test_enhanced_multiframe_input_and_seg(client):
