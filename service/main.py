@@ -74,7 +74,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     metrics: ServiceMetrics = app.state.metrics
     app.state.ready = False
-    fix_mmap_threshold(settings.malloc_mmap_threshold)  # before the first request's buffers
+    fix_mmap_threshold(settings.malloc_mmap_threshold)  # before the first request's buffers (0: nothing)
     runtime = app.state.runtime or await anyio.to_thread.run_sync(ModelRuntime.from_settings, settings)
     if settings.warmup and not runtime.warm:
         await anyio.to_thread.run_sync(runtime.warmup)

@@ -112,12 +112,13 @@ class Settings(BaseSettings):
         True, description="ONNX Runtime's CPU memory arena: faster, but keeps its peak memory (off: less RSS)"
     )
     malloc_mmap_threshold: int = Field(
-        128 * 1024,
+        0,
         ge=0,
         le=32 * 1024 * 1024,
         description=(
-            "glibc mmap threshold fixed at start-up (bytes): freed buffers at least this large leave the resident "
-            "size at once instead of staying on the heap until the request ends (0: glibc's dynamic threshold)"
+            "glibc mmap threshold fixed at start-up (bytes; 0, the default: glibc's dynamic threshold): freed buffers "
+            "at least this large leave the resident size at once instead of staying on the heap until the request "
+            "ends; 131072 cut a 300x512^2 upload's peak by ~150 MiB but made box-mode requests ~0.15 s slower"
         ),
     )
     verify_sha256: bool = Field(True, description="refuse a model whose SHA-256 differs from its sidecar card")
