@@ -72,7 +72,7 @@ cp "$WORK/run/metrics.csv" "${OUT%.onnx}.training-metrics.csv"
 for precision in fp32 int8; do
   rc=0
   $MSDN calibrate "$OUT" --manifest "$WORK/calib/manifest.json" --split val --fp-per-scan 1.0 \
-    --confirmation "$CONFIRMATION" --precision "$precision" --threads "$THREADS" \
+    --confirmation "$CONFIRMATION" --precision "$precision" --max-candidates 50 --threads "$THREADS" \
     --json "$WORK/calibration.$precision.json" || rc=$?
   if [ "$rc" -eq 1 ]; then
     echo "WARNING: no $precision proposal threshold meets 1 FP/scan on the validation series; left uncalibrated" >&2

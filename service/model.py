@@ -160,6 +160,7 @@ class ModelRuntime:
         precision: str = "auto",
         fp16_max_dice_loss: float = 0.5,
         int8_max_dice_loss: float = 0.5,
+        int8_max_sensitivity_loss: float = 0.05,
         int8_needs_vnni: bool = True,
         tensorrt_cache_dir: Optional[str | os.PathLike] = None,
         io_binding: bool = True,
@@ -179,6 +180,8 @@ class ModelRuntime:
             precision: ``auto``, ``fp32`` or ``fp16``.
             fp16_max_dice_loss: largest recorded fp16 Dice loss (points) for ``auto`` to serve fp16.
             int8_max_dice_loss: the same for the int8 variant ``<stem>.int8.onnx`` on the CPU.
+            int8_max_sensitivity_loss: detecting models: largest drop of the calibrated sensitivity
+                (int8 card's own calibration against the fp32 card's) for ``auto`` to serve int8.
             int8_needs_vnni: ``auto`` serves int8 only on a CPU with VNNI (where it is faster).
             tensorrt_cache_dir: TensorRT engine cache (default: a folder in the temp dir).
             io_binding: bind inputs/outputs through ONNX Runtime on a GPU provider.
@@ -207,6 +210,7 @@ class ModelRuntime:
         int8_path = variant_path(model_path, "int8")
         int8_loss = None
         int8_detector_unvalidated = False
+        int8_sensitivity_loss: Optional[float] = None
         int8_exists = int8_path.is_file()
         if not choice.on_gpu and int8_exists and precision != "fp32":
             int8_card = read_card(int8_path)[0]
@@ -227,6 +231,10 @@ class ModelRuntime:
                 int8_detector_unvalidated = "detection" in int8_card.outputs and (
                     calibration is None or calibration.precision != "int8"
                 )
+                fp32_card = read_card(model_path)[0]
+                fp32_cal = fp32_card.detection.calibration if fp32_card.detection else None
+                if not int8_detector_unvalidated and calibration is not None and fp32_cal is not None:
+                    int8_sensitivity_loss = fp32_cal.sensitivity - calibration.sensitivity
         chosen = choose_precision(
             choice.kind,
             precision,
@@ -238,6 +246,8 @@ class ModelRuntime:
             int8_max_dice_loss=int8_max_dice_loss,
             int8_fast=cpu_has_vnni() or not int8_needs_vnni,
             int8_detector_unvalidated=int8_detector_unvalidated,
+            int8_sensitivity_loss=int8_sensitivity_loss,
+            int8_max_sensitivity_loss=int8_max_sensitivity_loss,
         )
         serve_path = fp16_path if chosen.use_fp16_file else int8_path if chosen.use_int8_file else model_path
         sha = file_sha256(serve_path)
@@ -318,6 +328,7 @@ class ModelRuntime:
             precision=settings.precision,
             fp16_max_dice_loss=settings.fp16_max_dice_loss,
             int8_max_dice_loss=settings.int8_max_dice_loss,
+            int8_max_sensitivity_loss=settings.int8_max_sensitivity_loss,
             int8_needs_vnni=settings.int8_needs_vnni,
             tensorrt_cache_dir=settings.tensorrt_cache_dir,
             io_binding=settings.io_binding,

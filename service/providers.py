@@ -272,6 +272,8 @@ def choose_precision(
     int8_max_dice_loss: float = 0.5,
     int8_fast: bool = True,
     int8_detector_unvalidated: bool = False,
+    int8_sensitivity_loss: Optional[float] = None,
+    int8_max_sensitivity_loss: float = 0.05,
 ) -> PrecisionChoice:
     """The precision for provider ``kind`` (module docstring).
 
@@ -289,6 +291,9 @@ def choose_precision(
             loss is measured on segmentation patches only, and quantisation moves detector scores
             (measured on the default model: proposals CPM 0.086 int8 against 0.371 fp32 at the fp32
             threshold, 6 benchmark series).
+        int8_sensitivity_loss: detecting models: the fp32 card's calibrated sensitivity minus the int8
+            card's own (None: not both recorded); ``auto`` serves int8 only when it is at most
+            ``int8_max_sensitivity_loss`` (``MSDN_INT8_MAX_SENSITIVITY_LOSS``).
 
     Raises:
         ModelLoadError: ``fp16`` asked for where it cannot be served.
@@ -303,7 +308,14 @@ def choose_precision(
                 "MSDN_PRECISION=fp16 needs MSDN_PROVIDERS=cuda or tensorrt; the CPU serves fp32 or int8"
             )
         return _cpu_precision(
-            requested, int8_file_exists, int8_dice_loss, int8_max_dice_loss, int8_fast, int8_detector_unvalidated
+            requested,
+            int8_file_exists,
+            int8_dice_loss,
+            int8_max_dice_loss,
+            int8_fast,
+            int8_detector_unvalidated,
+            int8_sensitivity_loss,
+            int8_max_sensitivity_loss,
         )
     if requested == "int8":
         raise ModelLoadError("MSDN_PRECISION=int8 is for the CPU (MSDN_PROVIDERS=cpu); GPUs serve fp16 or fp32")
@@ -336,6 +348,8 @@ def _cpu_precision(
     budget: float,
     fast: bool = True,
     detector_unvalidated: bool = False,
+    sensitivity_loss: Optional[float] = None,
+    max_sensitivity_loss: float = 0.05,
 ) -> PrecisionChoice:
     recorded = "not recorded" if loss is None else f"{loss:.2f} Dice points"
     if requested == "fp32":
@@ -354,6 +368,13 @@ def _cpu_precision(
             f"int8 variant loses {recorded} on segmentation patches, within the {budget:g} allowed, but its "
             "detector's proposal threshold was calibrated on fp32 scores (msdn calibrate the int8 file; "
             "MSDN_PRECISION=int8 serves it anyway)",
+        )
+    if loss is not None and loss <= budget and sensitivity_loss is not None and sensitivity_loss > max_sensitivity_loss:
+        return PrecisionChoice(
+            "fp32",
+            f"int8 variant loses {recorded} on segmentation patches, within the {budget:g} allowed, but its detector "
+            f"finds {sensitivity_loss:.3f} fewer of the calibration nodules at its own operating point (over "
+            f"the {max_sensitivity_loss:g} of MSDN_INT8_MAX_SENSITIVITY_LOSS; MSDN_PRECISION=int8 serves it anyway)",
         )
     if loss is not None and loss <= budget and not fast:
         return PrecisionChoice(

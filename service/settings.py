@@ -76,6 +76,15 @@ class Settings(BaseSettings):
     int8_max_dice_loss: float = Field(
         0.5, ge=0, description="largest int8 Dice loss (points, recorded in its card) 'auto' accepts on the CPU"
     )
+    int8_max_sensitivity_loss: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description=(
+            "detecting models: 'auto' serves the int8 variant only when the sensitivity its card's own calibration "
+            "records is at most this below the fp32 card's (share of the calibration nodules found)"
+        ),
+    )
     int8_needs_vnni: bool = Field(
         True, description="'auto' serves int8 only on a CPU with VNNI int8 dot products (without, int8 is slower)"
     )

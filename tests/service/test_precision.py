@@ -70,14 +70,28 @@ def test_int8_detector_calibrated_on_fp32_scores_is_not_served_by_default(reques
         assert "calibrated on fp32 scores" in choice.reason
 
 
+@pytest.mark.parametrize(("sensitivity_loss", "expected"), [(None, "int8"), (0.05, "int8"), (0.06, "fp32")])
+def test_int8_detector_losing_sensitivity_is_not_served_by_default(sensitivity_loss, expected):
+    common = dict(fp16_file_exists=False, fp16_dice_loss=None, max_dice_loss=0.5, int8_file_exists=True)
+    common.update(int8_dice_loss=0.1, int8_max_dice_loss=0.5, int8_fast=True)
+    choice = choose_precision(
+        "cpu", "auto", int8_sensitivity_loss=sensitivity_loss, int8_max_sensitivity_loss=0.05, **common
+    )
+    assert choice.precision == expected
+    if expected == "fp32":
+        assert "0.060 fewer of the calibration nodules" in choice.reason
+    assert choose_precision("cpu", "int8", int8_sensitivity_loss=0.5, **common).precision == "int8"
+
+
 def test_committed_default_model_keeps_fp32_in_auto_even_without_the_vnni_rule():
-    # its int8 variant is within the Dice budget on patches, but its proposal threshold came from fp32
+    # its int8 variant is within the Dice budget on patches and calibrated on its own scores, but its
+    # detector finds far fewer nodules there (sensitivity 0.070 against 0.349 for fp32)
     from pathlib import Path
 
     model = Path(__file__).resolve().parents[2] / "models" / "default.onnx"
     runtime = ModelRuntime.load(model, providers=["cpu"], int8_needs_vnni=False)
     assert runtime.precision == "fp32", runtime.precision_reason
-    assert "calibrated on fp32 scores" in runtime.precision_reason
+    assert "0.279 fewer of the calibration nodules" in runtime.precision_reason
     assert ModelRuntime.load(model, providers=["cpu"], precision="int8").precision == "int8"
 
 

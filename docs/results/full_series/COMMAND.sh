@@ -10,5 +10,5 @@ set -euo pipefail
 cd "$(dirname "$0")/../../.."
 scripts/make_full_series_benchmark.sh data/full_series_256 256 40
 PYTHONPATH=. .venv/bin/python benchmarks/quality.py --model "${MODEL:-models/default.onnx}" \
-  --manifest data/full_series_256/manifest.json --out docs/results/full_series --threads 2 \
-  --int8 no --limit "${LIMIT:-40}"
+  --manifest data/full_series_256/manifest.json --out docs/results/full_series \
+  --int8 no --limit "${LIMIT:-40}" --max-candidates 50 --threads 1
