@@ -30,7 +30,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
-from msdn_core.crop import Window
+from msdn_core.crop import Window, round_up
 from msdn_core.proposals import Candidate, ProposalSettings, link_candidates, select_detections
 from service.boxes import SliceBox
 from service.model import ModelRuntime, RunStats
@@ -132,8 +132,7 @@ def segment_slices(
             for slice_scores, slice_boxes in zip(scores, boxes, strict=True):
                 detections.append((slice_scores, slice_boxes) if select is None else select(slice_scores, slice_boxes))
 
-    m = spec.size_multiple
-    item_pixels = (-(-height // m) * m) * (-(-width // m) * m)  # a slice as fed to the model, padded
+    item_pixels = round_up(height, spec.size_multiple) * round_up(width, spec.size_multiple)  # as padded
     stats = runtime.run_batched(depth, make_batch, consume, item_pixels=item_pixels, check=check)
     return labels, stats, detections
 

@@ -214,7 +214,8 @@ class ModelRuntime:
         int8_exists = int8_path.is_file()
         if not choice.on_gpu and int8_exists and precision != "fp32":
             int8_card = read_card(int8_path)[0]
-            source = read_card(model_path)[0].checkpoint_sha256
+            fp32_card = read_card(model_path)[0]
+            source = fp32_card.checkpoint_sha256
             if source and int8_card.checkpoint_sha256 != source:
                 # A variant left over from another model (the fp32 file was replaced): never served.
                 logger.warning(
@@ -231,7 +232,6 @@ class ModelRuntime:
                 int8_detector_unvalidated = "detection" in int8_card.outputs and (
                     calibration is None or calibration.precision != "int8"
                 )
-                fp32_card = read_card(model_path)[0]
                 fp32_cal = fp32_card.detection.calibration if fp32_card.detection else None
                 if not int8_detector_unvalidated and calibration is not None and fp32_cal is not None:
                     int8_sensitivity_loss = fp32_cal.sensitivity - calibration.sensitivity

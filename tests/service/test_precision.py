@@ -18,6 +18,13 @@ from tests.service.helpers import make_settings
 from tests.support.onnx_models import conv_model
 
 
+def cpu_choice(requested: str, **int8):
+    """``choose_precision`` on the CPU (no fp16 variant); ``int8``: the int8 keyword arguments
+    (defaults: a variant within the 0.5 budget at loss 0.1, on a VNNI CPU)."""
+    args = dict(int8_file_exists=True, int8_dice_loss=0.1, int8_max_dice_loss=0.5, int8_fast=True) | int8
+    return choose_precision("cpu", requested, fp16_file_exists=False, fp16_dice_loss=None, max_dice_loss=0.5, **args)
+
+
 @pytest.mark.parametrize(
     ("requested", "exists", "loss", "fast", "expected", "int8_file"),
     [
@@ -32,17 +39,7 @@ from tests.support.onnx_models import conv_model
     ],
 )
 def test_cpu_precision_choice(requested, exists, loss, fast, expected, int8_file):
-    choice = choose_precision(
-        "cpu",
-        requested,
-        fp16_file_exists=False,
-        fp16_dice_loss=None,
-        max_dice_loss=0.5,
-        int8_file_exists=exists,
-        int8_dice_loss=loss,
-        int8_max_dice_loss=0.5,
-        int8_fast=fast,
-    )
+    choice = cpu_choice(requested, int8_file_exists=exists, int8_dice_loss=loss, int8_fast=fast)
     assert (choice.precision, choice.use_int8_file, choice.use_fp16_file) == (expected, int8_file, False)
     if loss is not None and requested != "fp32":
         assert f"{loss:.2f} Dice points" in choice.reason
@@ -53,18 +50,7 @@ def test_cpu_precision_choice(requested, exists, loss, fast, expected, int8_file
     [("auto", "fp32"), ("int8", "int8")],
 )
 def test_int8_detector_calibrated_on_fp32_scores_is_not_served_by_default(requested, expected):
-    choice = choose_precision(
-        "cpu",
-        requested,
-        fp16_file_exists=False,
-        fp16_dice_loss=None,
-        max_dice_loss=0.5,
-        int8_file_exists=True,
-        int8_dice_loss=0.1,
-        int8_max_dice_loss=0.5,
-        int8_fast=True,
-        int8_detector_unvalidated=True,
-    )
+    choice = cpu_choice(requested, int8_detector_unvalidated=True)
     assert choice.precision == expected
     if requested == "auto":
         assert "calibrated on fp32 scores" in choice.reason
@@ -72,15 +58,11 @@ def test_int8_detector_calibrated_on_fp32_scores_is_not_served_by_default(reques
 
 @pytest.mark.parametrize(("sensitivity_loss", "expected"), [(None, "int8"), (0.05, "int8"), (0.06, "fp32")])
 def test_int8_detector_losing_sensitivity_is_not_served_by_default(sensitivity_loss, expected):
-    common = dict(fp16_file_exists=False, fp16_dice_loss=None, max_dice_loss=0.5, int8_file_exists=True)
-    common.update(int8_dice_loss=0.1, int8_max_dice_loss=0.5, int8_fast=True)
-    choice = choose_precision(
-        "cpu", "auto", int8_sensitivity_loss=sensitivity_loss, int8_max_sensitivity_loss=0.05, **common
-    )
+    choice = cpu_choice("auto", int8_sensitivity_loss=sensitivity_loss, int8_max_sensitivity_loss=0.05)
     assert choice.precision == expected
     if expected == "fp32":
         assert "0.060 fewer of the calibration nodules" in choice.reason
-    assert choose_precision("cpu", "int8", int8_sensitivity_loss=0.5, **common).precision == "int8"
+    assert cpu_choice("int8", int8_sensitivity_loss=0.5).precision == "int8"
 
 
 def test_committed_default_model_keeps_fp32_in_auto_even_without_the_vnni_rule():
