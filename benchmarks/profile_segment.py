@@ -7,9 +7,10 @@ Run from the repository root (the tests' support modules build the inputs):
     PYTHONPATH=. python benchmarks/profile_segment.py --http          # + one request through uvicorn
     PYTHONPATH=. python benchmarks/profile_segment.py --top 30        # + cProfile's top functions
 
-The request takes the route's path from the multipart body to the answer bytes: Starlette's form
-parsing (python-multipart, spooling each file), ``service.request.run_request`` (zip expansion,
-header parse, series assembly, partial or batch-by-batch decode, crops / slices, ONNX Runtime,
+The request takes the route's path from the multipart body to the answer bytes: the upload routes'
+form parsing (``service.routes.spooled_form``: the body spooled to one file),
+``service.request.run_request`` (zip expansion, header parse, series assembly, partial or
+batch-by-batch decode, crops / slices, ONNX Runtime,
 post-processing, reference work) and ``service.pipeline.render``. The model is the random 3x3-conv
 model of ``tests/support/onnx_models.py``, the input a synthetic CT series of 512 x 512 DICOM files
 (``benchmarks/service.py`` builds the same ones).
@@ -122,8 +123,8 @@ def install(timer: PhaseTimer) -> None:
 
 
 async def _form(body: bytes, content_type: str, settings: Settings):
-    """Starlette's form parsing of ``body``, as FastAPI does for the route."""
-    from starlette.requests import Request
+    """The form parsing of ``body``, as FastAPI does for the route (the route's request class)."""
+    from service.routes.spooled_form import SpooledFormRequest
 
     chunks = [body[i : i + 65536] for i in range(0, len(body), 65536)]
 
@@ -139,7 +140,7 @@ async def _form(body: bytes, content_type: str, settings: Settings):
         "headers": [(b"content-type", content_type.encode()), (b"content-length", str(len(body)).encode())],
         "query_string": b"",
     }
-    return await Request(scope, receive).form(max_files=settings.max_files + 10, max_fields=1000)
+    return await SpooledFormRequest(scope, receive).form(max_files=settings.max_files + 10, max_fields=1000)
 
 
 def one_request(

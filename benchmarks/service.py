@@ -143,9 +143,9 @@ def post(url: str, upload: tuple[bytes, dict]) -> tuple[float, dict]:
 
 
 def floor(url: str, upload: tuple[bytes, dict], repeats: int) -> dict[str, float]:
-    """Median seconds of posting ``upload`` to the ingest floor app's ``/read`` and ``/form``
-    (``benchmarks/ingest_floor.py``), the two alternating."""
-    times: dict[str, list[float]] = {"read": [], "form": []}
+    """Median seconds of posting ``upload`` to the ingest floor app's ``/read``, ``/form`` and ``/spool``
+    (``benchmarks/ingest_floor.py``), the three alternating."""
+    times: dict[str, list[float]] = {"read": [], "form": [], "spool": []}
     with httpx.Client(timeout=600) as client:
         for _ in range(repeats + 1):  # the first round warms up
             for endpoint, seconds in times.items():
@@ -444,7 +444,12 @@ def main() -> int:
     finally:
         stop_server(proc)
     box_raw = rows[0]["raw"]
-    for place, (endpoint, what) in enumerate((("read", "body read only"), ("form", "body + multipart form parse"))):
+    floor_rows = (
+        ("read", "body read only"),
+        ("form", "body + Starlette's multipart parse"),
+        ("spool", "body + the service's spooling parse"),
+    )
+    for place, (endpoint, what) in enumerate(floor_rows):
         rows.insert(
             1 + place,
             {

@@ -26,12 +26,13 @@ from service.routes.segment import (
     check_form,
     choose_format,
 )
+from service.routes.spooled_form import SpooledFormRoute
 from service.segment_jobs import SegmentJobs, public_state
 from service.settings import OutputFormat
 
 logger = logging.getLogger(__name__)
 
-router = APIRouter(tags=["jobs"])
+router = APIRouter(tags=["jobs"], route_class=SpooledFormRoute)
 _jobs_lock = threading.Lock()
 
 

@@ -17,11 +17,12 @@ from service.memory import release
 from service.outputs.report import SegmentResponse
 from service.pipeline import MEDIA_TYPES, SegmentationResult, render
 from service.request import run_request
+from service.routes.spooled_form import SpooledFormRoute
 from service.settings import OutputFormat, Settings
 
 logger = logging.getLogger(__name__)
 
-router = APIRouter(tags=["segmentation"])
+router = APIRouter(tags=["segmentation"], route_class=SpooledFormRoute)
 
 #: Accept media types -> answer format.
 ACCEPT_FORMATS: dict[str, OutputFormat] = {

@@ -1,0 +1,343 @@
+"""A ``multipart/form-data`` parser that writes the whole body to one temporary file as it arrives.
+
+Starlette's parser (python-multipart's state machine) keeps every file part under 1 MiB in memory,
+each in its own ``SpooledTemporaryFile``: a DICOM series of 300 slices of 512 x 512 is 300 parts of
+512 KiB, 150 MiB of the process's memory for as long as the request lasts, copied once more as each
+part is written. :func:`parse_multipart` instead appends each received chunk to one anonymous
+temporary file (``tempfile.TemporaryFile``: ``TMPDIR``, unlinked at once, so nothing is left behind
+if the process dies) and finds the boundaries with ``bytes.find`` while it does (C-level search, on
+the chunk and on the few bytes that straddle two chunks). Once the body is complete, the headers of
+each part are read back from the file and every file part becomes an :class:`UploadFile` over its
+byte range of the spool (:class:`PartFile`: positional reads, ``os.preadv``, so parts are read from
+any thread without a shared file position). The body's pages stay in the page cache, not in the
+process: what a request holds in memory is what it decodes.
+
+The grammar is RFC 2046 section 5.1.1 as RFC 7578 uses it: an optional preamble, ``--boundary``
+with optional transport padding and CRLF, part headers up to an empty line, the part's bytes up to
+``CRLF--boundary``, and the close delimiter ``--boundary--``. Malformed bodies (no boundary, no close
+delimiter, a part without ``name``, headers over :data:`MAX_PART_HEADER_BYTES`) and the limits
+(``max_files``, ``max_fields``, ``max_part_size`` for fields) raise Starlette's
+``MultiPartException``, which the route answers with 400 like Starlette's own parser.
+"""
+
+from __future__ import annotations
+
+import codecs
+import io
+import os
+import tempfile
+import threading
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Optional
+
+from python_multipart.multipart import parse_options_header
+from starlette.datastructures import FormData, Headers, UploadFile
+from starlette.formparsers import MultiPartException
+
+#: Largest header block of one part (its Content-Disposition, Content-Type...).
+MAX_PART_HEADER_BYTES = 16 * 1024
+#: Read-ahead of each part's buffered reader (pydicom reads headers a few bytes at a time).
+PART_BUFFER_BYTES = 64 * 1024
+
+
+class Spool:
+    """One request body in an anonymous temporary file, shared by the parts read from it.
+
+    The file is closed when the parser and every part opened on it are closed.
+    """
+
+    def __init__(self, *, dir: Optional[str] = None):  # noqa: A002 - tempfile's own name
+        self._file = tempfile.TemporaryFile(dir=dir)
+        self.fd = self._file.fileno()
+        self.size = 0
+        self._users = 1
+        self._lock = threading.Lock()
+
+    def append(self, data: bytes) -> None:
+        """Append ``data`` at the end of the spool."""
+        view = memoryview(data)
+        while view:
+            written = os.pwrite(self.fd, view, self.size)
+            self.size += written
+            view = view[written:]
+
+    def pread(self, size: int, offset: int) -> bytes:
+        """Up to ``size`` bytes at ``offset``."""
+        return os.pread(self.fd, size, offset)
+
+    def acquire(self) -> None:
+        with self._lock:
+            if self._users <= 0:
+                raise ValueError("the spool is closed")
+            self._users += 1
+
+    def release(self) -> None:
+        with self._lock:
+            self._users -= 1
+            last = self._users == 0
+        if last:
+            self._file.close()
+
+
+class _PartRange(io.RawIOBase):
+    """The bytes ``[start, end)`` of a :class:`Spool` as a seekable raw binary file."""
+
+    def __init__(self, spool: Spool, start: int, end: int):
+        super().__init__()
+        spool.acquire()
+        self._spool = spool
+        self._start = start
+        self._size = end - start
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:  # noqa: ANN001 - any writable buffer
+        if self.closed:
+            raise ValueError("read from a closed part")
+        view = memoryview(buffer).cast("B")
+        want = min(len(view), self._size - self._pos)
+        if want <= 0:
+            return 0
+        got = os.preadv(self._spool.fd, [view[:want]], self._start + self._pos)
+        self._pos += got
+        return got
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if whence == io.SEEK_SET:
+            pos = offset
+        elif whence == io.SEEK_CUR:
+            pos = self._pos + offset
+        elif whence == io.SEEK_END:
+            pos = self._size + offset
+        else:
+            raise ValueError(f"whence must be 0, 1 or 2, got {whence}")
+        if pos < 0:
+            raise ValueError(f"negative seek position {pos}")
+        self._pos = pos
+        return pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def close(self) -> None:
+        if not self.closed:
+            super().close()
+            self._spool.release()
+
+
+class PartFile(io.BufferedIOBase):
+    """A file part of a spooled body: a buffered, seekable, read-only binary file of its bytes.
+
+    Not an ``io.BufferedReader`` itself (pydicom takes those for files it may reopen by name): it
+    delegates to one over the part's byte range.
+    """
+
+    def __init__(self, spool: Spool, start: int, end: int, *, buffer_size: int = PART_BUFFER_BYTES):
+        super().__init__()
+        self._reader = io.BufferedReader(_PartRange(spool, start, end), buffer_size=buffer_size)
+        self.size = end - start
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def read(self, size: Optional[int] = -1) -> bytes:
+        return self._reader.read(size)
+
+    def read1(self, size: int = -1) -> bytes:
+        return self._reader.read1(size)
+
+    def readinto(self, buffer) -> int:  # noqa: ANN001 - any writable buffer
+        return self._reader.readinto(buffer)
+
+    def readinto1(self, buffer) -> int:  # noqa: ANN001 - any writable buffer
+        return self._reader.readinto1(buffer)
+
+    def peek(self, size: int = 0) -> bytes:
+        return self._reader.peek(size)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        return self._reader.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._reader.tell()
+
+    def close(self) -> None:
+        if not self.closed:
+            self._reader.close()
+            super().close()
+
+
+@dataclass
+class _Scanner:
+    """Finds every ``CRLF--boundary`` of a body given chunk by chunk (offsets in the body's bytes).
+
+    The body is scanned as if it began with CRLF, so a first delimiter at offset 0 (no preamble)
+    is found too, at offset -2. Boundaries hold no CR or LF (RFC 2046), so two delimiters never
+    overlap.
+    """
+
+    delimiter: bytes
+    tail: bytes = b"\r\n"  # the last len(delimiter) - 1 bytes seen (at most)
+    tail_offset: int = -2
+    found: list[int] = field(default_factory=list)
+
+    def feed(self, chunk: bytes) -> None:
+        d = self.delimiter
+        keep = len(d) - 1
+        base = self.tail_offset + len(self.tail)  # offset of chunk[0]
+        if self.tail:  # delimiters that begin in the previous data and end in this chunk
+            joined = self.tail + chunk[:keep]
+            at = joined.find(d)
+            while at != -1 and at < len(self.tail):
+                self.found.append(self.tail_offset + at)
+                at = joined.find(d, at + 1)
+        at = chunk.find(d)
+        while at != -1:
+            self.found.append(base + at)
+            at = chunk.find(d, at + len(d))
+        self.tail = chunk[-keep:] if len(chunk) >= keep else (self.tail + chunk)[-keep:]
+        self.tail_offset = base + len(chunk) - len(self.tail)
+
+
+def _decode(value: bytes, charset: str) -> str:
+    try:
+        return value.decode(charset)
+    except (UnicodeDecodeError, LookupError):
+        return value.decode("latin-1")
+
+
+def _part_headers(block: bytes) -> list[tuple[bytes, bytes]]:
+    headers = []
+    for line in block.split(b"\r\n"):
+        if not line:
+            continue
+        name, sep, value = line.partition(b":")
+        if not sep or not name.strip():
+            raise MultiPartException("Invalid multipart data: a part header line without a name.")
+        headers.append((name.strip().lower(), value.strip()))
+    return headers
+
+
+async def parse_multipart(
+    headers: Headers,
+    stream: AsyncIterator[bytes],
+    *,
+    max_files: int | float = 1000,
+    max_fields: int | float = 1000,
+    max_part_size: int = 1024 * 1024,
+    spool_dir: Optional[str] = None,
+) -> FormData:
+    """Parse a ``multipart/form-data`` body, spooling it to one temporary file (module docstring).
+
+    Args:
+        headers: the request's headers (``Content-Type`` gives the boundary and charset).
+        stream: the body's chunks.
+        max_files: most file parts.
+        max_fields: most non-file fields.
+        max_part_size: largest non-file field in bytes.
+        spool_dir: folder of the temporary file (default: ``tempfile``'s, i.e. ``TMPDIR``).
+
+    Returns:
+        The fields (``str``) and files (:class:`UploadFile` over :class:`PartFile`) in body order.
+        Closing the form closes the files; the spool goes when the last of them is closed.
+
+    Raises:
+        MultiPartException: a malformed body or a limit exceeded.
+    """
+    _, params = parse_options_header(headers.get("Content-Type", ""))
+    boundary = params.get(b"boundary")
+    if not boundary:
+        raise MultiPartException("Missing boundary in multipart.")
+    charset = params.get(b"charset", b"utf-8").decode("latin-1")
+    try:
+        charset = codecs.lookup(charset).name
+    except LookupError:
+        charset = "latin-1"
+    spool = Spool(dir=spool_dir)
+    try:
+        scanner = _Scanner(b"\r\n--" + boundary)
+        async for chunk in stream:
+            if chunk:
+                scanner.feed(chunk)
+                spool.append(chunk)
+        return _form(spool, scanner.found, len(scanner.delimiter), charset, max_files, max_fields, max_part_size)
+    finally:
+        spool.release()  # the parts hold their own references
+
+
+def _form(
+    spool: Spool,
+    delimiters: list[int],
+    delimiter_size: int,
+    charset: str,
+    max_files: int | float,
+    max_fields: int | float,
+    max_part_size: int,
+) -> FormData:
+    items: list[tuple[str, str | UploadFile]] = []
+    files: list[UploadFile] = []
+    fields = 0
+    try:
+        closed = False
+        for i, at in enumerate(delimiters):
+            start = at + delimiter_size
+            end = delimiters[i + 1] if i + 1 < len(delimiters) else spool.size
+            head = spool.pread(min(end - start, MAX_PART_HEADER_BYTES + 256), start)
+            if head.startswith(b"--"):
+                closed = True
+                break
+            line_end = head.find(b"\r\n")
+            if line_end == -1 or head[:line_end].strip(b" \t"):
+                raise MultiPartException("Invalid multipart data: no CRLF after a boundary.")
+            if head.startswith(b"\r\n", line_end + 2):
+                block, body_start = b"", line_end + 4
+            else:
+                block_end = head.find(b"\r\n\r\n", line_end + 2)
+                if block_end == -1:
+                    if len(head) >= MAX_PART_HEADER_BYTES:
+                        raise MultiPartException(
+                            f"Invalid multipart data: part headers over {MAX_PART_HEADER_BYTES} bytes."
+                        )
+                    raise MultiPartException("Invalid multipart data: part headers without an end.")
+                block, body_start = head[line_end + 2 : block_end], block_end + 4
+            raw_headers = _part_headers(block)
+            disposition = dict(raw_headers).get(b"content-disposition", b"")
+            _, options = parse_options_header(disposition)
+            if b"name" not in options:
+                raise MultiPartException('The Content-Disposition header field "name" must be provided.')
+            name = _decode(options[b"name"], charset)
+            data_start, data_end = start + body_start, end
+            if b"filename" in options:
+                if len(files) >= max_files:
+                    raise MultiPartException(f"Too many files. Maximum number of files is {max_files}.")
+                upload = UploadFile(
+                    file=PartFile(spool, data_start, data_end),
+                    size=data_end - data_start,
+                    filename=_decode(options[b"filename"], charset),
+                    headers=Headers(raw=raw_headers),
+                )
+                files.append(upload)
+                items.append((name, upload))
+            else:
+                if fields >= max_fields:
+                    raise MultiPartException(f"Too many fields. Maximum number of fields is {max_fields}.")
+                if data_end - data_start > max_part_size:
+                    raise MultiPartException(f"Part exceeded maximum size of {int(max_part_size / 1024)}KB.")
+                items.append((name, _decode(spool.pread(data_end - data_start, data_start), charset)))
+                fields += 1
+        if not closed:
+            raise MultiPartException("Invalid multipart data: the body ends before the closing boundary.")
+    except BaseException:
+        for upload in files:
+            upload.file.close()
+        raise
+    return FormData(items)
