@@ -140,35 +140,22 @@ class PartFile(io.BufferedIOBase):
 
     def __init__(self, spool: Spool, start: int, end: int, *, buffer_size: int = PART_BUFFER_BYTES):
         super().__init__()
-        self._reader = io.BufferedReader(_PartRange(spool, start, end), buffer_size=buffer_size)
+        self._reader = reader = io.BufferedReader(_PartRange(spool, start, end), buffer_size=buffer_size)
         self.size = end - start
+        # The reader's own methods, bound here: pydicom reads a header with thousands of small reads.
+        self.read = reader.read
+        self.read1 = reader.read1
+        self.readinto = reader.readinto
+        self.readinto1 = reader.readinto1
+        self.peek = reader.peek
+        self.seek = reader.seek
+        self.tell = reader.tell
 
     def readable(self) -> bool:
         return True
 
     def seekable(self) -> bool:
         return True
-
-    def read(self, size: Optional[int] = -1) -> bytes:
-        return self._reader.read(size)
-
-    def read1(self, size: int = -1) -> bytes:
-        return self._reader.read1(size)
-
-    def readinto(self, buffer) -> int:  # noqa: ANN001 - any writable buffer
-        return self._reader.readinto(buffer)
-
-    def readinto1(self, buffer) -> int:  # noqa: ANN001 - any writable buffer
-        return self._reader.readinto1(buffer)
-
-    def peek(self, size: int = 0) -> bytes:
-        return self._reader.peek(size)
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        return self._reader.seek(offset, whence)
-
-    def tell(self) -> int:
-        return self._reader.tell()
 
     def close(self) -> None:
         if not self.closed:
