@@ -3,14 +3,13 @@
 Starlette's parser (python-multipart's state machine) keeps every file part under 1 MiB in memory,
 each in its own ``SpooledTemporaryFile``: a DICOM series of 300 slices of 512 x 512 is 300 parts of
 512 KiB, 150 MiB of the process's memory for as long as the request lasts, copied once more as each
-part is written. :func:`parse_multipart` instead appends each received chunk to one anonymous
-temporary file (``tempfile.TemporaryFile``: ``TMPDIR``, unlinked at once, so nothing is left behind
-if the process dies) and finds the boundaries with ``bytes.find`` while it does (C-level search, on
-the chunk and on the few bytes that straddle two chunks). Once the body is complete, the headers of
-each part are read back from the file and every file part becomes an :class:`UploadFile` over its
-byte range of the spool (:class:`PartFile`: positional reads, ``os.preadv``, so parts are read from
-any thread without a shared file position). The body's pages stay in the page cache, not in the
-process: what a request holds in memory is what it decodes.
+part is written. :func:`parse_multipart` instead appends each received chunk to one
+:class:`~service.io.spool.Spool` (an unlinked temporary file) and finds the boundaries with
+``bytes.find`` while it does (C-level search, on the chunk and on the few bytes that straddle two
+chunks). Once the body is complete, the headers of each part are read back from the file and every
+file part becomes an :class:`UploadFile` over its byte range of the spool
+(:class:`~service.io.spool.PartFile`). The body's pages stay in the page cache, not in the process:
+what a request holds in memory is what it decodes.
 
 The grammar is RFC 2046 section 5.1.1 as RFC 7578 uses it: an optional preamble, ``--boundary``
 with optional transport padding and CRLF, part headers up to an empty line, the part's bytes up to
@@ -23,10 +22,6 @@ delimiter, a part without ``name``, headers over :data:`MAX_PART_HEADER_BYTES`) 
 from __future__ import annotations
 
 import codecs
-import io
-import os
-import tempfile
-import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Optional
@@ -35,132 +30,10 @@ from python_multipart.multipart import parse_options_header
 from starlette.datastructures import FormData, Headers, UploadFile
 from starlette.formparsers import MultiPartException
 
+from service.io.spool import PartFile, Spool
+
 #: Largest header block of one part (its Content-Disposition, Content-Type...).
 MAX_PART_HEADER_BYTES = 16 * 1024
-#: Read-ahead of each part's buffered reader (pydicom reads headers a few bytes at a time).
-PART_BUFFER_BYTES = 64 * 1024
-
-
-class Spool:
-    """One request body in an anonymous temporary file, shared by the parts read from it.
-
-    The file is closed when the parser and every part opened on it are closed.
-    """
-
-    def __init__(self, *, dir: Optional[str] = None):  # noqa: A002 - tempfile's own name
-        self._file = tempfile.TemporaryFile(dir=dir)
-        self.fd = self._file.fileno()
-        self.size = 0
-        self._users = 1
-        self._lock = threading.Lock()
-
-    def append(self, data: bytes) -> None:
-        """Append ``data`` at the end of the spool."""
-        view = memoryview(data)
-        while view:
-            written = os.pwrite(self.fd, view, self.size)
-            self.size += written
-            view = view[written:]
-
-    def pread(self, size: int, offset: int) -> bytes:
-        """Up to ``size`` bytes at ``offset``."""
-        return os.pread(self.fd, size, offset)
-
-    def acquire(self) -> None:
-        with self._lock:
-            if self._users <= 0:
-                raise ValueError("the spool is closed")
-            self._users += 1
-
-    def release(self) -> None:
-        with self._lock:
-            self._users -= 1
-            last = self._users == 0
-        if last:
-            self._file.close()
-
-
-class _PartRange(io.RawIOBase):
-    """The bytes ``[start, end)`` of a :class:`Spool` as a seekable raw binary file."""
-
-    def __init__(self, spool: Spool, start: int, end: int):
-        super().__init__()
-        spool.acquire()
-        self._spool = spool
-        self._start = start
-        self._size = end - start
-        self._pos = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:  # noqa: ANN001 - any writable buffer
-        if self.closed:
-            raise ValueError("read from a closed part")
-        view = memoryview(buffer).cast("B")
-        want = min(len(view), self._size - self._pos)
-        if want <= 0:
-            return 0
-        got = os.preadv(self._spool.fd, [view[:want]], self._start + self._pos)
-        self._pos += got
-        return got
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        if whence == io.SEEK_SET:
-            pos = offset
-        elif whence == io.SEEK_CUR:
-            pos = self._pos + offset
-        elif whence == io.SEEK_END:
-            pos = self._size + offset
-        else:
-            raise ValueError(f"whence must be 0, 1 or 2, got {whence}")
-        if pos < 0:
-            raise ValueError(f"negative seek position {pos}")
-        self._pos = pos
-        return pos
-
-    def tell(self) -> int:
-        return self._pos
-
-    def close(self) -> None:
-        if not self.closed:
-            super().close()
-            self._spool.release()
-
-
-class PartFile(io.BufferedIOBase):
-    """A file part of a spooled body: a buffered, seekable, read-only binary file of its bytes.
-
-    Not an ``io.BufferedReader`` itself (pydicom takes those for files it may reopen by name): it
-    delegates to one over the part's byte range.
-    """
-
-    def __init__(self, spool: Spool, start: int, end: int, *, buffer_size: int = PART_BUFFER_BYTES):
-        super().__init__()
-        self._reader = reader = io.BufferedReader(_PartRange(spool, start, end), buffer_size=buffer_size)
-        self.size = end - start
-        # The reader's own methods, bound here: pydicom reads a header with thousands of small reads.
-        self.read = reader.read
-        self.read1 = reader.read1
-        self.readinto = reader.readinto
-        self.readinto1 = reader.readinto1
-        self.peek = reader.peek
-        self.seek = reader.seek
-        self.tell = reader.tell
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def close(self) -> None:
-        if not self.closed:
-            self._reader.close()
-            super().close()
 
 
 @dataclass

@@ -10,7 +10,8 @@ expanded after these checks, each failure answered with a clear 4xx:
   ``max_zip_ratio`` times its compressed size (``zip_ratio``; every member over 4 KiB).
 
 Members are streamed out in chunks with the byte budget enforced on what really comes out (not on
-the sizes the zip declares), each into a spooled temporary file, so a request never holds all its
+the sizes the zip declares), all into one :class:`~service.io.spool.Spool` (an unlinked temporary
+file), each member a :class:`~service.io.spool.PartFile` over its bytes: a request never holds its
 members in memory.
 
 Directory entries, ``__MACOSX/`` resource forks, hidden files and ``DICOMDIR`` are skipped.
@@ -20,12 +21,12 @@ from __future__ import annotations
 
 import logging
 import stat
-import tempfile
 import zipfile
 from pathlib import PurePosixPath, PureWindowsPath
 from typing import BinaryIO, Iterable, Iterator
 
 from service.errors import ErrorCode, InvalidInput, LimitExceeded, UnsafeZip
+from service.io.spool import PartFile, Spool
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -34,8 +35,6 @@ ZIP_MAGIC = b"PK\x03\x04"
 #: The ratio check applies to members larger than this (a few bytes compress "infinitely" well;
 #: anything a DICOM file could be is checked).
 RATIO_CHECK_MIN_BYTES = 4096
-#: Bytes of each zip member kept in memory; the rest of a member goes to a temporary file.
-SPOOL_MEMORY_BYTES = 1 << 20
 _CHUNK = 1 << 16
 
 
@@ -94,7 +93,7 @@ class ZipBudget:
 def _open_members(
     data: BinaryIO, *, name: str, settings: Settings, budget: ZipBudget
 ) -> Iterator[tuple[str, BinaryIO]]:
-    """The members of a zip after the checks, each streamed into its own spooled temporary file."""
+    """The members of a zip after the checks, streamed into one spool, each a file over its bytes."""
     try:
         archive = zipfile.ZipFile(data)
     except (zipfile.BadZipFile, OSError, ValueError) as exc:
@@ -133,25 +132,24 @@ def _open_members(
                     f"{settings.max_zip_ratio:g} (MSDN_MAX_ZIP_RATIO)",
                     code=ErrorCode.ZIP_RATIO,
                 )
-        for info in wanted:
-            budget.take_files(1, name)
-            out = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY_BYTES)
-            try:
-                with archive.open(info) as fh:
-                    # Read in chunks, counting what really comes out (never trusting the declared size).
-                    while chunk := fh.read(_CHUNK):
-                        budget.take_bytes(len(chunk), name)
-                        out.write(chunk)
-            except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as exc:
-                out.close()
-                raise InvalidInput(
-                    f"{name}: member {info.filename!r} cannot be read ({exc})", code=ErrorCode.INVALID_ZIP
-                ) from None
-            except BaseException:
-                out.close()
-                raise
-            out.seek(0)
-            yield info.filename, out
+        spool = Spool()
+        try:
+            for info in wanted:
+                budget.take_files(1, name)
+                start = spool.size
+                try:
+                    with archive.open(info) as fh:
+                        # Read in chunks, counting what really comes out (never trusting the declared size).
+                        while chunk := fh.read(_CHUNK):
+                            budget.take_bytes(len(chunk), name)
+                            spool.append(chunk)
+                except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as exc:
+                    raise InvalidInput(
+                        f"{name}: member {info.filename!r} cannot be read ({exc})", code=ErrorCode.INVALID_ZIP
+                    ) from None
+                yield info.filename, PartFile(spool, start, spool.size)
+        finally:
+            spool.release()  # the members' files hold their own references
 
 
 def zip_members(
@@ -168,8 +166,7 @@ def zip_members(
 
 
 def expand_files(files: Iterable[tuple[str, BinaryIO]], *, settings: Settings) -> list[tuple[str, BinaryIO]]:
-    """Uploaded files with each zip replaced by its members (spooled temporary files: at most
-    ``SPOOL_MEMORY_BYTES`` of each in memory, the rest on disk).
+    """Uploaded files with each zip replaced by its members (files over their bytes in a spool).
 
     The zip limits apply to the request as a whole: ``max_files`` files and
     ``max_zip_uncompressed_bytes`` bytes across all its zips.

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import threading
 import tracemalloc
 
 import httpx
@@ -13,7 +12,7 @@ import pytest
 from starlette.datastructures import Headers, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
-from service.io.multipart import PartFile, Spool, parse_multipart
+from service.io.multipart import parse_multipart
 
 
 def _encode(files, data=None, *, boundary: bytes | None = None) -> tuple[bytes, Headers]:
@@ -169,40 +168,6 @@ def test_a_refused_body_leaves_no_open_spool():
     with pytest.raises(MultiPartException):
         _ours(body[:-10], headers)
     assert len(os.listdir("/proc/self/fd")) == before
-
-
-def test_part_file_reads_seeks_and_reads_from_threads():
-    data = _binary(300_000, 3)
-    spool = Spool()
-    spool.append(b"head" + data + b"tail")
-    files = [PartFile(spool, 4, 4 + len(data), buffer_size=4096) for _ in range(4)]
-    spool.release()
-    f = files[0]
-    assert f.read(10) == data[:10] and f.tell() == 10
-    assert f.seek(-5, os.SEEK_END) == len(data) - 5 and f.read() == data[-5:] and f.read(1) == b""
-    f.seek(100_000)
-    assert f.read1(50) == data[100_000:100_050]
-    buffer = bytearray(7)
-    f.seek(3)
-    assert f.readinto(buffer) == 7 and bytes(buffer) == data[3:10]
-    with pytest.raises(ValueError):
-        f.seek(-1)
-    results = {}
-
-    def read_back(i: int) -> None:
-        files[i].seek(i * 1000)
-        results[i] = b"".join(iter(lambda: files[i].read(999), b""))
-
-    threads = [threading.Thread(target=read_back, args=(i,)) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert all(results[i] == data[i * 1000 :] for i in range(4))
-    for f in files:
-        f.close()
-    with pytest.raises(ValueError):
-        files[0].read(1)
 
 
 def test_the_body_is_not_held_in_memory():

@@ -9,6 +9,7 @@ import zipfile
 import pytest
 
 from service.errors import InvalidInput, LimitExceeded, UnsafeZip
+from service.io.spool import PartFile
 from service.io.upload import expand_files, zip_members
 from tests.service.helpers import make_settings
 
@@ -136,11 +137,21 @@ def test_limits_count_all_zips_of_a_request(settings):
 
 
 def test_members_are_spooled_not_held_in_memory(settings):
-    from service.io.upload import SPOOL_MEMORY_BYTES
+    import tracemalloc
 
     rng = __import__("numpy").random.default_rng(0)
-    big = rng.integers(0, 256, SPOOL_MEMORY_BYTES + 1000, dtype="uint8").tobytes()  # incompressible
-    files = expand_files([("s.zip", _zip({"big.dcm": big, "small.dcm": b"x"}))], settings=settings)
-    (_, big_fh), (_, small_fh) = files
-    assert big_fh._rolled and not small_fh._rolled  # the big member went to a temporary file
+    big = rng.integers(0, 256, 8 << 20, dtype="uint8").tobytes()  # incompressible
+    archive = _zip({"big.dcm": big, "small.dcm": b"x", "other.dcm": big[:1000]})
+    tracemalloc.start()
+    try:
+        files = expand_files([("s.zip", archive)], settings=settings)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20  # 8 MiB expanded, a few 64 KiB chunks at a time in memory
+    (_, big_fh), (_, small_fh), (_, other_fh) = files
+    assert all(isinstance(fh, PartFile) for _, fh in files)
     assert big_fh.read() == big and small_fh.read() == b"x"
+    assert other_fh.read(10) == big[:10] and other_fh.seek(0, 2) == 1000 and other_fh.read() == b""
+    for _, fh in files:
+        fh.close()
