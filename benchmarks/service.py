@@ -22,7 +22,10 @@ series of 512 x 512 slices as DICOM files. Printed, side by side from one run:
 3. Optionally (``--load``) throughput and p50 / p99 latency with 1, 4 and 8 concurrent clients.
 
 With ``--baseline TREE`` the fp32 server also runs from another source tree (e.g. ``git archive main``
-unpacked) in the same run, so before/after are compared under the same machine load. Every table
+unpacked) in the same run, so before/after are compared under the same machine load. It gets the
+same settings as this tree's first server (its ``MSDN_BATCH_MAX_PIXELS``, spinning off); with
+``--baseline-legacy`` it gets none of the session-4 settings (no pixel budget, spinning ONNX Runtime
+threads), as a tree from before them ran. Every table
 says the load average it ran under (the machine may be shared: compare ratios, not seconds).
 Uploads are encoded once and sent as bytes, so the client's multipart encoding is not timed.
 """
@@ -312,6 +315,9 @@ def main() -> int:
     parser.add_argument("--precisions", nargs="+", default=["fp32", "int8"], choices=["fp32", "int8"])
     parser.add_argument("--baseline", type=Path, default=None, help="another source tree to run fp32 from too")
     parser.add_argument(
+        "--baseline-legacy", action="store_true", help="the baseline predates the pixel budget and spinning setting"
+    )
+    parser.add_argument(
         "--threads", type=int, default=0, help="ONNX Runtime intra-op threads, server and raw alike (0: its default)"
     )
     parser.add_argument(
@@ -392,12 +398,15 @@ def main() -> int:
             root = str(args.baseline.resolve())
             env = {**os.environ, "PYTHONPATH": root}
             subprocess.run([sys.executable, "-c", code, str(base_model)], cwd=root, env=env, check=True)
-        servers.append(("baseline", args.baseline.resolve(), "fp32", base_model, 0, {}))  # no pixel budget there
+        if args.baseline_legacy:  # a tree from before session 4: no pixel budget, spinning threads
+            servers.append(("baseline", args.baseline.resolve(), "fp32", base_model, 0, {}))
+        else:
+            servers.append(("baseline", args.baseline.resolve(), "fp32", base_model, budgets[0], {}))
     rows, idle, loads = [], [], []
     for tree, root, precision, model, budget, extra in servers:
         spinning = extra.get("MSDN_INTRA_OP_SPINNING", "false").lower() in ("1", "true", "on", "yes")
-        if tree == "baseline":
-            spinning = True  # the baseline tree's ONNX Runtime spins (it has no such setting)
+        if tree == "baseline" and args.baseline_legacy:
+            spinning = True  # such a tree's ONNX Runtime spins (it has no such setting)
         raw = RawRunner(files[precision], batch, max_pixels=budget, threads=args.threads, spinning=spinning)
         inputs = {"boxes": raw.crops(vol, boxes), "slices": raw.slices(vol)}
         env = {
