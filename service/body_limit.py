@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Optional
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -23,6 +22,20 @@ from service.errors import ErrorCode, LimitExceeded, MsdnError, ServiceError, er
 
 class _Stop(Exception):
     pass
+
+
+async def _receive_by(receive: Receive, deadline: float) -> Message:
+    """``await receive()``, raising ``asyncio.TimeoutError`` at the event loop's time ``deadline``.
+
+    ``asyncio.timeout_at`` (Python 3.11+) arms one timer on the running task; ``asyncio.wait_for``
+    (3.10) wraps each call in a new task, which for a 32 MiB upload in 64 KiB messages cost a third
+    again of the body's transfer time.
+    """
+    timeout_at = getattr(asyncio, "timeout_at", None)
+    if timeout_at is None:  # Python 3.10
+        return await asyncio.wait_for(receive(), timeout=max(0.0, deadline - asyncio.get_running_loop().time()))
+    async with timeout_at(deadline):
+        return await receive()
 
 
 class BodyTimeout(ServiceError):
@@ -118,9 +131,9 @@ class BodyLimitMiddleware:
                 message = await receive()  # after the body: http.disconnect, whenever it comes
             else:
                 if deadline is None:
-                    deadline = time.monotonic() + self.body_timeout_s
+                    deadline = asyncio.get_running_loop().time() + self.body_timeout_s
                 try:
-                    message = await asyncio.wait_for(receive(), timeout=max(0.0, deadline - time.monotonic()))
+                    message = await _receive_by(receive, deadline)
                 except asyncio.TimeoutError:
                     failure = BodyTimeout(
                         f"the request body did not arrive within {self.body_timeout_s:g} s (MSDN_BODY_TIMEOUT_S)"
