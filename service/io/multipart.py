@@ -151,7 +151,7 @@ def _form(
         for i, at in enumerate(delimiters):
             start = at + delimiter_size
             end = delimiters[i + 1] if i + 1 < len(delimiters) else spool.size
-            head = spool.pread(min(end - start, MAX_PART_HEADER_BYTES + 256), start)
+            head = spool.pread(min(end - start, MAX_PART_HEADER_BYTES), start)
             if head.startswith(b"--"):
                 closed = True
                 break

@@ -22,7 +22,8 @@ PART_BUFFER_BYTES = 64 * 1024
 
 
 class Spool:
-    """One request body in an anonymous temporary file, shared by the parts read from it.
+    """Bytes appended to an anonymous temporary file (a request body, a zip's members), shared by
+    the parts read from it.
 
     The file is closed when the parser and every part opened on it are closed.
     """

@@ -190,3 +190,13 @@ def test_the_body_is_not_held_in_memory():
     ours = traced_peak(lambda: _ours(body, headers))
     assert theirs > 10 * 2**20  # the control: every part in memory
     assert ours < 2 * 2**20  # a few chunks at a time (and the event loop's own)
+
+
+def test_part_headers_over_the_limit_are_refused():
+    from service.io.multipart import MAX_PART_HEADER_BYTES
+
+    long = b"X-Pad: " + b"a" * MAX_PART_HEADER_BYTES + b"\r\n"
+    body = b'--b\r\nContent-Disposition: form-data; name="a"\r\n' + long + b"\r\n1\r\n--b--\r\n"
+    headers = Headers(raw=[(b"content-type", b"multipart/form-data; boundary=b")])
+    with pytest.raises(MultiPartException, match=f"part headers over {MAX_PART_HEADER_BYTES} bytes"):
+        _ours(body, headers)
