@@ -12,8 +12,10 @@ card (``precision`` set to ``fp16`` / ``int8``), and are single self-contained f
   shape inference fails on the dynamo exporter's graphs), then ``quantize_static`` in QDQ format with
   per-channel int8 weights and int8 activations calibrated (MinMax by default) on training patches.
   Only ``QUANTIZED_OPS`` are quantised: the convolutions and the pure data-movement ops between them.
-  Softmax, the sSE gates, the Detection Unit's two output convolutions and the box decoding stay
-  float (quantising them costs accuracy and no time).
+  Softmax, the sSE gates, the Detection Unit's two output convolutions, the box decoding and every
+  MaxPool / Resize / Concat that feeds no int8 convolution (the anchor grids and boxes, whose ranges
+  calibrated on patches would clamp whole-slice boxes) stay float (quantising them costs accuracy
+  and no time).
 
 ``evaluate_variants`` measures each variant's Dice on validation patches next to fp32's;
 ``check_int8`` refuses an int8 model that loses more than ``MAX_INT8_DICE_LOSS`` points.
@@ -149,6 +151,34 @@ def _detection_output_convs(model: onnx.ModelProto) -> list[str]:
     ]
 
 
+def _float_tail_nodes(model: onnx.ModelProto, int8_convs_excluded: Sequence[str]) -> list[str]:
+    """Names of the quantisable data-movement nodes (MaxPool, Resize, Concat) that feed no int8 conv.
+
+    Downstream of the last quantised convolution the graph carries the Detection Unit's anchor grids
+    and decoded boxes, in pixels. Their int8 ranges would be calibrated on training patches (96 px),
+    so on a whole slice (512 px) the quantised Concat of the pyramid levels clamps every box to the
+    patch size. Nothing is gained by quantising them (no int8 kernel consumes them), so they stay float.
+
+    Args:
+        model: the pre-processed fp32 graph (topologically sorted, as ONNX requires).
+        int8_convs_excluded: convolutions kept float (they do not count as int8 consumers).
+    """
+    excluded = set(int8_convs_excluded)
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    reaches: dict[int, bool] = {}  # id(node) -> an int8 conv is at or below it
+    keep_float = []
+    for node in reversed(model.graph.node):
+        below = any(reaches.get(id(c), False) for out in node.output for c in consumers.get(out, ()))
+        is_int8_conv = node.op_type == "Conv" and node.name not in excluded
+        reaches[id(node)] = is_int8_conv or below
+        if node.op_type in QUANTIZED_OPS and node.op_type != "Conv" and not below:
+            keep_float.append(node.name)
+    return keep_float[::-1]
+
+
 def make_int8(
     src: str | os.PathLike,
     calibration: PatchSet,
@@ -199,7 +229,9 @@ def make_int8(
         root.setLevel(max(root_level, logging.WARNING))
         try:
             quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
-            exclude = _detection_output_convs(onnx.load(str(pre), load_external_data=False))
+            pre_model = onnx.load(str(pre), load_external_data=False)
+            exclude = _detection_output_convs(pre_model)
+            exclude += _float_tail_nodes(pre_model, exclude)
             quantize_static(
                 str(pre),
                 str(out),

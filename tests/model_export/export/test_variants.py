@@ -167,3 +167,28 @@ def test_int8_keeps_detection_output_convs_float(exported, tmp_path):
     out_convs = [k for k in kinds if "cls_out" in k or "box_out" in k]
     assert len(out_convs) == 2 and not any(kinds[k] for k in out_convs)
     assert sum(kinds.values()) == len(kinds) - 2  # every other convolution is int8
+
+
+def test_int8_boxes_hold_on_images_larger_than_the_calibration_patches(exported, tmp_path):
+    # Calibrated on 64 px patches, run on a 256 px image: the anchor grids and decoded boxes must stay
+    # float, else their patch-calibrated int8 ranges clamp every box to about the patch size.
+    result, _ = exported("msdn", detection=True)
+    calib = PatchSet(np.random.default_rng(4).standard_normal((8, 1, 64, 64), dtype=np.float32), None, "noise")
+    int8 = make_int8(result.path, calib, tmp_path / "big.int8.onnx")
+    x = np.random.default_rng(5).standard_normal((1, 1, 256, 256), dtype=np.float32)
+    ref = _run_all(result.path, x)
+    got = _run_all(int8, x)
+    assert ref[2].max() > 200.0  # boxes reach across the slice, far beyond the 64 px patches
+    assert np.abs(got[2] - ref[2]).max() < 8.0
+    proto = onnx.load(str(int8))
+    producers = {o: n for n in proto.graph.node for o in n.output}
+    concats = [n for n in proto.graph.node if n.op_type == "Concat"]
+    tail = [
+        n for n in concats if not any(producers.get(i) and producers[i].op_type == "DequantizeLinear" for i in n.input)
+    ]
+    assert tail  # the float tail exists (the pyramid levels' anchors and boxes) ...
+    assert len(tail) < len(concats)  # ... and the decoder's skip concatenations are still int8
+
+
+def _run_all(path, x):
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"image": x})
