@@ -30,8 +30,12 @@ def variants(trained):
     return outcome
 
 
+def _run_all(path, x):
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"image": x})
+
+
 def _run(path, x):
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"image": x})[0]
+    return _run_all(path, x)[0]
 
 
 def test_trained_fixture_segments(trained):
@@ -188,7 +192,3 @@ def test_int8_boxes_hold_on_images_larger_than_the_calibration_patches(exported,
     ]
     assert tail  # the float tail exists (the pyramid levels' anchors and boxes) ...
     assert len(tail) < len(concats)  # ... and the decoder's skip concatenations are still int8
-
-
-def _run_all(path, x):
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"image": x})
