@@ -35,6 +35,7 @@ import numpy as np
 
 from msdn_core import crop
 from msdn_core.crop import Window, crop_window
+from msdn_core.grid import DEFAULT_SPACING_RTOL, ModelGrid, check_orientation, check_spacing
 
 CARD_KEY = "msdn.model_card"
 CARD_FORMAT_VERSION = 1
@@ -116,6 +117,11 @@ class InputSpec:
     clip: Optional[list[float]] = None
     patch_size: list[int] = field(default_factory=lambda: [128, 128])
     size_multiple: int = 16
+    #: The grid the model was trained on (``msdn_core.grid``): voxel size [sy, sx] or [sz, sy, sx] in mm,
+    #: and the LPS letters index x, y, z point to (``"LPS"``: the DICOM axial view). None: any (cards
+    #: written before them; inputs are then used on their own grid).
+    spacing_mm: Optional[list[float]] = None
+    orientation: Optional[str] = None
 
     def __post_init__(self) -> None:
         if self.std <= 0:
@@ -126,6 +132,14 @@ class InputSpec:
             raise ValueError(f"size_multiple must be a positive int, got {self.size_multiple!r}")
         if len(self.patch_size) != 2 or any(int(v) < 1 for v in self.patch_size):
             raise ValueError(f"patch_size must be [H, W] of positive ints, got {self.patch_size!r}")
+        if self.spacing_mm is not None:
+            self.spacing_mm = list(check_spacing(self.spacing_mm))
+        if self.orientation is not None:
+            self.orientation = check_orientation(self.orientation)
+
+    def model_grid(self, *, rtol: float = DEFAULT_SPACING_RTOL) -> ModelGrid:
+        """The grid the model expects its input on (:mod:`msdn_core.grid`); undefined for older cards."""
+        return ModelGrid(None if self.spacing_mm is None else tuple(self.spacing_mm), self.orientation, rtol)
 
     @property
     def normalization(self) -> Normalization:
@@ -286,6 +300,9 @@ class ModelCard:
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly dict (``detection`` left out when None, so older readers still parse it)."""
         data = asdict(self)
+        for key in ("spacing_mm", "orientation"):  # cards without a model grid read as before them
+            if data["input"].get(key) is None:
+                del data["input"][key]
         if data["detection"] is None:
             del data["detection"]
             return data

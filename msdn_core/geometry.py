@@ -215,6 +215,22 @@ class GridMapping:
     def identity(self) -> bool:
         return self.perm == (0, 1, 2) and not any(self.flip)
 
+    def apply(self, array: np.ndarray) -> np.ndarray:
+        """``array`` (Z, Y, X, ...) on the source grid, re-indexed onto the destination grid (a view)."""
+        if self.identity:
+            return array
+        order = [2 - p for p in self.perm[::-1]] + list(range(3, array.ndim))
+        out = array.transpose(order)
+        index = tuple(slice(None, None, -1) if f else slice(None) for f in self.flip[::-1])
+        return out[index]
+
+    def inverse(self) -> "GridMapping":
+        """The mapping from the destination grid back onto the source grid."""
+        perm, flip = [0, 0, 0], [False, False, False]
+        for j, i in enumerate(self.perm):
+            perm[i], flip[i] = j, self.flip[j]
+        return GridMapping(tuple(perm), tuple(flip))  # type: ignore[arg-type]
+
 
 def grid_mapping(
     src_shape: Sequence[int],
@@ -278,6 +294,4 @@ def map_to_grid(
         )
     if mapping.identity:
         return array
-    xyz = array.transpose(2, 1, 0).transpose(mapping.perm)
-    index = tuple(slice(None, None, -1) if f else slice(None) for f in mapping.flip)
-    return np.ascontiguousarray(xyz[index].transpose(2, 1, 0))
+    return np.ascontiguousarray(mapping.apply(array))

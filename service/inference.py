@@ -31,6 +31,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 
 from msdn_core.crop import Window, round_up
+from msdn_core.grid import GridTransform
 from msdn_core.proposals import Candidate, ProposalSettings, link_candidates, select_detections
 from service.boxes import SliceBox
 from service.model import ModelRuntime, RunStats
@@ -307,3 +308,48 @@ def segment_volume_array(
             out.stats.add(crop_stats)
         return out
     raise ValueError(f"mode must be auto, boxes, proposals or slices, got {mode!r}")
+
+
+def output_to_native(
+    out: InferenceOutput, transform: GridTransform, *, request_boxes: Sequence[SliceBox]
+) -> InferenceOutput:
+    """An answer made on the model grid (``msdn_core.grid``) brought onto the input's own grid, in place.
+
+    Labels come back by one-hot linear resampling, then the inverse flips and permutation; in box mode
+    they are then kept inside the native request boxes only (``request_boxes``, reported as the
+    answer's boxes), as a box's labels are on the model grid. Detector boxes and candidate boxes are
+    mapped exactly. The score volume is brought back where either label volume (the answer's, the
+    whole-slice pass's) has labels: the only voxels post-processing reads.
+    """
+    if transform.identity:
+        return out
+    out.labels = transform.labels_to_native(out.labels)
+    if out.mode == "boxes":
+        _keep_inside(out.labels, request_boxes)
+        out.boxes = list(request_boxes)
+    else:
+        out.boxes = transform.slice_boxes_to_native(out.boxes)
+    out.candidate_boxes = [transform.box_to_native(b) for b in out.candidate_boxes]
+    scores = out.score_volume if out.score_volume is not None else (out.slices.score_volume if out.slices else None)
+    if out.slices is not None:
+        out.slices.labels = transform.labels_to_native(out.slices.labels)
+    if scores is not None:
+        where = [out.labels] + ([out.slices.labels] if out.slices is not None else [])
+        native = transform.scores_to_native(scores, where=where)
+        if out.score_volume is not None:
+            out.score_volume = native
+        if out.slices is not None and out.slices.score_volume is not None:
+            out.slices.score_volume = native
+    return out
+
+
+def _keep_inside(labels: np.ndarray, boxes: Sequence[SliceBox]) -> None:
+    """Zero ``labels`` outside the pixel regions of ``boxes`` on every slice (in place)."""
+    by_slice: dict[int, list[SliceBox]] = {}
+    for box in boxes:
+        by_slice.setdefault(box.slice, []).append(box)
+    for z in np.flatnonzero(labels.reshape(labels.shape[0], -1).any(axis=1)):
+        keep = np.zeros(labels.shape[1:], bool)
+        for box in by_slice.get(int(z), []):
+            keep[box.pixel_region()] = True
+        labels[z][~keep] = 0

@@ -526,7 +526,10 @@ class ModelRuntime:
                 "clip": card.input.clip,
                 "patch_size": list(card.input.patch_size),
                 "size_multiple": card.input.size_multiple,
+                "spacing_mm": card.input.spacing_mm,
+                "orientation": card.input.orientation,
             },
+            "model_grid": _grid_note(card),
             "outputs": card.outputs,
             "detection": self.has_detection,
             "precision": self.precision,
@@ -541,3 +544,16 @@ class ModelRuntime:
             "file": self.path.name,
             "card": card.to_dict(),
         }
+
+
+def _grid_note(card: Any) -> str:
+    """How inputs meet this model's grid (``msdn_core.grid``), for ``GET /v1/model``."""
+    spec = card.input
+    if spec.spacing_mm is None and spec.orientation is None:
+        return "the card names no model grid: every input is used on its own grid (pixel size and axis order as stored)"
+    parts = []
+    if spec.orientation is not None:
+        parts.append(f"axes permuted and flipped to {spec.orientation}")
+    if spec.spacing_mm is not None:
+        parts.append(f"resampled to {' x '.join(f'{v:g}' for v in spec.spacing_mm)} mm")
+    return "inputs are " + " and ".join(parts) + " before the model runs; answers come back on the input's grid"

@@ -37,6 +37,7 @@ from typing import Optional, Sequence
 import numpy as np
 from pydicom.dataset import Dataset
 
+from msdn_core.grid import ModelGrid
 from msdn_core.postprocess import CandidateBox, postprocess
 from msdn_core.reference import labels_from_seg, match_reference
 from msdn_core.volume import Volume
@@ -44,7 +45,7 @@ from service.boxes import SliceBox, parse_boxes
 from service.concurrency import Deadline
 from service.errors import ErrorCode, InvalidInput
 from service.evaluation import evaluate
-from service.inference import InferenceOutput, segment_volume_array
+from service.inference import InferenceOutput, output_to_native, segment_volume_array
 from service.io.dicom import series_volume
 from service.model import ModelRuntime
 from service.operating_point import auto_mode
@@ -126,11 +127,15 @@ def segment_image(
         else:
             ref_labels = match_reference(reference, image=image, name="reference", num_classes=card.num_classes)
 
+    # The one canonical-grid step (msdn_core.grid): the model runs on the grid its card names, the
+    # answer comes back onto the input's grid (identity for cards without a grid).
+    transform = settings.model_grid(card).transform_for(image)
+    model_image = transform.model_volume(image)
     out = segment_volume_array(
         runtime,
-        image.array,
+        model_image.array,
         mode=mode,
-        boxes=parsed,
+        boxes=transform.slice_boxes_to_model(parsed),
         proposal=settings.proposal_settings(card),
         auto_proposals=auto_mode(has_boxes=False, has_detection=runtime.has_detection, threshold=threshold)
         == "proposals",
@@ -139,9 +144,10 @@ def segment_image(
         with_slices=with_slices,
         confirm=confirm,
         check=deadline.check if deadline is not None else None,
-        decoded=image.decoded,
-        load=image.load if image.loader is not None else None,
+        decoded=model_image.decoded,
+        load=model_image.load if model_image.loader is not None else None,
     )
+    out = output_to_native(out, transform, request_boxes=parsed)
     t_model = time.perf_counter()
     found, metrics = _finish(
         out, image, settings, class_names, ref_labels, min_score=threshold.value if out.mode == "proposals" else None
@@ -165,6 +171,7 @@ def segment_image(
             card=card,
             model_sha256=runtime.sha256,
             provider=runtime.provider,
+            grid=transform,
         )
     logger.info(
         "segmented %s volume %s in %s mode: %d model calls, %.3f s inference, %.3f s total",
@@ -188,6 +195,7 @@ def segment_image(
         model_sha256=runtime.sha256,
         provider=runtime.provider,
         slices=slices_result,
+        grid=transform,
     )
 
 
@@ -234,18 +242,30 @@ def _finish(
 class BoxSlices:
     """The slices a box-mode request's boxes touch, for a reader's ``slices`` option.
 
-    Called by the reader with the volume's (Z, Y, X) shape once its header is read: the ``boxes``
-    JSON is parsed then (against that shape) and kept as :attr:`boxes` for the segmentation.
+    Called by the reader with the volume's (Z, Y, X) shape and LPS affine once its header is read: the
+    ``boxes`` JSON is parsed then (against that shape) and kept as :attr:`boxes` for the segmentation.
+    When the model grid (``grid``) takes its slices across the input's (a sagittal or coronal input for
+    an axial model), every slice is needed.
     """
 
-    def __init__(self, boxes: str | Sequence[SliceBox], *, class_names: list[str], max_boxes: int) -> None:
+    def __init__(
+        self,
+        boxes: str | Sequence[SliceBox],
+        *,
+        class_names: list[str],
+        max_boxes: int,
+        grid: Optional[ModelGrid] = None,
+    ) -> None:
         self.boxes = boxes
         self.class_names = class_names
         self.max_boxes = max_boxes
+        self.grid = grid
 
-    def __call__(self, shape: tuple[int, int, int]) -> Optional[list[int]]:
+    def __call__(self, shape: tuple[int, int, int], affine: np.ndarray) -> Optional[list[int]]:
         if isinstance(self.boxes, str):
             self.boxes = parse_boxes(self.boxes, shape=shape, class_names=self.class_names, max_boxes=self.max_boxes)
+        if self.grid is not None and not self.grid.transform(shape, affine).slice_aligned:
+            return None
         return sorted({b.slice for b in self.boxes}) if self.boxes else None
 
 
@@ -258,7 +278,12 @@ def box_slices(
     """
     if mode not in ("auto", "boxes") or boxes is None or (isinstance(boxes, str) and not boxes.strip()):
         return None
-    return BoxSlices(boxes, class_names=[c.name for c in runtime.card.classes], max_boxes=settings.max_boxes)
+    return BoxSlices(
+        boxes,
+        class_names=[c.name for c in runtime.card.classes],
+        max_boxes=settings.max_boxes,
+        grid=settings.model_grid(runtime.card),
+    )
 
 
 def segment_datasets(

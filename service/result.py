@@ -11,6 +11,7 @@ from typing import Optional
 import numpy as np
 
 from msdn_core.card import ModelCard
+from msdn_core.grid import GridTransform
 from msdn_core.volume import Volume
 from service.boxes import SliceBox
 from service.model import RunStats
@@ -31,6 +32,7 @@ class SegmentationResult:
         run: model calls and their time.
         timings: ``read_s`` (decode), ``total_s`` (whole pipeline).
         card, model_sha256, provider: the model that ran.
+        grid: the transform between the input's grid and the model's (``msdn_core.grid``), or None.
         slices: with ``with_slices`` in proposals mode, the whole-slice (``slices`` mode) answer
             computed from the same model run; its ``total_s`` counts reading, that run's model
             time, the pipeline's other pre-processing and its own post-processing.
@@ -48,3 +50,4 @@ class SegmentationResult:
     model_sha256: str
     provider: str
     slices: Optional["SegmentationResult"] = None
+    grid: Optional[GridTransform] = None

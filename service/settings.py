@@ -23,6 +23,7 @@ Precision = Literal["auto", "fp32", "fp16", "int8"]
 
 if TYPE_CHECKING:
     from msdn_core.card import ModelCard
+    from msdn_core.grid import ModelGrid
     from msdn_core.proposals import ProposalSettings
     from service.operating_point import ProposalThreshold
 
@@ -161,6 +162,13 @@ class Settings(BaseSettings):
     reference_position_tol_mm: Optional[float] = Field(
         None, gt=0, description="SEG frame to input slice position tolerance (mm); default a tenth of the voxel"
     )
+    grid_spacing_rtol: float = Field(
+        0.01,
+        ge=0,
+        lt=1,
+        description="an input axis whose voxel size is within this relative difference of the model card's"
+        " spacing_mm is not resampled onto the model grid (msdn_core.grid)",
+    )
 
     # Security
     api_keys: _CommaList = Field(default_factory=list, description="accepted API keys; empty disables authentication")
@@ -288,6 +296,10 @@ class Settings(BaseSettings):
         from service.operating_point import confirmation
 
         return confirmation(self.proposal_confirmation, card)
+
+    def model_grid(self, card: "ModelCard") -> "ModelGrid":
+        """The grid ``card``'s model expects (``msdn_core.grid``), with this service's spacing tolerance."""
+        return card.input.model_grid(rtol=self.grid_spacing_rtol)
 
     def proposal_settings(self, card: Optional["ModelCard"] = None) -> "ProposalSettings":
         """The ``MSDN_PROPOSAL_*`` settings as ``msdn_core.proposals.ProposalSettings`` for a model with

@@ -523,7 +523,7 @@ def read_series(
     tilt_tol_deg: float = 0.01,
     max_tilt_deg: float = 30.0,
     release_pixels: bool = True,
-    slices: Optional[Callable[[tuple[int, int, int]], Optional[Sequence[int]]]] = None,
+    slices: Optional[Callable[[tuple[int, int, int], np.ndarray], Optional[Sequence[int]]]] = None,
     compact: bool = False,
     lazy: bool = False,
 ) -> Volume:
@@ -541,7 +541,7 @@ def read_series(
         duplicate_tol: two slices closer than this (mm) along the normal are at one position.
         tilt_tol_deg, max_tilt_deg: the gantry-tilt policy (:func:`msdn_core.geometry.correct_tilt`).
         release_pixels: delete the datasets' pixel data once decoded.
-        slices: called with the (Z, Y, X) shape once the geometry is checked; returns the slice
+        slices: called with the (Z, Y, X) shape and LPS affine once the geometry is checked; returns the slice
             indices whose pixel data are needed (None: all). Only those instances are decoded; the
             other slices are zero and ``Volume.decoded`` says which were read (with gantry tilt,
             which resamples across slices, all are decoded). Indices outside the volume are ignored.
@@ -667,7 +667,7 @@ def read_series(
     affine[:3, 3] = frames[0].position
 
     depth = len(frames)
-    wanted = None if slices is None else slices((depth, rows, cols))
+    wanted = None if slices is None else slices((depth, rows, cols), affine)
     if wanted is not None and len(frames) > 1 and geometry.tilt_deg(normal, step) > tilt_tol_deg:
         wanted = None  # the tilt correction resamples across slices: it needs them all
     needed = np.ones(depth, bool)

@@ -28,8 +28,9 @@ from msdn_core.volume import Volume
 
 GZIP_MAGIC = b"\x1f\x8b"
 
-#: ``slices`` option of the readers: called with the (Z, Y, X) shape, returns the slices needed (None: all).
-SliceChooser = Callable[[tuple[int, int, int]], Optional[Sequence[int]]]
+#: ``slices`` option of the readers: called with the (Z, Y, X) shape and the LPS affine of the grid,
+#: returns the slices needed (None: all).
+SliceChooser = Callable[[tuple[int, int, int], np.ndarray], Optional[Sequence[int]]]
 
 
 def looks_like_nifti(data: bytes) -> bool:
@@ -92,7 +93,7 @@ def read_nifti_fileobj(
         fh: the file, positioned anywhere (it is read from its start); left open.
         name: for messages.
         max_slices, max_voxels: limits (413), checked before any voxel is read.
-        slices: called with the (Z, Y, X) shape once the header is read; returns the slice indices
+        slices: called with the (Z, Y, X) shape and LPS affine once the header is read; returns the slice indices
             needed (None: all). Only those slices' bytes are read from ``fh`` and converted (a slice
             of NIfTI axis k is one contiguous block of the file); the others are zero and
             ``Volume.decoded`` lists the ones read. Indices outside the volume are ignored.
@@ -113,8 +114,17 @@ def read_nifti_fileobj(
             code=ErrorCode.INVALID_VOLUME,
         )
     check_shape(shape[::-1], name=name, max_slices=max_slices, max_voxels=max_voxels)
+    zooms = [float(v) for v in image.header.get_zooms()[:3]] + [1.0] * (3 - len(image.header.get_zooms()[:3]))
+    if not all(math.isfinite(v) and v > 0 for v in zooms):
+        raise InvalidInput(
+            f"{name}: NIfTI voxel sizes (pixdim) must be positive, got {zooms}", code=ErrorCode.INVALID_VOLUME
+        )
+    affine = np.asarray(image.affine, np.float64)
+    if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+        affine = np.diag([zooms[0], zooms[1], zooms[2], 1.0])
+    affine = geometry.ras_to_lps(affine)
     depth = shape[2]
-    wanted = None if slices is None else slices((depth, shape[1], shape[0]))
+    wanted = None if slices is None else slices((depth, shape[1], shape[0]), affine)
     decoded = None
     try:
         if wanted is None:
@@ -139,17 +149,9 @@ def read_nifti_fileobj(
         raise
     except Exception as exc:  # noqa: BLE001
         raise InvalidInput(f"{name}: NIfTI voxel data cannot be read ({exc})", code=ErrorCode.INVALID_VOLUME) from None
-    zooms = [float(v) for v in image.header.get_zooms()[:3]] + [1.0] * (3 - len(image.header.get_zooms()[:3]))
-    if not all(math.isfinite(v) and v > 0 for v in zooms):
-        raise InvalidInput(
-            f"{name}: NIfTI voxel sizes (pixdim) must be positive, got {zooms}", code=ErrorCode.INVALID_VOLUME
-        )
-    affine = np.asarray(image.affine, np.float64)
-    if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
-        affine = np.diag([zooms[0], zooms[1], zooms[2], 1.0])
     return Volume(
         array=array,
-        affine=geometry.ras_to_lps(affine),
+        affine=affine,
         source="nifti",
         header=image.header,
         decoded=decoded,

@@ -32,6 +32,16 @@ class ModelInfo(BaseModel):
     provider: str
 
 
+class ModelGridInfo(BaseModel):
+    """The model grid an input was brought onto; the answer (mask, boxes, components) is on the input's grid."""
+
+    shape: list[int] = Field(description="[Z, Y, X] of the model grid")
+    spacing: list[float] = Field(description="[sz, sy, sx] in mm of the model grid")
+    flipped: list[bool] = Field(description="[x, y, z]: whether the model grid runs against the input's axis")
+    permuted: bool = Field(description="whether the input's axes were reordered")
+    resampled: list[bool] = Field(description="[z, y, x]: whether the axis was resampled")
+
+
 class InputInfo(BaseModel):
     source: Literal["dicom", "nifti", "nrrd", "npy"]
     modality: Optional[str] = None
@@ -42,6 +52,9 @@ class InputInfo(BaseModel):
         0, description="DICOM instances sent more than once (same SOP Instance UID and content) and dropped"
     )
     gantry_tilt_deg: float = Field(0.0, description="gantry tilt corrected by resampling onto an orthogonal grid")
+    model_grid: Optional[ModelGridInfo] = Field(
+        None, description="the grid the model ran on when it is not the input's (msdn_core.grid); None: the input's"
+    )
 
 
 class ClassSummary(BaseModel):
@@ -145,6 +158,15 @@ def build_report(result: "SegmentationResult", *, max_components: int) -> Segmen
             spacing=list(image.spacing),
             duplicates_dropped=image.duplicates_dropped,
             gantry_tilt_deg=round(image.tilt_deg, 4),
+            model_grid=None
+            if result.grid is None or result.grid.identity
+            else ModelGridInfo(
+                shape=list(result.grid.shape),
+                spacing=[round(v, 6) for v in result.grid.spacing],
+                flipped=list(result.grid.mapping.flip),
+                permuted=result.grid.mapping.perm != (0, 1, 2),
+                resampled=[s != 1.0 for s in result.grid.steps],
+            ),
         ),
         mode=result.mode,  # type: ignore[arg-type]
         classes=[ClassSummary(**c) for c in class_summary(result.labels, spacing=image.spacing, class_names=names)],

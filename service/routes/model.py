@@ -26,6 +26,12 @@ class InputOut(BaseModel):
     clip: Optional[list[float]] = None
     patch_size: list[int]
     size_multiple: int
+    spacing_mm: Optional[list[float]] = Field(
+        None, description="the model grid's voxel size, [sy, sx] or [sz, sy, sx] mm (None: inputs keep their own)"
+    )
+    orientation: Optional[str] = Field(
+        None, description="the model grid's axes: LPS letters index x, y, z point to (None: inputs keep their own)"
+    )
 
 
 class ModelDescription(BaseModel):
@@ -34,6 +40,9 @@ class ModelDescription(BaseModel):
     method: str
     classes: list[ClassOut]
     input: InputOut = Field(description="normalisation: clip, then (x - mean) / std; H, W multiples of size_multiple")
+    model_grid: str = Field(
+        description="how inputs are brought onto the model's grid (msdn_core.grid), or that they are not"
+    )
     outputs: dict[str, Any]
     detection: bool = Field(description="the model also proposes boxes (proposal mode)")
     proposal_score_threshold: Optional[float] = Field(

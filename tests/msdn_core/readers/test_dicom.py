@@ -318,12 +318,13 @@ def test_partial_decode_gives_the_full_decode_pixels_of_the_touched_slices(trans
     assert all(ds._dict[0x7FE00010].value is None for _, ds, _ in items)
     shapes = []
 
-    def wanted(shape):
-        shapes.append(shape)
+    def wanted(shape, affine):
+        shapes.append((shape, affine))
         return [4, 1, 4, 99]  # repeats and indices outside the volume are ignored
 
     part = series_volume([(n, ds) for n, ds, _ in items], slices=wanted, compact=True)
-    assert shapes == [(6, 128, 128)]
+    assert [s for s, _ in shapes] == [(6, 128, 128)]
+    np.testing.assert_allclose(shapes[0][1], full.affine)  # the grid's LPS affine, known before any decode
     assert part.array.dtype == np.int16 and full.array.dtype == np.float32
     assert part.decoded.tolist() == [1, 4]
     for z in (1, 4):

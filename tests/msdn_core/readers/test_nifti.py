@@ -57,7 +57,7 @@ def test_partial_read_equals_the_full_read_on_the_slices_asked(tmp_path, scaled,
     path, xyz, _, _ = _ct_nifti(tmp_path, slope=2.0 if scaled else 1.0, inter=-3.0 if scaled else 0.0, four_d=four_d)
     full = read_nifti_file(path)
     seen = []
-    part = read_nifti_file(path, slices=lambda shape: seen.append(shape) or [6, 1, 1, 4, 99, -1])
+    part = read_nifti_file(path, slices=lambda shape, affine: seen.append(shape) or [6, 1, 1, 4, 99, -1])
     assert seen == [(9, 6, 7)]  # called once with the (Z, Y, X) shape, before any voxel is read
     np.testing.assert_array_equal(part.decoded, [1, 4, 6])  # sorted, unique, out-of-range dropped
     assert part.array.dtype == full.array.dtype and part.shape == full.shape
@@ -74,7 +74,7 @@ def test_partial_read_equals_the_full_read_on_the_slices_asked(tmp_path, scaled,
 def test_untouched_slices_are_never_read_from_the_file(tmp_path):
     path, _, offset, slice_bytes = _ct_nifti(tmp_path)
     with RecordingFile(path) as fh:
-        vol = read_nifti_fileobj(fh, name="ct.nii", slices=lambda shape: [2, 5])
+        vol = read_nifti_fileobj(fh, name="ct.nii", slices=lambda shape, affine: [2, 5])
     assert vol.decoded.tolist() == [2, 5]
     read = set()
     for start, stop in fh.ranges:
@@ -95,8 +95,8 @@ def test_gzipped_nifti_is_decompressed_whole_then_converted_where_asked(tmp_path
     path, xyz, _, _ = _ct_nifti(tmp_path)
     gz = tmp_path / "ct.nii.gz"
     gz.write_bytes(gzip.compress(path.read_bytes()))
-    part = read_nifti_file(gz, slices=lambda shape: [0, 8])
+    part = read_nifti_file(gz, slices=lambda shape, affine: [0, 8])
     np.testing.assert_array_equal(part.array[[0, 8]], xyz.transpose(2, 1, 0)[[0, 8]])
     assert not part.array[1:8].any() and part.decoded.tolist() == [0, 8]
     np.testing.assert_array_equal(part.affine, read_nifti_file(path).affine)
-    assert read_nifti_bytes(gz.read_bytes(), name="ct.nii.gz", slices=lambda shape: None).decoded is None
+    assert read_nifti_bytes(gz.read_bytes(), name="ct.nii.gz", slices=lambda shape, affine: None).decoded is None

@@ -72,7 +72,11 @@ def test_nifti_slices_read_only_those_as_float32(settings, gz, tmp_path):
     upload.seek(0)
     asked = []
     image = read_volume(
-        upload, name="v.nii", spacing=None, settings=settings, slices=lambda shape: asked.append(shape) or [5, 2]
+        upload,
+        name="v.nii",
+        spacing=None,
+        settings=settings,
+        slices=lambda shape, affine: asked.append(shape) or [5, 2],
     )
     assert asked == [(8, 5, 6)] and image.decoded.tolist() == [2, 5]
     assert image.array.dtype == np.float32 and image.array.flags.c_contiguous
