@@ -15,6 +15,7 @@ from model_export.nets import SegmentationModel, build_from_config
 from model_export.nets.config import SIZE_MULTIPLE, NetConfig
 from msdn_core.card import ClassInfo, InputSpec, ModelCard
 from msdn_core.digest import file_sha256  # noqa: F401  (re-exported: checkpoint digests)
+from msdn_core.grid import ModelGrid
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +34,7 @@ def save_checkpoint(
     classes: Optional[list[str]] = None,
     normalization: Optional[dict[str, Any]] = None,
     patch_size: tuple[int, int] = (128, 128),
+    grid: Optional[ModelGrid] = None,
     training: Optional[dict[str, Any]] = None,
     validation_dice: Optional[float] = None,
     optimizer_state: Optional[dict] = None,
@@ -46,6 +48,7 @@ def save_checkpoint(
         classes: class names for label values 1..C (default ``class_1``...).
         normalization: ``{"mean", "std", "clip"}`` of the training images (see ``msdn_core.card``).
         patch_size: training patch (H, W).
+        grid: the model grid the training images were brought onto (``msdn_core.grid``), or None.
         training: free-form training metadata (data set, splits, epochs, seed...).
         validation_dice: mean validation Dice of these weights.
         optimizer_state: optimizer/scheduler state for resuming.
@@ -67,6 +70,8 @@ def save_checkpoint(
             clip=None if norm["clip"] is None else [float(v) for v in norm["clip"]],
             patch_size=[int(v) for v in patch_size],
             size_multiple=SIZE_MULTIPLE,
+            spacing_mm=None if grid is None or grid.spacing_mm is None else list(grid.spacing_mm),
+            orientation=None if grid is None else grid.orientation,
         ),
         version=__version__,
         architecture=config.to_dict(),

@@ -24,6 +24,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "model_export.commands.calibrate",
         "choose a detecting model's proposal score threshold on validation series and store it in its card",
     ),
+    "grid": (
+        "model_export.commands.grid",
+        "write the model grid (spacing, orientation) of its training images into an exported model's card",
+    ),
     "serve": ("service.cli", "start the inference service (uvicorn)"),
     "segment": ("service.batch.cli", "segment studies (DICOM folders, zips, NIfTI, manifests) into SEG/NIfTI/JSON"),
 }

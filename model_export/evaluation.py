@@ -14,6 +14,10 @@ What is measured (``region``):
   positives anywhere in the body; models trained only on target-centred patches do poorly here,
   which is what ``--away-fraction`` in training is for.
 
+With a model grid (the card's ``input.spacing_mm`` / ``orientation``, ``msdn_core.grid``), image and
+mask (matched by geometry) are brought onto it first and measured there, with its voxel size, as
+training validates; the service and ``msdn evaluate --full-series`` measure on the input's own grid.
+
 Metrics: ``msdn_core.metrics`` (Dice, IoU, HD95 in mm with the image's voxel spacing, background
 excluded), with its convention for empty masks: a class absent from both prediction and truth gives
 ``None`` Dice, IoU and HD95 (left out of means); an empty prediction of a present class (or the
@@ -36,6 +40,8 @@ from model_export.data.volumes import read_volume
 from model_export.nets import SIZE_MULTIPLE, SegmentationModel
 from msdn_core.card import Normalization
 from msdn_core.crop import Window, crop_window, pad_to_multiple
+from msdn_core.geometry import map_to_grid
+from msdn_core.grid import ModelGrid
 from msdn_core.metrics import class_scores
 
 logger = logging.getLogger(__name__)
@@ -160,8 +166,9 @@ def evaluate_cases(
     z_margin: int = 2,
     device: str | torch.device = "cpu",
     batch_size: int = 8,
+    grid: ModelGrid | None = None,
 ) -> EvaluationResult:
-    """Segment each strong case and measure it (see module docstring for ``region``).
+    """Segment each strong case and measure it (see module docstring for ``region`` and ``grid``).
 
     Raises:
         ValueError: unknown region, or a case without a mask.
@@ -174,16 +181,16 @@ def evaluate_cases(
         if not case.strong:
             raise ValueError(f"case {case.id} has no mask: evaluation needs ground-truth masks")
         image = read_volume(case.image)
-        truth = read_volume(case.mask, dtype=np.int16).array
-        if truth.shape != image.shape:
-            raise ValueError(f"case {case.id}: mask shape {truth.shape} != image shape {image.shape}")
-        img = image.array
+        mask = read_volume(case.mask, dtype=np.int16)
+        truth = map_to_grid(mask.array, mask.affine, image.shape, image.affine, what=f"case {case.id}: mask")
+        transform = (grid or ModelGrid()).transform_for(image)
+        img, truth, spacing = transform.to_model(image.array), transform.labels_to_model(truth), transform.spacing
         if region == "target":
             roi = target_region(truth, patch_size=patch_size, margin=margin, z_margin=z_margin)
             img = crop_region(img, roi, float(img.min()))
             truth = crop_region(truth, roi, 0)
         pred = predict_slices(model, img, normalization, device=device, batch_size=batch_size)
-        metrics = segmentation_metrics(pred, truth, len(classes), image.spacing)
+        metrics = segmentation_metrics(pred, truth, len(classes), spacing)
         result.cases.append({"case_id": case.id, **metrics})
         logger.debug("case %s: Dice %s", case.id, metrics["dice"])
     return result
@@ -214,6 +221,7 @@ def evaluate_checkpoint(
         z_margin=z_margin,
         device=device,
         batch_size=batch_size,
+        grid=card.input.model_grid(),
     )
 
 

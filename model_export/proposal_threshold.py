@@ -65,14 +65,13 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from model_export.card_update import update_cards
 from msdn_core.card import CONFIRMATIONS, DetectionCalibration, DetectionOperatingPoint
 from msdn_core.froc import ScanMatch
 from msdn_core.onnx_model import (
-    PRECISIONS,
     ModelFileError,
     card_from_model,
     load_onnx,
-    save_model,
     variant_path,
 )
 
@@ -365,40 +364,12 @@ def write_operating_point(
         ModelFileError: unreadable model, no card, a non-fp32 file, or no detection outputs.
     """
     path = Path(model_path)
-    model = load_onnx(path)
-    card = card_from_model(model, source=str(path))
+    card = card_from_model(load_onnx(path, load_weights=False), source=str(path))
     if card.precision != "fp32":
         raise ModelFileError(f"{path} is {card.precision}: calibrate the fp32 export; its variants follow it")
     if "detection" not in card.outputs:
         raise ModelFileError(f"{path} has no detection outputs: a proposal threshold means nothing for it")
-    if variant is not None and (variant == "fp32" or variant not in PRECISIONS):
-        raise ModelFileError(f"variant must be one of {[p for p in PRECISIONS if p != 'fp32']}, got {variant!r}")
-    if variant is None:
-        save_model(model, path, dataclasses.replace(card, detection=point))
-    written, skipped = ([path] if variant is None else []), []
-    for precision in PRECISIONS if variant is None else (variant,):
-        sibling = variant_path(path, precision)
-        if precision == "fp32" or not sibling.is_file():
-            if variant is not None:
-                raise ModelFileError(f"no {variant} variant {sibling} next to {path}")
-            continue
-        vmodel = load_onnx(sibling)
-        vcard = card_from_model(vmodel, source=str(sibling))
-        if card.checkpoint_sha256 is None or vcard.checkpoint_sha256 != card.checkpoint_sha256:
-            logger.warning(
-                "%s is not from the checkpoint of %s (checkpoint %s, not %s): its card is left as it was",
-                sibling.name,
-                path.name,
-                (vcard.checkpoint_sha256 or "?")[:12],
-                (card.checkpoint_sha256 or "?")[:12],
-            )
-            if variant is not None:
-                raise ModelFileError(f"{sibling} is not from the checkpoint of {path}: not written")
-            skipped.append(sibling)
-            continue
-        save_model(vmodel, sibling, dataclasses.replace(vcard, detection=point))
-        written.append(sibling)
-    return {"written": written, "skipped": skipped}
+    return update_cards(path, lambda c: dataclasses.replace(c, detection=point), variant=variant)
 
 
 __all__ = [

@@ -305,20 +305,20 @@ class GridTransform:
 
     # ------------------------------------------------------------------------------ answers
 
+    def labels_to_model(self, labels: np.ndarray) -> np.ndarray:
+        """Native (Z, Y, X) integer labels (a training mask) on the model grid, uint8 (one-hot linear)."""
+        if self.identity:
+            return np.asarray(labels, np.uint8)
+        oriented = self.mapping.apply(np.asarray(labels, np.uint8))
+        if not self.resampled:
+            return np.ascontiguousarray(oriented)
+        return _resample_labels(oriented, self.shape, [1.0 / s for s in self.steps])
+
     def labels_to_native(self, labels: np.ndarray) -> np.ndarray:
         """Model-grid (Z, Y, X) uint8 labels on the native grid (one-hot linear resampling, module docstring)."""
         if self.identity:
             return labels
-        oriented = labels
-        if self.resampled:
-            oriented = np.zeros(self.oriented_shape, np.uint8)
-            classes = [int(c) for c in np.unique(labels) if c]
-            if classes:
-                if self.steps[0] != 1.0:
-                    _labels_back_3d(labels, oriented, self.steps, classes)
-                else:
-                    for z in np.flatnonzero(labels.reshape(labels.shape[0], -1).any(axis=1)):
-                        _labels_back_plane(labels[z], oriented[z], self.steps[1:], classes)
+        oriented = _resample_labels(labels, self.oriented_shape, self.steps) if self.resampled else labels
         return np.ascontiguousarray(self.mapping.inverse().apply(oriented))
 
     def scores_to_native(self, scores: np.ndarray, *, where: Sequence[np.ndarray]) -> np.ndarray:
@@ -353,15 +353,15 @@ class GridTransform:
         lo, hi = self._orient_box(box, self.mapping, self.native_shape[::-1])
         steps_xyz = self.steps[::-1]
         sizes_xyz = self.shape[::-1]
-        lo = [min(max(v / s, 0.0), n) for v, s, n in zip(lo, steps_xyz, sizes_xyz, strict=True)]
-        hi = [min(max(v / s, 0.0), n) for v, s, n in zip(hi, steps_xyz, sizes_xyz, strict=True)]
+        lo = [min(max(_round(v / s), 0.0), n) for v, s, n in zip(lo, steps_xyz, sizes_xyz, strict=True)]
+        hi = [min(max(_round(v / s), 0.0), n) for v, s, n in zip(hi, steps_xyz, sizes_xyz, strict=True)]
         return [*lo, *hi]
 
     def box_to_native(self, box: Sequence[float]) -> list[float]:
         """A model-grid 3D box [x1, y1, z1, x2, y2, z2] on the native grid."""
         steps_xyz = self.steps[::-1]
         sizes_xyz = self.oriented_shape[::-1]
-        scaled = [min(max(float(box[k % 3]) * steps_xyz[k % 3], 0.0), sizes_xyz[k % 3]) for k in range(6)]
+        scaled = [min(max(_round(float(box[k]) * steps_xyz[k % 3]), 0.0), sizes_xyz[k % 3]) for k in range(6)]
         lo, hi = self._orient_box(scaled, self.mapping.inverse(), sizes_xyz)
         return [*lo, *hi]
 
@@ -387,6 +387,11 @@ class GridTransform:
         if self.identity:
             return list(boxes)
         return _slice_boxes(boxes, self.box_to_native, self.native_shape[0])
+
+
+def _round(value: float) -> float:
+    """Box coordinates to a millionth of a pixel, so a round trip of whole pixels stays whole."""
+    return round(value, 6)
 
 
 def _slice_boxes(boxes: Sequence[SliceBox], fn, depth: int) -> list[SliceBox]:
@@ -461,7 +466,8 @@ def _extent(mask2d: np.ndarray, margin: int = 0) -> tuple[Optional[tuple[int, in
 def _resample_region(
     model_plane: np.ndarray, steps: Sequence[float], rows: tuple[int, int], cols: tuple[int, int], *, order: int
 ) -> np.ndarray:
-    """Native pixels rows x cols (oriented grid) sampled from a model-grid plane (float32)."""
+    """Pixels rows x cols of the other grid sampled from a plane (float32); ``steps``: a source pixel's
+    size in output pixels (model -> native: the transform's steps)."""
     from scipy import ndimage
 
     ry, rx = steps
@@ -478,12 +484,28 @@ def _resample_region(
 
 
 def _native_extent(extent: tuple[int, int], step: float, size: int) -> tuple[int, int]:
-    """Native pixels [a, b) that a model-grid pixel range's one-hot interpolation can reach."""
+    """Output pixels [a, b) that a source pixel range's one-hot interpolation can reach (``step``: source
+    pixel size in output pixels)."""
     return max(int(math.floor(extent[0] * step)) - 1, 0), min(int(math.ceil(extent[1] * step)) + 1, size)
 
 
-def _labels_back_plane(labels: np.ndarray, out: np.ndarray, steps: Sequence[float], classes: Sequence[int]) -> None:
-    """One model-grid plane's labels into the native (oriented) plane ``out``, classes in order."""
+def _resample_labels(labels: np.ndarray, shape: Sequence[int], steps: Sequence[float]) -> np.ndarray:
+    """(Z, Y, X) uint8 labels resampled onto an edge-aligned grid of ``shape`` whose voxels are
+    ``1 / steps`` source voxels (``steps``: a source voxel's size in output voxels), one-hot linear."""
+    out = np.zeros(tuple(int(v) for v in shape), np.uint8)
+    classes = [int(c) for c in np.unique(labels) if c]
+    if not classes:
+        return out
+    if steps[0] != 1.0:
+        _labels_3d(labels, out, steps, classes)
+    else:
+        for z in np.flatnonzero(labels.reshape(labels.shape[0], -1).any(axis=1)):
+            _labels_plane(labels[z], out[z], steps[1:], classes)
+    return out
+
+
+def _labels_plane(labels: np.ndarray, out: np.ndarray, steps: Sequence[float], classes: Sequence[int]) -> None:
+    """One plane's labels into the plane ``out`` of the other grid, classes in order."""
     r, c = _extent(labels)
     if r is None:
         return
@@ -495,8 +517,8 @@ def _labels_back_plane(labels: np.ndarray, out: np.ndarray, steps: Sequence[floa
         target[_resample_region(onehot, steps, rows, cols, order=1) >= 0.5] = value
 
 
-def _labels_back_3d(labels: np.ndarray, out: np.ndarray, steps: Sequence[float], classes: Sequence[int]) -> None:
-    """Model-grid labels into the native (oriented) volume ``out`` when z is resampled too."""
+def _labels_3d(labels: np.ndarray, out: np.ndarray, steps: Sequence[float], classes: Sequence[int]) -> None:
+    """Labels into the volume ``out`` of the other grid when z is resampled too."""
     from scipy import ndimage
 
     nz = np.flatnonzero(labels.reshape(labels.shape[0], -1).any(axis=1))

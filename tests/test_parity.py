@@ -123,3 +123,60 @@ def test_same_normalisation_in_training_evaluation_and_serving(runtime):
 
     predict_slices(Recorder(), image, spec.normalization)  # evaluation's model input
     np.testing.assert_array_equal(torch.cat(captured).numpy()[:, 0], training)
+
+
+# ------------------------------------------------------------------ the model grid (msdn_core.grid)
+
+
+@pytest.mark.parametrize("flip", [False, True], ids=["as-stored", "x-flipped"])
+def test_training_crop_equals_serving_crop_on_the_model_grid_for_a_fine_series(tmp_path, flip):
+    """A 0.7 mm series (and a copy stored with its columns reversed, as dcm2niix may write it) is brought
+    onto a 1.25 mm model grid: the training patch and the batch the service feeds ONNX Runtime for the
+    same target are identical, and both equal the model-grid image cropped by hand."""
+    from model_export.data.volumes import write_nifti
+    from msdn_core import geometry
+    from msdn_core.grid import ModelGrid
+    from msdn_core.readers.nifti import read_nifti_file
+    from service.pipeline import segment_image
+    from service.settings import Settings
+
+    grid = ModelGrid((1.25, 1.25), "LPS")
+    model_path = tmp_path / "grid.onnx"
+    threshold_model(
+        model_path, thresholds_hu=(0.0,), mean=-200.0, std=300.0, clip=CLIP, spacing_mm=(1.25, 1.25), orientation="LPS"
+    )
+    runtime = ModelRuntime.load(model_path, providers=["CPUExecutionProvider"], batch_size=4)
+    image = _image((3, 120, 110), seed=5)
+    mask = np.zeros(image.shape, np.uint8)
+    mask[1, 40:52, 60:75] = 1
+    affine = geometry.axis_affine((2.5, 0.7, 0.7), origin=(-30.0, -40.0, 12.0))
+    if flip:
+        affine = affine.copy()
+        affine[:3, 3] += affine[:3, 0] * (image.shape[2] - 1)
+        affine[:3, 0] *= -1
+        image, mask = image[:, :, ::-1].copy(), mask[:, :, ::-1].copy()
+    write_nifti(tmp_path / "ct.nii.gz", image, affine=geometry.lps_to_ras(affine))
+    write_nifti(tmp_path / "mask.nii.gz", mask, affine=geometry.lps_to_ras(affine))
+    case = Case("c", "val", tmp_path / "ct.nii.gz", tmp_path / "mask.nii.gz", [])
+
+    dataset = PatchDataset(
+        [case], normalization=runtime.card.input.normalization, patch_size=32, augment=False, grid=grid
+    )
+    assert len(dataset) == 1
+    train = dataset[0]["image"].numpy()[0]
+    z = dataset[0]["slice"]
+    (target,) = dataset.volumes[0].targets[z][0]  # the model-grid mask's component box on that slice
+
+    native = read_nifti_file(tmp_path / "ct.nii.gz")
+    transform = grid.transform_for(native)
+    x1, y1, _, x2, y2, _ = transform.box_to_native([target[0], target[1], z, target[2], target[3], z + 1])
+    seen = _record(runtime)
+    segment_image(native, runtime, Settings(model_path=model_path), boxes=[SliceBox(1, x1, y1, x2, y2)], mode="boxes")
+    assert len(seen) == 1
+    serving = seen[0][0, 0]
+    np.testing.assert_array_equal(train, serving)
+
+    model_image = transform.to_model(native.array)
+    window = runtime.card.input.crop_window(list(target), model_image.shape[1:])
+    np.testing.assert_array_equal(serving, runtime.card.input.normalise(window.extract(model_image[z], 0.0)))
+    assert transform.shape == (3, 67, 62)  # 120 x 0.7 / 1.25 = 67.2, 110 x 0.7 / 1.25 = 61.6

@@ -97,7 +97,11 @@ def run(args: argparse.Namespace) -> int:
                 from msdn_core.card import ModelCard
 
                 spec = ModelCard.from_dict(read_checkpoint(args.checkpoint)["card"]).input
-                common = {"normalization": spec.normalization.to_dict(), "patch_size": int(spec.patch_size[0])}
+                common = {
+                    "normalization": spec.normalization.to_dict(),
+                    "patch_size": int(spec.patch_size[0]),
+                    "grid": spec.model_grid(),
+                }
                 calibration = load_manifest_patches(args.manifest, limit=args.max_calibration, **common)
                 if not args.validation_npz:
                     validation = load_manifest_patches(args.manifest, split="val", limit=args.max_calibration, **common)

@@ -119,6 +119,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--val-negative-slices", type=int, default=d.val_negative_slices)
     g.add_argument("--val-fp-penalty", type=float, default=d.val_fp_penalty)
     parser.add_argument("--clip", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"), help="intensity clip")
+    parser.add_argument(
+        "--spacing",
+        default="auto",
+        metavar="auto|none|SY,SX",
+        help="model grid voxel size in mm (msdn_core.grid): auto = the median in-plane spacing of the training "
+        "images (default), a value, or none (every image on its own grid)",
+    )
+    parser.add_argument(
+        "--orientation",
+        default="LPS",
+        metavar="LPS|none",
+        help="model grid axes as LPS letters of x, y, z (default LPS, the DICOM axial view), or none",
+    )
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--device", default=d.device, help="auto, cpu, cuda, cuda:N")
     parser.add_argument("--no-amp", action="store_true", help="disable mixed precision on cuda")
@@ -156,6 +169,7 @@ def parse_options(items: list[str]) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    from model_export.data.grid_plan import parse_orientation_option, parse_spacing_option
     from model_export.data.manifest import ManifestError, load_manifest
     from model_export.training import TrainConfig, train
 
@@ -185,6 +199,8 @@ def run(args: argparse.Namespace) -> int:
             flip=not args.no_flip,
             away_fraction=args.away_fraction,
             clip=tuple(args.clip) if args.clip else None,
+            spacing=parse_spacing_option(args.spacing),
+            orientation=parse_orientation_option(args.orientation),
             seed=args.seed,
             device=args.device,
             amp=not args.no_amp,

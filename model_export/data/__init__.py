@@ -14,6 +14,7 @@ def load_patches(
     limit: int = 64,
     normalization: Optional[dict[str, Any]] = None,
     patch_size: int = 128,
+    grid: Any = None,
 ) -> Iterator[tuple[Any, Any]]:
     """Deterministic target-centred ``(image (1, H, W) float32, label (H, W) int64)`` patches.
 
@@ -28,6 +29,8 @@ def load_patches(
         normalization: ``{"mean", "std", "clip"}`` to apply (a model card's ``input``); default the
             split's own statistics.
         patch_size: patch side (multiple of 16).
+        grid: the model's grid (``msdn_core.grid.ModelGrid``, a card's ``input.model_grid()``): the
+            patches are drawn on it, as the exported model sees them; None: each case's own grid.
 
     Raises:
         ValueError: the split has no strong case.
@@ -42,7 +45,7 @@ def load_patches(
     if not cases:
         raise ValueError(f"{manifest}: split {split!r} has no case with a mask to draw patches from")
     norm = Normalization.from_dict(normalization) if normalization else compute_normalization(cases)
-    dataset = PatchDataset(cases, normalization=norm, patch_size=patch_size, augment=False)
+    dataset = PatchDataset(cases, normalization=norm, patch_size=patch_size, augment=False, grid=grid)
     for index in np.unique(np.linspace(0, len(dataset) - 1, min(limit, len(dataset))).astype(int)):
         item = dataset[int(index)]
         yield item["image"].numpy(), item["label"].numpy()

@@ -59,8 +59,10 @@ from torch.utils.data import Dataset
 
 from model_export.data.manifest import Case
 from model_export.data.volumes import read_volume
+from msdn_core import geometry
 from msdn_core.card import Normalization
 from msdn_core.crop import Window, window_origin
+from msdn_core.grid import ModelGrid
 
 logger = logging.getLogger(__name__)
 
@@ -182,19 +184,30 @@ class _Volume:
     negatives: np.ndarray | None = None  # (K, 3) z, y, x hard-negative centres
 
 
-def load_volume(case: Case, *, box_mode: str = "component") -> _Volume:
-    """Read one case and index its target boxes per slice (per 2D component or per 3D object)."""
+def load_volume(case: Case, *, box_mode: str = "component", grid: ModelGrid | None = None) -> _Volume:
+    """Read one case, bring it onto the model grid and index its target boxes per slice (per 2D
+    component or per 3D object).
+
+    The mask is matched to the image by geometry (``msdn_core.geometry.map_to_grid``: axis order and
+    flips exactly, any other grid refused); with ``grid`` image, mask and boxes then go through the one
+    canonical-grid step (``msdn_core.grid``) the service uses, so training sees what serving sees.
+    """
     if box_mode not in BOX_MODES:
         raise ValueError(f"box_mode must be one of {BOX_MODES}, got {box_mode!r}")
-    image = read_volume(case.image).array.astype(np.float32, copy=False)
+    native = read_volume(case.image)
+    transform = (grid or ModelGrid()).transform_for(native)
+    image = transform.to_model(native.array) if not transform.identity else native.array.astype(np.float32)
     mask = None
     targets: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     objects = object_class = None
     if case.strong:
-        mask_arr = read_volume(case.mask, dtype=np.int16).array
-        if mask_arr.shape != image.shape:
-            raise ValueError(f"case {case.id}: mask shape {mask_arr.shape} != image shape {image.shape}")
-        mask = mask_arr.astype(np.uint8) if mask_arr.max() < 256 else mask_arr
+        mask_vol = read_volume(case.mask, dtype=np.int16)
+        mask_arr = geometry.map_to_grid(
+            mask_vol.array, mask_vol.affine, native.shape, native.affine, what=f"case {case.id}: mask"
+        )
+        if mask_arr.min() < 0 or mask_arr.max() > 255:
+            raise ValueError(f"case {case.id}: mask labels must be 0..255, got {mask_arr.min()}..{mask_arr.max()}")
+        mask = transform.labels_to_model(mask_arr)
         if box_mode == "object":
             objects, object_class = label_objects(mask)
             targets = object_slice_boxes(objects, object_class)
@@ -202,7 +215,7 @@ def load_volume(case: Case, *, box_mode: str = "component") -> _Volume:
             for z in np.flatnonzero(mask.reshape(mask.shape[0], -1).any(axis=1)):
                 targets[int(z)] = component_boxes(mask[z])
     else:
-        for b in case.boxes:
+        for b in transform.slice_boxes_to_model(case.boxes):
             boxes, labels = targets.get(b.z, (np.zeros((0, 4), np.float32), np.zeros((0,), np.int64)))
             targets[b.z] = (
                 np.concatenate([boxes, np.asarray([b.box], np.float32)]),
@@ -271,6 +284,7 @@ class PatchDataset(Dataset):
         extra_cases: further cases (e.g. target-free ones) used only by away / hard-negative patches.
         seed: base seed.
         volumes: already loaded volumes to reuse (from another dataset's ``volumes``).
+        grid: the model grid every case is brought onto (``msdn_core.grid``; None: each case's own).
     """
 
     def __init__(
@@ -290,6 +304,7 @@ class PatchDataset(Dataset):
         box_mode: str = "component",
         seed: int = 0,
         volumes: dict[str, _Volume] | None = None,
+        grid: ModelGrid | None = None,
     ):
         self.patch = _pair("patch_size", patch_size)
         if away_cases not in AWAY_CASES:
@@ -323,6 +338,7 @@ class PatchDataset(Dataset):
         self.away_cases = away_cases
         self.box_mode = box_mode
         self.seed = int(seed)
+        self.grid = grid
         self.epoch = 0
         volumes = dict(volumes or {})
         self.volumes: list[_Volume] = []
@@ -334,7 +350,7 @@ class PatchDataset(Dataset):
                 or vol.case.strong != case.strong
                 or (box_mode == "object" and vol.objects is None and case.strong)
             ):
-                vol = load_volume(case, box_mode=box_mode)
+                vol = load_volume(case, box_mode=box_mode, grid=grid)
             if not vol.targets:
                 logger.info("case %s has no target slice; only away / hard-negative patches show it", case.id)
             self.volumes.append(vol)

@@ -20,6 +20,7 @@ import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from onnxruntime.quantization import CalibrationDataReader
@@ -175,11 +176,13 @@ def load_manifest_patches(
     limit: int = 64,
     normalization: dict | None = None,
     patch_size: int = 128,
+    grid: Any = None,
 ) -> PatchSet:
     """Patches from a data set manifest, through ``model_export.data.load_patches``.
 
     ``normalization`` (the model card's ``input``: mean, std, clip) is applied so the patches are what
-    the exported model sees. Raises ``CalibrationDataError`` when the pipeline or the data is missing.
+    the exported model sees, on the model's grid ``grid`` (``msdn_core.grid.ModelGrid``). Raises
+    ``CalibrationDataError`` when the pipeline or the data is missing.
     """
     if importlib.util.find_spec("model_export.data") is None:
         raise CalibrationDataError("--manifest needs the training data pipeline (model_export.data), not installed")
@@ -190,7 +193,9 @@ def load_manifest_patches(
             "model_export.data has no load_patches(manifest, split=, limit=); use --calibration-npz"
         )
     try:
-        pairs = list(loader(manifest, split=split, limit=limit, normalization=normalization, patch_size=patch_size))
+        pairs = list(
+            loader(manifest, split=split, limit=limit, normalization=normalization, patch_size=patch_size, grid=grid)
+        )
     except ValueError as exc:  # ManifestError is a ValueError
         raise CalibrationDataError(str(exc)) from exc
     return PatchSet.from_pairs(pairs, description=f"{manifest} ({split})")

@@ -44,6 +44,10 @@ class TrainConfig:
             same kind, target-free cases included).
         box_mode: ``component`` (a box per 2D connected component) or ``object`` (one box per 3D
             object, projected to each slice).
+        spacing: the model grid's voxel size (``msdn_core.grid``): ``"auto"`` (the median in-plane
+            voxel size of the training images, ``model_export.data.grid_plan``), [sy, sx] or
+            [sz, sy, sx] mm, or None (every image on its own grid, as before the model grid).
+        orientation: the model grid's axes as LPS letters (``"LPS"``), or None (as stored).
         dice_foreground_only: Dice over the foreground classes only, batch-pooled (paper: background
             counted too).
         det_loss_weight: weight of the detection loss in the total (paper: 1).
@@ -98,6 +102,11 @@ class TrainConfig:
     hard_negative_fraction: float = 0.0
     away_cases: str = "same"
     box_mode: str = "component"
+    #: The model grid (``msdn_core.grid``): ``"auto"`` (the median in-plane voxel size of the training
+    #: images, as nnU-Net's plans), [sy, sx] / [sz, sy, sx] mm, or None (each image on its own grid).
+    spacing: str | tuple[float, ...] | None = None
+    #: LPS letters of the model grid's x, y, z axes (``"LPS"``: the DICOM axial view), or None.
+    orientation: str | None = None
     dice_foreground_only: bool = False
     det_loss_weight: float = 1.0
     seg_ce_weight: float = 0.0
@@ -170,6 +179,16 @@ class TrainConfig:
             isinstance(self.time_limit_minutes, (int, float)) and self.time_limit_minutes > 0
         ):
             raise ValueError(f"time_limit_minutes must be > 0 or None, got {self.time_limit_minutes!r}")
+        if self.spacing is not None and self.spacing != "auto":
+            from msdn_core.grid import check_spacing
+
+            self.spacing = check_spacing(
+                self.spacing if not isinstance(self.spacing, (int, float)) else [self.spacing] * 2
+            )
+        if self.orientation is not None:
+            from msdn_core.grid import check_orientation
+
+            self.orientation = check_orientation(self.orientation)
         if self.clip is not None:
             clip = tuple(float(v) for v in self.clip)
             if len(clip) != 2 or clip[0] >= clip[1]:
@@ -213,6 +232,8 @@ class TrainConfig:
         """JSON-friendly dict."""
         d = asdict(self)
         d["clip"] = None if self.clip is None else list(self.clip)
+        if isinstance(self.spacing, tuple):
+            d["spacing"] = list(self.spacing)
         return d
 
     @classmethod
@@ -246,6 +267,8 @@ class TrainConfig:
             "fit_anchors",
             "anchors_per_level",
             "selection",
+            "spacing",
+            "orientation",
         )
         # options added after the first release count only when changed, so older runs stay resumable
         newer = set(keep[keep.index("batch_composition") :])

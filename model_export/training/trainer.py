@@ -34,6 +34,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Sampler
 
 from model_export.checkpoint import read_checkpoint, save_checkpoint
+from model_export.data.grid_plan import plan_grid
 from model_export.data.manifest import Case, Manifest
 from model_export.data.sampling import PatchDataset, collate_patches, compute_normalization
 from model_export.nets import SegmentationModel, build_model
@@ -230,6 +231,8 @@ class Trainer:
         box_loss = cfg.box_constraint_loss()
         learns_from_boxes = self.module.has_detection or box_loss is not None
         self.train_cases = self.all_train_cases if learns_from_boxes else [c for c in self.all_train_cases if c.strong]
+        # The model grid (msdn_core.grid), planned on the training images; written into the card.
+        self.grid = plan_grid(self.train_cases, spacing=cfg.spacing, orientation=cfg.orientation)
         self.train_set = PatchDataset(
             self.train_cases,
             normalization=Normalization(),
@@ -244,6 +247,7 @@ class Trainer:
             away_cases=cfg.away_cases,
             box_mode=cfg.box_mode,
             seed=cfg.seed,
+            grid=self.grid,
         )
         self.anchor_info: dict[str, Any] = {}
         if self.module.has_detection:
@@ -252,7 +256,7 @@ class Trainer:
         self.normalization = compute_normalization([v.image for v in self.train_set.volumes], clip=cfg.clip)
         self.train_set.normalization = self.normalization
         self.val_set = PatchDataset(
-            self.val_cases, normalization=self.normalization, patch_size=cfg.patch_size, augment=False
+            self.val_cases, normalization=self.normalization, patch_size=cfg.patch_size, augment=False, grid=self.grid
         )
         self.loss_options = LossOptions(
             det_weight=cfg.det_loss_weight,
@@ -403,6 +407,7 @@ class Trainer:
             classes=self.classes,
             normalization=self.normalization.to_dict(),
             patch_size=(self.config.patch_size, self.config.patch_size),
+            grid=self.grid,
             training=self._training_info(epoch),
             validation_dice=val_dice,
             optimizer_state=state,

@@ -43,8 +43,11 @@ def make_card(
     detection: bool = False,
     score_threshold: Optional[float] = None,
     method: str = "test",
+    spacing_mm: Optional[Sequence[float]] = None,
+    orientation: Optional[str] = None,
 ) -> ModelCard:
-    """A card for a test graph (``score_threshold``: a calibrated proposal threshold in its card)."""
+    """A card for a test graph (``score_threshold``: a calibrated proposal threshold in its card;
+    ``spacing_mm`` / ``orientation``: its model grid, ``msdn_core.grid``)."""
     outputs: dict = {"segmentation": OUTPUT_NAME}
     if detection:
         outputs["detection"] = {"scores": "det_scores", "boxes": "det_boxes"}
@@ -59,6 +62,8 @@ def make_card(
             clip=None if clip is None else [float(v) for v in clip],
             patch_size=[int(v) for v in patch_size],
             size_multiple=16,
+            spacing_mm=None if spacing_mm is None else [float(v) for v in spacing_mm],
+            orientation=orientation,
         ),
         version="0.0.1",
         opset=OPSET,
@@ -168,6 +173,8 @@ def threshold_model(
     score_threshold: Optional[float] = None,
     name: str = "threshold",
     sidecar: bool = False,
+    spacing_mm: Optional[Sequence[float]] = None,
+    orientation: Optional[str] = None,
 ) -> bytes:
     """The threshold model (see module docstring); writes ``path`` when given, returns the bytes.
 
@@ -181,6 +188,7 @@ def threshold_model(
         score_threshold: with ``detection_cell``, a calibrated proposal threshold in the card
             (``detection.score_threshold``, as ``msdn calibrate`` writes it).
         sidecar: also write ``<path>.card.json`` with the file's SHA-256.
+        spacing_mm, orientation: the card's model grid (``msdn_core.grid``; None: inputs on their own grid).
     """
     t = [(float(v) - mean) / std for v in thresholds_hu]
     if sorted(t) != t or len(set(t)) != len(t):
@@ -213,6 +221,8 @@ def threshold_model(
         patch_size=patch_size,
         detection=bool(detection_cell),
         score_threshold=score_threshold,
+        spacing_mm=spacing_mm,
+        orientation=orientation,
     )
     return _finish(graph, card, path, sidecar)
 
