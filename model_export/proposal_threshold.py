@@ -40,7 +40,9 @@ an uncalibrated model answers ``mode=auto`` with whole slices, never with an emp
    they differ: at t a candidate keeps only its slice boxes scoring >= t (it gets shorter, its
    nodule less covered). Measured on the default model (3 validation series, t = 0.1104): 0.33 FP
    per scan and sensitivity 0.75 either way, mean whole-series Dice 0.455 with two thresholds
-   (0.456 for the floor run's components scoring >= t) against 0.237 with one.
+   (0.456 for the floor run's components scoring >= t) against 0.237 with one. When the runs at t
+   give more false positives than the target (joined or resampled masks split differently), the
+   next candidate score up is run (at most ``max_steps``), so the card never records a missed target.
 
 6. Confirmation (``--confirmation segmentation``): the components are scored by detection x their
    mean whole-slice foreground probability (``msdn_core.postprocess`` step 5) and the threshold is
@@ -211,6 +213,7 @@ def calibrate(
     manifest: Optional[str] = None,
     confirmation: str = "none",
     precision: str = "fp32",
+    max_steps: int = 5,
 ) -> Calibration:
     """Run the validation ``cases`` in proposals mode and choose the threshold (module docstring).
 
@@ -232,6 +235,9 @@ def calibrate(
             run, so the threshold is chosen on its own scores (quantisation moves detector scores);
             recorded as ``calibration.precision``, which the service requires before ``auto`` serves
             an int8 detector. Write it with ``write_operating_point(..., variant="int8")``.
+        max_steps: runs at a threshold tried: when the runs at the chosen score give more false
+            positives than the target (candidates cut at it, masks joined differently), the next
+            candidate score up is run, so the card records a point its runs met.
 
     Raises:
         ValueError: no case, a model without detection outputs, or bad arguments.
@@ -248,6 +254,8 @@ def calibrate(
         raise ValueError(f"floor must be in [0, 1], got {floor!r}")
     if max_candidates < 1:
         raise ValueError(f"max_candidates must be >= 1, got {max_candidates!r}")
+    if max_steps < 1:
+        raise ValueError(f"max_steps must be >= 1, got {max_steps!r}")
     settings = settings or Settings(_env_file=None, model_path=Path(model_path))
     if confirmation not in CONFIRMATIONS:
         raise ValueError(f"confirmation must be one of {CONFIRMATIONS}, got {confirmation!r}")
@@ -304,9 +312,54 @@ def calibrate(
         )
     lowest = max([s.capped_at for s in series if s.capped_at is not None], default=0.0)
     choice = choose_threshold([s.match for s in series], fp_per_scan_target=fp_per_scan_target, min_threshold=lowest)
-    if choice.score_threshold is None:
-        return Calibration(choice, series, None)
-    # The numbers recorded are those of runs at the threshold, i.e. what the service answers (step 5).
+    calibration = None
+    for _ in range(max_steps):
+        if choice.score_threshold is None:
+            return Calibration(choice, series, None)
+        # The numbers recorded are those of runs at the threshold, i.e. what the service answers (step 5).
+        calibration = _measure_at(choice, cases, series, runtime, settings, split=split, floor=floor, manifest=manifest)
+        if calibration.fp_per_scan <= choice.fp_per_scan_target + 1e-12:
+            break
+        # Candidates cut at the threshold, or their masks joined differently, gave more false positives
+        # than the floor runs: the next candidate score up is tried, so the card never records a miss.
+        logger.warning(
+            "at threshold %.4g the runs give %.2f FP components per scan, over the %g target the floor runs "
+            "met: trying the next candidate score up",
+            choice.score_threshold,
+            calibration.fp_per_scan,
+            choice.fp_per_scan_target,
+        )
+        choice = choose_threshold(
+            [s.match for s in series],
+            fp_per_scan_target=fp_per_scan_target,
+            min_threshold=float(np.nextafter(choice.score_threshold, np.inf)),
+        )
+    else:
+        raise ValueError(
+            f"no threshold met {fp_per_scan_target:g} FP components per scan in the runs at it after "
+            f"{max_steps} candidate scores: raise max_steps or the target"
+        )
+    return Calibration(
+        choice, series, DetectionOperatingPoint(choice.score_threshold, calibration, confirmation=confirmation)
+    )
+
+
+def _measure_at(
+    choice: ThresholdChoice,
+    cases: Sequence[Any],
+    series: list[SeriesCandidates],
+    runtime: Any,
+    settings: Any,
+    *,
+    split: str,
+    floor: float,
+    manifest: Optional[str],
+) -> DetectionCalibration:
+    """Run every case at ``choice``'s threshold, fill ``series``' run fields, and return the numbers."""
+    from model_export.data.volumes import read_volume
+    from model_export.full_series import read_image, reference_nodules, score_series
+    from service.pipeline import segment_image
+
     at = settings.model_copy(update={"proposal_score_threshold": choice.score_threshold})
     for case, entry in zip(cases, series, strict=True):
         image = read_image(case.image)
@@ -320,7 +373,7 @@ def calibrate(
         entry.series_dice = scored.series_dice
     dices = [float(e.series_dice) for e in series if e.series_dice is not None and math.isfinite(e.series_dice)]
     n_nodules = sum(e.nodules or 0 for e in series)
-    calibration = DetectionCalibration(
+    return DetectionCalibration(
         split=split,
         series=len(series),
         nodules=n_nodules,
@@ -331,18 +384,7 @@ def calibrate(
         floor=float(floor),
         precision=runtime.card.precision,
         manifest=manifest,
-        extend_threshold=min(float(at.proposal_extend_threshold), float(choice.score_threshold)),
-    )
-    if calibration.fp_per_scan > choice.fp_per_scan_target + 1e-12:
-        logger.warning(
-            "at threshold %.4g the runs give %.2f FP components per scan, over the %g target the floor runs "
-            "met (candidates cut at the threshold or their masks joined differently)",
-            choice.score_threshold,
-            calibration.fp_per_scan,
-            choice.fp_per_scan_target,
-        )
-    return Calibration(
-        choice, series, DetectionOperatingPoint(choice.score_threshold, calibration, confirmation=confirmation)
+        extend_threshold=min(float(settings.proposal_extend_threshold), float(choice.score_threshold)),
     )
 
 

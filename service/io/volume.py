@@ -74,7 +74,8 @@ def read_volume(
     settings: Settings,
     slices: Optional[SliceChooser] = None,
 ) -> Volume:
-    """A float32 :class:`Volume` from a NIfTI, NRRD or .npy upload.
+    """A :class:`Volume` from a NIfTI, NRRD or .npy upload: integer voxels keep their stored type (CT's
+    int16: half the memory of float32, as the DICOM reader's), others become float32.
 
     An uncompressed NIfTI is read from ``fh`` itself (header first, then the voxel data, never the
     whole file as bytes); with ``slices`` only those slices are read (box mode: the slices its boxes
@@ -114,16 +115,18 @@ def read_volume(
             f"{name}: {image.source.upper()} carries its own voxel size; leave out the 'spacing' field",
             code=ErrorCode.INVALID_SPACING,
         )
-    if image.decoded is None:
-        array = image.array.astype(np.float32, copy=False)
-        if not np.all(np.isfinite(array)):
-            raise InvalidVolume(f"{name}: the volume contains NaN or infinite values")
-        image.array = np.ascontiguousarray(array, dtype=np.float32)
-    else:
-        # only the slices read hold values: convert and check those (the rest stays untouched zero pages)
-        array = np.zeros(image.shape, np.float32)
-        array[image.decoded] = image.array[image.decoded]
-        if not np.all(np.isfinite(array[image.decoded])):
-            raise InvalidVolume(f"{name}: the volume contains NaN or infinite values")
-        image.array = array
+    image.array = _model_dtype(image.array, name=name, rows=image.decoded)
     return image
+
+
+def _model_dtype(array: np.ndarray, *, name: str, rows: Optional[np.ndarray]) -> np.ndarray:
+    """``array`` as the model path takes it: integers as stored (booleans as uint8), floats as float32
+    checked finite; only ``rows`` (slice indices) hold values when given (a partial read)."""
+    if array.dtype.kind in "iu":
+        return np.ascontiguousarray(array)
+    if array.dtype.kind == "b":
+        return np.ascontiguousarray(array, dtype=np.uint8)
+    out = np.ascontiguousarray(array, dtype=np.float32)
+    if not np.all(np.isfinite(out if rows is None else out[np.asarray(rows, np.int64)])):
+        raise InvalidVolume(f"{name}: the volume contains NaN or infinite values")
+    return out

@@ -219,6 +219,8 @@ def test_calibrate_on_confirmed_scores(tmp_path, target, threshold):
     assert result.point.calibration.fp_per_scan == target
     with pytest.raises(ValueError, match="confirmation must be one of"):
         calibrate(model, cases, settings=settings, confirmation="yes")
+    with pytest.raises(ValueError, match="max_steps must be >= 1"):
+        calibrate(model, cases, settings=settings, max_steps=0)
 
 
 def test_int8_variant_calibrated_on_its_own_scores(tmp_path, capsys):
