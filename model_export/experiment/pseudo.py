@@ -24,6 +24,7 @@ from model_export.data.manifest import Case, SliceBox
 from model_export.data.volumes import read_volume, write_nifti
 from msdn_core.card import Normalization
 from msdn_core.crop import Window, window_origin
+from msdn_core.geometry import lps_to_ras
 
 PSEUDO_KINDS = ("box", "refined")
 
@@ -150,6 +151,6 @@ def pseudo_cases(
             mask = refine_mask(
                 model, image.array, case.boxes, normalization, patch_size=patch_size, device=device, stats=stats
             )
-        path = write_nifti(out_dir / f"{case.id}.nii.gz", mask, affine=image.affine)
+        path = write_nifti(out_dir / f"{case.id}.nii.gz", mask, affine=lps_to_ras(image.affine))  # NIfTI is RAS
         out.append(replace(case, mask=path, boxes=[]))
     return out, stats

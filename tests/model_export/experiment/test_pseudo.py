@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import nibabel as nib
 import numpy as np
 import torch
 from torch import nn
@@ -55,6 +56,7 @@ def test_pseudo_cases_write_masks_on_the_image_grid(tmp_path):
     out, stats = pseudo_cases([strong, weak], tmp_path / "pseudo", kind="box")
     assert out[0] is strong and out[1].strong and not out[1].boxes
     vol = read_volume(out[1].mask)
-    np.testing.assert_allclose(vol.affine, affine)
+    np.testing.assert_allclose(vol.affine, read_volume(tmp_path / "img.nii.gz").affine)  # the image's grid
+    np.testing.assert_allclose(nib.load(str(out[1].mask)).affine, affine)  # as NIfTI (RAS) stores it
     assert vol.array.sum() == 3 and vol.array[1, 3, 2:5].tolist() == [1, 1, 1]
     assert stats.boxes == 1
