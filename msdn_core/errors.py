@@ -60,6 +60,7 @@ class ErrorCode(str, enum.Enum):
     FORMAT_NEEDS_DICOM = "format_needs_dicom"
     INVALID_FORMAT = "invalid_format"
     INVALID_MODE = "invalid_mode"
+    SEG_NOT_BUILT = "seg_not_built"
     # 409: jobs
     JOB_NOT_DONE = "job_not_done"
     # 500
@@ -248,6 +249,7 @@ DESCRIPTIONS: dict[ErrorCode, str] = {
     _C.FORMAT_NEEDS_DICOM: "a DICOM SEG answer asked for non-DICOM input",
     _C.INVALID_FORMAT: "an unknown answer format",
     _C.INVALID_MODE: "an unknown mode, or one that does not fit the request or model",
+    _C.SEG_NOT_BUILT: "the source series' attributes do not allow a DICOM SEG (the message says which)",
     _C.JOB_NOT_DONE: "the job has no result: it is queued, running or was cancelled (`GET /v1/jobs/{id}`)",
     _C.INTERNAL_ERROR: "a bug; the server log has the details",
     _C.PACS_UNAVAILABLE: "the PACS cannot be reached",

@@ -5,21 +5,49 @@ referencing the source series instance by instance (or frame by frame for a mult
 in the source study, with empty frames omitted. Segments carry the class name as label, category
 "Tissue" (SCT 85756007), a property type in the private coding scheme ``99MSDN`` (the card has no
 standard codes), and the model's name/version as the algorithm identification.
+
+Real scanners' quirks are absorbed here, not refused: a source whose SpecificCharacterSet (0008,0005)
+is empty (as GE CT writes it; DICOM: the default repertoire) gives a SEG without one; a value no
+standard term names gives a UTF-8 (``ISO_IR 192``) SEG, which encodes whatever pydicom decoded. Any
+other source attribute highdicom cannot build a SEG from is answered 422 ``seg_not_built`` naming it,
+never a 500.
 """
 
 from __future__ import annotations
 
 import io
-from typing import TYPE_CHECKING
+import logging
+from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 
 import numpy as np
 from pydicom.dataset import Dataset
+
+from msdn_core.errors import ErrorCode, InvalidInput
 
 if TYPE_CHECKING:
     from service.result import SegmentationResult
 
 SERIES_NUMBER = 900
 CODING_SCHEME = "99MSDN"
+UTF8 = "ISO_IR 192"
+logger = logging.getLogger(__name__)
+
+
+def character_set(datasets: Sequence[Dataset]) -> Optional[Union[str, list[str]]]:
+    """The SEG's SpecificCharacterSet from its sources': None (the default repertoire) when the first
+    source's is absent or empty, its value when highdicom knows every term, else UTF-8."""
+    from highdicom.enum import SpecificCharacterSetValues
+
+    value: Any = datasets[0].get("SpecificCharacterSet") if datasets else None
+    terms = [value] if isinstance(value, str) else list(value or [])
+    terms = [str(t).strip() for t in terms]
+    if not any(terms):
+        return None
+    known = {v.value for v in SpecificCharacterSetValues}
+    if all(t in known for t in terms if t):
+        return terms[0] if len(terms) == 1 else terms
+    logger.warning("source SpecificCharacterSet %r not a standard term: the SEG is written as %s", terms, UTF8)
+    return UTF8
 
 
 def build_seg(result: "SegmentationResult") -> Dataset:
@@ -64,23 +92,30 @@ def build_seg(result: "SegmentationResult") -> Dataset:
         frames = np.zeros_like(labels)
         frames[np.asarray(series.frame_numbers) - 1] = labels
         labels = frames
-    return hd.seg.Segmentation(
-        source_images=series.datasets,
-        pixel_array=labels,
-        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=descriptions,
-        series_instance_uid=generate_uid(),
-        series_number=SERIES_NUMBER,
-        sop_instance_uid=generate_uid(),
-        instance_number=1,
-        manufacturer="msdn",
-        manufacturer_model_name=card.name[:64],
-        software_versions=__version__,
-        device_serial_number=result.model_sha256[:16],
-        content_label="MSDN",
-        content_description=f"{card.name} {card.version} ({result.mode})"[:64],
-        series_description=f"MSDN {card.name}"[:64],
-    )
+    try:
+        return hd.seg.Segmentation(
+            source_images=series.datasets,
+            pixel_array=labels,
+            segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+            segment_descriptions=descriptions,
+            series_instance_uid=generate_uid(),
+            series_number=SERIES_NUMBER,
+            sop_instance_uid=generate_uid(),
+            instance_number=1,
+            manufacturer="msdn",
+            manufacturer_model_name=card.name[:64],
+            software_versions=__version__,
+            device_serial_number=result.model_sha256[:16],
+            content_label="MSDN",
+            content_description=f"{card.name} {card.version} ({result.mode})"[:64],
+            series_description=f"MSDN {card.name}"[:64],
+            specific_character_set=character_set(series.datasets),
+        )
+    except (ValueError, AttributeError, KeyError) as exc:  # highdicom's checks of the sources
+        raise InvalidInput(
+            f"a DICOM SEG cannot be built from this series: {exc}; ask for json or nifti",
+            code=ErrorCode.SEG_NOT_BUILT,
+        ) from exc
 
 
 def seg_bytes(result: "SegmentationResult") -> bytes:
