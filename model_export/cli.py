@@ -28,6 +28,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "model_export.commands.grid",
         "write the model grid (spacing, orientation) of its training images into an exported model's card",
     ),
+    "classes": (
+        "model_export.commands.classes",
+        "write what each class means (SNOMED CT category / type, region, colour) into an exported model's card",
+    ),
     "serve": ("service.cli", "start the inference service (uvicorn)"),
     "segment": ("service.batch.cli", "segment studies (DICOM folders, zips, NIfTI, manifests) into SEG/NIfTI/JSON"),
 }

@@ -44,12 +44,100 @@ INPUT_NAME = "image"
 OUTPUT_NAME = "probabilities"
 
 
+@dataclass(frozen=True)
+class Coded:
+    """A coded concept as DICOM codes it: code value, coding scheme designator (``SCT`` for SNOMED CT),
+    code meaning; stored in cards as ``{"code", "scheme", "meaning"}``.
+
+    Raises:
+        ValueError: an empty or over-long field (DICOM: code value SH 16, scheme SH 16, meaning LO 64).
+    """
+
+    code: str
+    scheme: str
+    meaning: str
+
+    def __post_init__(self) -> None:
+        for name, value, most in (("code", self.code, 16), ("scheme", self.scheme, 16), ("meaning", self.meaning, 64)):
+            if not isinstance(value, str) or not value.strip() or len(value) > most:
+                raise ValueError(f"coded concept {name} must be 1..{most} characters, got {value!r}")
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "Coded":
+        if not isinstance(data, dict) or set(data) != {"code", "scheme", "meaning"}:
+            raise ValueError(f"a coded concept is {{'code', 'scheme', 'meaning'}}, got {data!r}")
+        return cls(str(data["code"]), str(data["scheme"]), str(data["meaning"]))
+
+
 @dataclass
 class ClassInfo:
-    """A segmentation class: its label value in masks (1..C) and its name."""
+    """A segmentation class: its label value in masks (1..C), its name, and optionally what it means
+    (what a DICOM SEG segment says: ``category`` and ``type`` from DICOM CID 7150 / 7151, e.g. SNOMED CT
+    "Morphologically abnormal structure" / "Nodule", an ``anatomic_region``, and a display colour
+    ``color_rgb`` 0-255, written as RecommendedDisplayCIELabValue).
+
+    Raises:
+        ValueError: ``type`` without ``category`` (or the reverse), or a colour that is not 3 values in 0..255.
+    """
 
     value: int
     name: str
+    category: Optional[Coded] = None
+    type: Optional[Coded] = None
+    anatomic_region: Optional[Coded] = None
+    color_rgb: Optional[tuple[int, int, int]] = None
+
+    def __post_init__(self) -> None:
+        if (self.category is None) != (self.type is None):
+            raise ValueError(f"class {self.name!r}: category and type are given together or not at all")
+        if self.color_rgb is not None:
+            rgb = tuple(self.color_rgb)
+            if len(rgb) != 3 or not all(isinstance(v, int) and 0 <= v <= 255 for v in rgb):
+                raise ValueError(f"class {self.name!r}: color_rgb must be 3 integers in 0..255, got {self.color_rgb!r}")
+            self.color_rgb = rgb  # type: ignore[assignment]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ClassInfo":
+        """A class from its card entry (``value``, ``name`` and the optional coded fields)."""
+        unknown = set(data) - {"value", "name", "category", "type", "anatomic_region", "color_rgb"}
+        if unknown:
+            raise ValueError(f"unknown class field(s) {sorted(unknown)}")
+        coded = {k: Coded.from_dict(data[k]) for k in ("category", "type", "anatomic_region") if data.get(k)}
+        rgb = data.get("color_rgb")
+        return cls(int(data["value"]), str(data["name"]), **coded, color_rgb=None if rgb is None else tuple(rgb))
+
+    def with_meaning(self, entry: dict[str, Any]) -> "ClassInfo":
+        """This class with the coded fields of ``entry`` (a class-codes file's entry; ``value`` and ``name`` kept)."""
+        return ClassInfo.from_dict(
+            {**{k: v for k, v in entry.items() if k not in ("value", "name")}, "value": self.value, "name": self.name}
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"value", "name"}`` plus the coded fields that are set (older readers see what they knew)."""
+        out: dict[str, Any] = {"value": self.value, "name": self.name}
+        for key in ("category", "type", "anatomic_region"):
+            if getattr(self, key) is not None:
+                out[key] = asdict(getattr(self, key))
+        if self.color_rgb is not None:
+            out["color_rgb"] = list(self.color_rgb)
+        return out
+
+
+def with_class_meanings(classes: list[ClassInfo], codes: dict[str, Any]) -> list[ClassInfo]:
+    """``classes`` with the coded fields of ``codes`` (a class-codes file: ``{class name or value: entry}``,
+    entry as :meth:`ClassInfo.from_dict` without value and name); classes not named keep theirs.
+
+    Raises:
+        ValueError: a key that names no class, or a malformed entry.
+    """
+    if not isinstance(codes, dict):
+        raise ValueError("class codes must be a JSON object keyed by class name or value")
+    by_key = {c.name: c for c in classes} | {str(c.value): c for c in classes}
+    unknown = [k for k in codes if k not in by_key]
+    if unknown:
+        raise ValueError(f"class codes name no class of the model: {unknown} (classes {[c.name for c in classes]})")
+    chosen = {by_key[k].value: entry for k, entry in codes.items()}
+    return [c.with_meaning(chosen[c.value]) if c.value in chosen else c for c in classes]
 
 
 @dataclass(frozen=True)
@@ -300,6 +388,7 @@ class ModelCard:
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly dict (``detection`` left out when None, so older readers still parse it)."""
         data = asdict(self)
+        data["classes"] = [c.to_dict() for c in self.classes]
         for key in ("spacing_mm", "orientation"):  # cards without a model grid read as before them
             if data["input"].get(key) is None:
                 del data["input"][key]
@@ -328,7 +417,7 @@ class ModelCard:
         if missing:
             raise ValueError(f"model card is missing {missing}")
         try:
-            classes = [ClassInfo(int(c["value"]), str(c["name"])) for c in data["classes"]]
+            classes = [ClassInfo.from_dict(c) for c in data["classes"]]
             spec = InputSpec(**data["input"])
             rest = {k: v for k, v in data.items() if k not in ("classes", "input", "detection")}
             detection = data.get("detection")

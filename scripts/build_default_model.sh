@@ -59,6 +59,8 @@ $MSDN train --manifest "$WORK/data/manifest.json" --out "$WORK/run" --model msdn
 # (MSDN_PRECISION=auto) when that loss is within MSDN_INT8_MAX_DICE_LOSS and the CPU has VNNI.
 $MSDN export "$WORK/run/best.pt" -o "$OUT" --int8 --manifest "$WORK/data/manifest.json"
 cp "$WORK/run/metrics.csv" "${OUT%.onnx}.training-metrics.csv"
+# What the class means in a DICOM SEG (SNOMED CT category / type, anatomic region, display colour).
+$MSDN classes "$OUT" --codes models/default.class-codes.json
 
 # Proposal operating point: the lowest detector score threshold with at most 1 false-positive component
 # per calibration series (the 24 series of $WORK/calib, not used for training or selection), stored in the card as

@@ -279,3 +279,41 @@ def test_the_sample_at_double_resolution_gives_the_same_nodules(client):
     # measured: agreement 0.931, Dice 0.755 (native 0.772)
     assert agreement >= 0.9 and dice >= MEASURED["fp32"]["boxes"] - 0.05, (agreement, dice)
     assert ndimage.label(got)[1] == ndimage.label(expected)[1] == 2
+
+
+def test_the_sample_seg_says_what_it_found(client):
+    """The default card codes its class (models/default.class-codes.json, written by ``msdn classes``): the
+    SEG's segment is a SNOMED CT nodule of the lung in orange, read back with highdicom."""
+    import io
+
+    import highdicom as hd
+    import pydicom
+
+    data = {"boxes": BOXES}
+    mask = decode(client.post("/segment", files=_files(), data={**data, "format": "json"}).json()["mask"])
+    r = client.post("/segment", files=_files(), data={**data, "format": "dicom-seg"})
+    assert r.status_code == 200, r.text
+    seg = hd.seg.segread(io.BytesIO(r.content))
+    item = seg.SegmentSequence[0]
+    coded = {
+        key: (item[key][0].CodeValue, item[key][0].CodingSchemeDesignator)
+        for key in (
+            "SegmentedPropertyCategoryCodeSequence",
+            "SegmentedPropertyTypeCodeSequence",
+            "AnatomicRegionSequence",
+        )
+    }
+    assert coded == {
+        "SegmentedPropertyCategoryCodeSequence": ("49755003", "SCT"),
+        "SegmentedPropertyTypeCodeSequence": ("27925004", "SCT"),
+        "AnatomicRegionSequence": ("39607008", "SCT"),
+    }
+    assert list(item.RecommendedDisplayCIELabValue) == list(hd.color.CIELabColor.from_rgb(255, 140, 0).value)
+    assert item.SegmentLabel == "nodule"
+    sources = [pydicom.dcmread(p, stop_before_pixels=True) for p in SAMPLE.glob("*.dcm")]
+    normal = np.cross(*np.reshape(np.asarray(sources[0].ImageOrientationPatient, float), (2, 3)))
+    sources.sort(key=lambda ds: float(np.dot(normal, np.asarray(ds.ImagePositionPatient, float))))
+    back = seg.get_pixels_by_source_instance(
+        [str(d.SOPInstanceUID) for d in sources], combine_segments=True, assert_missing_frames_are_empty=True
+    )
+    assert np.array_equal(back, mask) and mask.any()

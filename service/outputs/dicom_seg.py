@@ -2,9 +2,12 @@
 
 The SEG is a BINARY segmentation with one segment per model class (segment number = class value),
 referencing the source series instance by instance (or frame by frame for a multi-frame source),
-in the source study, with empty frames omitted. Segments carry the class name as label, category
-"Tissue" (SCT 85756007), a property type in the private coding scheme ``99MSDN`` (the card has no
-standard codes), and the model's name/version as the algorithm identification.
+in the source study, with empty frames omitted. Segments carry the class name as label, the model's
+name/version as the algorithm identification, and what the card's class says it is
+(``msdn_core.card.ClassInfo``: category and type, e.g. SNOMED CT 49755003 "Morphologically abnormal
+structure" / 27925004 "Nodule", anatomic region, display colour as RecommendedDisplayCIELabValue); a
+class the card does not code gets category "Tissue" (SCT 85756007) and a type in the private coding
+scheme ``99MSDN``.
 
 Real scanners' quirks are absorbed here, not refused: a source whose SpecificCharacterSet (0008,0005)
 is empty (as GE CT writes it; DICOM: the default repertoire) gives a SEG without one; a value no
@@ -25,6 +28,7 @@ from pydicom.dataset import Dataset
 from msdn_core.errors import ErrorCode, InvalidInput
 
 if TYPE_CHECKING:
+    from msdn_core.card import Coded
     from service.result import SegmentationResult
 
 SERIES_NUMBER = 900
@@ -48,6 +52,12 @@ def character_set(datasets: Sequence[Dataset]) -> Optional[Union[str, list[str]]
         return terms[0] if len(terms) == 1 else terms
     logger.warning("source SpecificCharacterSet %r not a standard term: the SEG is written as %s", terms, UTF8)
     return UTF8
+
+
+def _code(coded: "Coded") -> Any:
+    from pydicom.sr.coding import Code
+
+    return Code(coded.code, coded.scheme, coded.meaning)
 
 
 def build_seg(result: "SegmentationResult") -> Dataset:
@@ -74,12 +84,14 @@ def build_seg(result: "SegmentationResult") -> Dataset:
         hd.seg.SegmentDescription(
             segment_number=c.value,
             segment_label=c.name[:64],
-            segmented_property_category=codes.cid7150.Tissue,
-            segmented_property_type=Code(f"class-{c.value}", CODING_SCHEME, c.name[:64]),
+            segmented_property_category=_code(c.category) if c.category else codes.cid7150.Tissue,
+            segmented_property_type=_code(c.type) if c.type else Code(f"class-{c.value}", CODING_SCHEME, c.name[:64]),
             algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
             algorithm_identification=algorithm,
             tracking_uid=generate_uid(),
             tracking_id=f"{card.name} {c.name}"[:64],
+            anatomic_regions=[_code(c.anatomic_region)] if c.anatomic_region else None,
+            display_color=hd.color.CIELabColor.from_rgb(*c.color_rgb) if c.color_rgb else None,
         )
         for c in card.classes
     ]

@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from msdn_core.card import ClassInfo, InputSpec, ModelCard
+from msdn_core.card import ClassInfo, Coded, InputSpec, ModelCard, with_class_meanings
 
 
 def _card():
@@ -116,3 +116,39 @@ def test_detection_block_needs_detection_outputs():
     data["detection"] = {"score_threshold": 0.2}
     with pytest.raises(ValueError, match="no detection outputs"):
         ModelCard.from_dict(data)
+
+
+NODULE_CODES = {
+    "category": {"code": "49755003", "scheme": "SCT", "meaning": "Morphologically abnormal structure"},
+    "type": {"code": "27925004", "scheme": "SCT", "meaning": "Nodule"},
+    "anatomic_region": {"code": "39607008", "scheme": "SCT", "meaning": "Lung"},
+    "color_rgb": [255, 140, 0],
+}
+
+
+def test_class_meanings_round_trip_and_old_classes_keep_their_json():
+    data = json.loads(_card().to_json())
+    assert data["classes"] == [{"value": 1, "name": "nodule"}]  # uncoded: exactly what older readers wrote
+    coded = with_class_meanings(_card().classes, {"nodule": NODULE_CODES})
+    assert coded[0].type == Coded("27925004", "SCT", "Nodule") and coded[0].color_rgb == (255, 140, 0)
+    card = ModelCard(name="m", method="msdn", classes=coded, input=InputSpec(mean=-500.0, std=300.0))
+    again = ModelCard.from_json(card.to_json())
+    assert again == card and json.loads(card.to_json())["classes"][0] == {"value": 1, "name": "nodule", **NODULE_CODES}
+    assert with_class_meanings(_card().classes, {"1": NODULE_CODES}) == coded  # by value too
+
+
+@pytest.mark.parametrize(
+    ("codes", "message"),
+    [
+        ({"vessel": NODULE_CODES}, "name no class"),
+        ({"nodule": {"type": NODULE_CODES["type"]}}, "together"),
+        ({"nodule": {**NODULE_CODES, "color_rgb": [255, 0]}}, "color_rgb"),
+        ({"nodule": {**NODULE_CODES, "color_rgb": [256, 0, 0]}}, "color_rgb"),
+        ({"nodule": {**NODULE_CODES, "type": {"code": "", "scheme": "SCT", "meaning": "x"}}}, "code must be"),
+        ({"nodule": {**NODULE_CODES, "type": {"code": "1", "scheme": "SCT"}}}, "coded concept is"),
+        ({"nodule": {**NODULE_CODES, "shape": "round"}}, "unknown class field"),
+    ],
+)
+def test_bad_class_meanings_name_what_is_wrong(codes, message):
+    with pytest.raises(ValueError, match=message):
+        with_class_meanings(_card().classes, codes)
