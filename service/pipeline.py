@@ -339,7 +339,7 @@ def render(result: SegmentationResult, fmt: OutputFormat, settings: Settings) ->
             raise InvalidInput("a DICOM SEG answer needs DICOM input", code=ErrorCode.FORMAT_NEEDS_DICOM)
         from service.outputs.dicom_seg import seg_bytes
 
-        body = seg_bytes(result)
+        body = seg_bytes(result, keep_empty_frames=settings.seg_keep_empty_frames)
     elif fmt == "png":
         from service.outputs.preview import preview_png
 

@@ -162,6 +162,11 @@ class Settings(BaseSettings):
     reference_position_tol_mm: Optional[float] = Field(
         None, gt=0, description="SEG frame to input slice position tolerance (mm); default a tenth of the voxel"
     )
+    seg_keep_empty_frames: bool = Field(
+        False,
+        description="DICOM SEG answers keep a frame for every source slice, empty ones included (some viewers"
+        " misplace segments when frames are omitted); default: empty frames omitted",
+    )
     grid_spacing_rtol: float = Field(
         0.01,
         ge=0,

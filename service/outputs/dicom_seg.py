@@ -2,8 +2,8 @@
 
 The SEG is a BINARY segmentation with one segment per model class (segment number = class value),
 referencing the source series instance by instance (or frame by frame for a multi-frame source),
-in the source study, with empty frames omitted. Segments carry the class name as label, the model's
-name/version as the algorithm identification, and what the card's class says it is
+in the source study, with empty frames omitted (kept with ``keep_empty_frames``). Segments carry
+the class name as label, the model's name/version as the algorithm identification, and what the card's class says it is
 (``msdn_core.card.ClassInfo``: category and type, e.g. SNOMED CT 49755003 "Morphologically abnormal
 structure" / 27925004 "Nodule", anatomic region, display colour as RecommendedDisplayCIELabValue); a
 class the card does not code gets category "Tissue" (SCT 85756007) and a type in the private coding
@@ -60,8 +60,13 @@ def _code(coded: "Coded") -> Any:
     return Code(coded.code, coded.scheme, coded.meaning)
 
 
-def build_seg(result: "SegmentationResult") -> Dataset:
+def build_seg(result: "SegmentationResult", *, keep_empty_frames: bool = False) -> Dataset:
     """A highdicom ``Segmentation`` of ``result.labels`` referencing the input DICOM series.
+
+    Args:
+        result: the answer, from DICOM input.
+        keep_empty_frames: a frame for every source slice and segment, empty ones included
+            (``MSDN_SEG_KEEP_EMPTY_FRAMES``); by default empty frames are omitted.
 
     Raises:
         ValueError: the result does not come from DICOM input.
@@ -122,6 +127,7 @@ def build_seg(result: "SegmentationResult") -> Dataset:
             content_description=f"{card.name} {card.version} ({result.mode})"[:64],
             series_description=f"MSDN {card.name}"[:64],
             specific_character_set=character_set(series.datasets),
+            omit_empty_frames=not keep_empty_frames,
         )
     except (ValueError, AttributeError, KeyError) as exc:  # highdicom's checks of the sources
         raise InvalidInput(
@@ -130,8 +136,8 @@ def build_seg(result: "SegmentationResult") -> Dataset:
         ) from exc
 
 
-def seg_bytes(result: "SegmentationResult") -> bytes:
+def seg_bytes(result: "SegmentationResult", *, keep_empty_frames: bool = False) -> bytes:
     """``build_seg`` written as a DICOM Part 10 file."""
     buffer = io.BytesIO()
-    build_seg(result).save_as(buffer, enforce_file_format=True)
+    build_seg(result, keep_empty_frames=keep_empty_frames).save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()

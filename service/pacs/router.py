@@ -276,7 +276,8 @@ def _service_pipeline(state: Any) -> SeriesPipeline:
     from service.pipeline import segment_datasets
 
     def run(datasets: list[Dataset], deadline: Any = None) -> Dataset:
-        return build_seg(segment_datasets(datasets, state.runtime, state.settings, deadline=deadline))
+        result = segment_datasets(datasets, state.runtime, state.settings, deadline=deadline)
+        return build_seg(result, keep_empty_frames=state.settings.seg_keep_empty_frames)
 
     return run
 

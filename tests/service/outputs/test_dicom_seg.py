@@ -6,12 +6,13 @@ import io
 from pathlib import Path
 
 import highdicom as hd
+import numpy as np
 import pydicom
 import pytest
 
 from service.outputs.rle import decode
 from tests.service.helpers import ct5n_paths
-from tests.support.dicom_series import to_bytes
+from tests.support.dicom_series import ct_series, series_files, to_bytes
 
 
 def _upload(edit) -> list:
@@ -79,3 +80,17 @@ def test_a_source_highdicom_cannot_build_from_is_a_422_naming_it(client):
     r = client.post("/segment", files=files, data={"format": "dicom-seg"})
     assert r.status_code == 422 and r.json()["code"] == "seg_not_built", r.text
     assert "ask for json or nifti" in r.json()["message"]
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_empty_frames_are_omitted_or_kept_by_setting(make_client, model_1c, keep):
+    """``MSDN_SEG_KEEP_EMPTY_FRAMES``: by default only the slices with foreground get a frame; kept, every
+    source slice has one (what OHIF and MONAI Deploy asked for), and both read back to the same mask."""
+    hu = np.full((5, 32, 32), -1000.0)
+    hu[1:3, 10:20, 8:16] = 400.0  # foreground on 2 of 5 slices
+    files = [("dicom", (name, data, "application/dicom")) for name, data in series_files(ct_series(hu))]
+    client = make_client(model_1c, seg_keep_empty_frames=keep)
+    seg, mask = _seg_and_mask(client, files)
+    assert mask.reshape(5, -1).any(axis=1).tolist() == [False, True, True, False, False]
+    assert int(seg.NumberOfFrames) == (5 if keep else 2)
+    assert (_back(seg, files) == mask).all()
