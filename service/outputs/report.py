@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Literal, Optional
 
+import numpy as np
 from pydantic import BaseModel, Field
 
+from msdn_core.geometry import lps_to_ras
 from service.evaluation import class_summary
 from service.outputs import rle
 
@@ -55,6 +57,19 @@ class InputInfo(BaseModel):
     model_grid: Optional[ModelGridInfo] = Field(
         None, description="the grid the model ran on when it is not the input's (msdn_core.grid); None: the input's"
     )
+    affine_lps: list[list[float]] = Field(
+        description="4x4: voxel index (x, y, z) -> LPS mm (DICOM patient coordinates); a voxel's centre is at"
+        " integer indices, index z is the mask's first axis (ascending along the slice normal)"
+    )
+    affine_ras: list[list[float]] = Field(description="the same as NIfTI stores it: voxel index (x, y, z) -> RAS mm")
+    sop_instance_uids: Optional[list[str]] = Field(
+        None,
+        description="DICOM input: the SOP Instance UID of each z index (z follows the slice normal, which can be"
+        " the reverse of InstanceNumber or file order); a multi-frame input repeats its one UID",
+    )
+    frame_numbers: Optional[list[int]] = Field(
+        None, description="multi-frame DICOM input: the 1-based frame number of each z index"
+    )
 
 
 class ClassSummary(BaseModel):
@@ -71,6 +86,11 @@ class Component(BaseModel):
     volume_ml: float
     box: list[int] = Field(description="[x1, y1, z1, x2, y2, z2], continuous pixel coordinates")
     centre: list[float] = Field(description="[x, y, z] mean voxel index of the component")
+    centre_mm: list[float] = Field(description="the centre in LPS mm (input.affine_lps applied to centre)")
+    box_mm: list[float] = Field(
+        description="[x1, y1, z1, x2, y2, z2] LPS mm: the smallest and largest LPS coordinates of the box's"
+        " voxels' outer faces"
+    )
     score: Optional[float] = Field(
         None,
         description=(
@@ -158,6 +178,10 @@ def build_report(result: "SegmentationResult", *, max_components: int) -> Segmen
             spacing=list(image.spacing),
             duplicates_dropped=image.duplicates_dropped,
             gantry_tilt_deg=round(image.tilt_deg, 4),
+            affine_lps=_rows(image.affine),
+            affine_ras=_rows(lps_to_ras(image.affine)),
+            sop_instance_uids=image.series.sop_instance_uids if image.series else None,
+            frame_numbers=list(image.series.frame_numbers) if image.series and image.series.multiframe else None,
             model_grid=None
             if result.grid is None or result.grid.identity
             else ModelGridInfo(
@@ -170,7 +194,7 @@ def build_report(result: "SegmentationResult", *, max_components: int) -> Segmen
         ),
         mode=result.mode,  # type: ignore[arg-type]
         classes=[ClassSummary(**c) for c in class_summary(result.labels, spacing=image.spacing, class_names=names)],
-        components=[Component(**c) for c in found],
+        components=[Component(**c, **_physical(c, image.affine)) for c in found],
         components_truncated=truncated,
         boxes=[
             UsedBox(slice=b.slice, box=b.xyxy, label=b.label, score=b.score, source=b.source)  # type: ignore[arg-type]
@@ -185,3 +209,21 @@ def build_report(result: "SegmentationResult", *, max_components: int) -> Segmen
             total_s=result.timings["total_s"],
         ),
     )
+
+
+def _rows(affine: np.ndarray) -> list[list[float]]:
+    return [[round(float(v), 6) for v in row] for row in np.asarray(affine, np.float64)]
+
+
+def _physical(component: dict, affine: np.ndarray) -> dict:
+    """``centre_mm`` and ``box_mm`` (LPS) of a component from its voxel centre and box (continuous
+    pixel coordinates: voxel j spans [j, j + 1), so a face at c lies at index c - 0.5)."""
+    affine = np.asarray(affine, np.float64)
+    centre = affine @ np.append(np.asarray(component["centre"], np.float64), 1.0)
+    x1, y1, z1, x2, y2, z2 = (float(v) - 0.5 for v in component["box"])
+    corners = np.array([[x, y, z, 1.0] for x in (x1, x2) for y in (y1, y2) for z in (z1, z2)]) @ affine.T
+    low, high = corners[:, :3].min(axis=0), corners[:, :3].max(axis=0)
+    return {
+        "centre_mm": [round(float(v), 4) for v in centre[:3]],
+        "box_mm": [round(float(v), 4) for v in (*low, *high)],
+    }
