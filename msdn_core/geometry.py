@@ -269,6 +269,45 @@ def grid_mapping(
     return GridMapping(tuple(perm), tuple(flip))  # type: ignore[arg-type]
 
 
+def subgrid_placement(
+    src_shape: Sequence[int],
+    src_affine: np.ndarray,
+    dst_shape: Sequence[int],
+    dst_affine: np.ndarray,
+    *,
+    tol_voxels: float = 0.01,
+) -> tuple[tuple[int, int, int], tuple[bool, bool, bool], tuple[slice, slice, slice]] | None:
+    """Where a voxel-aligned source grid lies inside the destination grid, or None.
+
+    The source's voxel centres must be destination voxel centres (a signed permutation of axes with an
+    integer offset, within ``tol_voxels``) and all inside it, e.g. the 12-slice box a dcmqi / Slicer
+    export keeps of a 20-slice series.
+
+    Returns:
+        ``(axes, flips, window)``: for each destination axis ``(x, y, z)`` the source axis ``(x, y, z)``
+        it runs along and whether reversed, and the destination ``(Z, Y, X)`` slices the source fills.
+    """
+    src_xyz = tuple(int(v) for v in src_shape)[::-1]
+    dst_xyz = tuple(int(v) for v in dst_shape)[::-1]
+    m = np.linalg.inv(np.asarray(dst_affine, np.float64)) @ np.asarray(src_affine, np.float64)  # src -> dst index
+    lin, t = m[:3, :3], m[:3, 3]
+    rounded = np.round(lin)
+    if np.max(np.abs(lin - rounded)) > tol_voxels or np.max(np.abs(t - np.round(t))) > tol_voxels:
+        return None
+    if not (np.all(np.abs(rounded).sum(axis=0) == 1) and np.all(np.abs(rounded).sum(axis=1) == 1)):
+        return None
+    axes, flips, window = [0, 0, 0], [False, False, False], [slice(0), slice(0), slice(0)]
+    for b in range(3):
+        a = int(np.flatnonzero(rounded[b])[0])
+        sign, offset = int(rounded[b, a]), int(round(t[b]))
+        low = offset if sign > 0 else offset - (src_xyz[a] - 1)
+        high = low + src_xyz[a]
+        if low < 0 or high > dst_xyz[b]:
+            return None
+        axes[b], flips[b], window[b] = a, sign < 0, slice(low, high)
+    return tuple(axes), tuple(flips), (window[2], window[1], window[0])  # type: ignore[return-value]
+
+
 def map_to_grid(
     array: np.ndarray,
     src_affine: np.ndarray,
@@ -277,14 +316,28 @@ def map_to_grid(
     *,
     tol_voxels: float = 0.01,
     what: str = "reference",
+    subgrid: bool = False,
 ) -> np.ndarray:
     """A (Z, Y, X) ``array`` on ``src_affine``'s grid, re-indexed onto the destination grid (exactly).
 
+    With ``subgrid`` a voxel-aligned source covering only part of the destination
+    (:func:`subgrid_placement`) is placed there and zero elsewhere.
+
     Raises:
-        InvalidInput: ``REFERENCE_MISMATCH`` when the grids are not a permutation/flip of each other;
-            the message and ``detail`` name both geometries.
+        InvalidInput: ``REFERENCE_MISMATCH`` when the grids are not a permutation/flip of each other (nor,
+            with ``subgrid``, a voxel-aligned part); the message and ``detail`` name both geometries.
     """
     mapping = grid_mapping(array.shape, src_affine, dst_shape, dst_affine, tol_voxels=tol_voxels)
+    placed = None
+    if mapping is None and subgrid:
+        placed = subgrid_placement(array.shape, src_affine, dst_shape, dst_affine, tol_voxels=tol_voxels)
+    if placed is not None:
+        axes, flips, window = placed
+        xyz = np.asarray(array).transpose(2, 1, 0).transpose(axes)  # destination (x, y, z) order
+        xyz = xyz[tuple(slice(None, None, -1) if f else slice(None) for f in flips)]
+        out = np.zeros(tuple(int(v) for v in dst_shape), dtype=np.asarray(array).dtype)
+        out[window] = xyz.transpose(2, 1, 0)
+        return out
     if mapping is None:
         src, dst = describe(array.shape, src_affine), describe(dst_shape, dst_affine)
         raise InvalidInput(

@@ -2,8 +2,9 @@
 
 * A NIfTI or NRRD reference (:class:`msdn_core.volume.Volume`) is brought onto the input's voxel grid
   through the two affines: axis permutations and flips are applied exactly
-  (:func:`msdn_core.geometry.map_to_grid`); any other pair of grids is ``REFERENCE_MISMATCH`` with
-  both geometries in the message and ``detail``.
+  (:func:`msdn_core.geometry.map_to_grid`); a voxel-aligned reference covering part of the input (the
+  box of slices a dcmqi or 3D Slicer export keeps) is zero-padded onto it; any other pair of grids is
+  ``REFERENCE_MISMATCH`` with both geometries in the message and ``detail``.
 * A ``.npy`` reference (or any reference of a ``.npy`` input) has no geometry: it must have the
   input's (Z, Y, X) shape.
 * A DICOM SEG reference (DICOM input only; segment number k is class value k) is matched frame by
@@ -71,7 +72,7 @@ def match_reference(
             )
     else:
         labels = geometry.map_to_grid(
-            reference.array, reference.affine, image.shape, image.affine, tol_voxels=tol_voxels, what=name
+            reference.array, reference.affine, image.shape, image.affine, tol_voxels=tol_voxels, what=name, subgrid=True
         )
     return check_labels(labels, name=name, num_classes=num_classes)
 

@@ -69,3 +69,41 @@ def test_tilt_correction_and_its_inverse_for_labels():
     back = geometry.to_acquired_slices((out > 0.5).astype(np.uint8), fixed, positions)
     np.testing.assert_array_equal(back, acquired.astype(np.uint8))
     np.testing.assert_array_equal(geometry.to_acquired_slices(back, fixed, positions, inverse=True), out > 0.5)
+
+
+def _part(affine: np.ndarray, start_xyz, flip_x: bool = False, nx: int = 0) -> np.ndarray:
+    """The affine of a grid whose index 0 is ``start_xyz`` of ``affine``'s grid (x reversed: nx voxels)."""
+    shift = np.eye(4)
+    shift[:3, 3] = start_xyz
+    if flip_x:
+        shift[0, 0], shift[0, 3] = -1.0, start_xyz[0] + nx - 1
+    return affine @ shift
+
+
+@pytest.mark.parametrize("flip_x", [False, True])
+def test_a_voxel_aligned_part_is_placed_on_the_grid_and_zero_elsewhere(flip_x):
+    """A dcmqi / Slicer-style reference: the box of slices 5..16 and columns 2..8 of a 20 x 6 x 10 grid."""
+    dst = geometry.axis_affine((2.5, 0.8, 0.7), origin=(-30.0, 12.0, 100.0))
+    labels = np.random.default_rng(3).integers(0, 3, (12, 6, 7)).astype(np.uint8)  # (Z, Y, X) of the part
+    src = labels[:, :, ::-1] if flip_x else labels
+    affine = _part(dst, (2, 0, 5), flip_x=flip_x, nx=7)
+    out = geometry.map_to_grid(src, affine, (20, 6, 10), dst, subgrid=True)
+    expected = np.zeros((20, 6, 10), np.uint8)
+    expected[5:17, :, 2:9] = labels
+    np.testing.assert_array_equal(out, expected)
+    with pytest.raises(MsdnError, match="not the input's grid"):  # only where asked for
+        geometry.map_to_grid(src, affine, (20, 6, 10), dst)
+
+
+@pytest.mark.parametrize(
+    ("start", "shape"),
+    [((2.5, 0, 5), (12, 6, 7)), ((0, 0, 15), (12, 6, 7)), ((-1, 0, 0), (12, 6, 7))],
+    ids=["half-voxel-off", "past-the-end", "before-the-start"],
+)
+def test_a_part_off_the_voxel_centres_or_outside_is_refused(start, shape):
+    dst = geometry.axis_affine((2.5, 0.8, 0.7))
+    affine = _part(dst, start)
+    assert geometry.subgrid_placement(shape, affine, (20, 6, 10), dst) is None
+    with pytest.raises(MsdnError, match="not the input's grid") as err:
+        geometry.map_to_grid(np.zeros(shape, np.uint8), affine, (20, 6, 10), dst, subgrid=True)
+    assert err.value.code.value == "reference_mismatch"

@@ -566,3 +566,36 @@ def test_logs_never_carry_patient_identifiers(make_client, model_1c, caplog):
         "1CT1",
     ):
         assert secret not in text
+
+
+def test_a_reference_on_part_of_the_input_grid_is_zero_padded(client, tmp_path):
+    """What dcmqi's segimage2itkimage and 3D Slicer export: an NRRD holding only the 12 slices around the
+    finding of a 20-slice series, voxel-aligned with it. It scores as the whole-grid reference would;
+    half a voxel off, it is still refused."""
+    import nrrd
+
+    hu = np.full((20, 24, 24), -1000.0)
+    hu[6:10, 8:14, 9:15] = 300.0
+    datasets = ct_series(hu, spacing=(2.0, 0.75, 0.75), origin=(-10.0, -20.0, 50.0))
+    files = dicom_parts(series_files(datasets))
+    predicted = expected_labels(hu, (THRESHOLD_HU,))
+    part = predicted[4:16].copy()
+    part[3, 8, 9:13] = 0  # 4 misses in the part (input slice 7)
+    inter, p, r_ = int((predicted & np.pad(part, ((4, 4), (0, 0), (0, 0)))).sum()), predicted.sum(), part.sum()
+    # the part's LPS geometry (NRRD space directions = columns of the affine): slice 4 of the input first
+    origin = np.asarray(datasets[4].ImagePositionPatient, float)
+    header = {
+        "space": "left-posterior-superior",
+        "space directions": np.diag([0.75, 0.75, 2.0]),
+        "space origin": origin,
+    }
+    nrrd.write(str(tmp_path / "part.nrrd"), np.ascontiguousarray(part.transpose(2, 1, 0)), header, index_order="F")
+    ref = ("reference", ("part.nrrd", (tmp_path / "part.nrrd").read_bytes(), "application/octet-stream"))
+    r = client.post("/segment", files=files + [ref])
+    assert r.status_code == 200, r.text
+    assert r.json()["metrics"]["classes"][0]["dice"] == pytest.approx(2 * inter / (p + r_))
+    header["space origin"] = origin + [0.375, 0.0, 0.0]  # half a pixel off
+    nrrd.write(str(tmp_path / "off.nrrd"), np.ascontiguousarray(part.transpose(2, 1, 0)), header, index_order="F")
+    off = ("reference", ("off.nrrd", (tmp_path / "off.nrrd").read_bytes(), "application/octet-stream"))
+    r = client.post("/segment", files=files + [off])
+    assert r.status_code == 422 and r.json()["code"] == "reference_mismatch"
