@@ -4,6 +4,6 @@ detector's proposals (per-slice selection, 3D linking, 3D NMS) are ``msdn_core.p
 
 from __future__ import annotations
 
-from msdn_core.boxes import SliceBox, parse_boxes
+from msdn_core.boxes import SliceBox, names_instances, parse_boxes
 
-__all__ = ["SliceBox", "parse_boxes"]
+__all__ = ["SliceBox", "names_instances", "parse_boxes"]

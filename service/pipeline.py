@@ -41,7 +41,7 @@ from msdn_core.grid import ModelGrid
 from msdn_core.postprocess import CandidateBox, postprocess
 from msdn_core.reference import labels_from_seg, match_reference
 from msdn_core.volume import Volume
-from service.boxes import SliceBox, parse_boxes
+from service.boxes import SliceBox, names_instances, parse_boxes
 from service.concurrency import Deadline
 from service.errors import ErrorCode, InvalidInput
 from service.evaluation import evaluate
@@ -98,7 +98,14 @@ def segment_image(
     if mode not in MODES:
         raise InvalidInput(f"mode must be one of {list(MODES)}, got {mode!r}", code=ErrorCode.INVALID_MODE)
     parsed = (
-        parse_boxes(boxes, shape=image.shape, class_names=class_names, max_boxes=settings.max_boxes)
+        parse_boxes(
+            boxes,
+            shape=image.shape,
+            class_names=class_names,
+            max_boxes=settings.max_boxes,
+            affine=image.affine,
+            sop_instance_uids=image.series.sop_instance_uids if image.series and not image.series.multiframe else None,
+        )
         if boxes is None or isinstance(boxes, str)
         else list(boxes)
     )
@@ -263,7 +270,11 @@ class BoxSlices:
 
     def __call__(self, shape: tuple[int, int, int], affine: np.ndarray) -> Optional[list[int]]:
         if isinstance(self.boxes, str):
-            self.boxes = parse_boxes(self.boxes, shape=shape, class_names=self.class_names, max_boxes=self.max_boxes)
+            if names_instances(self.boxes):  # their slices are known once the series is read: read all
+                return None
+            self.boxes = parse_boxes(
+                self.boxes, shape=shape, class_names=self.class_names, max_boxes=self.max_boxes, affine=affine
+            )
         if self.grid is not None and not self.grid.transform(shape, affine).slice_aligned:
             return None
         return sorted({b.slice for b in self.boxes}) if self.boxes else None

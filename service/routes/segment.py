@@ -55,7 +55,8 @@ BoxesField = Annotated[
     Optional[str],
     Form(
         description='JSON list of boxes: {"slice": z, "box": [x1, y1, x2, y2], "label": 1} or '
-        '{"box": [x1, y1, z1, x2, y2, z2]}; pixel coordinates',
+        '{"box": [x1, y1, z1, x2, y2, z2]} (pixel coordinates), {"sop_instance_uid": uid, "box": [x1, y1, x2, y2]} '
+        '(on that DICOM instance) or {"box_mm": [x1, y1, z1, x2, y2, z2]} (two corners in LPS mm)',
         examples=['[{"slice": 0, "box": [10, 10, 40, 40]}]'],
     ),
 ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from msdn_core.boxes import SliceBox, parse_boxes
+from msdn_core.boxes import SliceBox, names_instances, parse_boxes
 from msdn_core.errors import ErrorCode, InvalidBoxes, LimitExceeded
 
 NAMES = ["nodule", "vessel"]
@@ -48,3 +48,37 @@ def test_too_many_boxes_counts_expanded_slices():
     with pytest.raises(LimitExceeded) as err:
         parse_boxes('[{"box": [0, 0, 0, 1, 1, 5]}]', class_names=NAMES, max_boxes=4)
     assert err.value.code is ErrorCode.TOO_MANY_BOXES and err.value.status == 413
+
+
+def test_a_box_in_mm_holds_the_voxels_whose_centres_it_holds():
+    """Voxel centres at 10 + 0.5 i (x), 20 + 0.5 j (y), 30 + 2 k (z), worked by hand: x 10.9..12.1 holds
+    i = 2, 3, 4; y 20.0..21.2 holds j = 0, 1, 2; z 33..37 holds k = 2, 3. Corners in any order."""
+    from msdn_core.geometry import axis_affine
+
+    affine = axis_affine((2.0, 0.5, 0.5), origin=(10.0, 20.0, 30.0))
+    for corners in ([10.9, 20.0, 33.0, 12.1, 21.2, 37.0], [12.1, 21.2, 37.0, 10.9, 20.0, 33.0]):
+        boxes = parse_boxes([{"box_mm": corners}], class_names=["n"], shape=(8, 10, 10), affine=affine)
+        assert [(b.slice, b.xyxy) for b in boxes] == [(2, [2.0, 0.0, 5.0, 3.0]), (3, [2.0, 0.0, 5.0, 3.0])]
+    with pytest.raises(InvalidBoxes, match="holds no voxel centre"):
+        parse_boxes([{"box_mm": [10.1, 20.1, 30.1, 10.2, 20.2, 30.2]}], class_names=["n"], affine=affine)
+    with pytest.raises(InvalidBoxes, match="needs an input with a geometry"):
+        parse_boxes([{"box_mm": [10.9, 20.0, 33.0, 12.1, 21.2, 37.0]}], class_names=["n"])
+
+
+def test_a_box_on_an_instance_goes_on_that_instances_slice():
+    uids = ["1.2.3", "1.2.4", "1.2.5"]
+    boxes = parse_boxes(
+        [{"sop_instance_uid": "1.2.4", "box": [1, 2, 3, 4]}], class_names=["n"], shape=(3, 8, 8), sop_instance_uids=uids
+    )
+    assert [(b.slice, b.xyxy) for b in boxes] == [(1, [1.0, 2.0, 3.0, 4.0])]
+    assert names_instances('[{"sop_instance_uid": "1.2.4", "box": [1, 2, 3, 4]}]')
+    assert not names_instances('[{"slice": 1, "box": [1, 2, 3, 4]}]') and not names_instances("{bad")
+    for item, message in (
+        ({"sop_instance_uid": "9.9", "box": [1, 2, 3, 4]}, "not an instance of the input series"),
+        ({"sop_instance_uid": "1.2.4", "slice": 1, "box": [1, 2, 3, 4]}, "a box on an instance is"),
+        ({"sop_instance_uid": "1.2.4", "box": [1, 2, 0, 3, 4, 1]}, "a box on an instance is"),
+    ):
+        with pytest.raises(InvalidBoxes, match=message):
+            parse_boxes([item], class_names=["n"], sop_instance_uids=uids)
+    with pytest.raises(InvalidBoxes, match="needs DICOM input"):
+        parse_boxes([{"sop_instance_uid": "1.2.4", "box": [1, 2, 3, 4]}], class_names=["n"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 
 import nibabel as nib
 import numpy as np
@@ -70,3 +71,24 @@ def test_a_volume_answer_gives_its_affine_and_no_uids(client):
     (component,) = body["components"]
     centre_ras = ras @ np.append(component["centre"], 1.0)
     np.testing.assert_allclose(lps_to_ras(np.eye(4))[:3, :3] @ centre_ras[:3], component["centre_mm"], atol=1e-3)
+
+
+def test_boxes_from_a_viewer_by_instance_or_in_mm_give_the_pixel_boxes_answer(client):
+    """What a viewer knows: the instance it drew on (its InstanceNumber runs against the slice normal
+    here) or patient mm. Both give the answer of the same box in the volume's pixel coordinates."""
+    _, files = _reversed_series()
+    body = client.post("/segment", files=files, data={"format": "json"}).json()
+    uids, affine = body["input"]["sop_instance_uids"], np.asarray(body["input"]["affine_lps"])
+    by_pixels = [{"slice": 4, "box": [3, 18, 14, 28]}]
+    expected = decode(client.post("/segment", files=files, data={"boxes": json.dumps(by_pixels)}).json()["mask"])
+    assert expected[4].any() and not expected[5].any()  # only the boxed slice
+    instance = pydicom.dcmread(io.BytesIO(next(f[1][1] for f in files)), stop_before_pixels=True)
+    assert int(instance.InstanceNumber) == 1 and uids.index(str(instance.SOPInstanceUID)) == 5  # reversed
+    on_instance = [{"sop_instance_uid": uids[4], "box": [3, 18, 14, 28]}]
+    got = decode(client.post("/segment", files=files, data={"boxes": json.dumps(on_instance)}).json()["mask"])
+    np.testing.assert_array_equal(got, expected)
+    # the same box in LPS mm: its voxel centres' corners, from the answer's affine
+    low, high = affine @ [3, 18, 4, 1], affine @ [13, 27, 4, 1]
+    in_mm = [{"box_mm": [*low[:3], *high[:3]]}]
+    got = decode(client.post("/segment", files=files, data={"boxes": json.dumps(in_mm)}).json()["mask"])
+    np.testing.assert_array_equal(got, expected)
