@@ -95,6 +95,8 @@ class DicomSeries:
         series_instance_uid: the series.
         file_names: names of ``datasets`` (for messages).
         positions: (Z, 3) ImagePositionPatient (LPS mm) of each slice as acquired.
+        uid_derived: the instances carry no SeriesInstanceUID (an anonymiser blanked it):
+            ``series_instance_uid`` is derived from what groups them (:func:`derived_series_uid`).
     """
 
     datasets: list[Dataset]
@@ -102,6 +104,7 @@ class DicomSeries:
     series_instance_uid: str
     file_names: list[str]
     positions: Optional[np.ndarray] = None
+    uid_derived: bool = False
 
     @property
     def multiframe(self) -> bool:
@@ -111,8 +114,8 @@ class DicomSeries:
     def sop_instance_uids(self) -> list[str]:
         """SOP Instance UID of each slice (the same UID for all frames of a multi-frame)."""
         if self.multiframe:
-            return [str(self.datasets[0].SOPInstanceUID)] * len(self.frame_numbers or [])
-        return [str(ds.SOPInstanceUID) for ds in self.datasets]
+            return [str(self.datasets[0].get("SOPInstanceUID") or "")] * len(self.frame_numbers or [])
+        return [str(ds.get("SOPInstanceUID") or "") for ds in self.datasets]
 
 
 @dataclass
@@ -290,15 +293,27 @@ def drop_duplicates(pairs: Sequence[tuple[str, Dataset]]) -> tuple[list[tuple[st
     return kept, dropped
 
 
+#: the attributes that group instances without a SeriesInstanceUID into one series
+FALLBACK_SERIES_KEYS = ("FrameOfReferenceUID", "Modality", "ImageOrientationPatient", "PixelSpacing", "Rows", "Columns")
+
+
+def derived_series_uid(ds: Dataset) -> str:
+    """A deterministic UID (``2.25.``) for an instance without SeriesInstanceUID, from
+    :data:`FALLBACK_SERIES_KEYS`: instances an anonymiser stripped of their UIDs that share a frame of
+    reference, modality, orientation, pixel spacing and size are taken as one series."""
+    import uuid
+
+    key = "|".join(repr(ds.get(k)) for k in FALLBACK_SERIES_KEYS)
+    return f"2.25.{uuid.uuid5(uuid.NAMESPACE_OID, 'msdn derived series|' + key).int}"  # PS3.5 B.2: UUID-derived
+
+
 def _pick_series(
     items: Sequence[tuple[str, Dataset]], series_uid: Optional[str]
 ) -> tuple[str, list[tuple[str, Dataset]]]:
     groups: dict[str, list[tuple[str, Dataset]]] = defaultdict(list)
     for name, ds in items:
         uid = _value(ds, "SeriesInstanceUID")
-        if not uid:
-            raise InvalidInput(f"{name}: no SeriesInstanceUID", code=ErrorCode.MISSING_ATTRIBUTE)
-        groups[str(uid)].append((name, ds))
+        groups[str(uid) if uid else derived_series_uid(ds)].append((name, ds))
     if series_uid:
         if series_uid not in groups:
             raise InvalidInput(
@@ -561,6 +576,11 @@ def read_series(
         raise InvalidInput("no DICOM files in the upload", code=ErrorCode.NO_INPUT)
     pairs, dropped = drop_duplicates(pairs)
     uid, chosen = _pick_series(pairs, series_uid)
+    derived = not _value(chosen[0][1], "SeriesInstanceUID")
+    if derived:
+        logger.info(
+            "instances without SeriesInstanceUID: grouped as series %s (%s)", uid, ", ".join(FALLBACK_SERIES_KEYS)
+        )
     names = [n for n, _ in chosen]
     datasets = [ds for _, ds in chosen]
 
@@ -698,10 +718,12 @@ def read_series(
     )
     positions = np.stack([fr.position for fr in frames])
     if multi:
-        series = DicomSeries([datasets[0]], [int(fr.frame or 0) + 1 for fr in frames], uid, [names[0]], positions)
+        series = DicomSeries(
+            [datasets[0]], [int(fr.frame or 0) + 1 for fr in frames], uid, [names[0]], positions, derived
+        )
     else:
         series = DicomSeries(
-            [datasets[fr.dataset] for fr in frames], None, uid, [names[fr.dataset] for fr in frames], positions
+            [datasets[fr.dataset] for fr in frames], None, uid, [names[fr.dataset] for fr in frames], positions, derived
         )
     frame_uid = datasets[0].get("FrameOfReferenceUID")
     out = Volume(

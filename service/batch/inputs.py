@@ -68,11 +68,17 @@ def _visible(path: Path) -> bool:
     return not path.name.startswith(".") and path.name.upper() != "DICOMDIR"
 
 
+#: ``_series_of`` for a file that is not DICOM
+NOT_DICOM = "\0not-dicom"
+
+
 def _series_of(path: Path) -> Optional[str]:
+    """The file's SeriesInstanceUID; None for DICOM without one (the reader groups those by geometry);
+    :data:`NOT_DICOM` for anything else."""
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SeriesInstanceUID"])
+        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SeriesInstanceUID", "SOPClassUID"])
     except (InvalidDicomError, OSError, ValueError, EOFError, TypeError, AttributeError):
-        return None
+        return NOT_DICOM
     uid = ds.get("SeriesInstanceUID")
     return str(uid) if uid else None
 
@@ -85,9 +91,13 @@ def _folder_studies(folder: Path) -> list[Study]:
     groups: dict[Optional[str], list[Path]] = {}
     for path in files:
         groups.setdefault(_series_of(path), []).append(path)
+    if len(groups) > 1 and NOT_DICOM in groups:  # a LICENSE or README beside the series: not a study
+        skipped = groups.pop(NOT_DICOM)
+        logger.info("%d file(s) that are not DICOM left out of a DICOM folder", len(skipped))
     studies = []
     for i, (uid, paths) in enumerate(sorted(groups.items(), key=lambda kv: (kv[0] is None, kv[0] or ""))):
         name = folder.name if i == 0 else f"{folder.name}_{i + 1}"
+        uid = None if uid == NOT_DICOM else uid  # a folder of no DICOM: the reader says why (not_dicom)
         studies.append(Study(name, "dicom", paths, series_uid=uid, source=str(folder)))
     return studies
 

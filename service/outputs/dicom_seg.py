@@ -81,6 +81,17 @@ def build_seg(result: "SegmentationResult", *, keep_empty_frames: bool = False) 
     series = result.image.series
     if series is None:
         raise ValueError("a DICOM SEG answer needs DICOM input")
+    missing = [
+        keyword
+        for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
+        if not all(str(ds.get(keyword) or "").strip() for ds in series.datasets)
+    ]
+    if missing:  # a SEG references its sources by these: it would point at nothing
+        raise InvalidInput(
+            f"a DICOM SEG cannot reference these instances: they carry no {' / '.join(missing)} (anonymised?); "
+            "ask for json or nifti",
+            code=ErrorCode.SEG_NOT_BUILT,
+        )
     card = result.card
     algorithm = hd.AlgorithmIdentificationSequence(
         name=card.name[:64], version=str(card.version)[:64], family=codes.cid7162.ArtificialIntelligence

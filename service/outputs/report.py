@@ -48,6 +48,11 @@ class InputInfo(BaseModel):
     source: Literal["dicom", "nifti", "nrrd", "npy"]
     modality: Optional[str] = None
     series_instance_uid: Optional[str] = None
+    series_uid_derived: bool = Field(
+        False,
+        description="the instances carry no SeriesInstanceUID (anonymised): series_instance_uid is derived from"
+        " their frame of reference, modality, orientation, pixel spacing and size",
+    )
     shape: list[int] = Field(description="[Z, Y, X]")
     spacing: list[float] = Field(description="[sz, sy, sx] in mm")
     duplicates_dropped: int = Field(
@@ -174,6 +179,7 @@ def build_report(result: "SegmentationResult", *, max_components: int) -> Segmen
             source=image.source,  # type: ignore[arg-type]
             modality=image.modality,
             series_instance_uid=image.series.series_instance_uid if image.series else None,
+            series_uid_derived=bool(image.series and image.series.uid_derived),
             shape=list(image.shape),
             spacing=list(image.spacing),
             duplicates_dropped=image.duplicates_dropped,

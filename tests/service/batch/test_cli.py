@@ -129,3 +129,30 @@ def test_manifest_cases_with_reference_and_boxes(tmp_path, model_1c):
     inside = np.zeros_like(labels)
     inside[:, 2:20, 2:20] = labels[:, 2:20, 2:20]
     np.testing.assert_array_equal(mask, inside)
+
+
+def test_an_anonymised_folder_with_a_license_file_is_segmented(tmp_path, model_1c):
+    """Issue 23's Siemens case: an anonymiser blanked Study/Series/SOP Instance UIDs and left a LICENSE
+    beside the files. The files are one series (grouped by geometry), the LICENSE is left out, the JSON
+    and NIfTI answers come, and the SEG the UIDs are missing for is refused saying so."""
+    folder = tmp_path / "anon"
+    folder.mkdir()
+    hu = phantom((3, 24, 24), seed=4)
+    for i, ds in enumerate(ct_series(hu)):
+        ds.StudyInstanceUID = ds.SeriesInstanceUID = ds.SOPInstanceUID = ""
+        ds.file_meta.MediaStorageSOPInstanceUID = "1.2.3"
+        (folder / f"IM{i:04d}").write_bytes(to_bytes(ds))
+    (folder / "LICENSE").write_text("CC-BY 4.0\n")
+    (study,) = find_studies([folder])
+    assert len(study.files) == 3 and study.series_uid is None
+    out = tmp_path / "out"
+    args = ["segment", str(folder), "-o", str(out), "--model", str(model_1c), "--no-progress"]
+    assert main(args + ["--format", "json", "--format", "nifti"]) == 0
+    row = _summary(out)["anon"]
+    assert row["error_code"] == "" and int(row["tissue_voxels"]) == int(expected_labels(hu, (THRESHOLD_HU,)).sum())
+    assert row["series"].startswith("2.25.")  # derived from the frame of reference and geometry
+    report = json.loads((out / "anon" / "segmentation.json").read_text())
+    assert report["input"]["series_uid_derived"] is True
+    assert main(args + ["--format", "seg", "-o", str(tmp_path / "out_seg")]) == 1
+    error = json.loads((tmp_path / "out_seg" / "anon" / "error.json").read_text())
+    assert error["code"] == "seg_not_built" and "UID" in error["message"], error

@@ -599,3 +599,28 @@ def test_a_reference_on_part_of_the_input_grid_is_zero_padded(client, tmp_path):
     off = ("reference", ("off.nrrd", (tmp_path / "off.nrrd").read_bytes(), "application/octet-stream"))
     r = client.post("/segment", files=files + [off])
     assert r.status_code == 422 and r.json()["code"] == "reference_mismatch"
+
+
+def test_an_anonymised_series_without_uids_answers_json_and_nifti_not_seg(client):
+    """Study / Series / SOP Instance UIDs blanked: grouped by geometry into one series (derived UID, said in
+    the answer), the mask is the one of the same files with their UIDs; a SEG, which must reference them,
+    is 422 seg_not_built naming the missing UIDs."""
+
+    def blanked() -> list:
+        parts = []
+        for path in ct5n_paths():
+            ds = pydicom.dcmread(path)
+            ds.StudyInstanceUID = ds.SeriesInstanceUID = ds.SOPInstanceUID = ""
+            parts.append(("dicom", (Path(path).name, to_bytes(ds), "application/dicom")))
+        return parts
+
+    expected = decode(client.post("/segment", files=ct5n_upload()).json()["mask"])
+    r = client.post("/segment", files=blanked())
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["input"]["series_uid_derived"] is True and body["input"]["series_instance_uid"].startswith("2.25.")
+    np.testing.assert_array_equal(decode(body["mask"]), expected)
+    assert client.post("/segment", files=blanked(), data={"format": "nifti"}).status_code == 200
+    r = client.post("/segment", files=blanked(), data={"format": "dicom-seg"})
+    assert r.status_code == 422 and r.json()["code"] == "seg_not_built"
+    assert "StudyInstanceUID / SeriesInstanceUID / SOPInstanceUID" in r.json()["message"]
