@@ -47,7 +47,7 @@ logger = logging.getLogger("benchmarks.input_memory")
 FORMATS = ("dicom", "nifti", "nifti-gz", "nrrd", "npy")
 
 
-def _affine_ras(shape_zyx: tuple[int, ...], spacing_zyx: tuple[float, ...]) -> np.ndarray:
+def _affine_ras(spacing_zyx: tuple[float, ...]) -> np.ndarray:
     """The NIfTI (RAS) affine of a (Z, Y, X) volume stored as (x, y, z) in DICOM's LPS axial view."""
     sz, sy, sx = spacing_zyx
     return np.diag([-sx, -sy, sz, 1.0])
@@ -72,7 +72,7 @@ def uploads(hu: np.ndarray, spacing: tuple[float, float, float], mode: str) -> d
     out["dicom"] = _multipart(
         [("dicom", (name, blob, "application/dicom")) for name, blob in series_files(series)], data
     )
-    image = nib.Nifti1Image(np.ascontiguousarray(hu.transpose(2, 1, 0)), _affine_ras(hu.shape, spacing))
+    image = nib.Nifti1Image(np.ascontiguousarray(hu.transpose(2, 1, 0)), _affine_ras(spacing))
     raw = image.to_bytes()
     out["nifti"] = _multipart([("volume", ("ct.nii", raw, "application/octet-stream"))], data)
     out["nifti-gz"] = _multipart([("volume", ("ct.nii.gz", gzip.compress(raw, 1), "application/gzip"))], data)

@@ -69,4 +69,12 @@ def update_cards(
     return {"written": written, "skipped": skipped}
 
 
-__all__ = ["update_cards"]
+def report_update(done: dict[str, list[Path]], out) -> None:
+    """Write ``update_cards``' result to ``out``, a line per file (``msdn grid``, ``msdn classes``)."""
+    for path in done["written"]:
+        out.write(f"written {path}\n")
+    for path in done["skipped"]:
+        out.write(f"skipped {path} (another checkpoint)\n")
+
+
+__all__ = ["report_update", "update_cards"]

@@ -232,6 +232,18 @@ class GridMapping:
         return GridMapping(tuple(perm), tuple(flip))  # type: ignore[arg-type]
 
 
+def _signed_permutation(m: np.ndarray, tol_voxels: float) -> tuple[np.ndarray | None, np.ndarray]:
+    """The index transform ``m``'s linear part rounded to a signed permutation (None when it is none
+    within ``tol_voxels``), and its translation."""
+    lin, t = m[:3, :3], m[:3, 3]
+    rounded = np.round(lin)
+    if np.max(np.abs(lin - rounded)) > tol_voxels:
+        return None, t
+    if not (np.all(np.abs(rounded).sum(axis=0) == 1) and np.all(np.abs(rounded).sum(axis=1) == 1)):
+        return None, t
+    return rounded, t
+
+
 def grid_mapping(
     src_shape: Sequence[int],
     src_affine: np.ndarray,
@@ -250,11 +262,8 @@ def grid_mapping(
     src_shape_xyz = tuple(int(v) for v in src_shape)[::-1]
     dst_shape_xyz = tuple(int(v) for v in dst_shape)[::-1]
     m = np.linalg.inv(np.asarray(src_affine, np.float64)) @ np.asarray(dst_affine, np.float64)
-    lin, t = m[:3, :3], m[:3, 3]
-    rounded = np.round(lin)
-    if np.max(np.abs(lin - rounded)) > tol_voxels:
-        return None
-    if not (np.all(np.abs(rounded).sum(axis=0) == 1) and np.all(np.abs(rounded).sum(axis=1) == 1)):
+    rounded, t = _signed_permutation(m, tol_voxels)
+    if rounded is None:
         return None
     perm, flip = [0, 0, 0], [False, False, False]
     for j in range(3):
@@ -290,11 +299,8 @@ def subgrid_placement(
     src_xyz = tuple(int(v) for v in src_shape)[::-1]
     dst_xyz = tuple(int(v) for v in dst_shape)[::-1]
     m = np.linalg.inv(np.asarray(dst_affine, np.float64)) @ np.asarray(src_affine, np.float64)  # src -> dst index
-    lin, t = m[:3, :3], m[:3, 3]
-    rounded = np.round(lin)
-    if np.max(np.abs(lin - rounded)) > tol_voxels or np.max(np.abs(t - np.round(t))) > tol_voxels:
-        return None
-    if not (np.all(np.abs(rounded).sum(axis=0) == 1) and np.all(np.abs(rounded).sum(axis=1) == 1)):
+    rounded, t = _signed_permutation(m, tol_voxels)
+    if rounded is None or np.max(np.abs(t - np.round(t))) > tol_voxels:
         return None
     axes, flips, window = [0, 0, 0], [False, False, False], [slice(0), slice(0), slice(0)]
     for b in range(3):

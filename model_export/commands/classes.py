@@ -32,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from model_export.card_update import update_cards
+    from model_export.card_update import report_update, update_cards
     from msdn_core.card import with_class_meanings
     from msdn_core.onnx_model import ModelFileError, read_card
 
@@ -47,8 +47,5 @@ def run(args: argparse.Namespace) -> int:
     except (OSError, ValueError, ModelFileError) as exc:
         sys.stderr.write(f"msdn classes: error: {exc}\n")
         return 2
-    for path in done["written"]:
-        sys.stdout.write(f"written {path}\n")
-    for path in done["skipped"]:
-        sys.stdout.write(f"skipped {path} (another checkpoint)\n")
+    report_update(done, sys.stdout)
     return 0

@@ -33,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from model_export.card_update import update_cards
+    from model_export.card_update import report_update, update_cards
     from model_export.data.grid_plan import parse_orientation_option, parse_spacing_option, plan_grid
     from model_export.data.manifest import ManifestError, load_manifest
     from msdn_core.errors import MsdnError
@@ -66,8 +66,5 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, ManifestError, ModelFileError, MsdnError) as exc:
         sys.stderr.write(f"msdn grid: error: {exc}\n")
         return 2
-    for path in done["written"]:
-        sys.stdout.write(f"written {path}\n")
-    for path in done["skipped"]:
-        sys.stdout.write(f"skipped {path} (another checkpoint)\n")
+    report_update(done, sys.stdout)
     return 0
